@@ -1,0 +1,42 @@
+"""flax_lstm: a JAX/Flax LSTM with the exact semantics of ``torch.nn.LSTM``.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> import flax_lstm as fl
+  >>> config = fl.LSTMConfig(input_size=3, hidden_size=5)
+  >>> params = fl.init_params(jax.random.key(0), config)
+  >>> output, (h_n, c_n) = fl.lstm(params, jnp.ones((7, 2, 3)), config=config)
+  >>> output.shape, h_n.shape
+  ((7, 2, 5), (1, 2, 5))
+"""
+
+from flax_lstm.cell import LSTMState, lstm_cell
+from flax_lstm.config import LSTMConfig
+from flax_lstm.params import (
+    Params,
+    cell_params,
+    config_from_torch,
+    from_torch_state_dict,
+    init_cell_params,
+    init_params,
+    to_torch_state_dict,
+)
+from flax_lstm.stack import default_unroll, lstm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTMConfig",
+    "LSTMState",
+    "Params",
+    "__version__",
+    "cell_params",
+    "config_from_torch",
+    "default_unroll",
+    "from_torch_state_dict",
+    "init_cell_params",
+    "init_params",
+    "lstm",
+    "lstm_cell",
+    "to_torch_state_dict",
+]

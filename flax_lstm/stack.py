@@ -1,0 +1,239 @@
+"""`lstm`: layers × directions over the recurrence, with torch.nn.LSTM's calling convention."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_lstm import _checks
+from flax_lstm.cell import LSTMState, accumulation_dtype
+from flax_lstm.config import LSTMConfig
+from flax_lstm.params import Params
+from flax_lstm.recurrence import reverse_sequences, run_layer
+
+Array = jax.Array
+
+__all__ = ["default_unroll", "lstm"]
+
+
+def default_unroll() -> int:
+    """The scan unroll factor used when ``unroll`` is None: 1 on CPU, 8 on GPU/TPU."""
+    return 1 if jax.default_backend() == "cpu" else 8
+
+
+def _dropout(key: Array, x: Array, rate: float) -> Array:
+    """Inverted dropout: zero with probability ``rate``, scale the rest by 1/(1-rate)."""
+    if rate >= 1.0:
+        return jnp.zeros_like(x)
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _check_seq_lengths(seq_lengths: Any, batch: int | None, seq_len: int) -> Array:
+    lengths = jnp.asarray(seq_lengths)
+    expected = () if batch is None else (batch,)
+    if lengths.shape != expected:
+        what = "a scalar for unbatched input" if batch is None else f"shape ({batch},)"
+        raise ValueError(f"seq_lengths must be {what}, got shape {lengths.shape}")
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"seq_lengths must have an integer dtype, got {lengths.dtype}")
+    try:
+        values = np.asarray(seq_lengths)
+    except jax.errors.JAXTypeError:  # a tracer under jit/vmap: clamped below, see lstm()
+        values = None
+    if values is not None and values.size and (values.min() < 0 or values.max() > seq_len):
+        raise ValueError(
+            f"seq_lengths must lie in [0, {seq_len}] (the input's sequence length), got "
+            f"values in [{values.min()}, {values.max()}]"
+        )
+    return jnp.clip(lengths, 0, seq_len).astype(jnp.int32)
+
+
+def lstm(
+    params: Params,
+    input: Any,
+    hx: tuple[Any, Any] | None = None,
+    *,
+    config: LSTMConfig,
+    seq_lengths: Any = None,
+    dropout_key: Array | None = None,
+    dtype: Any = None,
+    recurrent_dropout: float = 0.0,
+    return_all_states: bool = False,
+    unroll: int | None = None,
+    remat: bool = False,
+    custom_vjp: bool = True,
+):
+    """Run a multi-layer (bidirectional) LSTM with the semantics of ``torch.nn.LSTM``.
+
+    With D = 2 if bidirectional else 1, H_out = proj_size or hidden_size, H = hidden_size:
+
+    Args:
+      params: from `init_params` or `from_torch_state_dict`.
+      input: ``(L, N, input_size)``, ``(N, L, input_size)`` with ``config.batch_first``, or
+        unbatched ``(L, input_size)``.
+      hx: optional ``(h_0, c_0)``: ``(D·num_layers, N, H_out)`` and ``(D·num_layers, N, H)``
+        (unbatched: no N axis); row ``layer·D + direction``. Zeros when None.
+      config: the `LSTMConfig` (static under `jax.jit`).
+      seq_lengths: optional ``(N,)`` integer lengths (a scalar for unbatched input), with the
+        semantics of ``pack_padded_sequence(..., enforce_sorted=False)``: outputs past each
+        length are zero, ``h_n``/``c_n`` are the states at the sequence's last valid step, and
+        the reverse direction starts at step ``len - 1``. A length of 0 returns ``h_0``/``c_0``.
+        Concrete values outside ``[0, L]`` raise ValueError; traced values (under `jax.jit` or
+        `jax.vmap`) cannot be checked and are clamped to ``[0, L]``.
+      dropout_key: PRNG key for dropout. Without one, no dropout is applied (evaluation mode).
+        With one, inverted dropout with rate ``config.dropout`` is applied to the output of
+        every layer but the last (never to ``h_n``/``c_n``).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); default: promoted dtype of input and params.
+        Gates and the cell state are computed in at least float32.
+      recurrent_dropout: rate of variational (Gal & Ghahramani) dropout on ``h`` before
+        ``W_hh``: one mask per sequence, layer and direction, reused at every step. Only applied
+        when ``dropout_key`` is given. Not part of torch's LSTM; 0 keeps torch parity.
+      return_all_states: also return the per-step states (see Returns).
+      unroll: `lax.scan` unroll; default `default_unroll()`.
+      remat: recompute the gates in the backward pass instead of storing them (less memory).
+      custom_vjp: use the hand-written backward (weight gradients as one GEMM after the loop);
+        False differentiates the scan with plain autodiff (and allows forward-mode `jax.jvp`).
+
+    Returns:
+      ``(output, (h_n, c_n))``: ``output`` is ``(L, N, D·H_out)`` (or batch-first, or
+      ``(L, D·H_out)`` unbatched), forward direction in ``[..., :H_out]``; ``h_n`` and ``c_n``
+      have the shapes of ``h_0``/``c_0``. ``output`` and ``h_n`` are in the compute dtype,
+      ``c_n`` in its accumulation dtype (float32 for bfloat16 compute).
+      With ``return_all_states`` a third element `LSTMState` ``(h, c)`` holds the states of
+      every layer and direction after every step, ``(L, D·num_layers, N, H_out)`` and
+      ``(L, D·num_layers, N, H)`` (batch-first: N first; unbatched: no N), in input time order
+      and zero past each sequence's length.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import flax_lstm as fl
+      >>> config = fl.LSTMConfig(input_size=3, hidden_size=5, num_layers=2, batch_first=True)
+      >>> params = fl.init_params(jax.random.key(0), config)
+      >>> x = jnp.ones((4, 7, 3))  # (N, L, input_size)
+      >>> lengths = jnp.array([7, 5, 2, 1])
+      >>> output, (h_n, c_n) = fl.lstm(params, x, config=config, seq_lengths=lengths)
+      >>> output.shape, h_n.shape, c_n.shape
+      ((4, 7, 5), (2, 4, 5), (2, 4, 5))
+      >>> bool((output[3, 1:] == 0).all())
+      True
+    """
+    if not isinstance(config, LSTMConfig):
+        raise TypeError(f"config must be an LSTMConfig, got {type(config).__name__}")
+    _checks.check_params(params, config)
+    x = _checks.as_float_array("input", input)
+    if x.ndim not in (2, 3):
+        raise ValueError(
+            "input must be 3-D (L, N, input_size) / (N, L, input_size) with batch_first, or 2-D "
+            f"(L, input_size) unbatched; got shape {x.shape}"
+        )
+    if x.shape[-1] != config.input_size:
+        raise ValueError(
+            f"input.size(-1) must be equal to input_size. Expected {config.input_size}, "
+            f"got {x.shape[-1]} (input shape {x.shape})"
+        )
+    if not 0 <= recurrent_dropout < 1:
+        raise ValueError(f"recurrent_dropout must be in [0, 1), got {recurrent_dropout}")
+    batched = x.ndim == 3
+    if not batched:
+        x = x[:, None]
+    elif config.batch_first:
+        x = jnp.swapaxes(x, 0, 1)
+    seq_len, batch = x.shape[0], x.shape[1]
+    if seq_len == 0:
+        raise ValueError(f"input must have at least one time step, got shape {input.shape}")
+
+    d, num_layers = config.num_directions, config.num_layers
+    out_size, hidden = config.output_size, config.hidden_size
+    cd = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, params[0]["w_ih"])
+    acc = accumulation_dtype(cd)
+    batch_shape = (batch,) if batched else ()
+    if hx is None:
+        h0 = jnp.zeros((d * num_layers, batch, out_size), cd)
+        c0 = jnp.zeros((d * num_layers, batch, hidden), acc)
+    else:
+        h0, c0 = _checks.check_pair("hx", hx)
+        h0 = _checks.as_float_array("hx[0] (h_0)", h0)
+        c0 = _checks.as_float_array("hx[1] (c_0)", c0)
+        _checks.check_shape("hx[0] (h_0)", h0, (d * num_layers, *batch_shape, out_size))
+        _checks.check_shape("hx[1] (c_0)", c0, (d * num_layers, *batch_shape, hidden))
+        if not batched:
+            h0, c0 = h0[:, None], c0[:, None]
+        h0, c0 = h0.astype(cd), c0.astype(acc)
+
+    lengths = mask = None
+    if seq_lengths is not None:
+        lengths = _check_seq_lengths(seq_lengths, batch if batched else None, seq_len)
+        lengths = lengths.reshape(batch)
+        mask = jnp.arange(seq_len)[:, None] < lengths[None, :]  # (L, N)
+        # Padding never reaches the GEMMs, so NaN/inf there cannot leak into any gradient.
+        x = jnp.where(mask[:, :, None], x, 0)
+
+    use_dropout = dropout_key is not None and num_layers > 1 and config.dropout > 0
+    use_rdrop = dropout_key is not None and recurrent_dropout > 0
+    layer_keys = jax.random.split(dropout_key, num_layers) if dropout_key is not None else None
+    unroll = default_unroll() if unroll is None else unroll
+
+    x = x.astype(cd)
+    h_n, c_n, all_h, all_c = [], [], [], []
+    for k, layer in enumerate(params):
+        # Hoisted input projection: one GEMM over all steps and both directions.
+        gx = jnp.einsum("tnf,dgf->tdng", x, layer["w_ih"].astype(cd), preferred_element_type=acc)
+        if config.bias:
+            gx = gx + (layer["b_ih"] + layer["b_hh"]).astype(acc)[None, :, None, :]
+        if d == 2:
+            gx = jnp.stack([gx[:, 0], reverse_sequences(gx[:, 1], lengths)], axis=1)
+        rmask = None
+        if use_rdrop:
+            rkey = jax.random.fold_in(layer_keys[k], 1)
+            keep = jax.random.bernoulli(rkey, 1.0 - recurrent_dropout, (d, batch, out_size))
+            rmask = keep.astype(cd) / jnp.asarray(1.0 - recurrent_dropout, cd)
+        w_hr = layer["w_hr"].astype(cd) if "w_hr" in layer else None
+        hs, cs = run_layer(
+            gx,
+            layer["w_hh"].astype(cd),
+            w_hr,
+            h0[k * d : (k + 1) * d],
+            c0[k * d : (k + 1) * d],
+            mask,
+            rmask,
+            unroll=unroll,
+            remat=remat,
+            custom_vjp=custom_vjp,
+        )
+        h_n.append(hs[-1])
+        c_n.append(cs[-1])
+        if d == 2:  # back to input time order
+            hs = jnp.stack([hs[:, 0], reverse_sequences(hs[:, 1], lengths)], axis=1)
+            if return_all_states:
+                cs = jnp.stack([cs[:, 0], reverse_sequences(cs[:, 1], lengths)], axis=1)
+        if mask is not None:
+            hs = jnp.where(mask[:, None, :, None], hs, 0)
+            if return_all_states:
+                cs = jnp.where(mask[:, None, :, None], cs, 0)
+        if return_all_states:
+            all_h.append(hs)
+            all_c.append(cs)
+        x = jnp.swapaxes(hs, 1, 2).reshape(seq_len, batch, d * out_size)  # (L, N, D·H_out)
+        if use_dropout and k < num_layers - 1:
+            x = _dropout(jax.random.fold_in(layer_keys[k], 0), x, config.dropout)
+
+    output = x
+    h_n, c_n = jnp.concatenate(h_n, axis=0), jnp.concatenate(c_n, axis=0)
+    states = None
+    if return_all_states:
+        states = LSTMState(jnp.concatenate(all_h, axis=1), jnp.concatenate(all_c, axis=1))
+    if not batched:
+        output, h_n, c_n = output[:, 0], h_n[:, 0], c_n[:, 0]
+        if states is not None:
+            states = LSTMState(states.h[:, :, 0], states.c[:, :, 0])
+    elif config.batch_first:
+        output = jnp.swapaxes(output, 0, 1)
+        if states is not None:
+            states = LSTMState(jnp.swapaxes(states.h, 0, 1), jnp.swapaxes(states.c, 0, 1))
+    if return_all_states:
+        return output, (h_n, c_n), states
+    return output, (h_n, c_n)
