@@ -1,0 +1,16 @@
+"""Shared test settings: full float32 matmuls (TF32 on GPUs would break 1e-5 parity)."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+jax.config.update("jax_default_matmul_precision", "highest")
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.set_num_threads(1)  # the 2-core CI machine runs pytest-xdist workers side by side
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
