@@ -154,7 +154,7 @@ def to_torch_state_dict(params: Any, config: LSTMConfig) -> dict[str, np.ndarray
         for d in range(config.num_directions):
             for key in _TORCH_NAMES:
                 if key in layer:
-                    state_dict[_torch_name(key, k, d)] = np.asarray(layer[key][d])
+                    state_dict[_torch_name(key, k, d)] = np.array(layer[key][d])  # a writable copy
     return state_dict
 
 
