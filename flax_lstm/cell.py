@@ -33,7 +33,19 @@ def accumulation_dtype(dtype: Any) -> jnp.dtype:
 
 def matmul_t(a: Array, w: Array, out_dtype: Any) -> Array:
     """``a @ wᵀ`` over the last axes, batched over any leading axes ``w`` shares with ``a``."""
-    return jnp.matmul(a, jnp.swapaxes(w, -1, -2), preferred_element_type=out_dtype)
+    return batched_matmul(a, jnp.swapaxes(w, -1, -2), out_dtype)
+
+
+def batched_matmul(a: Array, b: Array, out_dtype: Any) -> Array:
+    """``a @ b`` with a leading direction axis on ``b`` (…, K, M) shared by ``a`` (…, N, K).
+
+    On CPU the direction axis is unrolled into plain 2-D GEMMs (XLA:CPU runs a batched dot of
+    this size much slower than the same 2-D dots, measured); elsewhere it is one batched dot.
+    """
+    if b.ndim == 3 and a.ndim == 3 and jax.default_backend() == "cpu":
+        outs = [jnp.matmul(a[d], b[d], preferred_element_type=out_dtype) for d in range(b.shape[0])]
+        return outs[0][None] if len(outs) == 1 else jnp.stack(outs)
+    return jnp.matmul(a, b, preferred_element_type=out_dtype)
 
 
 def activate(z: Array) -> Array:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from flax_lstm.cell import LSTMState, activate, matmul_t, recurrent_step
+from flax_lstm.cell import LSTMState, activate, batched_matmul, matmul_t, recurrent_step
 
 Array = jax.Array
 
@@ -89,7 +89,7 @@ def _layer_bwd(unroll, remat, residuals, cotangents):
         # The activated gates: stored by the forward, or recomputed from gx with remat.
         acts = activate(saved_t + matmul_t(h_in_t, w_hh, acc)) if remat else saved_t
         i, f, g, o = jnp.split(acts, 4, axis=-1)
-        dh_cell = dh_new if w_hr is None else jnp.matmul(dh_new, w_hr_acc)
+        dh_cell = dh_new if w_hr is None else batched_matmul(dh_new, w_hr_acc, acc)
         tanh_c = jnp.tanh(c_t.astype(acc))
         dc_total = dc_new + dh_cell * o * (1 - tanh_c * tanh_c)
         dz = jnp.concatenate(
@@ -101,7 +101,7 @@ def _layer_bwd(unroll, remat, residuals, cotangents):
             ],
             axis=-1,
         )
-        dh_prev = jnp.matmul(dz.astype(w_hh.dtype), w_hh, preferred_element_type=acc)
+        dh_prev = batched_matmul(dz.astype(w_hh.dtype), w_hh, acc)
         if rmask is not None:
             dh_prev = dh_prev * rmask
         dc_prev = dc_total * f

@@ -1,0 +1,42 @@
+"""Smoke test of the benchmark command: a tiny custom shape, valid JSON out."""
+
+from __future__ import annotations
+
+import json
+
+from flax_lstm import bench
+
+
+def test_bench_command_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = bench.main(
+        [
+            "--shape",
+            "2,6,8,2,bi,in=4",
+            "--reps",
+            "2",
+            "--warmup",
+            "1",
+            "--libs",
+            "flax_lstm,torch,flax_rnn,jax_cudnn",
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    result = json.loads(out.read_text())
+    (entry,) = result["results"]
+    assert entry["label"] == "B2 T6 H8 L2 I4 bi"
+    assert set(entry["ms"]) >= {"flax_lstm", "torch", "flax_rnn"}
+    for lib in entry["ms"].values():
+        assert lib["fwd"] > 0 and lib["fwd_bwd"] > 0
+    assert entry["speedup_vs"]["torch"]["fwd_bwd"] > 0
+    assert "jax_cudnn" in entry["notes"] or "jax_cudnn" in entry["ms"]
+    assert result["versions"]["jax"] and result["machine"]["cpu_count"]
+    table = capsys.readouterr().out
+    assert "| B2 T6 H8 L2 I4 bi | fwd_bwd |" in table
+
+
+def test_shape_parsing():
+    s = bench._parse_shape("16,1024,768,bf16")
+    assert (s.batch, s.seq_len, s.hidden, s.layers, s.dtype) == (16, 1024, 768, 1, "bfloat16")
