@@ -1,0 +1,462 @@
+"""Flax Linen modules over the functional core: `LSTM` (a ``torch.nn.LSTM``) and `LSTMCell`.
+
+The modules declare the parameters and call `flax_lstm.lstm` / `flax_lstm.lstm_cell` once per
+forward; there is no second copy of the recurrence here. The input size is inferred from the
+input at ``init``. An LSTM's ``params`` collection holds ``layer_0``, ``layer_1``, ...: one dict
+per layer with exactly the keys and shapes of `flax_lstm.init_params` (torch layout with a
+leading direction axis), plus ``h0``/``c0`` with ``learnable_initial_state``.
+
+Dropout (between layers, and the optional recurrent dropout) is applied when
+``deterministic=False``, with keys from the ``'dropout'`` RNG stream
+(``module.apply(..., rngs={'dropout': key})``): the same key gives the same masks.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> import flax_lstm as fl
+  >>> module = fl.linen.LSTM(hidden_size=5, num_layers=2, dropout=0.1)
+  >>> x = jnp.ones((7, 2, 3))  # (L, N, input_size)
+  >>> variables = module.init(jax.random.key(0), x)
+  >>> output, (h_n, c_n) = module.apply(variables, x)  # deterministic: no dropout
+  >>> output, (h_n, c_n) = module.apply(variables, x, deterministic=False,
+  ...                                   rngs={'dropout': jax.random.key(1)})
+  >>> output.shape, h_n.shape, sorted(variables['params'])
+  ((7, 2, 5), (2, 2, 5), ['layer_0', 'layer_1'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_lstm.cell import LSTMState, lstm_cell
+from flax_lstm.config import LSTMConfig
+from flax_lstm.nnx import (
+    _batch_size_of,
+    _broadcast_initial_state,
+    _cell_to_torch_state_dict,
+    _check_recurrent_dropout,
+    _load_torch,
+    _load_torch_cell,
+    _needs_dropout_key,
+)
+from flax_lstm.params import Params, init_cell_params, init_params, to_torch_state_dict
+from flax_lstm.stack import lstm
+
+Array = jax.Array
+Output = tuple[Array, tuple[Array, Array]]
+OutputWithStates = tuple[Array, tuple[Array, Array], LSTMState]
+
+__all__ = ["LSTM", "LSTMCell"]
+
+
+def _init_layer(key: Array, config: LSTMConfig, layer: int, dtype: Any) -> dict[str, Array]:
+    """Layer ``layer`` of `init_params`: a one-layer LSTM with that layer's input size."""
+    one = dataclasses.replace(
+        config, input_size=config.layer_input_size(layer), num_layers=1, dropout=0.0
+    )
+    return init_params(key, one, dtype)[0]
+
+
+def _params_collection(variables: Mapping[str, Any]) -> Mapping[str, Any]:
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"variables must be a mapping, got {type(variables).__name__}")
+    return variables.get("params", variables)
+
+
+def _input_size_of(x: Any) -> int:
+    """Features of a valid input; 1 for an invalid one (`flax_lstm.lstm` then raises)."""
+    shape = np.shape(x)
+    return int(shape[-1]) if len(shape) in (2, 3) and shape[-1] > 0 else 1
+
+
+class LSTM(nn.Module):
+    """A multi-layer (bidirectional) LSTM with the semantics of ``torch.nn.LSTM``.
+
+    With D = 2 if bidirectional else 1, H_out = proj_size or hidden_size, H = hidden_size.
+    The input size is inferred from ``x.shape[-1]`` at ``init``.
+
+    Attributes:
+      hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size: as
+        ``torch.nn.LSTM`` (see `flax_lstm.LSTMConfig`; the same validation and errors, raised
+        when the module is constructed).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); None: the promoted dtype of the input and
+        the parameters. Gates and the cell state are computed in at least float32; ``output``
+        and ``h_n`` come back in the compute dtype, ``c_n`` in float32 for bfloat16. In
+        bfloat16, outputs and states stay within 1e-2 (absolute) of float32 with the same
+        weights over a 300-step sequence, hidden size 256, two layers (tests/test_dtypes.py;
+        measured about 1e-3).
+      param_dtype: storage dtype of the parameters.
+      recurrent_dropout: rate of variational dropout on ``h`` before ``W_hh`` (Gal &
+        Ghahramani): one mask per sequence, layer and direction, reused at every step. Only
+        with ``deterministic=False``. Not part of torch's LSTM; 0 (default) keeps torch parity.
+      learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` ``(D·num_layers,
+        H_out)`` and ``c0`` ``(D·num_layers, H)`` (initialised to zeros, shared by every batch
+        row), used when a call gets no ``hx``. They are not part of torch's state dict.
+      unroll, remat: passed to `flax_lstm.lstm` (scan unroll; recompute gates in the backward).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import flax_lstm as fl
+      >>> module = fl.linen.LSTM(5, num_layers=2, batch_first=True)
+      >>> x = jnp.ones((2, 7, 3))  # (N, L, input_size)
+      >>> variables = module.init(jax.random.key(0), x)
+      >>> output, (h_n, c_n) = module.apply(variables, x, seq_lengths=jnp.array([7, 4]))
+      >>> output.shape, h_n.shape, variables['params']['layer_1']['w_ih'].shape
+      ((2, 7, 5), (2, 2, 5), (1, 20, 5))
+    """
+
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+    proj_size: int = 0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    recurrent_dropout: float = 0.0
+    learnable_initial_state: bool = False
+    unroll: int | None = None
+    remat: bool = False
+
+    def __post_init__(self) -> None:
+        # Validate the arguments now, as torch does; the dropout warning is given at init.
+        self.lstm_config(1, warn=False)
+        _check_recurrent_dropout(self.recurrent_dropout)
+        super().__post_init__()
+
+    @nn.nowrap
+    def lstm_config(self, input_size: int, *, warn: bool = True) -> LSTMConfig:
+        """The `flax_lstm.LSTMConfig` of this module for inputs of ``input_size`` features.
+
+        Args:
+          input_size: features of the input (``x.shape[-1]``).
+          warn: give torch's warning for dropout with a single layer.
+
+        Example:
+          >>> import flax_lstm as fl
+          >>> fl.linen.LSTM(8, num_layers=2).lstm_config(3).layer_input_size(1)
+          8
+        """
+        with warnings.catch_warnings():
+            if not warn:
+                warnings.simplefilter("ignore", UserWarning)
+            return LSTMConfig(
+                input_size,
+                self.hidden_size,
+                self.num_layers,
+                bias=self.bias,
+                batch_first=self.batch_first,
+                dropout=self.dropout,
+                bidirectional=self.bidirectional,
+                proj_size=self.proj_size,
+            )
+
+    @nn.nowrap
+    def lstm_params(self, variables: Mapping[str, Any]) -> Params:
+        """The parameters as a list of layer dicts (`flax_lstm.init_params` layout).
+
+        Args:
+          variables: the module's variables, its ``params`` collection, or a pytree shaped
+            like it (e.g. gradients).
+
+        Returns:
+          ``[variables['params']['layer_0'], ...]``, for `flax_lstm.lstm` and
+          `flax_lstm.to_torch_state_dict`.
+
+        Example:
+          >>> import jax, jax.numpy as jnp
+          >>> import flax_lstm as fl
+          >>> module = fl.linen.LSTM(5, num_layers=2)
+          >>> variables = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((7, 3)))
+          >>> [p['w_ih'].shape for p in module.lstm_params(variables)]
+          [(1, 20, 3), (1, 20, 5)]
+        """
+        params = _params_collection(variables)
+        return [params[f"layer_{k}"] for k in range(self.num_layers)]
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Any,
+        hx: tuple[Any, Any] | None = None,
+        *,
+        seq_lengths: Any = None,
+        deterministic: bool = True,
+        return_all_states: bool = False,
+    ) -> Output | OutputWithStates:
+        """Run the LSTM over ``x``; the arguments and results of `flax_lstm.lstm`.
+
+        Args:
+          x: ``(L, N, input_size)``, ``(N, L, input_size)`` with ``batch_first``, or
+            unbatched ``(L, input_size)``.
+          hx: optional ``(h_0, c_0)``, ``(D·num_layers, N, H_out)`` and
+            ``(D·num_layers, N, H)`` (unbatched: no N); default: zeros or the learned
+            initial state. Passing the previous call's ``(h_n, c_n)`` streams a long sequence
+            in chunks (see `flax_lstm.streaming`; unidirectional only: a
+            bidirectional layer's reverse direction needs the whole sequence).
+          seq_lengths: optional ``(N,)`` lengths, ``pack_padded_sequence`` semantics.
+          deterministic: True (default) disables dropout; False applies it with keys from
+            the ``'dropout'`` RNG stream.
+          return_all_states: also return every layer's and direction's ``(h_t, c_t)`` at
+            every step as a third element.
+
+        Returns:
+          ``(output, (h_n, c_n))``: ``output`` ``(L, N, D·H_out)`` (or batch-first, or
+          unbatched), ``h_n``/``c_n`` shaped as ``hx``. ``output`` and ``h_n`` are in the
+          compute dtype, ``c_n`` in float32 for bfloat16 compute. With ``return_all_states``
+          a third element `flax_lstm.LSTMState`: ``h`` ``(L, D·num_layers, N, H_out)`` and
+          ``c`` ``(L, D·num_layers, N, H)`` (batch-first: N first; unbatched: no N), row
+          ``layer·D + direction``, zero past each sequence's length.
+        """
+        if self.has_variable("params", "layer_0"):  # apply: the size the params were made for
+            input_size = int(np.shape(self.get_variable("params", "layer_0")["w_ih"])[-1])
+        else:
+            input_size = _input_size_of(x)
+        config = self.lstm_config(input_size, warn=self.is_initializing())
+        params = [
+            self.param(f"layer_{k}", _init_layer, config, k, self.param_dtype)
+            for k in range(config.num_layers)
+        ]
+        rows = config.num_directions * config.num_layers
+        if self.learnable_initial_state:
+            h0 = self.param(
+                "h0", nn.initializers.zeros, (rows, config.output_size), self.param_dtype
+            )
+            c0 = self.param(
+                "c0", nn.initializers.zeros, (rows, config.hidden_size), self.param_dtype
+            )
+            if hx is None:
+                batch = _batch_size_of(x, config.batch_first)
+                if batch is not False:
+                    hx = _broadcast_initial_state(h0, c0, batch)
+        key = None
+        if not deterministic and _needs_dropout_key(config, self.recurrent_dropout):
+            key = self.make_rng("dropout")
+        return lstm(
+            params,
+            x,
+            hx,
+            config=config,
+            seq_lengths=seq_lengths,
+            dropout_key=key,
+            dtype=self.dtype,
+            recurrent_dropout=self.recurrent_dropout,
+            return_all_states=return_all_states,
+            unroll=self.unroll,
+            remat=self.remat,
+        )
+
+    @nn.nowrap
+    def initial_state(
+        self, variables: Mapping[str, Any] | None = None, batch_size: int | None = None
+    ) -> LSTMState:
+        """The state a call starts from without ``hx``: zeros, or the learned ``(h0, c0)``.
+
+        Args:
+          variables: the module's variables (needed only with ``learnable_initial_state``).
+          batch_size: N; None for an unbatched input.
+
+        Returns:
+          `flax_lstm.LSTMState` ``(h, c)``: ``(D·num_layers, N, H_out)``,
+          ``(D·num_layers, N, H)`` (no N when ``batch_size`` is None). Pass it as
+          ``initial`` to `flax_lstm.streaming.reset_state`.
+
+        Example:
+          >>> import flax_lstm as fl
+          >>> fl.linen.LSTM(4, num_layers=2).initial_state(batch_size=3).c.shape
+          (2, 3, 4)
+        """
+        config = self.lstm_config(1, warn=False)
+        rows = config.num_directions * config.num_layers
+        if self.learnable_initial_state:
+            if variables is None:
+                raise ValueError("initial_state needs the variables with learnable_initial_state")
+            params = _params_collection(variables)
+            h0, c0 = jnp.asarray(params["h0"]), jnp.asarray(params["c0"])
+        else:
+            h0 = jnp.zeros((rows, config.output_size), self.param_dtype)
+            c0 = jnp.zeros((rows, config.hidden_size), self.param_dtype)
+        return _broadcast_initial_state(h0, c0, batch_size)
+
+    @nn.nowrap
+    def to_torch_state_dict(self, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``torch.nn.LSTM``'s state dict (NumPy arrays) of the parameters.
+
+        Args:
+          variables: the module's variables, its ``params`` collection, or a pytree shaped
+            like it (e.g. gradients). A learnable initial state is left out.
+
+        Returns:
+          ``{name: array}`` with the names, shapes and order of
+          ``torch.nn.LSTM(...).state_dict()``.
+
+        Example:
+          >>> import jax, jax.numpy as jnp
+          >>> import flax_lstm as fl
+          >>> module = fl.linen.LSTM(5, bias=False)
+          >>> variables = module.init(jax.random.key(0), jnp.ones((7, 3)))
+          >>> {k: v.shape for k, v in module.to_torch_state_dict(variables).items()}
+          {'weight_ih_l0': (20, 3), 'weight_hh_l0': (20, 5)}
+        """
+        params = self.lstm_params(variables)
+        config = self.lstm_config(int(np.shape(params[0]["w_ih"])[-1]), warn=False)
+        return to_torch_state_dict(params, config)
+
+    @classmethod
+    def from_torch(
+        cls,
+        source: Any,
+        *,
+        batch_first: bool | None = None,
+        dropout: float | None = None,
+        param_dtype: Any = None,
+        **kwargs: Any,
+    ) -> tuple[LSTM, dict[str, Any]]:
+        """The module and variables of a ``torch.nn.LSTM``: its configuration, exact weights.
+
+        Args:
+          source: a ``torch.nn.LSTM``, or its ``state_dict()`` (torch tensors or NumPy
+            arrays); the sizes, ``bias``, ``bidirectional`` and ``proj_size`` are read off
+            the weights.
+          batch_first, dropout: default: the module's (a state dict: False and 0.0).
+          param_dtype: storage dtype; default: the torch weights' own dtype (lossless).
+          **kwargs: other module attributes (``recurrent_dropout``, ``dtype``, ...). With
+            ``learnable_initial_state``, ``h0``/``c0`` start at zeros.
+
+        Returns:
+          ``(module, variables)``; ``module.apply(variables, x)`` is torch's eval mode.
+
+        Example:
+          >>> import torch, jax.numpy as jnp
+          >>> import flax_lstm as fl
+          >>> torch_lstm = torch.nn.LSTM(3, 5, num_layers=2, batch_first=True)
+          >>> module, variables = fl.linen.LSTM.from_torch(torch_lstm)
+          >>> output, (h_n, c_n) = module.apply(variables, jnp.ones((2, 4, 3)))
+          >>> output.shape
+          (2, 4, 5)
+        """
+        config, params = _load_torch(
+            source, batch_first=batch_first, dropout=dropout, param_dtype=param_dtype
+        )
+        if param_dtype is None:
+            param_dtype = params[0]["w_ih"].dtype
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        del fields["input_size"]
+        module = cls(**fields, param_dtype=param_dtype, **kwargs)
+        collection: dict[str, Any] = {f"layer_{k}": layer for k, layer in enumerate(params)}
+        if module.learnable_initial_state:
+            h0, c0 = _zero_initial(config)
+            collection["h0"] = h0.astype(param_dtype)
+            collection["c0"] = c0.astype(param_dtype)
+        return module, {"params": collection}
+
+
+def _zero_initial(config: LSTMConfig) -> tuple[Array, Array]:
+    rows = config.num_directions * config.num_layers
+    return jnp.zeros((rows, config.output_size)), jnp.zeros((rows, config.hidden_size))
+
+
+class LSTMCell(nn.Module):
+    """One LSTM step with ``torch.nn.LSTMCell`` semantics, over `flax_lstm.lstm_cell`.
+
+    The input size is inferred at ``init``. Parameters: ``w_ih`` ``(4H, input_size)``,
+    ``w_hh`` ``(4H, H)``, and with ``bias`` ``b_ih``, ``b_hh`` ``(4H,)``.
+
+    Attributes:
+      hidden_size: H, the size of ``h`` and ``c``.
+      bias: if False, no ``b_ih``/``b_hh``.
+      dtype: compute dtype; None: promoted from input and parameters. ``c`` is kept in at
+        least float32.
+      param_dtype: storage dtype of the parameters.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import flax_lstm as fl
+      >>> cell = fl.linen.LSTMCell(5)
+      >>> x = jnp.ones((2, 3))
+      >>> variables = cell.init(jax.random.key(0), x)
+      >>> h, c = cell.apply(variables, x)          # zero state
+      >>> h, c = cell.apply(variables, x, (h, c))  # next step
+      >>> h.shape, c.shape
+      ((2, 5), (2, 5))
+    """
+
+    hidden_size: int
+    bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        LSTMConfig(1, self.hidden_size, bias=self.bias)  # validate as torch
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Any, hx: tuple[Any, Any] | None = None) -> LSTMState:
+        """One step.
+
+        Args:
+          x: ``(N, input_size)`` or unbatched ``(input_size,)``.
+          hx: optional ``(h, c)``, each ``(N, H)`` (unbatched ``(H,)``); zeros when None.
+
+        Returns:
+          `flax_lstm.LSTMState` ``(h', c')``: ``h'`` in the compute dtype, ``c'`` in at least
+          float32.
+        """
+        if self.has_variable("params", "w_ih"):
+            input_size = int(np.shape(self.get_variable("params", "w_ih"))[-1])
+        else:
+            shape = np.shape(x)
+            input_size = int(shape[-1]) if len(shape) in (1, 2) and shape[-1] > 0 else 1
+        names = ("w_ih", "w_hh", "b_ih", "b_hh") if self.bias else ("w_ih", "w_hh")
+
+        def init(key: Array, name: str) -> Array:
+            p = init_cell_params(
+                key, input_size, self.hidden_size, bias=self.bias, dtype=self.param_dtype
+            )
+            return p[name]
+
+        params = {name: self.param(name, init, name) for name in names}
+        return lstm_cell(params, x, hx, dtype=self.dtype)
+
+    @nn.nowrap
+    def to_torch_state_dict(self, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``torch.nn.LSTMCell``'s state dict (NumPy arrays) of the variables (or gradients).
+
+        Example:
+          >>> import jax, jax.numpy as jnp
+          >>> import flax_lstm as fl
+          >>> cell = fl.linen.LSTMCell(5)
+          >>> variables = cell.init(jax.random.key(0), jnp.ones((3,)))
+          >>> list(cell.to_torch_state_dict(variables))
+          ['weight_ih', 'weight_hh', 'bias_ih', 'bias_hh']
+        """
+        return _cell_to_torch_state_dict(_params_collection(variables))
+
+    @classmethod
+    def from_torch(
+        cls, source: Any, *, param_dtype: Any = None, **kwargs: Any
+    ) -> tuple[LSTMCell, dict[str, Any]]:
+        """The module and variables of a ``torch.nn.LSTMCell`` (or its state dict).
+
+        Example:
+          >>> import torch, flax_lstm as fl
+          >>> cell, variables = fl.linen.LSTMCell.from_torch(torch.nn.LSTMCell(3, 5))
+          >>> variables['params']['w_ih'].shape
+          (20, 3)
+        """
+        params = _load_torch_cell(source, param_dtype)
+        cell = cls(
+            params["w_ih"].shape[0] // 4,
+            bias="b_ih" in params,
+            param_dtype=params["w_ih"].dtype if param_dtype is None else param_dtype,
+            **kwargs,
+        )
+        return cell, {"params": params}

@@ -1,0 +1,682 @@
+"""Flax NNX modules over the functional core: `LSTM` (a ``torch.nn.LSTM``) and `LSTMCell`.
+
+The modules own the parameters and call `flax_lstm.lstm` / `flax_lstm.lstm_cell` once per
+forward; there is no second copy of the recurrence here. The LSTM's parameters are stored as
+``model.layers``: a list with one dict of `flax.nnx.Param` per layer, with exactly the keys and
+shapes of `flax_lstm.init_params` (torch layout with a leading direction axis), so
+`flax_lstm.to_torch_state_dict` and `flax_lstm.from_torch_state_dict` apply to them.
+
+Dropout (between layers, and the optional recurrent dropout) follows the NNX conventions of
+`flax.nnx.Dropout`: it is active while ``deterministic`` is False (``model.train()``) and off
+after ``model.eval()``; each call draws a fresh key from the module's own ``'dropout'`` stream,
+forked from the ``rngs`` given to the constructor.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from flax import nnx
+  >>> import flax_lstm as fl
+  >>> model = fl.nnx.LSTM(3, 5, num_layers=2, dropout=0.1, rngs=nnx.Rngs(0))
+  >>> x = jnp.ones((7, 2, 3))  # (L, N, input_size)
+  >>> output, (h_n, c_n) = model(x)  # training mode: dropout between the layers
+  >>> model.eval()  # no dropout: torch.nn.LSTM(3, 5, 2, dropout=0.1).eval() semantics
+  >>> output, (h_n, c_n) = model(x)
+  >>> output.shape, h_n.shape, c_n.shape
+  ((7, 2, 5), (2, 2, 5), (2, 2, 5))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Mapping
+from typing import Any, Literal, overload
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from flax_lstm import _checks
+from flax_lstm.cell import LSTMState, lstm_cell
+from flax_lstm.config import LSTMConfig
+from flax_lstm.params import (
+    Params,
+    config_from_torch,
+    from_torch_state_dict,
+    init_cell_params,
+    init_params,
+    to_torch_state_dict,
+)
+from flax_lstm.stack import lstm
+
+Array = jax.Array
+Output = tuple[Array, tuple[Array, Array]]
+OutputWithStates = tuple[Array, tuple[Array, Array], LSTMState]
+
+__all__ = ["LSTM", "LSTMCell"]
+
+_CELL_TORCH_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
+
+
+# --- helpers shared with flax_lstm.linen -------------------------------------------------------
+
+
+def _check_recurrent_dropout(rate: Any) -> float:
+    """``rate`` as a float in [0, 1), with the functional API's error otherwise."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+        raise ValueError(f"recurrent_dropout must be in [0, 1), got {rate}")
+    return float(rate)
+
+
+def _needs_dropout_key(config: LSTMConfig, recurrent_dropout: float) -> bool:
+    """Whether a forward in training mode uses a dropout key at all."""
+    return (config.dropout > 0 and config.num_layers > 1) or recurrent_dropout > 0
+
+
+def _batch_size_of(x: Any, batch_first: bool) -> int | Literal[False] | None:
+    """N of an input, None when unbatched, False when the input's rank is invalid.
+
+    (`flax_lstm.lstm` raises the error for an invalid input; this only decides how to
+    broadcast an initial state.)
+    """
+    ndim = np.ndim(x)
+    if ndim == 2:
+        return None
+    if ndim == 3:
+        return int(np.shape(x)[0 if batch_first else 1])
+    return False
+
+
+def _broadcast_initial_state(h0: Array, c0: Array, batch: int | None) -> LSTMState:
+    """A shared initial state ``(D·num_layers, H)`` broadcast to ``batch`` rows (axis 1)."""
+    if batch is None:
+        return LSTMState(h0, c0)
+    return LSTMState(
+        jnp.broadcast_to(h0[:, None], (h0.shape[0], batch, h0.shape[1])),
+        jnp.broadcast_to(c0[:, None], (c0.shape[0], batch, c0.shape[1])),
+    )
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(np.shape(value))
+
+
+def _config_from_state_dict(
+    state_dict: Mapping[str, Any], *, batch_first: bool = False, dropout: float = 0.0
+) -> LSTMConfig:
+    """The `LSTMConfig` of a ``torch.nn.LSTM`` state dict (sizes read off the weights).
+
+    ``batch_first`` and ``dropout`` are not in a state dict and must be given.
+    `flax_lstm.from_torch_state_dict` then checks every key and shape against the config.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"expected a torch.nn.LSTM or its state_dict, got {type(state_dict).__name__}"
+        )
+    if "weight_ih_l0" not in state_dict:
+        raise KeyError(
+            "state_dict is missing 'weight_ih_l0': not the state dict of a torch.nn.LSTM"
+        )
+    w_ih = _shape(state_dict["weight_ih_l0"])
+    if len(w_ih) != 2 or w_ih[0] % 4:
+        raise ValueError(f"state_dict['weight_ih_l0'] must have shape (4H, in), got {w_ih}")
+    num_layers = 0
+    while f"weight_ih_l{num_layers}" in state_dict:
+        num_layers += 1
+    proj = _shape(state_dict["weight_hr_l0"])[0] if "weight_hr_l0" in state_dict else 0
+    return LSTMConfig(
+        input_size=w_ih[1],
+        hidden_size=w_ih[0] // 4,
+        num_layers=num_layers,
+        bias="bias_ih_l0" in state_dict,
+        batch_first=batch_first,
+        dropout=dropout,
+        bidirectional="weight_ih_l0_reverse" in state_dict,
+        proj_size=proj,
+    )
+
+
+def _load_torch(
+    source: Any,
+    *,
+    batch_first: bool | None = None,
+    dropout: float | None = None,
+    param_dtype: Any = None,
+) -> tuple[LSTMConfig, Params]:
+    """Config and params of a ``torch.nn.LSTM`` module or of its state dict.
+
+    A module supplies ``batch_first`` and ``dropout`` unless they are given; a state dict
+    needs them given (default False and 0). Values keep their dtype unless ``param_dtype``.
+    """
+    if hasattr(source, "state_dict") and not isinstance(source, Mapping):
+        config = config_from_torch(source)
+        overrides = {
+            k: v for k, v in (("batch_first", batch_first), ("dropout", dropout)) if v is not None
+        }
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        state_dict = source.state_dict()
+    else:
+        config = _config_from_state_dict(
+            source, batch_first=bool(batch_first), dropout=dropout or 0.0
+        )
+        state_dict = source
+    return config, from_torch_state_dict(state_dict, config, dtype=param_dtype)
+
+
+def _load_torch_cell(source: Any, param_dtype: Any = None) -> dict[str, Array]:
+    """Cell params (`flax_lstm.lstm_cell` layout) of a ``torch.nn.LSTMCell`` or its state dict."""
+    state_dict = source.state_dict() if hasattr(source, "state_dict") else source
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"expected a torch.nn.LSTMCell or its state_dict, got {type(source).__name__}"
+        )
+    unexpected = sorted(set(state_dict) - set(_CELL_TORCH_NAMES.values()))
+    if unexpected:
+        raise ValueError(f"not a torch.nn.LSTMCell state dict: unexpected keys {unexpected}")
+    # One direction of a one-layer LSTM has the same parameters under suffixed names.
+    renamed = {f"{k}_l0": v for k, v in state_dict.items()}
+    config = _config_from_state_dict(renamed)
+    params = from_torch_state_dict(renamed, config, dtype=param_dtype)
+    return {k: v[0] for k, v in params[0].items()}
+
+
+def _cell_to_torch_state_dict(cell_params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``torch.nn.LSTMCell``'s state dict (NumPy arrays) of cell params."""
+    return {
+        torch_name: np.asarray(cell_params[name])
+        for name, torch_name in _CELL_TORCH_NAMES.items()
+        if name in cell_params
+    }
+
+
+def _dropout_key(rngs: Any, own: nnx.RngStream | None) -> Array:
+    source = rngs if rngs is not None else own
+    if isinstance(source, nnx.Rngs):
+        return source["dropout"]()
+    if isinstance(source, nnx.RngStream):
+        return source()
+    if isinstance(source, jax.Array):
+        return source
+    raise TypeError(f"rngs must be an nnx.Rngs, nnx.RngStream or a key, got {type(source)}")
+
+
+# --- modules -----------------------------------------------------------------------------------
+
+
+class LSTM(nnx.Module):
+    """A multi-layer (bidirectional) LSTM with the semantics of ``torch.nn.LSTM``.
+
+    With D = 2 if bidirectional else 1, H_out = proj_size or hidden_size, H = hidden_size.
+
+    Args:
+      input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        proj_size: as ``torch.nn.LSTM`` (see `flax_lstm.LSTMConfig`; the same validation and
+        errors).
+      recurrent_dropout: rate of variational dropout on ``h`` before ``W_hh`` (Gal &
+        Ghahramani): one mask per sequence, layer and direction, reused at every step. Only in
+        training mode. Not part of torch's LSTM; 0 (default) keeps torch parity.
+      learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` ``(D·num_layers,
+        H_out)`` and ``c0`` ``(D·num_layers, H)`` (initialised to zeros, shared by every batch
+        row), used when a call gets no ``hx``. They are not part of torch's state dict.
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); None: the promoted dtype of the input and
+        the parameters. Gates and the cell state are computed in at least float32; ``output``
+        and ``h_n`` come back in the compute dtype, ``c_n`` in float32 for bfloat16. In
+        bfloat16, outputs and states stay within 1e-2 (absolute) of float32 with the same
+        weights over a 300-step sequence, hidden size 256, two layers (tests/test_dtypes.py;
+        measured about 1e-3).
+      param_dtype: storage dtype of the parameters.
+      unroll, remat: passed to `flax_lstm.lstm` (scan unroll; recompute gates in the backward).
+      deterministic: initial mode; False (default, as `flax.nnx.Dropout` and torch) applies
+        dropout. ``model.train()`` / ``model.eval()`` set it.
+      rngs: `flax.nnx.Rngs`. The ``params`` stream initialises the weights as torch does
+        (U(-1/√H, 1/√H)); with dropout or recurrent dropout, a ``dropout`` stream (or
+        ``default``) is forked for the module's own dropout keys.
+
+    Attributes:
+      config: the static `flax_lstm.LSTMConfig`.
+      layers: list of one dict of `flax.nnx.Param` per layer, keys and shapes of
+        `flax_lstm.init_params`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import flax_lstm as fl
+      >>> model = fl.nnx.LSTM(3, 5, num_layers=2, batch_first=True, rngs=nnx.Rngs(0))
+      >>> x = jnp.ones((2, 7, 3))  # (N, L, input_size)
+      >>> output, (h_n, c_n) = model(x, seq_lengths=jnp.array([7, 4]))
+      >>> output.shape, h_n.shape
+      ((2, 7, 5), (2, 2, 5))
+      >>> list(model.to_torch_state_dict())[:3]
+      ['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0']
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        recurrent_dropout: float = 0.0,
+        learnable_initial_state: bool = False,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        unroll: int | None = None,
+        remat: bool = False,
+        deterministic: bool = False,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.config = LSTMConfig(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias=bias,
+            batch_first=batch_first,
+            dropout=dropout,
+            bidirectional=bidirectional,
+            proj_size=proj_size,
+        )
+        self.recurrent_dropout = _check_recurrent_dropout(recurrent_dropout)
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.unroll = unroll
+        self.remat = bool(remat)
+        self.deterministic = deterministic
+        if not isinstance(rngs, nnx.Rngs):
+            raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
+        params = init_params(rngs.params(), self.config, param_dtype)
+        self.layers = nnx.data([{k: nnx.Param(v) for k, v in layer.items()} for layer in params])
+        rows = self.config.num_directions * self.config.num_layers
+        if learnable_initial_state:
+            self.h0 = nnx.Param(jnp.zeros((rows, self.config.output_size), param_dtype))
+            self.c0 = nnx.Param(jnp.zeros((rows, self.config.hidden_size), param_dtype))
+        else:
+            self.h0 = self.c0 = nnx.data(None)
+        self.rngs = nnx.data(self._dropout_stream(rngs))
+
+    def _dropout_stream(self, rngs: nnx.Rngs) -> nnx.RngStream | None:
+        if not _needs_dropout_key(self.config, self.recurrent_dropout):
+            return None
+        try:
+            stream = rngs["dropout"]
+        except KeyError as e:
+            raise ValueError(
+                "dropout needs a 'dropout' (or 'default') stream in rngs, e.g. "
+                "nnx.Rngs(params=0, dropout=1)"
+            ) from e
+        return stream.fork()
+
+    @property
+    def learnable_initial_state(self) -> bool:
+        """Whether ``(h_0, c_0)`` are learned parameters (``h0``, ``c0``)."""
+        return self.h0 is not None
+
+    def lstm_params(self) -> Params:
+        """The parameters as plain arrays, in the layout of `flax_lstm.init_params`.
+
+        Returns:
+          A list of one dict per layer (``w_ih`` ``(D, 4H, in_k)``, ``w_hh``, ...), to pass to
+          `flax_lstm.lstm` with ``config=model.config``.
+
+        Example:
+          >>> from flax import nnx
+          >>> import flax_lstm as fl
+          >>> model = fl.nnx.LSTM(3, 5, num_layers=2, rngs=nnx.Rngs(0))
+          >>> [p['w_ih'].shape for p in model.lstm_params()]
+          [(1, 20, 3), (1, 20, 5)]
+        """
+        return [{k: v[...] for k, v in layer.items()} for layer in self.layers]
+
+    def initial_state(self, batch_size: int | None = None) -> LSTMState:
+        """The state a call starts from without ``hx``: zeros, or the learned ``(h0, c0)``.
+
+        Args:
+          batch_size: N; None for an unbatched input.
+
+        Returns:
+          `flax_lstm.LSTMState` ``(h, c)``: ``(D·num_layers, N, H_out)``,
+          ``(D·num_layers, N, H)`` (no N when ``batch_size`` is None), in ``param_dtype``.
+          Pass it as ``initial`` to `flax_lstm.streaming.reset_state`.
+
+        Example:
+          >>> from flax import nnx
+          >>> import flax_lstm as fl
+          >>> model = fl.nnx.LSTM(3, 5, learnable_initial_state=True, rngs=nnx.Rngs(0))
+          >>> model.initial_state(batch_size=2).h.shape
+          (1, 2, 5)
+        """
+        if self.h0 is None:
+            rows = self.config.num_directions * self.config.num_layers
+            h0 = jnp.zeros((rows, self.config.output_size), self.param_dtype)
+            c0 = jnp.zeros((rows, self.config.hidden_size), self.param_dtype)
+        else:
+            h0, c0 = self.h0[...], self.c0[...]
+        return _broadcast_initial_state(h0, c0, batch_size)
+
+    @overload
+    def __call__(
+        self,
+        x: Any,
+        hx: tuple[Any, Any] | None = None,
+        *,
+        seq_lengths: Any = None,
+        return_all_states: Literal[False] = False,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | Array | None = None,
+    ) -> Output: ...
+
+    @overload
+    def __call__(
+        self,
+        x: Any,
+        hx: tuple[Any, Any] | None = None,
+        *,
+        seq_lengths: Any = None,
+        return_all_states: Literal[True],
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | Array | None = None,
+    ) -> OutputWithStates: ...
+
+    def __call__(
+        self,
+        x: Any,
+        hx: tuple[Any, Any] | None = None,
+        *,
+        seq_lengths: Any = None,
+        return_all_states: bool = False,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | Array | None = None,
+    ) -> Output | OutputWithStates:
+        """Run the LSTM over ``x``; the arguments and results of `flax_lstm.lstm`.
+
+        Args:
+          x: ``(L, N, input_size)``, ``(N, L, input_size)`` with ``batch_first``, or
+            unbatched ``(L, input_size)``.
+          hx: optional ``(h_0, c_0)``, ``(D·num_layers, N, H_out)`` and
+            ``(D·num_layers, N, H)`` (unbatched: no N). Default: `initial_state`. Passing the
+            previous call's ``(h_n, c_n)`` streams a long sequence in chunks
+            (see `flax_lstm.streaming`; unidirectional only: a
+            bidirectional layer's reverse direction needs the whole sequence).
+          seq_lengths: optional ``(N,)`` lengths, ``pack_padded_sequence`` semantics.
+          return_all_states: also return every layer's and direction's ``(h_t, c_t)`` at
+            every step as a third element.
+          deterministic: overrides the module's mode for this call (True: no dropout).
+          rngs: overrides the module's dropout stream for this call (an `flax.nnx.Rngs`, a
+            stream or a key).
+
+        Returns:
+          ``(output, (h_n, c_n))``: ``output`` ``(L, N, D·H_out)`` (or batch-first, or
+          unbatched), ``h_n``/``c_n`` shaped as ``hx``. ``output`` and ``h_n`` are in the
+          compute dtype, ``c_n`` in float32 for bfloat16 compute. With ``return_all_states``
+          a third element `flax_lstm.LSTMState`: ``h`` ``(L, D·num_layers, N, H_out)`` and
+          ``c`` ``(L, D·num_layers, N, H)`` (batch-first: N first; unbatched: no N), row
+          ``layer·D + direction``, zero past each sequence's length.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from flax import nnx
+          >>> import flax_lstm as fl
+          >>> model = fl.nnx.LSTM(3, 5, num_layers=2, rngs=nnx.Rngs(0))
+          >>> out, (h_n, c_n), states = model(jnp.ones((7, 3)), return_all_states=True)
+          >>> states.h.shape, states.c.shape  # unbatched: (L, D·num_layers, H)
+          ((7, 2, 5), (7, 2, 5))
+          >>> bool(jnp.allclose(states.h[-1], h_n))
+          True
+        """
+        if deterministic is None:
+            deterministic = self.deterministic
+        key = None
+        if not deterministic and _needs_dropout_key(self.config, self.recurrent_dropout):
+            key = _dropout_key(rngs, self.rngs)
+        if hx is None and self.h0 is not None:
+            batch = _batch_size_of(x, self.config.batch_first)
+            if batch is not False:
+                hx = _broadcast_initial_state(self.h0[...], self.c0[...], batch)
+        return lstm(
+            self.lstm_params(),
+            x,
+            hx,
+            config=self.config,
+            seq_lengths=seq_lengths,
+            dropout_key=key,
+            dtype=self.dtype,
+            recurrent_dropout=self.recurrent_dropout,
+            return_all_states=return_all_states,
+            unroll=self.unroll,
+            remat=self.remat,
+        )
+
+    def set_view(self, deterministic: bool | None = None) -> None:
+        """Used by `flax.nnx.view`: ``deterministic=True`` disables dropout.
+
+        Args:
+          deterministic: the mode of the view (None: unchanged).
+
+        Example:
+          >>> from flax import nnx
+          >>> import flax_lstm as fl
+          >>> model = fl.nnx.LSTM(3, 5, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0))
+          >>> nnx.view(model, deterministic=True).deterministic, model.deterministic
+          (True, False)
+        """
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+    def to_torch_state_dict(self, state: Any = None) -> dict[str, np.ndarray]:
+        """``torch.nn.LSTM``'s state dict (NumPy arrays) of the parameters.
+
+        Args:
+          state: optional `flax.nnx.State` shaped like the module's parameters, e.g. the
+            gradients from `flax.nnx.grad`; default: the module's own parameters. A learnable
+            initial state is not part of torch's state dict and is left out.
+
+        Returns:
+          ``{name: array}`` with the names, shapes and order of
+          ``torch.nn.LSTM(...).state_dict()``; load it with
+          ``{k: torch.from_numpy(v) for k, v in sd.items()}``.
+
+        Example:
+          >>> import torch
+          >>> from flax import nnx
+          >>> import flax_lstm as fl
+          >>> model = fl.nnx.LSTM(3, 5, num_layers=2, rngs=nnx.Rngs(0))
+          >>> sd = {k: torch.from_numpy(v) for k, v in model.to_torch_state_dict().items()}
+          >>> torch.nn.LSTM(3, 5, num_layers=2).load_state_dict(sd)
+          <All keys matched successfully>
+        """
+        if state is None:
+            return to_torch_state_dict(self.lstm_params(), self.config)
+        layers = nnx.to_pure_dict(state)["layers"]
+        params = [dict(layers[k]) for k in range(self.config.num_layers)]
+        return to_torch_state_dict(params, self.config)
+
+    @classmethod
+    def from_torch(
+        cls,
+        source: Any,
+        *,
+        rngs: nnx.Rngs,
+        batch_first: bool | None = None,
+        dropout: float | None = None,
+        param_dtype: Any = None,
+        **kwargs: Any,
+    ) -> LSTM:
+        """Build the module with a ``torch.nn.LSTM``'s configuration and exact weights.
+
+        Args:
+          source: a ``torch.nn.LSTM``, or its ``state_dict()`` (torch tensors or NumPy
+            arrays); the sizes, ``bias``, ``bidirectional`` and ``proj_size`` are read off
+            the weights.
+          rngs: `flax.nnx.Rngs` (for the dropout stream).
+          batch_first, dropout: default: the module's (a state dict: False and 0.0).
+          param_dtype: storage dtype; default: the torch weights' own dtype (lossless).
+          **kwargs: other constructor options (``recurrent_dropout``, ``dtype``, ...).
+
+        Returns:
+          The `LSTM`, in training mode as a fresh torch module; call ``.eval()`` for torch's
+          eval mode.
+
+        Example:
+          >>> import torch
+          >>> from flax import nnx
+          >>> import flax_lstm as fl
+          >>> torch_lstm = torch.nn.LSTM(3, 5, num_layers=2, batch_first=True)
+          >>> model = fl.nnx.LSTM.from_torch(torch_lstm, rngs=nnx.Rngs(0))
+          >>> model.config.batch_first, model.layers[1]['w_ih'].shape
+          (True, (1, 20, 5))
+        """
+        config, params = _load_torch(
+            source, batch_first=batch_first, dropout=dropout, param_dtype=param_dtype
+        )
+        if param_dtype is None:
+            param_dtype = params[0]["w_ih"].dtype
+        if not isinstance(rngs, nnx.Rngs):
+            raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        sizes = (fields.pop("input_size"), fields.pop("hidden_size"))
+        # Build the structure without drawing random weights, then fill in torch's.
+        model = nnx.eval_shape(
+            lambda: cls(*sizes, **fields, param_dtype=param_dtype, rngs=nnx.Rngs(0), **kwargs)
+        )
+        for layer, values in zip(model.layers, params, strict=True):
+            for name, value in values.items():
+                layer[name].set_value(value)
+        if model.h0 is not None:
+            model.h0.set_value(jnp.zeros(model.h0.shape, model.h0.dtype))
+            model.c0.set_value(jnp.zeros(model.c0.shape, model.c0.dtype))
+        model.rngs = model._dropout_stream(rngs)
+        return model
+
+
+class LSTMCell(nnx.Module):
+    """One LSTM step with ``torch.nn.LSTMCell`` semantics, over `flax_lstm.lstm_cell`.
+
+    Args:
+      input_size: features of ``x``.
+      hidden_size: H, the size of ``h`` and ``c``.
+      bias: if False, no ``b_ih``/``b_hh``.
+      dtype: compute dtype; None: promoted from input and parameters. ``c`` is kept in at
+        least float32.
+      param_dtype: storage dtype of the parameters.
+      rngs: `flax.nnx.Rngs` with a ``params`` (or ``default``) stream.
+
+    Attributes:
+      w_ih ``(4H, input_size)``, w_hh ``(4H, H)``, b_ih, b_hh ``(4H,)`` (`flax.nnx.Param`;
+      the biases are None without ``bias``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import flax_lstm as fl
+      >>> cell = fl.nnx.LSTMCell(3, 5, rngs=nnx.Rngs(0))
+      >>> h, c = cell(jnp.ones((2, 3)))          # zero state
+      >>> h, c = cell(jnp.ones((2, 3)), (h, c))  # next step
+      >>> h.shape, c.shape
+      ((2, 5), (2, 5))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
+        params = init_cell_params(
+            rngs.params(), input_size, hidden_size, bias=bias, dtype=param_dtype
+        )
+        self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bias
+        self.dtype, self.param_dtype = dtype, param_dtype
+        self.w_ih = nnx.Param(params["w_ih"])
+        self.w_hh = nnx.Param(params["w_hh"])
+        if bias:
+            self.b_ih, self.b_hh = nnx.Param(params["b_ih"]), nnx.Param(params["b_hh"])
+        else:
+            self.b_ih = self.b_hh = nnx.data(None)
+
+    def cell_params(self) -> dict[str, Array]:
+        """The parameters as plain arrays, in the layout `flax_lstm.lstm_cell` takes.
+
+        Example:
+          >>> from flax import nnx
+          >>> import flax_lstm as fl
+          >>> sorted(fl.nnx.LSTMCell(3, 5, bias=False, rngs=nnx.Rngs(0)).cell_params())
+          ['w_hh', 'w_ih']
+        """
+        names = ("w_ih", "w_hh", "b_ih", "b_hh") if self.bias else ("w_ih", "w_hh")
+        return {name: getattr(self, name)[...] for name in names}
+
+    def __call__(self, x: Any, hx: tuple[Any, Any] | None = None) -> LSTMState:
+        """One step.
+
+        Args:
+          x: ``(N, input_size)`` or unbatched ``(input_size,)``.
+          hx: optional ``(h, c)``, each ``(N, H)`` (unbatched ``(H,)``); zeros when None.
+
+        Returns:
+          `flax_lstm.LSTMState` ``(h', c')``: ``h'`` in the compute dtype, ``c'`` in at least
+          float32.
+        """
+        return lstm_cell(self.cell_params(), x, hx, dtype=self.dtype)
+
+    def to_torch_state_dict(self, state: Any = None) -> dict[str, np.ndarray]:
+        """``torch.nn.LSTMCell``'s state dict (NumPy arrays) of the parameters.
+
+        Args:
+          state: optional `flax.nnx.State` shaped like the cell's parameters, e.g. gradients
+            from `flax.nnx.grad`; default: the cell's own parameters.
+
+        Returns:
+          ``{'weight_ih': (4H, in), 'weight_hh': (4H, H), 'bias_ih': (4H,), 'bias_hh': (4H,)}``
+          as NumPy arrays (no biases without ``bias``).
+
+        Example:
+          >>> from flax import nnx
+          >>> import flax_lstm as fl
+          >>> cell = fl.nnx.LSTMCell(3, 5, rngs=nnx.Rngs(0))
+          >>> list(cell.to_torch_state_dict())
+          ['weight_ih', 'weight_hh', 'bias_ih', 'bias_hh']
+        """
+        if state is None:
+            return _cell_to_torch_state_dict(self.cell_params())
+        return _cell_to_torch_state_dict(nnx.to_pure_dict(state))
+
+    @classmethod
+    def from_torch(cls, source: Any, *, param_dtype: Any = None, **kwargs: Any) -> LSTMCell:
+        """Build the cell from a ``torch.nn.LSTMCell`` or its state dict, with exact weights.
+
+        Args:
+          source: a ``torch.nn.LSTMCell`` or its ``state_dict()``.
+          param_dtype: storage dtype; default: the torch weights' dtype.
+          **kwargs: other constructor options (``dtype``).
+
+        Example:
+          >>> import torch, flax_lstm as fl
+          >>> cell = fl.nnx.LSTMCell.from_torch(torch.nn.LSTMCell(3, 5))
+          >>> cell.w_hh.shape
+          (20, 5)
+        """
+        params = _load_torch_cell(source, param_dtype)
+        _checks.check_cell_params(params)
+        hidden, in_size = params["w_ih"].shape[0] // 4, params["w_ih"].shape[1]
+        cell = nnx.eval_shape(
+            lambda: cls(
+                in_size,
+                hidden,
+                "b_ih" in params,
+                param_dtype=params["w_ih"].dtype if param_dtype is None else param_dtype,
+                rngs=nnx.Rngs(0),
+                **kwargs,
+            )
+        )
+        for name, value in params.items():
+            getattr(cell, name).set_value(value)
+        return cell

@@ -1,0 +1,233 @@
+"""flax_lstm.linen: input-size inference, dropout keys, recurrent dropout, learnable initial
+state, per-step states, jit trace counts, Orbax checkpoints, and the functional API's errors."""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+import torch
+
+import flax_lstm as fl
+from flax_lstm import linen as fl_linen
+
+_lstm = jax.jit(fl.lstm, static_argnames=("config", "recurrent_dropout"))
+
+
+def _x(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("module", "deterministic", "return_all_states"))
+def _apply(module, variables, x, hx=None, *, deterministic=True, return_all_states=False, key=None):
+    """``module.apply``, jitted once per module configuration across the tests."""
+    rngs = None if key is None else {"dropout": key}
+    return module.apply(
+        variables,
+        x,
+        hx,
+        deterministic=deterministic,
+        return_all_states=return_all_states,
+        rngs=rngs,
+    )
+
+
+BASE = fl_linen.LSTM(4, num_layers=2)
+X = _x((5, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def base_vars():
+    return BASE.init(jax.random.key(0), X)
+
+
+def test_init_infers_input_size_and_matches_init_params_layout(base_vars):
+    config = BASE.lstm_config(3)
+    want = jax.eval_shape(lambda: fl.init_params(jax.random.key(0), config))
+    got = BASE.lstm_params(base_vars)
+    assert jax.tree.map(jnp.shape, got) == jax.tree.map(lambda a: a.shape, want)
+    assert all(np.abs(a).max() <= 1 / np.sqrt(4) for a in jax.tree.leaves(got))  # torch's init
+    assert sorted(base_vars["params"]) == ["layer_0", "layer_1"]
+    module = fl_linen.LSTM(4, num_layers=2, bidirectional=True, proj_size=3)
+    variables = jax.eval_shape(module.init, jax.random.key(0), _x((2, 6)))  # unbatched
+    assert variables["params"]["layer_0"]["w_ih"].shape == (2, 16, 6)
+    assert variables["params"]["layer_1"]["w_ih"].shape == (2, 16, 6)  # D·proj_size
+    assert variables["params"]["layer_1"]["w_hr"].shape == (2, 3, 4)
+
+
+def test_deterministic_equals_torch_and_dropout_keys():
+    torch.manual_seed(0)
+    torch_lstm = torch.nn.LSTM(3, 4, num_layers=2, dropout=0.5).eval()
+    module, variables = fl_linen.LSTM.from_torch(torch_lstm)
+    with torch.no_grad():
+        want = torch_lstm(torch.from_numpy(X))[0].numpy()
+    out = _apply(module, variables, X)[0]  # deterministic=True is the default
+    np.testing.assert_allclose(out, want, atol=1e-5, rtol=0)
+
+    def train(key):
+        return _apply(module, variables, X, deterministic=False, key=key)[0]
+
+    a, b, c = train(jax.random.key(1)), train(jax.random.key(1)), train(jax.random.key(2))
+    np.testing.assert_array_equal(a, b)  # the same key gives the same mask
+    assert not np.allclose(a, c, atol=1e-3)  # another key, another mask
+    assert not np.allclose(a, out, atol=1e-3)
+    with pytest.raises(Exception, match="dropout"):  # no key for dropout: flax says so
+        module.apply(variables, X, deterministic=False)
+
+
+def test_recurrent_dropout(base_vars):
+    module = BASE.clone(recurrent_dropout=0.4)  # same parameters as BASE
+    plain = _apply(BASE, base_vars, X)[0]
+    np.testing.assert_array_equal(_apply(module, base_vars, X)[0], plain)  # off: deterministic
+    a = _apply(module, base_vars, X, deterministic=False, key=jax.random.key(1))[0]
+    b = _apply(module, base_vars, X, deterministic=False, key=jax.random.key(1))[0]
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, plain, atol=1e-4)
+    with pytest.raises(ValueError, match=r"recurrent_dropout must be in \[0, 1\)"):
+        fl_linen.LSTM(4, recurrent_dropout=-0.1)
+
+
+def test_learnable_initial_state(base_vars):
+    module = BASE.clone(learnable_initial_state=True)
+    variables = module.init(jax.random.key(0), X)
+    params = variables["params"]
+    assert params["h0"].shape == (2, 4) and params["c0"].shape == (2, 4)
+    assert not params["h0"].any() and not params["c0"].any()  # initialised to zeros
+    params = {**base_vars["params"], "h0": _x((2, 4), 1), "c0": _x((2, 4), 2)}
+    variables = {"params": params}
+    h0, c0 = module.initial_state(variables, batch_size=2)
+    assert h0.shape == (2, 2, 4)
+    want = _apply(BASE, base_vars, X, (h0, c0))[0]
+    np.testing.assert_array_equal(_apply(module, variables, X)[0], want)
+
+    grads = jax.grad(lambda p: _apply(module, {"params": p}, X)[0].sum())(params)
+    assert np.abs(grads["h0"]).sum() > 0 and np.abs(grads["c0"]).sum() > 0
+    assert list(module.to_torch_state_dict(grads)) == list(torch.nn.LSTM(3, 4, 2).state_dict())
+
+
+def test_per_step_states(base_vars):
+    out, (h_n, c_n), states = _apply(BASE, base_vars, X, return_all_states=True)
+    assert states.h.shape == (5, 2, 2, 4)  # L, D·layers, N, H
+    np.testing.assert_array_equal(states.h[-1], h_n)
+    np.testing.assert_array_equal(states.c[-1], c_n)
+    np.testing.assert_array_equal(states.h[:, 1], out)  # the last layer's h is the output
+    np.testing.assert_array_equal(_apply(BASE, base_vars, X)[0], out)
+
+
+def test_jit_train_step_traces_once():
+    module = BASE.clone(dropout=0.2, recurrent_dropout=0.1)
+    params = module.init(jax.random.key(0), X)["params"]
+    tx = optax.adam(1e-2)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def train_step(params, opt_state, x, y, key):
+        def loss_fn(params):
+            out, _ = module.apply({"params": params}, x, deterministic=False, rngs={"dropout": key})
+            return jnp.mean((out[-1].sum(-1, keepdims=True) - y) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    start = params
+    for i in range(4):
+        params, opt_state, loss = train_step(
+            params, opt_state, _x((5, 2, 3), i), _x((2, 1), 10 + i), jax.random.key(i)
+        )
+        assert np.isfinite(loss)
+    assert not np.array_equal(params["layer_0"]["w_hh"], start["layer_0"]["w_hh"])
+
+
+def test_orbax_round_trip(tmp_path, base_vars):
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "lstm", base_vars)
+    checkpointer.wait_until_finished()
+    abstract = jax.eval_shape(BASE.init, jax.random.key(1), X)
+    restored = checkpointer.restore(tmp_path / "lstm", abstract)
+    np.testing.assert_array_equal(_apply(BASE, restored, X)[0], _apply(BASE, base_vars, X)[0])
+
+
+def _same_error(call_module, call_functional):
+    with pytest.raises((ValueError, TypeError, KeyError)) as want:
+        call_functional()
+    with pytest.raises(want.type) as got:
+        call_module()
+    assert str(got.value) == str(want.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"hidden_size": 0},
+        {"num_layers": 0},
+        {"proj_size": 4},
+        {"dropout": -0.5},
+        {"num_layers": 2.0},
+        {"bidirectional": 3},
+    ],
+)
+def test_constructor_errors_match_config(kwargs):
+    args = {"hidden_size": 4, **kwargs}
+    _same_error(lambda: fl_linen.LSTM(**args), lambda: fl.LSTMConfig(input_size=3, **args))
+
+
+def test_dropout_warning_at_init():
+    module = fl_linen.LSTM(4, dropout=0.5)
+    with pytest.warns(UserWarning, match="num_layers greater than 1"):
+        module.init(jax.random.key(0), _x((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        {"x": np.ones((5, 2, 4), np.float32)},  # input size differs from the params'
+        {"x": np.ones((2, 5, 2, 3), np.float32)},  # wrong rank
+        {"hx": (np.zeros((2, 2, 4)), np.zeros((2, 2, 5)))},  # wrong hidden size
+        {"seq_lengths": np.array([1.0, 2.0])},  # not integers
+        {"seq_lengths": np.array([-1, 2])},  # negative
+    ],
+)
+def test_call_errors_match_functional(call, base_vars):
+    x = call.get("x", X)
+    kwargs = {k: v for k, v in call.items() if k != "x"}
+    hx = kwargs.pop("hx", None)
+    _same_error(
+        lambda: BASE.apply(base_vars, x, hx, **kwargs),
+        lambda: fl.lstm(BASE.lstm_params(base_vars), x, hx, config=BASE.lstm_config(3), **kwargs),
+    )
+
+
+def test_init_with_invalid_input_gives_the_functional_error():
+    module = fl_linen.LSTM(4)
+    with pytest.raises(ValueError, match="input must be 3-D"):
+        module.init(jax.random.key(0), np.ones((3,), np.float32))
+
+
+def test_cell_steps_match_the_lstm(base_vars):
+    cell = fl_linen.LSTMCell(4)
+    cell_vars = {"params": fl.cell_params(BASE.lstm_params(base_vars))}  # layer 0
+    assert jax.tree.map(jnp.shape, cell_vars) == jax.tree.map(
+        jnp.shape, jax.eval_shape(cell.init, jax.random.key(0), X[0])
+    )
+
+    @jax.jit
+    def unrolled(cell_vars, x):
+        h, c = cell.apply(cell_vars, x[0])
+        steps = [h]
+        for t in range(1, x.shape[0]):
+            h, c = cell.apply(cell_vars, x[t], (h, c))
+            steps.append(h)
+        return jnp.stack(steps)
+
+    _, _, states = _apply(BASE, base_vars, X, return_all_states=True)
+    np.testing.assert_allclose(unrolled(cell_vars, X), states.h[:, 0], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
+        fl_linen.LSTMCell(0)
