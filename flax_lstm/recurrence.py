@@ -111,7 +111,7 @@ def _layer(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat):
 def _layer_fwd(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat):
     args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll)
     if remat:  # keep only the states; the gates are recomputed in the backward
-        hs, cs = _forward_scan(*args, save_acts=False)
+        hs, cs = _forward_scan(*args[:-2], False, unroll, save_acts=False)
         acts = None
     else:
         hs, cs, acts = _forward_scan(*args, save_acts=True)
@@ -126,14 +126,13 @@ def _layer_bwd(hoist, unroll, remat, residuals, cotangents):
     c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, D, N, H)
     h_in = h_prev if rmask is None else h_prev * rmask  # what multiplied W_hh at each step
     w_hr_acc = None if w_hr is None else w_hr.astype(acc)
-    if remat:  # what the forward loop read at each step, and its weights transposed once
+    if remat:  # weights transposed once, for recomputing the gates inside the loop
         w_ih_t, w_hh_t = _t(w_ih), _t(w_hh)
-        saved = _dir_matmul(x, w_ih_t, acc) if hoist else x
-    else:
-        saved = acts
 
     def body(carry, xs):
-        dh, dc = carry  # gradients w.r.t. the state after step t, from later steps
+        # dh, dc: gradients w.r.t. the state after step t, from later steps; with remat also
+        # the weight gradients, accumulated here so that nothing of size (T, N, 4H) is kept.
+        dh, dc, *grad_acc = carry
         dh_t, dc_t, saved_t, c_t, c_prev_t, h_in_t, m_t = xs
         dh = dh + dh_t.astype(acc)
         dc = dc + dc_t.astype(acc)
@@ -142,8 +141,8 @@ def _layer_bwd(hoist, unroll, remat, residuals, cotangents):
         else:  # a frozen step passes its gradient through to the previous state unchanged
             m = m_t[:, None]
             dh_new, dc_new = jnp.where(m, dh, 0), jnp.where(m, dc, 0)
-        if remat:  # the activated gates, recomputed; else stored by the forward
-            gx_t = _gates_in(saved_t, w_ih_t, b, hoist, acc)
+        if remat:  # the activated gates, recomputed from x_t; else stored by the forward
+            gx_t = _gates_in(saved_t, w_ih_t, b, False, acc)
             acts_t = activate(gx_t + batched_matmul(h_in_t, w_hh_t, acc))
         else:
             acts_t = saved_t
@@ -160,27 +159,49 @@ def _layer_bwd(hoist, unroll, remat, residuals, cotangents):
             ],
             axis=-1,
         )
-        dh_prev = batched_matmul(dz.astype(w_hh.dtype), w_hh, acc)
+        dz_c = dz.astype(w_hh.dtype)
+        dh_prev = batched_matmul(dz_c, w_hh, acc)
         if rmask is not None:
             dh_prev = dh_prev * rmask
         dc_prev = dc_total * f
         if m_t is not None:
             dh_prev = dh_prev + jnp.where(m, 0, dh)
             dc_prev = dc_prev + jnp.where(m, 0, dc)
-        out = (dz, None) if w_hr is None else (dz, (dh_new, o * tanh_c))
-        return (dh_prev, dc_prev), out
+        h_cell = None if w_hr is None else o * tanh_c
+        if not remat:
+            return (dh_prev, dc_prev), (dz, None if w_hr is None else (dh_new, h_cell))
+        dz_t = jnp.swapaxes(dz_c, -1, -2)
+        g_ih, g_hh, g_b, g_hr = grad_acc
+        g_ih = g_ih + batched_matmul(dz_t, saved_t.astype(w_hh.dtype), acc)
+        g_hh = g_hh + batched_matmul(dz_t, h_in_t.astype(w_hh.dtype), acc)
+        g_b = g_b + dz.sum(axis=-2)
+        if w_hr is not None:
+            g_hr = g_hr + batched_matmul(jnp.swapaxes(dh_new, -1, -2), h_cell, acc)
+        dx_t = batched_matmul(dz_c, w_ih, acc).astype(x.dtype)
+        return (dh_prev, dc_prev, g_ih, g_hh, g_b, g_hr), dx_t
 
     carry0 = (jnp.zeros(h0.shape, acc), jnp.zeros(c0.shape, acc))
-    xs = (dhs, dcs, saved, cs, c_prev, h_in if remat else None, mask)
-    (dh0, dc0), (dz, proj) = lax.scan(body, carry0, xs, reverse=True, unroll=unroll)
-
-    # Every weight gradient, and the input gradient, as one GEMM over all steps and the batch.
-    dz_c = dz.astype(w_hh.dtype)
-    dx = _dir_matmul(dz_c, w_ih, acc).astype(x.dtype)
-    dw_ih = _sum_outer(dz_c, x, w_ih.dtype, acc)
-    db = None if b is None else dz.sum(axis=(0, 2)).astype(b.dtype)
-    dw_hh = _sum_outer(dz_c, h_in, w_hh.dtype, acc)
-    dw_hr = None if w_hr is None else _sum_outer(*proj, w_hr.dtype, acc)
+    if remat:
+        zeros = lambda w: None if w is None else jnp.zeros(w.shape, acc)  # noqa: E731
+        carry0 += (zeros(w_ih), zeros(w_hh), jnp.zeros(w_hh.shape[:2], acc), zeros(w_hr))
+    xs = (dhs, dcs, x if remat else acts, cs, c_prev, h_in if remat else None, mask)
+    carry, ys = lax.scan(body, carry0, xs, reverse=True, unroll=unroll)
+    dh0, dc0 = carry[:2]
+    if remat:
+        dx = ys
+        dw_ih, dw_hh, db, dw_hr = carry[2:]
+        dw_ih, dw_hh = dw_ih.astype(w_ih.dtype), dw_hh.astype(w_hh.dtype)
+        dw_hr = None if w_hr is None else dw_hr.astype(w_hr.dtype)
+    else:
+        # Every weight gradient, and the input gradient, as one GEMM over all steps and batch.
+        dz, proj = ys
+        dz_c = dz.astype(w_hh.dtype)
+        dx = _dir_matmul(dz_c, w_ih, acc).astype(x.dtype)
+        dw_ih = _sum_outer(dz_c, x, w_ih.dtype, acc)
+        db = dz.sum(axis=(0, 2))
+        dw_hh = _sum_outer(dz_c, h_in, w_hh.dtype, acc)
+        dw_hr = None if w_hr is None else _sum_outer(*proj, w_hr.dtype, acc)
+    db = None if b is None else db.astype(b.dtype)
     drmask = None if rmask is None else jnp.zeros_like(rmask)
     return (dx, dw_ih, db, dw_hh, dw_hr, dh0.astype(h0.dtype), dc0.astype(c0.dtype), None, drmask)
 

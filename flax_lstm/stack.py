@@ -98,7 +98,9 @@ def lstm(
       hoist_input: compute the input projection for all steps as one GEMM before the loop
         (default on GPU/TPU) instead of step by step inside it (default on CPU, where it is
         faster); the result is the same up to float rounding.
-      remat: recompute the gates in the backward pass instead of storing them (less memory).
+      remat: keep no (L, N, 4H) tensors for the backward: the gates are recomputed there and
+        the weight gradients accumulated inside the reverse loop. Slower; for very long
+        sequences (B1 L100000 H64 fwd+bwd: 98 MiB of temporaries instead of 244 MiB).
       custom_vjp: use the hand-written backward (weight gradients as one GEMM after the loop);
         False differentiates the scan with plain autodiff (and allows forward-mode `jax.jvp`).
 
@@ -109,8 +111,8 @@ def lstm(
       ``c_n`` in its accumulation dtype (float32 for bfloat16 compute).
       With ``return_all_states`` a third element `LSTMState` ``(h, c)`` holds the states of
       every layer and direction after every step, ``(L, D·num_layers, N, H_out)`` and
-      ``(L, D·num_layers, N, H)`` (batch-first: N first; unbatched: no N), in input time order
-      and zero past each sequence's length.
+      ``(L, D·num_layers, N, H)`` (batch-first: ``(N, L, D·num_layers, ·)``; unbatched: no
+      N), in input time order and zero past each sequence's length.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -239,7 +241,8 @@ def lstm(
     elif config.batch_first:
         output = jnp.swapaxes(output, 0, 1)
         if states is not None:
-            states = LSTMState(jnp.swapaxes(states.h, 0, 1), jnp.swapaxes(states.c, 0, 1))
+            # (L, D·num_layers, N, H) -> (N, L, D·num_layers, H): the batch axis first.
+            states = LSTMState(jnp.moveaxis(states.h, 2, 0), jnp.moveaxis(states.c, 2, 0))
     if return_all_states:
         return output, (h_n, c_n), states
     return output, (h_n, c_n)

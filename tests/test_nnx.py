@@ -143,12 +143,6 @@ def test_per_step_states():
     np.testing.assert_array_equal(_call(model, x, seq_lengths=lengths)[0], out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core bug: fl.lstm's batch_first per-step states come back (D*layers, L, N, H) "
-    "instead of (N, L, D*layers, H); fix proposed in /tmp/core_patch_issue3.diff",
-)
 def test_per_step_states_batch_first():
     model = fl_nnx.LSTM(3, 4, 2, batch_first=True, rngs=nnx.Rngs(0))
     x = _x((2, 5, 3))
