@@ -23,6 +23,9 @@ from flax_lstm.params import (
 )
 from flax_lstm.stack import default_unroll, lstm
 
+# The Flax modules and streaming helpers, as ``fl.nnx``, ``fl.linen`` and ``fl.streaming``.
+from flax_lstm import linen, nnx, streaming  # noqa: E402  (they import the names above)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -36,7 +39,10 @@ __all__ = [
     "from_torch_state_dict",
     "init_cell_params",
     "init_params",
+    "linen",
     "lstm",
     "lstm_cell",
+    "nnx",
+    "streaming",
     "to_torch_state_dict",
 ]
