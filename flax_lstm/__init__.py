@@ -10,6 +10,8 @@ Example:
   ((7, 2, 5), (1, 2, 5))
 """
 
+# The Flax modules and streaming helpers, as ``fl.nnx``, ``fl.linen`` and ``fl.streaming``.
+from flax_lstm import linen, nnx, streaming
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import (
@@ -22,9 +24,6 @@ from flax_lstm.params import (
     to_torch_state_dict,
 )
 from flax_lstm.stack import default_unroll, lstm
-
-# The Flax modules and streaming helpers, as ``fl.nnx``, ``fl.linen`` and ``fl.streaming``.
-from flax_lstm import linen, nnx, streaming  # noqa: E402  (they import the names above)
 
 __version__ = "0.1.0"
 
