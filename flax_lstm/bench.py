@@ -90,6 +90,17 @@ GPU_SET = (
 # --- one builder per library: returns {"fwd": fn, "fwd_bwd": fn}, each fn() blocks ---------
 
 
+def _jax_fns(apply: Callable, params: Any, x: jax.Array) -> dict[str, Callable]:
+    """Jitted forward and forward+backward (grads w.r.t. params and input) of ``apply``."""
+    fwd = jax.jit(apply)
+    loss = lambda p, x: apply(p, x).astype(jnp.float32).sum()  # noqa: E731
+    fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return {
+        "fwd": lambda: jax.block_until_ready(fwd(params, x)),
+        "fwd_bwd": lambda: jax.block_until_ready(fwd_bwd(params, x)),
+    }
+
+
 def _build_flax_lstm(shape: Shape, x: np.ndarray, **lstm_kwargs) -> dict[str, Callable]:
     cfg = fl.LSTMConfig(
         shape.in_size, shape.hidden, shape.layers, bidirectional=shape.bidirectional
@@ -98,18 +109,7 @@ def _build_flax_lstm(shape: Shape, x: np.ndarray, **lstm_kwargs) -> dict[str, Ca
     params = fl.init_params(jax.random.key(0), cfg, dtype=dtype)
     xj = jnp.asarray(x, dtype)
 
-    @jax.jit
-    def fwd(p, x):
-        return fl.lstm(p, x, config=cfg, **lstm_kwargs)[0]
-
-    @jax.jit
-    def fwd_bwd(p, x):
-        return jax.grad(lambda p, x: fwd(p, x).astype(jnp.float32).sum(), argnums=(0, 1))(p, x)
-
-    return {
-        "fwd": lambda: jax.block_until_ready(fwd(params, xj)),
-        "fwd_bwd": lambda: jax.block_until_ready(fwd_bwd(params, xj)),
-    }
+    return _jax_fns(lambda p, x: fl.lstm(p, x, config=cfg, **lstm_kwargs)[0], params, xj)
 
 
 def _build_torch(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
@@ -164,18 +164,7 @@ def _build_flax_rnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
     xj = jnp.asarray(x, dtype)
     params = net.init(jax.random.key(0), xj)
 
-    @jax.jit
-    def fwd(p, x):
-        return net.apply(p, x)
-
-    @jax.jit
-    def fwd_bwd(p, x):
-        return jax.grad(lambda p, x: fwd(p, x).astype(jnp.float32).sum(), argnums=(0, 1))(p, x)
-
-    return {
-        "fwd": lambda: jax.block_until_ready(fwd(params, xj)),
-        "fwd_bwd": lambda: jax.block_until_ready(fwd_bwd(params, xj)),
-    }
+    return _jax_fns(net.apply, params, xj)
 
 
 def _build_jax_cudnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
@@ -205,12 +194,7 @@ def _build_jax_cudnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
             shape.bidirectional,
         )[0]
 
-    fwd = jax.jit(f)
-    fwd_bwd = jax.jit(jax.grad(lambda w, x: f(w, x).sum(), argnums=(0, 1)))
-    return {
-        "fwd": lambda: jax.block_until_ready(fwd(w, xb)),
-        "fwd_bwd": lambda: jax.block_until_ready(fwd_bwd(w, xb)),
-    }
+    return _jax_fns(f, w, xb)
 
 
 BUILDERS = {
