@@ -65,6 +65,7 @@ def lstm(
     return_all_states: bool = False,
     unroll: int | None = None,
     hoist_input: bool | None = None,
+    fuse_directions: bool | None = None,
     remat: bool = False,
     custom_vjp: bool = True,
 ):
@@ -98,6 +99,10 @@ def lstm(
       hoist_input: compute the input projection for all steps as one GEMM before the loop
         (default on GPU/TPU) instead of step by step inside it (default on CPU, where it is
         faster); the result is the same up to float rounding.
+      fuse_directions: run both directions of a bidirectional layer in one scan over a
+        direction axis (default on GPU/TPU: half the sequential steps) instead of one scan
+        each (default on CPU, where the fused step measured slower: 143 vs 108 ms, B32 T128
+        H256 bidirectional forward on one core).
       remat: keep no (L, N, 4H) tensors for the backward: the gates are recomputed there and
         the weight gradients accumulated inside the reverse loop. Slower; for very long
         sequences (B1 L100000 H64 fwd+bwd: 98 MiB of temporaries instead of 244 MiB).
@@ -182,55 +187,66 @@ def lstm(
     use_rdrop = dropout_key is not None and recurrent_dropout > 0
     layer_keys = jax.random.split(dropout_key, num_layers) if dropout_key is not None else None
     unroll = default_unroll() if unroll is None else unroll
-    hoist_input = jax.default_backend() != "cpu" if hoist_input is None else hoist_input
+    on_cpu = jax.default_backend() == "cpu"
+    hoist_input = not on_cpu if hoist_input is None else hoist_input
+    fuse_directions = not on_cpu if fuse_directions is None else fuse_directions
 
     x = x.astype(cd)
     h_n, c_n, all_h, all_c = [], [], [], []
     for k, layer in enumerate(params):
-        # Hoisted input projection: one GEMM over all steps and both directions.
         # Direction 1 reads its input reversed within each sequence's length.
-        xd = x[:, None] if d == 1 else jnp.stack([x, reverse_sequences(x, lengths)], axis=1)
-        b = (layer["b_ih"] + layer["b_hh"]).astype(acc) if config.bias else None
+        inputs = [x] if d == 1 else [x, reverse_sequences(x, lengths)]
+        bias = (layer["b_ih"] + layer["b_hh"]).astype(acc) if config.bias else None
         rmask = None
         if use_rdrop:
             rkey = jax.random.fold_in(layer_keys[k], 1)
             keep = jax.random.bernoulli(rkey, 1.0 - recurrent_dropout, (d, batch, out_size))
             rmask = keep.astype(cd) / jnp.asarray(1.0 - recurrent_dropout, cd)
-        w_hr = layer["w_hr"].astype(cd) if "w_hr" in layer else None
-        hs, cs = run_layer(
-            xd,
+        weights = (
             layer["w_ih"].astype(cd),
-            b,
+            bias,
             layer["w_hh"].astype(cd),
-            w_hr,
+            layer["w_hr"].astype(cd) if "w_hr" in layer else None,
             h0[k * d : (k + 1) * d],
             c0[k * d : (k + 1) * d],
-            mask,
-            rmask,
-            hoist_input=hoist_input,
-            unroll=unroll,
-            remat=remat,
-            custom_vjp=custom_vjp,
         )
-        h_n.append(hs[-1])
-        c_n.append(cs[-1])
-        if d == 2:  # back to input time order
-            hs = jnp.stack([hs[:, 0], reverse_sequences(hs[:, 1], lengths)], axis=1)
-            if return_all_states:
-                cs = jnp.stack([cs[:, 0], reverse_sequences(cs[:, 1], lengths)], axis=1)
+        # Both directions in one scan (GPU default) or one scan per direction (CPU default).
+        parts = []
+        for group in [range(d)] if fuse_directions else [range(i, i + 1) for i in range(d)]:
+            sl = slice(group.start, group.stop)
+            parts.append(
+                run_layer(
+                    jnp.stack([inputs[i] for i in group], axis=1),
+                    *(None if w is None else w[sl] for w in weights),
+                    mask,
+                    None if rmask is None else rmask[sl],
+                    hoist_input=hoist_input,
+                    unroll=unroll,
+                    remat=remat,
+                    custom_vjp=custom_vjp,
+                )
+            )
+        # Per direction (L, N, ·), back in input time order and zero past each length.
+        h_dirs = [hs[:, j] for hs, _ in parts for j in range(hs.shape[1])]
+        c_dirs = [cs[:, j] for _, cs in parts for j in range(cs.shape[1])]
+        h_n.extend(h[-1] for h in h_dirs)
+        c_n.extend(c[-1] for c in c_dirs)
+        for j in range(1, d):
+            h_dirs[j] = reverse_sequences(h_dirs[j], lengths)
+            c_dirs[j] = reverse_sequences(c_dirs[j], lengths) if return_all_states else None
         if mask is not None:
-            hs = jnp.where(mask[:, None, :, None], hs, 0)
+            h_dirs = [jnp.where(mask[..., None], h, 0) for h in h_dirs]
             if return_all_states:
-                cs = jnp.where(mask[:, None, :, None], cs, 0)
+                c_dirs = [jnp.where(mask[..., None], c, 0) for c in c_dirs]
         if return_all_states:
-            all_h.append(hs)
-            all_c.append(cs)
-        x = jnp.swapaxes(hs, 1, 2).reshape(seq_len, batch, d * out_size)  # (L, N, D·H_out)
+            all_h.append(jnp.stack(h_dirs, axis=1))
+            all_c.append(jnp.stack(c_dirs, axis=1))
+        x = h_dirs[0] if d == 1 else jnp.concatenate(h_dirs, axis=-1)  # (L, N, D·H_out)
         if use_dropout and k < num_layers - 1:
             x = _dropout(jax.random.fold_in(layer_keys[k], 0), x, config.dropout)
 
     output = x
-    h_n, c_n = jnp.concatenate(h_n, axis=0), jnp.concatenate(c_n, axis=0)
+    h_n, c_n = jnp.stack(h_n), jnp.stack(c_n)
     states = None
     if return_all_states:
         states = LSTMState(jnp.concatenate(all_h, axis=1), jnp.concatenate(all_c, axis=1))

@@ -65,13 +65,15 @@ def test_parity_autodiff_backward(case):
 @pytest.mark.parametrize("hoist_input", [True, False])
 @pytest.mark.parametrize("case", [CASES[3], CASES[12], CASES[13]], ids=_id)
 def test_parity_remat_and_unroll(case, hoist_input):
-    compare(case, remat=True, unroll=3, hoist_input=hoist_input)
+    compare(case, remat=True, unroll=3, hoist_input=hoist_input, fuse_directions=hoist_input)
 
 
 @pytest.mark.parametrize("case", [CASES[7], CASES[11], CASES[13]], ids=_id)
 def test_parity_other_input_projection(case):
-    """The path this backend does not use by default (hoisted GEMM on CPU, in-loop on GPU)."""
-    compare(case, hoist_input=jax.default_backend() == "cpu")
+    """The paths this backend does not use by default (on CPU: hoisted input GEMM, both
+    directions in one scan; on GPU: in-loop input projection, one scan per direction)."""
+    on_cpu = jax.default_backend() == "cpu"
+    compare(case, hoist_input=on_cpu, fuse_directions=on_cpu)
 
 
 @st.composite
