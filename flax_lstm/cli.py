@@ -106,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt = t.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, metavar="N", help=f"most epochs (default {d.epochs})")
     opt.add_argument("--lr", type=float, metavar="LR", help=f"peak learning rate (default {d.lr})")
-    opt.add_argument("--batch-size", type=int, metavar="B", help=f"default {d.batch_size}")
+    opt.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        help="series per step (default: a sixth of the training set, clipped to [4, 32])",
+    )
     opt.add_argument("--seed", type=int, metavar="S", help=f"default {d.seed}")
     opt.add_argument(
         "--weight-decay", type=float, metavar="WD", help=f"AdamW decay (default {d.weight_decay})"
@@ -160,11 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint at the end of an epoch once this long has passed since the last one "
         "(the last epoch is always checkpointed)",
     )
-    run.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() first (multi-host; run on every host)",
-    )
+    _add_distributed_flags(t)
     t.set_defaults(handler=_train)
 
     e = sub.add_parser(
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--run", required=True, metavar="DIR", help="a run folder from train")
     e.add_argument("--test", metavar="PATH", help="other test data, .ts or .npz")
-    e.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)
+    _add_distributed_flags(e)
     e.set_defaults(handler=_evaluate)
 
     sub.add_parser(
@@ -184,6 +185,38 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return parser
+
+
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "multi-host (run the same command on every host; the run folder on a shared disk)"
+    )
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first; it detects SLURM, Open MPI, Kubernetes "
+        "and Cloud TPU by itself, else give the three flags below",
+    )
+    group.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's address")
+    group.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+    manual = {
+        "coordinator_address": args.coordinator_address,
+        "num_processes": args.num_processes,
+        "process_id": args.process_id,
+    }
+    if not args.distributed and all(v is None for v in manual.values()):
+        return
+    import jax
+
+    try:
+        jax.distributed.initialize(**{k: v for k, v in manual.items() if v is not None})
+    except Exception as e:  # no cluster detected, coordinator unreachable, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise _UsageError(f"jax.distributed.initialize() failed: {first}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -273,10 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flax_lstm.train import TrainError
 
     try:
-        if getattr(args, "distributed", False):
-            import jax
-
-            jax.distributed.initialize()
+        _initialize_distributed(args)
         return args.handler(args)
     except (TrainError, DataError, _UsageError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

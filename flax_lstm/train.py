@@ -1,11 +1,16 @@
 """The main job: train and evaluate an LSTM sequence classifier with optax, on one or many devices.
 
 The model is the functional core (`flax_lstm.lstm` with ``seq_lengths``, so variable-length
-series are never truncated) followed by a linear classification head on the masked mean of the
-LSTM's outputs over each series' valid steps (``pooling="last"`` uses the final hidden states of
-both directions instead). Everything is plain JAX: parameters are a pytree, the train step is
-one `jax.jit` compiled once (batches are padded to a fixed shape), and the optimizer is optax's
-AdamW with global-norm gradient clipping and a warmup + cosine learning-rate schedule.
+series are never truncated) followed by a linear head on pooled features: by default the masked
+mean of the LSTM's outputs over each series' valid steps concatenated with the final hidden
+state of each direction (``pooling="mean+last"``). By default ``members=8`` such models (small,
+independently initialised) are trained side by side as one vmapped model on the same batches,
+each on its own loss, and predict by averaging their probabilities; Gaussian input noise and
+dropout on the pooled features regularise them. Everything is plain JAX: parameters are a
+pytree, the train step is one `jax.jit` compiled once (batches are padded to a fixed shape), and
+the optimizer is optax's AdamW with global-norm gradient clipping and a warmup + cosine
+learning-rate schedule; early stopping watches the loss on a stratified validation split of the
+training data, and the epoch with the best validation loss is the model that is kept.
 
 Data parallelism: a `jax.sharding.Mesh` over every device along one ``data`` axis; each batch
 is sharded along it, parameters and optimizer state are replicated, and XLA inserts the gradient
@@ -96,7 +101,9 @@ class TrainConfig:
       dropout: dropout rate on the pooled features before the head, and (torch semantics)
         between LSTM layers when ``num_layers > 1``.
       lr: peak learning rate of the warmup + cosine schedule.
-      batch_size: series per optimizer step (over all devices together).
+      batch_size: series per optimizer step (over all devices together); None: a sixth of the
+        training examples, clipped to [4, 32], so that small data sets still get six steps
+        an epoch.
       seed: seeds the validation split, initialisation, data order and dropout.
       weight_decay: AdamW's decoupled weight decay (not applied to biases).
       clip_norm: gradients are clipped to this global norm.
@@ -121,7 +128,7 @@ class TrainConfig:
     bidirectional: bool = True
     dropout: float = 0.3
     lr: float = 3e-3
-    batch_size: int = 32
+    batch_size: int | None = None
     seed: int = 0
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
@@ -139,6 +146,8 @@ class TrainConfig:
         positive = ("epochs", "hidden_size", "num_layers", "batch_size", "patience", "members")
         for name in positive:
             value = getattr(self, name)
+            if name == "batch_size" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TrainError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
@@ -222,14 +231,25 @@ def _classes(ds: fdata.SequenceDataset) -> list[str]:
 
 
 def _split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (fit, validation) indices; every class keeps at least one fit example."""
+    """Stratified (fit, validation) indices; every class keeps at least one fit example.
+
+    ``round(fraction * N)`` examples go to validation, shared among the classes in proportion
+    to their sizes (largest remainders first, so small classes still contribute).
+    """
     rng = np.random.default_rng([seed, 0])
+    classes, counts = np.unique(y, return_counts=True)
+    exact = fraction * counts
+    k = np.floor(exact).astype(np.int64)
+    rest = round(fraction * y.size) - int(k.sum())
+    if rest > 0:
+        order = np.lexsort((rng.random(classes.size), -(exact - k)))
+        k[order[:rest]] += 1
+    k = np.minimum(k, counts - 1)
     fit, val = [], []
-    for c in np.unique(y):
+    for c, kc in zip(classes, k, strict=True):
         idx = rng.permutation(np.flatnonzero(y == c))
-        k = min(round(fraction * idx.size), idx.size - 1)
-        val.extend(idx[:k])
-        fit.extend(idx[k:])
+        val.extend(idx[:kc])
+        fit.extend(idx[kc:])
     return np.sort(np.array(fit, np.int64)), np.sort(np.array(val, np.int64))
 
 
@@ -396,9 +416,6 @@ class _Devices:
         # Every process holds the whole (identical) batch and supplies its devices' shards.
         return jax.make_array_from_callback(array.shape, self.batch, lambda idx: array[idx])
 
-    def put_replicated(self, tree: Any) -> Any:
-        return jax.device_put(tree, self.replicated)
-
 
 def _padded(data: RunData, idx: np.ndarray, rows: int) -> tuple[np.ndarray, ...]:
     """Rows ``idx`` of ``data`` padded to ``rows`` with copies of a real row of weight 0."""
@@ -487,6 +504,14 @@ class _Checkpoints:
         self.manager.close()
 
 
+def _restore(ckpts: _Checkpoints, epoch: int, run_dir: Path, **abstract: Any) -> dict[str, Any]:
+    try:
+        return ckpts.restore(epoch, **abstract)
+    except Exception as e:  # orbax/tensorstore errors: a damaged or foreign checkpoint
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TrainError(f"{run_dir}: cannot restore checkpoint {epoch}: {first}") from None
+
+
 # ------------------------------------------------------------------------- training
 
 
@@ -550,16 +575,18 @@ class _Run:
         self.devices = devices
         self.num_classes = len(data_info["classes"])
         self.lstm_config = _lstm_config(config, data_info["num_channels"])
-        self.train_rows = devices.round_up(config.batch_size)
+        self.batch_size = data_info["batch_size"]
+        self.train_rows = devices.round_up(self.batch_size)
         self.eval_rows = devices.round_up(data_info["eval_batch_size"])
-        self.steps_per_epoch = -(-data_info["n_fit"] // config.batch_size)
+        self.steps_per_epoch = -(-data_info["n_fit"] // self.batch_size)
         key = dataclasses.replace(config, train=None, test=None)  # paths do not change the code
         total = config.epochs * self.steps_per_epoch
         self.tx, self.schedule, self.train_step, self.eval_step = _step_functions(
             key, self.lstm_config, total, devices.mesh
         )
 
-    def init_state(self) -> dict[str, Any]:
+    def _init_params(self, batched: bool) -> Any:
+        """Initial parameters: one member's, or the members' stacked on a leading axis."""
         key = jax.random.fold_in(jax.random.key(self.config.seed), 1)
         init = functools.partial(
             init_model,
@@ -568,15 +595,36 @@ class _Run:
             pooling=self.config.pooling,
         )
         if self.config.members == 1:
-            params = init(key)
-        else:
-            params = jax.vmap(init)(jax.random.split(key, self.config.members))
-        state = {"params": params, "opt_state": self.tx.init(params), "step": jnp.int32(0)}
-        return self.devices.put_replicated(state)
+            return init(key)
+        keys = jax.random.split(key, self.config.members)
+        if batched:  # traced (eval_shape): one vmapped init
+            return jax.vmap(init)(keys)
+        members = [init(k) for k in keys]  # eager: reuses each op's compilation
+        return jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *members)
+
+    def init_state(self) -> dict[str, Any]:
+        """The initial training state, replicated over the mesh.
+
+        Built eagerly (a jitted, vmapped init compiles for seconds) and placed shard by shard,
+        which also works when the mesh spans several hosts.
+        """
+        params = self._init_params(batched=False)
+        state = {"params": params, "opt_state": self.tx.init(params), "step": np.int32(0)}
+        rep = self.devices.replicated
+
+        def place(leaf):
+            host = np.asarray(leaf)
+            return jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx])
+
+        return jax.tree.map(place, state)
+
+    def _abstract_init(self) -> dict[str, Any]:
+        params = self._init_params(batched=True)
+        return {"params": params, "opt_state": self.tx.init(params), "step": jnp.int32(0)}
 
     def abstract_state(self) -> dict[str, Any]:
         rep = self.devices.replicated
-        shapes = jax.eval_shape(self.init_state)
+        shapes = jax.eval_shape(self._abstract_init)
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
 
     def batches(self, data: RunData, order: np.ndarray, size: int, rows: int) -> Iterator[tuple]:
@@ -633,6 +681,7 @@ def _prepare(config: TrainConfig) -> tuple[dict[str, Any], RunData, RunData, Run
         "n_test": len(test_ds),
         # One evaluation shape for validation (every epoch) and test: sized to the validation
         # set so that the per-epoch check wastes little on padding rows.
+        "batch_size": config.batch_size or int(np.clip(fit_idx.size // 6, 4, 32)),
         "eval_batch_size": int(min(256, val_idx.size or len(test_ds))),
         "mean": mean.tolist(),
         "std": std.tolist(),
@@ -658,18 +707,28 @@ def _default_out() -> Path:
     return out
 
 
+def _sync(name: str) -> None:
+    """Wait for every process (multi-host runs only)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _start_run_dir(out: Path, config: TrainConfig, info: dict[str, Any], run: _Run) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainError(
             f"{out} already exists and is not empty; continue it with --resume or choose "
             "another --out"
         )
+    _sync("flax_lstm: run folder checked")  # every host checks before any host writes
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrainError(f"cannot create the run folder {out}: {e.strerror or e}") from None
     if jax.process_index() == 0:
         _write_json(out / CONFIG_FILE, _run_config_json(config, info, run))
+    _sync("flax_lstm: run folder written")
 
 
 def _run_config_json(config: TrainConfig, info: dict[str, Any], run: _Run) -> dict[str, Any]:
@@ -763,7 +822,7 @@ def train(
                 "and train again"
             )
         abstract = run.abstract_state()
-        restored = ckpts.restore(last, state=abstract, model=abstract["params"])
+        restored = _restore(ckpts, last, out, state=abstract, model=abstract["params"])
         state, best_params, meta = restored["state"], restored["model"], restored["meta"]
     else:
         _start_run_dir(out, config, info, run)
@@ -833,7 +892,7 @@ def _train_loop(
             t_epoch = time.perf_counter()
             order = _epoch_order(config.seed, epoch, len(fit))
             stats = []
-            for x, lengths, y, w in run.batches(fit, order, config.batch_size, run.train_rows):
+            for x, lengths, y, w in run.batches(fit, order, run.batch_size, run.train_rows):
                 if used_devices is None:
                     used_devices = len(x.sharding.device_set)
                 state, s = run.train_step(state, x, lengths, y, w)
@@ -957,7 +1016,7 @@ def evaluate(run_dir: str | os.PathLike, *, test: str | os.PathLike | None = Non
         if last is None:
             raise TrainError(f"{run_dir}: no checkpoint to evaluate")
         run = _Run(config, info, _Devices())
-        restored = ckpts.restore(last, model=run.abstract_state()["params"])
+        restored = _restore(ckpts, last, run_dir, model=run.abstract_state()["params"])
     finally:
         ckpts.close()
     result = run.evaluate(restored["model"], data)

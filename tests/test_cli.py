@@ -127,6 +127,7 @@ def test_bad_inputs(files, tmp_path, capsys):
     expect_error(capsys, [*base, "--train", train, "--test", str(tmp_path / "unseen.ts")],
                  "labels that training never saw: 'c'")  # fmt: skip
     expect_error(capsys, [*base, "--train", train], "give both --train and --test")
+    expect_error(capsys, [*base, "--distributed"], "jax.distributed.initialize() failed")
     expect_error(capsys, [*base, "--train", train, "--test", test, "--dropout", "1.5"], "dropout")
     assert not out.exists()  # no half-written run folder from any of these
 

@@ -308,3 +308,15 @@ def test_four_devices(full_run, files, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["test_accuracy"] == m["test_accuracy"]
+
+
+def test_damaged_checkpoint_is_a_clear_error(full_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(full_run.run_dir, out)
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    shutil.rmtree(checkpoint / "state")
+    with pytest.raises(TrainError, match="cannot restore checkpoint") as info:
+        train(None, out=out, resume=True, quiet=True)
+    assert "\n" not in str(info.value)
