@@ -238,6 +238,10 @@ def _train(args: argparse.Namespace) -> int:
             config = dataclasses.replace(saved, **given)
     else:
         config = TrainConfig(**given)
+        if args.out is None:  # chosen here so that an interrupted run can name it
+            from flax_lstm.train import _default_out
+
+            args.out = str(_default_out())
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
         raise _usage("--stop-after-epochs must be at least 1")
     result = train(
