@@ -48,6 +48,8 @@ from flax import nnx
 
 import flax_lstm as fl
 
+# Small by default (well under a minute of training). FLAX_LSTM_FULL=1: two layers of 512 for
+# 3000 steps, about 0.6 s a step on two busy CPU cores (half an hour); a GPU is far quicker.
 FULL = os.environ.get("FLAX_LSTM_FULL", "0") == "1"
 FIGURES = Path(os.environ.get("FLAX_LSTM_FIGURES") or tempfile.mkdtemp(prefix="flax_lstm_"))
 FIGURES.mkdir(parents=True, exist_ok=True)

@@ -59,10 +59,15 @@ else:
     REPS, WARMUP = 5, 1
 LIBS = ("flax_lstm", "torch", "flax_rnn", "jax_cudnn")
 
-# Shapes this small gain nothing from intra-op threads, and on a busy machine a thread pool
-# per library competing for two cores distorts the comparison: one thread for torch.
-if not FULL:
-    torch.set_num_threads(1)
+# torch's CPU thread pool. On a machine whose cores other processes are using, torch's default
+# pool (one thread per core) can slow down by orders of magnitude: on a busy 2-core machine we
+# saw torch's LSTM run 5 to 150 times slower with two threads than with one. The tiny default
+# shapes gain nothing from threads, so the small run uses one; the full run keeps torch's
+# default (as `flax-lstm bench` does) and belongs on an idle machine.
+# FLAX_LSTM_TORCH_THREADS=n overrides both (0: torch's default).
+TORCH_THREADS = int(os.environ.get("FLAX_LSTM_TORCH_THREADS", "0" if FULL else "1"))
+if TORCH_THREADS > 0:
+    torch.set_num_threads(TORCH_THREADS)
 
 
 def show(fig, name):
