@@ -13,6 +13,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 import torch
+from torch_ref import same_error
 
 import flax_lstm as fl
 from flax_lstm import linen as fl_linen
@@ -155,14 +156,6 @@ def test_orbax_round_trip(tmp_path, base_vars):
     np.testing.assert_array_equal(_apply(BASE, restored, X)[0], _apply(BASE, base_vars, X)[0])
 
 
-def _same_error(call_module, call_functional):
-    with pytest.raises((ValueError, TypeError, KeyError)) as want:
-        call_functional()
-    with pytest.raises(want.type) as got:
-        call_module()
-    assert str(got.value) == str(want.value)
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -176,7 +169,7 @@ def _same_error(call_module, call_functional):
 )
 def test_constructor_errors_match_config(kwargs):
     args = {"hidden_size": 4, **kwargs}
-    _same_error(lambda: fl_linen.LSTM(**args), lambda: fl.LSTMConfig(input_size=3, **args))
+    same_error(lambda: fl_linen.LSTM(**args), lambda: fl.LSTMConfig(input_size=3, **args))
 
 
 def test_dropout_warning_at_init():
@@ -199,7 +192,7 @@ def test_call_errors_match_functional(call, base_vars):
     x = call.get("x", X)
     kwargs = {k: v for k, v in call.items() if k != "x"}
     hx = kwargs.pop("hx", None)
-    _same_error(
+    same_error(
         lambda: BASE.apply(base_vars, x, hx, **kwargs),
         lambda: fl.lstm(BASE.lstm_params(base_vars), x, hx, config=BASE.lstm_config(3), **kwargs),
     )

@@ -8,8 +8,6 @@ seq_lengths via pack_padded_sequence(enforce_sorted=False)), with torch_ref's re
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,22 +15,10 @@ import pytest
 import torch
 from flax import nnx
 from test_parity import CASES
-from torch_ref import FWD_TOL, GRAD_TOL, Case, make_inputs, make_torch, run_torch
+from torch_ref import FWD_TOL, GRAD_TOL, Case, case_id, make_inputs, make_torch, run_torch
 
 from flax_lstm import linen as fl_linen
 from flax_lstm import nnx as fl_nnx
-
-
-def _case_id(case: Case) -> str:
-    default = Case()
-    return (
-        "-".join(
-            f"{f.name}={getattr(case, f.name)}"
-            for f in dataclasses.fields(case)
-            if getattr(case, f.name) != getattr(default, f.name)
-        )
-        or "default"
-    )
 
 
 def _loss(result, inp):
@@ -91,7 +77,7 @@ def _report_worst():
 
 
 @pytest.mark.parametrize("api", sorted(RUNNERS))
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_module_matches_torch(api, case):
     module = make_torch(case).eval()
     inp = make_inputs(case)

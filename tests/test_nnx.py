@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 from flax import nnx
+from torch_ref import same_error
 
 import flax_lstm as fl
 from flax_lstm import nnx as fl_nnx
@@ -198,14 +199,6 @@ def test_orbax_round_trip(tmp_path):
     np.testing.assert_array_equal(_call(restored, x)[0], _call(model, x)[0])
 
 
-def _same_error(call_module, call_functional):
-    with pytest.raises((ValueError, TypeError, KeyError)) as want:
-        call_functional()
-    with pytest.raises(want.type) as got:
-        call_module()
-    assert str(got.value) == str(want.value)
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -220,7 +213,7 @@ def _same_error(call_module, call_functional):
 )
 def test_constructor_errors_match_config(kwargs):
     args = {"input_size": 3, "hidden_size": 4, **kwargs}
-    _same_error(
+    same_error(
         lambda: fl_nnx.LSTM(**args, rngs=nnx.Rngs(0)),
         lambda: fl.LSTMConfig(**args),
     )
@@ -248,7 +241,7 @@ def test_call_errors_match_functional(call):
     x = call.get("x", np.ones((5, 2, 3), np.float32))
     kwargs = {k: v for k, v in call.items() if k != "x"}
     hx = kwargs.pop("hx", None)
-    _same_error(
+    same_error(
         lambda: model(x, hx, **kwargs),
         lambda: fl.lstm(model.lstm_params(), x, hx, config=model.config, **kwargs),
     )

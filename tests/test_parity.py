@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from torch_ref import Case, compare, make_inputs, make_torch
+from torch_ref import Case, case_id, compare, make_inputs, make_torch
 
 import flax_lstm as fl
 
@@ -34,41 +32,29 @@ CASES = [
 ]
 
 
-def _id(case: Case) -> str:
-    default = Case()
-    return (
-        "-".join(
-            f"{f.name}={getattr(case, f.name)}"
-            for f in dataclasses.fields(case)
-            if getattr(case, f.name) != getattr(default, f.name)
-        )
-        or "default"
-    )
-
-
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_parity_jit(case):
     compare(case, jit=True)
 
 
-@pytest.mark.parametrize("case", CASES[::3], ids=_id)
+@pytest.mark.parametrize("case", CASES[::3], ids=case_id)
 def test_parity_eager(case):
     compare(case, jit=False)
 
 
-@pytest.mark.parametrize("case", [CASES[2], CASES[11], CASES[13]], ids=_id)
+@pytest.mark.parametrize("case", [CASES[2], CASES[11], CASES[13]], ids=case_id)
 def test_parity_autodiff_backward(case):
     """The plain-autodiff path (custom_vjp=False) matches torch as well."""
     compare(case, custom_vjp=False)
 
 
 @pytest.mark.parametrize("hoist_input", [True, False])
-@pytest.mark.parametrize("case", [CASES[3], CASES[12], CASES[13]], ids=_id)
+@pytest.mark.parametrize("case", [CASES[3], CASES[12], CASES[13]], ids=case_id)
 def test_parity_remat_and_unroll(case, hoist_input):
     compare(case, remat=True, unroll=3, hoist_input=hoist_input, fuse_directions=hoist_input)
 
 
-@pytest.mark.parametrize("case", [CASES[7], CASES[11], CASES[13]], ids=_id)
+@pytest.mark.parametrize("case", [CASES[7], CASES[11], CASES[13]], ids=case_id)
 def test_parity_other_input_projection(case):
     """The paths this backend does not use by default (on CPU: hoisted input GEMM, both
     directions in one scan; on GPU: in-loop input projection, one scan per direction)."""

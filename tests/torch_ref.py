@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 import flax_lstm as fl
@@ -49,6 +50,26 @@ class Case:
             self.bidirectional,
             self.proj_size,
         )
+
+
+def case_id(case: Case) -> str:
+    """A readable pytest id: the fields that differ from the default case."""
+    default = Case()
+    changed = (
+        f"{f.name}={getattr(case, f.name)}"
+        for f in dataclasses.fields(case)
+        if getattr(case, f.name) != getattr(default, f.name)
+    )
+    return "-".join(changed) or "default"
+
+
+def same_error(call_module, call_functional) -> None:
+    """A module call fails exactly as the functional call: same exception type and message."""
+    with pytest.raises((ValueError, TypeError, KeyError)) as want:
+        call_functional()
+    with pytest.raises(want.type) as got:
+        call_module()
+    assert str(got.value) == str(want.value)
 
 
 def make_torch(case: Case) -> torch.nn.LSTM:
