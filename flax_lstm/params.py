@@ -73,12 +73,14 @@ def init_params(key: Array, config: LSTMConfig, dtype: Any = jnp.float32) -> Par
       >>> import jax, flax_lstm as fl
       >>> config = fl.LSTMConfig(input_size=4, hidden_size=8, bidirectional=True)
       >>> params = fl.init_params(jax.random.key(0), config)
-      >>> sorted((k, v.shape) for k, v in params[0].items())
-      [('b_hh', (2, 32)), ('b_ih', (2, 32)), ('w_hh', (2, 32, 8)), ('w_ih', (2, 32, 4))]
+      >>> {k: v.shape for k, v in params[0].items()}
+      {'w_ih': (2, 32, 4), 'w_hh': (2, 32, 8), 'b_ih': (2, 32), 'b_hh': (2, 32)}
     """
     if not isinstance(config, LSTMConfig):
         raise TypeError(f"config must be an LSTMConfig, got {type(config).__name__}")
-    return _init_params(key, config, jnp.dtype(dtype))
+    params = _init_params(key, config, jnp.dtype(dtype))
+    # jit returns dicts with sorted keys; keep torch's order, as from_torch_state_dict does.
+    return [{name: layer[name] for name in _TORCH_NAMES if name in layer} for layer in params]
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

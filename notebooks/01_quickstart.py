@@ -130,16 +130,17 @@ assert all(
 #
 # We check each row of that table, for plain, bidirectional and projected LSTMs.
 #
-# `fl.lstm` can be called eagerly, but like any `lax.scan` program it is meant to run under
-# `jax.jit`: eagerly, every call traces the scan again (tenths of a second), while a jitted
-# call compiles once per shape and config and is then far faster (this run's timings are
-# printed below). The config is static (it is hashable). We use a jitted `lstm` from here on.
+# `fl.lstm` can be called eagerly: it checks its arguments in Python and then runs one program
+# compiled once per config, shape and dtype, so only the first call pays for compilation and
+# later eager calls take milliseconds (this run's timings are printed below). Inside a training
+# step, jit the whole step; `fl.lstm` itself can be jitted too, with the config static (it is
+# hashable). We use a jitted `lstm` from here on.
 
 # %%
 L, N = 11, 4
 x = jax.random.normal(jax.random.key(1), (L, N, INPUT))
 
-out, (h_n, c_n) = fl.lstm(params, x, config=config)  # eager: fine, just slow in a loop
+out, (h_n, c_n) = fl.lstm(params, x, config=config)  # eager: compiles on the first call
 lstm = jax.jit(fl.lstm, static_argnames="config")
 assert np.allclose(lstm(params, x, config=config)[0], out, atol=1e-6)  # compiles
 
@@ -153,7 +154,7 @@ def seconds_per_call(f, reps=3):
 
 eager_s, jit_s = seconds_per_call(fl.lstm), seconds_per_call(lstm)
 print(f"per call: eager {eager_s * 1e3:.1f} ms, jitted {jit_s * 1e3:.3f} ms")
-assert jit_s < eager_s
+assert eager_s < 0.1  # a repeated eager call reuses the compiled program (about 1 ms here)
 
 variants = {
     "plain": {},

@@ -139,3 +139,11 @@ def test_params_that_do_not_match_the_config():
         fl.lstm(bad, x, config=cfg)
     with pytest.raises(ValueError, match=r"params\[0\]\['w_ih'\] must have shape \(1, 24, 3\)"):
         fl.lstm(params, x, config=fl.LSTMConfig(3, 6, num_layers=2))
+
+
+def test_key_order_is_the_same_from_init_and_from_torch():
+    cfg = CONFIGS[3]
+    made = fl.init_params(jax.random.key(0), cfg)
+    loaded = fl.from_torch_state_dict(fl.to_torch_state_dict(made, cfg), cfg)
+    assert [list(layer) for layer in made] == [list(layer) for layer in loaded]
+    assert list(made[0]) == ["w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
