@@ -1,8 +1,8 @@
 """One LSTM layer over time: the scan of `cell.recurrent_step`, with a hand-written backward.
 
-Both directions of a bidirectional layer run in the same scan over a leading direction axis
-D, the reverse direction on input that the caller has reversed (within each sequence's
-length).
+The scan runs over a leading direction axis D: both directions of a bidirectional layer in
+one scan (the GPU default, `fuse_directions`), or one direction per call (the CPU default).
+The reverse direction reads input that the caller has reversed within each sequence's length.
 
 The input projection ``x·W_ihᵀ`` is either hoisted out of the loop as one GEMM over all steps
 (``hoist_input=True``: the GPU default, where it turns many small GEMMs into one large one)
