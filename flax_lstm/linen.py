@@ -38,8 +38,8 @@ import numpy as np
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
 from flax_lstm.nnx import (
-    _batch_size_of,
     _broadcast_initial_state,
+    _call_lstm,
     _cell_to_torch_state_dict,
     _check_recurrent_dropout,
     _load_torch,
@@ -47,7 +47,6 @@ from flax_lstm.nnx import (
     _needs_dropout_key,
 )
 from flax_lstm.params import Params, init_cell_params, init_params, to_torch_state_dict
-from flax_lstm.stack import lstm
 
 Array = jax.Array
 Output = tuple[Array, tuple[Array, Array]]
@@ -233,26 +232,14 @@ class LSTM(nn.Module):
             c0 = self.param(
                 "c0", nn.initializers.zeros, (rows, config.hidden_size), self.param_dtype
             )
-            if hx is None:
-                batch = _batch_size_of(x, config.batch_first)
-                if batch is not False:
-                    hx = _broadcast_initial_state(h0, c0, batch)
         key = None
         if not deterministic and _needs_dropout_key(config, self.recurrent_dropout):
             key = self.make_rng("dropout")
-        return lstm(
-            params,
-            x,
-            hx,
-            config=config,
-            seq_lengths=seq_lengths,
-            dropout_key=key,
-            dtype=self.dtype,
-            recurrent_dropout=self.recurrent_dropout,
-            return_all_states=return_all_states,
-            unroll=self.unroll,
-            remat=self.remat,
-        )
+        initial = (h0, c0) if self.learnable_initial_state else None
+        return _call_lstm(
+            self, params, x, hx, initial, config=config, dropout_key=key,
+            seq_lengths=seq_lengths, return_all_states=return_all_states,
+        )  # fmt: skip
 
     @nn.nowrap
     def initial_state(

@@ -97,6 +97,41 @@ def _broadcast_initial_state(h0: Array, c0: Array, batch: int | None) -> LSTMSta
     )
 
 
+def _call_lstm(
+    module: Any,
+    params: Params,
+    x: Any,
+    hx: Any,
+    initial: tuple[Array, Array] | None,
+    *,
+    config: LSTMConfig,
+    dropout_key: Array | None,
+    seq_lengths: Any,
+    return_all_states: bool,
+) -> Output | OutputWithStates:
+    """The one `flax_lstm.lstm` call of both modules (NNX and Linen), with the module's options.
+
+    ``initial`` (the learnable ``(h0, c0)``, or None) fills a missing ``hx``.
+    """
+    if hx is None and initial is not None:
+        batch = _batch_size_of(x, config.batch_first)
+        if batch is not False:
+            hx = _broadcast_initial_state(*initial, batch)
+    return lstm(
+        params,
+        x,
+        hx,
+        config=config,
+        seq_lengths=seq_lengths,
+        dropout_key=dropout_key,
+        dtype=module.dtype,
+        recurrent_dropout=module.recurrent_dropout,
+        return_all_states=return_all_states,
+        unroll=module.unroll,
+        remat=module.remat,
+    )
+
+
 def _shape(value: Any) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else tuple(np.shape(value))
 
@@ -433,23 +468,11 @@ class LSTM(nnx.Module):
         key = None
         if not deterministic and _needs_dropout_key(self.config, self.recurrent_dropout):
             key = _dropout_key(rngs, self.rngs)
-        if hx is None and self.h0 is not None:
-            batch = _batch_size_of(x, self.config.batch_first)
-            if batch is not False:
-                hx = _broadcast_initial_state(self.h0[...], self.c0[...], batch)
-        return lstm(
-            self.lstm_params(),
-            x,
-            hx,
-            config=self.config,
-            seq_lengths=seq_lengths,
-            dropout_key=key,
-            dtype=self.dtype,
-            recurrent_dropout=self.recurrent_dropout,
-            return_all_states=return_all_states,
-            unroll=self.unroll,
-            remat=self.remat,
-        )
+        initial = None if self.h0 is None else (self.h0[...], self.c0[...])
+        return _call_lstm(
+            self, self.lstm_params(), x, hx, initial, config=self.config, dropout_key=key,
+            seq_lengths=seq_lengths, return_all_states=return_all_states,
+        )  # fmt: skip
 
     def set_view(self, deterministic: bool | None = None) -> None:
         """Used by `flax.nnx.view`: ``deterministic=True`` disables dropout.
