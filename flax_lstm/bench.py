@@ -34,6 +34,7 @@ import flax_lstm as fl
 __all__ = ["CPU_SET", "GPU_SET", "Shape", "main", "run"]
 
 LIBS = ("flax_lstm", "torch", "flax_rnn", "jax_cudnn")
+MODES = ("fwd", "fwd_bwd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,10 +246,13 @@ def run(
     lstm_kwargs: dict[str, Any] | None = None,
     reps: int = 10,
     warmup: int = 2,
-    modes: Sequence[str] = ("fwd", "fwd_bwd"),
+    modes: Sequence[str] = MODES,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Benchmark ``libs`` on ``shapes``; returns the JSON-able result (see module docstring)."""
+    for name, given, known in (("modes", modes, MODES), ("libs", libs, LIBS)):
+        if not given or set(given) - set(known):
+            raise ValueError(f"{name} must be a non-empty subset of {known}, got {tuple(given)}")
     results = []
     for shape in shapes:
         x = (
@@ -377,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--libs", default=",".join(LIBS), help=f"comma list from {LIBS}")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--modes", default="fwd,fwd_bwd")
+    ap.add_argument("--modes", default="fwd,fwd_bwd", help=f"comma list from {MODES}")
     ap.add_argument("--json", default="bench.json", help="where to write the JSON result")
     ap.add_argument("--unroll", type=int, default=None, help="flax_lstm scan unroll")
     ap.add_argument("--remat", action="store_true", help="flax_lstm with remat=True")
@@ -397,6 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         which = args.set or ("gpu" if jax.default_backend() == "gpu" else "cpu")
         shapes = GPU_SET if which == "gpu" else CPU_SET
     modes = tuple(m for m in args.modes.split(",") if m)
+    bad_modes = set(modes) - set(MODES)
+    if bad_modes or not modes:
+        ap.error(f"--modes: unknown {sorted(bad_modes)}; choose from {MODES}")
     lstm_kwargs: dict[str, Any] = {}
     if args.unroll is not None:
         lstm_kwargs["unroll"] = args.unroll

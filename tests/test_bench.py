@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from flax_lstm import bench
 
 
@@ -40,3 +42,13 @@ def test_bench_command_writes_json(tmp_path, capsys):
 def test_shape_parsing():
     s = bench._parse_shape("16,1024,768,bf16")
     assert (s.batch, s.seq_len, s.hidden, s.layers, s.dtype) == (16, 1024, 768, 1, "bfloat16")
+
+
+def test_unknown_mode_or_lib_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--shape", "2,4,8", "--modes", "fwdbwd"])
+    assert "--modes: unknown ['fwdbwd']" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="modes must be a non-empty subset"):
+        bench.run([bench._parse_shape("2,4,8")], modes=("fwdbwd",))
+    with pytest.raises(ValueError, match="libs must be a non-empty subset"):
+        bench.run([bench._parse_shape("2,4,8")], libs=("tensorflow",))
