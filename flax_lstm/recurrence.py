@@ -19,6 +19,7 @@ as autodiff of `lax.scan` does.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -65,17 +66,33 @@ def _dir_matmul(a: Array, w: Array, acc) -> Array:
     return jnp.stack(out, axis=1)
 
 
-def _sum_outer(a: Array, b: Array, dtype, acc) -> Array:
-    """``Σ_{t,n} a[t,d,n]ᵀ b[t,d,n]`` per direction: (T, D, N, I), (T, D, N, J) → (D, I, J).
+def _sum_outer(a: Array, bs: list[Array], dtype, acc) -> list[Array]:
+    """``Σ_{t,n} a[t,d,n]ᵀ b[t,d,n]`` per direction for each ``b`` in ``bs``.
 
-    One 2-D GEMM per direction with the (T·N) axis contracted.
+    (T, D, N, I) and each (T, D, N, J_b) → a list of (D, I, J_b), all contracted over (T·N).
+
+    On CPU the ``bs`` are concatenated, transposed into a materialised (ΣJ, T·N) copy and
+    multiplied as one plain GEMM ``bᵀ·a``: XLA:CPU runs the transposed-operand form
+    ``aᵀ·b`` through a slower GEMM and transposes the large ``a`` for each ``b`` (measured
+    36.5 → 24.3 ms for the three gradient GEMMs of B32 T128 H256). Elsewhere one GEMM each.
     """
-    out = []
+    on_cpu = jax.default_backend() == "cpu"
+    widths = [b.shape[-1] for b in bs]
+    outs: list[list[Array]] = [[] for _ in bs]
     for d in range(a.shape[1]):
         a2 = a[:, d].reshape(-1, a.shape[-1]).astype(dtype)
-        b2 = b[:, d].reshape(-1, b.shape[-1]).astype(dtype)
-        out.append(jnp.matmul(a2.T, b2, preferred_element_type=acc).astype(dtype))
-    return jnp.stack(out)
+        if on_cpu:
+            b2 = jnp.concatenate([b[:, d].astype(dtype) for b in bs], axis=-1)
+            b2t = lax.optimization_barrier(b2.reshape(-1, sum(widths)).T)
+            g = jnp.matmul(b2t, a2, preferred_element_type=acc)  # (ΣJ, I)
+            parts = jnp.split(g, list(itertools.accumulate(widths))[:-1], axis=0)
+            for out, part in zip(outs, parts, strict=True):
+                out.append(part.T.astype(dtype))
+        else:
+            for out, b in zip(outs, bs, strict=True):
+                b2 = b[:, d].reshape(-1, b.shape[-1]).astype(dtype)
+                out.append(jnp.matmul(a2.T, b2, preferred_element_type=acc).astype(dtype))
+    return [jnp.stack(out) for out in outs]
 
 
 def _gates_in(x_or_gx_t, w_ih_t, b, hoist, acc):
@@ -197,10 +214,9 @@ def _layer_bwd(hoist, unroll, remat, residuals, cotangents):
         dz, proj = ys
         dz_c = dz.astype(w_hh.dtype)
         dx = _dir_matmul(dz_c, w_ih, acc).astype(x.dtype)
-        dw_ih = _sum_outer(dz_c, x, w_ih.dtype, acc)
+        dw_ih, dw_hh = _sum_outer(dz_c, [x, h_in], w_ih.dtype, acc)
         db = dz.sum(axis=(0, 2))
-        dw_hh = _sum_outer(dz_c, h_in, w_hh.dtype, acc)
-        dw_hr = None if w_hr is None else _sum_outer(*proj, w_hr.dtype, acc)
+        dw_hr = None if w_hr is None else _sum_outer(proj[0], [proj[1]], w_hr.dtype, acc)[0]
     db = None if b is None else db.astype(b.dtype)
     drmask = None if rmask is None else jnp.zeros_like(rmask)
     return (dx, dw_ih, db, dw_hh, dw_hr, dh0.astype(h0.dtype), dc0.astype(c0.dtype), None, drmask)
