@@ -101,7 +101,9 @@ def _gates_in(x_or_gx_t, w_ih_t, b, hoist, acc):
     return gx_t if b is None else gx_t + b[:, None, :]
 
 
-def _forward_scan(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, save_acts):
+def _forward_scan(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, save_acts, all_c):
+    """``(hs, c, acts)``: c is every step's cell state when ``all_c``, else only the last (the
+    final carry, which equals the last step's since masked steps keep the state); acts or None."""
     acc = c0.dtype
     w_ih_t, w_hh_t, w_hr_t = _t(w_ih), _t(w_hh), _t(w_hr)  # transposed once, outside the loop
     xs = _dir_matmul(x, w_ih_t, acc) if hoist else x
@@ -111,33 +113,37 @@ def _forward_scan(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, sa
         gx_t = _gates_in(in_t, w_ih_t, b, hoist, acc)
         new, acts = recurrent_step(w_hh_t, w_hr_t, gx_t, state, rmask)
         new = LSTMState(_select(m_t, new.h, state.h), _select(m_t, new.c, state.c))
-        return new, (new.h, new.c, acts) if save_acts else (new.h, new.c)
+        return new, (new.h, new.c if all_c else None, acts if save_acts else None)
 
-    _, ys = lax.scan(body, LSTMState(h0, c0), (xs, mask), unroll=unroll)
-    return ys
+    last, (hs, cs, acts) = lax.scan(body, LSTMState(h0, c0), (xs, mask), unroll=unroll)
+    return hs, cs if all_c else last.c, acts
 
 
-_STATIC = (9, 10, 11)  # hoist, unroll, remat
+_STATIC = (9, 10, 11, 12)  # hoist, unroll, remat, all_c
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=_STATIC)
-def _layer(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat):
-    return _forward_scan(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, False)
+def _layer(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat, all_c):
+    args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll)
+    return _forward_scan(*args, False, all_c)[:2]
 
 
-def _layer_fwd(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat):
+def _layer_fwd(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat, all_c):
     args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll)
     if remat:  # keep only the states; the gates are recomputed in the backward
-        hs, cs = _forward_scan(*args[:-2], False, unroll, save_acts=False)
-        acts = None
+        hs, cs, acts = _forward_scan(*args[:-2], False, unroll, False, True)
     else:
-        hs, cs, acts = _forward_scan(*args, save_acts=True)
-    return (hs, cs), (x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hs, cs, acts)
+        hs, cs, acts = _forward_scan(*args, True, True)
+    c_out = cs if all_c else cs[-1]
+    return (hs, c_out), (x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hs, cs, acts)
 
 
-def _layer_bwd(hoist, unroll, remat, residuals, cotangents):
+def _layer_bwd(hoist, unroll, remat, all_c, residuals, cotangents):
     x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hs, cs, acts = residuals
-    dhs, dcs = cotangents
+    dhs, dc_out = cotangents
+    # Only the last cell state is an output unless all_c: its gradient starts the reverse scan
+    # instead of a (T, D, N, H) array that is zero but for one step.
+    dcs = dc_out if all_c else None
     acc = cs.dtype
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, D, N, H_out)
     c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, D, N, H)
@@ -152,7 +158,8 @@ def _layer_bwd(hoist, unroll, remat, residuals, cotangents):
         dh, dc, *grad_acc = carry
         dh_t, dc_t, saved_t, c_t, c_prev_t, h_in_t, m_t = xs
         dh = dh + dh_t.astype(acc)
-        dc = dc + dc_t.astype(acc)
+        if dc_t is not None:
+            dc = dc + dc_t.astype(acc)
         if m_t is None:
             dh_new, dc_new = dh, dc
         else:  # a frozen step passes its gradient through to the previous state unchanged
@@ -197,7 +204,8 @@ def _layer_bwd(hoist, unroll, remat, residuals, cotangents):
         dx_t = batched_matmul(dz_c, w_ih, acc).astype(x.dtype)
         return (dh_prev, dc_prev, g_ih, g_hh, g_b, g_hr), dx_t
 
-    carry0 = (jnp.zeros(h0.shape, acc), jnp.zeros(c0.shape, acc))
+    dc_last = dc_out.astype(acc) if dcs is None else jnp.zeros(c0.shape, acc)
+    carry0 = (jnp.zeros(h0.shape, acc), dc_last)
     if remat:
         zeros = lambda w: None if w is None else jnp.zeros(w.shape, acc)  # noqa: E731
         carry0 += (zeros(w_ih), zeros(w_hh), jnp.zeros(w_hh.shape[:2], acc), zeros(w_hr))
@@ -240,6 +248,7 @@ def run_layer(
     unroll: int = 1,
     remat: bool = False,
     custom_vjp: bool = True,
+    all_c: bool = True,
 ) -> tuple[Array, Array]:
     """Scan one layer (all its directions at once) over time.
 
@@ -255,14 +264,17 @@ def run_layer(
       hoist_input: compute ``x·W_ihᵀ`` for all steps before the loop (else inside it).
       unroll: `lax.scan` unroll factor. remat: recompute the gates in the backward pass instead
         of storing them. custom_vjp: False differentiates the scan with plain autodiff.
+      all_c: return the cell state of every step; else only the last one, which saves a
+        (T, D, N, H) buffer in inference and its mostly-zero gradient in training.
 
     Returns:
-      ``(hs, cs)``: the state after every step, (T, D, N, H_out) and (T, D, N, H).
+      ``(hs, cs)``: the state after every step, (T, D, N, H_out) and (T, D, N, H); with
+      ``all_c=False`` ``cs`` is the last step's cell state, (D, N, H).
     """
     args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, recurrent_mask, hoist_input, unroll)
     if custom_vjp:
-        return _layer(*args, remat)
+        return _layer(*args, remat, all_c)
     scan = _forward_scan
     if remat:
-        scan = jax.checkpoint(_forward_scan, static_argnums=(9, 10, 11))
-    return scan(*args, False)
+        scan = jax.checkpoint(_forward_scan, static_argnums=(9, 10, 11, 12))
+    return scan(*args, False, all_c)[:2]

@@ -284,16 +284,23 @@ def _forward(
                     unroll=unroll,
                     remat=remat,
                     custom_vjp=custom_vjp,
+                    all_c=return_all_states,
                 )
             )
         # Per direction (L, N, ·), back in input time order and zero past each length.
+        # The last step holds h_n and c_n: masked steps keep the state of each sequence's end.
+        # The cell state of every step comes back only when it is asked for.
         h_dirs = [hs[:, j] for hs, _ in parts for j in range(hs.shape[1])]
-        c_dirs = [cs[:, j] for _, cs in parts for j in range(cs.shape[1])]
         h_n.extend(h[-1] for h in h_dirs)
-        c_n.extend(c[-1] for c in c_dirs)
+        if return_all_states:
+            c_dirs = [cs[:, j] for _, cs in parts for j in range(cs.shape[1])]
+            c_n.extend(c[-1] for c in c_dirs)
+        else:
+            c_n.extend(c_last[j] for _, c_last in parts for j in range(c_last.shape[0]))
         for j in range(1, d):
             h_dirs[j] = reverse_sequences(h_dirs[j], lengths)
-            c_dirs[j] = reverse_sequences(c_dirs[j], lengths) if return_all_states else None
+            if return_all_states:
+                c_dirs[j] = reverse_sequences(c_dirs[j], lengths)
         if mask is not None:
             h_dirs = [jnp.where(mask[..., None], h, 0) for h in h_dirs]
             if return_all_states:
