@@ -66,7 +66,9 @@ def _dir_matmul(a: Array, w: Array, acc) -> Array:
     return jnp.stack(out, axis=1)
 
 
-def _sum_outer(a: Array, bs: list[Array], dtype, acc) -> list[Array]:
+def _sum_outer(
+    a: Array, bs: list[Array], dtype, acc, transposed_copy: bool | None = None
+) -> list[Array]:
     """``Σ_{t,n} a[t,d,n]ᵀ b[t,d,n]`` per direction for each ``b`` in ``bs``.
 
     (T, D, N, I) and each (T, D, N, J_b) → a list of (D, I, J_b), all contracted over (T·N).
@@ -75,8 +77,9 @@ def _sum_outer(a: Array, bs: list[Array], dtype, acc) -> list[Array]:
     multiplied as one plain GEMM ``bᵀ·a``: XLA:CPU runs the transposed-operand form
     ``aᵀ·b`` through a slower GEMM and transposes the large ``a`` for each ``b`` (measured
     36.5 → 24.3 ms for the three gradient GEMMs of B32 T128 H256). Elsewhere one GEMM each.
+    ``transposed_copy`` forces either form (default: by backend).
     """
-    on_cpu = jax.default_backend() == "cpu"
+    on_cpu = jax.default_backend() == "cpu" if transposed_copy is None else transposed_copy
     widths = [b.shape[-1] for b in bs]
     outs: list[list[Array]] = [[] for _ in bs]
     for d in range(a.shape[1]):
