@@ -31,7 +31,7 @@ import numpy as np
 
 import flax_lstm as fl
 
-__all__ = ["CPU_SET", "GPU_SET", "Shape", "main", "run"]
+__all__ = ["CPU_SET", "GPU_SET", "Shape", "main", "reference_gemm_gflops", "run"]
 
 LIBS = ("flax_lstm", "torch", "flax_rnn", "jax_cudnn")
 MODES = ("fwd", "fwd_bwd")
@@ -239,6 +239,23 @@ def _machine() -> dict[str, Any]:
     return info
 
 
+def reference_gemm_gflops(n: int | None = None, reps: int = 5) -> dict[str, float]:
+    """Rate of one large float32 ``n×n`` GEMM in JAX on the default device: the yardstick for
+    the GFLOP/s column (n defaults to 2048 on a CPU and 8192 on an accelerator)."""
+    if n is None:
+        n = 2048 if jax.default_backend() == "cpu" else 8192
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    for _ in range(2):
+        f(a, a).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(a, a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return {"n": float(n), "gflops": 2 * n**3 / statistics.median(times) / 1e9}
+
+
 def run(
     shapes: Sequence[Shape],
     *,
@@ -248,6 +265,7 @@ def run(
     warmup: int = 2,
     modes: Sequence[str] = MODES,
     log: Callable[[str], None] = lambda s: None,
+    reference_gemm: bool = True,
 ) -> dict[str, Any]:
     """Benchmark ``libs`` on ``shapes``; returns the JSON-able result (see module docstring)."""
     for name, given, known in (("modes", modes, MODES), ("libs", libs, LIBS)):
@@ -310,6 +328,7 @@ def run(
         "flax_lstm_kwargs": lstm_kwargs or {},
         "matmul": _precision_note(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "reference_gemm": reference_gemm_gflops() if reference_gemm else None,
         "results": results,
     }
 
@@ -421,6 +440,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     print(format_table(result["results"], modes))
+    ref = result["reference_gemm"]
+    rates = [g for e in result["results"] for g in e.get("flax_lstm_gflops", {}).values()]
+    if ref and rates:
+        print(
+            f"large-GEMM reference (jax float32 {int(ref['n'])}x{int(ref['n'])}): "
+            f"{ref['gflops']:.0f} GFLOP/s; flax_lstm reached "
+            f"{min(rates) / ref['gflops']:.0%}-{max(rates) / ref['gflops']:.0%} of it"
+        )
     for e in result["results"]:
         for lib, note in e["notes"].items():
             print(f"note: {e['label']}: {lib} {note}")

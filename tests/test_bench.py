@@ -35,8 +35,10 @@ def test_bench_command_writes_json(tmp_path, capsys):
     assert entry["speedup_vs"]["torch"]["fwd_bwd"] > 0
     assert "jax_cudnn" in entry["notes"] or "jax_cudnn" in entry["ms"]
     assert result["versions"]["jax"] and result["machine"]["cpu_count"]
+    assert result["reference_gemm"]["gflops"] > 0
     table = capsys.readouterr().out
     assert "| B2 T6 H8 L2 I4 bi | fwd_bwd |" in table
+    assert "large-GEMM reference (jax float32" in table
 
 
 def test_shape_parsing():
