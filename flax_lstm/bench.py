@@ -3,7 +3,9 @@
 Every library runs the same shapes in one process, interleaved repetition by repetition after a
 warm-up, forward (inference) and forward+backward (gradients w.r.t. the input and every
 weight); the table reports medians in milliseconds and the ratio ``peer time / flax_lstm time``
-(above 1: flax_lstm is faster). A JSON file records the machine, library versions and dtype.
+(above 1: flax_lstm is faster). A JSON file records the machine, library versions and dtype,
+the medians (``ms``), the fastest repetition (``ms_min``, steadier on a shared machine) and a
+large-GEMM reference rate.
 
 Example (a tiny custom shape; the shape sets are ``--set cpu`` and ``--set gpu``):
   >>> from flax_lstm import bench
@@ -305,6 +307,7 @@ def run(
             "shape": dataclasses.asdict(shape),
             "label": shape.label(),
             "ms": ms,
+            "ms_min": {lib: {m: min(v) for m, v in t.items()} for lib, t in times.items()},
             "notes": notes,
         }
         if "flax_lstm" in ms:

@@ -33,6 +33,7 @@ def test_bench_command_writes_json(tmp_path, capsys):
     for lib in entry["ms"].values():
         assert lib["fwd"] > 0 and lib["fwd_bwd"] > 0
     assert entry["speedup_vs"]["torch"]["fwd_bwd"] > 0
+    assert entry["ms_min"]["flax_lstm"]["fwd"] <= entry["ms"]["flax_lstm"]["fwd"]
     assert "jax_cudnn" in entry["notes"] or "jax_cudnn" in entry["ms"]
     assert result["versions"]["jax"] and result["machine"]["cpu_count"]
     assert result["reference_gemm"]["gflops"] > 0
