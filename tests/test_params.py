@@ -10,6 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from torch_ref import torch_lstm
 
 import flax_lstm as fl
 
@@ -21,30 +22,19 @@ CONFIGS = [
 ]
 
 
-def _torch_module(cfg: fl.LSTMConfig) -> torch.nn.LSTM:
-    return torch.nn.LSTM(
-        cfg.input_size,
-        cfg.hidden_size,
-        cfg.num_layers,
-        bias=cfg.bias,
-        bidirectional=cfg.bidirectional,
-        proj_size=cfg.proj_size,
-    )
-
-
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
 def test_state_dict_names_shapes_and_order_match_torch(cfg):
     sd = fl.to_torch_state_dict(fl.init_params(jax.random.key(0), cfg), cfg)
-    want = {k: tuple(v.shape) for k, v in _torch_module(cfg).state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in torch_lstm(cfg).state_dict().items()}
     assert list(sd) == list(want)
     assert {k: v.shape for k, v in sd.items()} == want
     # torch loads it strictly.
-    _torch_module(cfg).load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    torch_lstm(cfg).load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
 def test_round_trip_is_lossless(cfg):
-    module = _torch_module(cfg)
+    module = torch_lstm(cfg)
     params = fl.from_torch_state_dict(module.state_dict(), cfg)
     back = fl.to_torch_state_dict(params, cfg)
     for name, value in module.state_dict().items():
@@ -56,7 +46,7 @@ def test_round_trip_is_lossless(cfg):
 
 def test_bfloat16_round_trip_keeps_bits():
     cfg = fl.LSTMConfig(3, 4)
-    module = _torch_module(cfg).to(torch.bfloat16)
+    module = torch_lstm(cfg).to(torch.bfloat16)
     params = fl.from_torch_state_dict(module.state_dict(), cfg)
     assert params[0]["w_ih"].dtype == jnp.bfloat16
     sd = fl.to_torch_state_dict(params, cfg)
@@ -70,7 +60,7 @@ def test_gradients_convert_to_torch_names():
     params = fl.init_params(jax.random.key(0), cfg)
     grads = jax.grad(lambda p: fl.lstm(p, jnp.ones((2, 1, 3)), config=cfg)[0].sum())(params)
     sd = fl.to_torch_state_dict(grads, cfg)
-    assert set(sd) == set(_torch_module(cfg).state_dict())
+    assert set(sd) == set(torch_lstm(cfg).state_dict())
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
@@ -97,7 +87,7 @@ def test_init_dtype_and_distinct_keys():
 
 def test_missing_key_is_a_key_error_naming_it():
     cfg = CONFIGS[1]
-    sd = _torch_module(cfg).state_dict()
+    sd = torch_lstm(cfg).state_dict()
     del sd["weight_hh_l1_reverse"]
     with pytest.raises(KeyError, match="weight_hh_l1_reverse"):
         fl.from_torch_state_dict(sd, cfg)
@@ -105,14 +95,14 @@ def test_missing_key_is_a_key_error_naming_it():
 
 def test_extra_key_is_named():
     cfg = CONFIGS[0]
-    sd = dict(_torch_module(cfg).state_dict(), weight_ih_l1=torch.zeros(20, 5))
+    sd = dict(torch_lstm(cfg).state_dict(), weight_ih_l1=torch.zeros(20, 5))
     with pytest.raises(ValueError, match="weight_ih_l1"):
         fl.from_torch_state_dict(sd, cfg)
 
 
 def test_misshaped_key_is_named():
     cfg = CONFIGS[0]
-    sd = dict(_torch_module(cfg).state_dict(), bias_hh_l0=torch.zeros(19))
+    sd = dict(torch_lstm(cfg).state_dict(), bias_hh_l0=torch.zeros(19))
     with pytest.raises(ValueError, match=r"bias_hh_l0.*\(20,\)"):
         fl.from_torch_state_dict(sd, cfg)
 

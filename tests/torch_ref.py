@@ -72,17 +72,23 @@ def same_error(call_module, call_functional) -> None:
     assert str(got.value) == str(want.value)
 
 
+def torch_lstm(cfg: fl.LSTMConfig) -> torch.nn.LSTM:
+    """The ``torch.nn.LSTM`` with ``cfg``'s architecture (torch's own initialisation)."""
+    return torch.nn.LSTM(
+        cfg.input_size,
+        cfg.hidden_size,
+        cfg.num_layers,
+        bias=cfg.bias,
+        batch_first=cfg.batch_first,
+        dropout=cfg.dropout,
+        bidirectional=cfg.bidirectional,
+        proj_size=cfg.proj_size,
+    )
+
+
 def make_torch(case: Case) -> torch.nn.LSTM:
     torch.manual_seed(case.seed)
-    return torch.nn.LSTM(
-        case.input_size,
-        case.hidden_size,
-        case.num_layers,
-        bias=case.bias,
-        batch_first=case.batch_first,
-        bidirectional=case.bidirectional,
-        proj_size=case.proj_size,
-    )
+    return torch_lstm(case.config())
 
 
 def make_inputs(case: Case) -> dict[str, np.ndarray]:
