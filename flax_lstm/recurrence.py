@@ -207,7 +207,7 @@ def _layer_bwd(hoist, unroll, remat, all_c, residuals, cotangents):
         dx_t = batched_matmul(dz_c, w_ih, acc).astype(x.dtype)
         return (dh_prev, dc_prev, g_ih, g_hh, g_b, g_hr), dx_t
 
-    dc_last = dc_out.astype(acc) if dcs is None else jnp.zeros(c0.shape, acc)
+    dc_last = jnp.zeros(c0.shape, acc) if all_c else dc_out.astype(acc)
     carry0 = (jnp.zeros(h0.shape, acc), dc_last)
     if remat:
         zeros = lambda w: None if w is None else jnp.zeros(w.shape, acc)  # noqa: E731
