@@ -38,6 +38,8 @@ import numpy as np
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
 from flax_lstm.nnx import (
+    Output,
+    OutputWithStates,
     _broadcast_initial_state,
     _call_lstm,
     _cell_to_torch_state_dict,
@@ -49,8 +51,6 @@ from flax_lstm.nnx import (
 from flax_lstm.params import Params, init_cell_params, init_params, to_torch_state_dict
 
 Array = jax.Array
-Output = tuple[Array, tuple[Array, Array]]
-OutputWithStates = tuple[Array, tuple[Array, Array], LSTMState]
 
 __all__ = ["LSTM", "LSTMCell"]
 
