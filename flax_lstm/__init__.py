@@ -11,7 +11,7 @@ Example:
 """
 
 # The Flax modules and streaming helpers, as ``fl.nnx``, ``fl.linen`` and ``fl.streaming``.
-from flax_lstm import linen, nnx, streaming
+from flax_lstm import kernel, linen, nnx, streaming
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import (
@@ -38,6 +38,7 @@ __all__ = [
     "from_torch_state_dict",
     "init_cell_params",
     "init_params",
+    "kernel",
     "linen",
     "lstm",
     "lstm_cell",

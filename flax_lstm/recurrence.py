@@ -25,11 +25,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from flax_lstm import kernel as cpu_kernel
 from flax_lstm.cell import LSTMState, activate, batched_matmul, recurrent_step
 
 Array = jax.Array
 
-__all__ = ["reverse_sequences", "run_layer"]
+__all__ = ["kernel_ineligible", "reverse_sequences", "run_layer"]
 
 
 def reverse_sequences(x: Array, lengths: Array | None) -> Array:
@@ -122,18 +123,24 @@ def _forward_scan(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, sa
     return hs, cs if all_c else last.c, acts
 
 
-_STATIC = (9, 10, 11, 12)  # hoist, unroll, remat, all_c
+_STATIC = (9, 10, 11, 12, 13)  # hoist, unroll, remat, all_c, kernel
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=_STATIC)
-def _layer(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat, all_c):
+def _layer(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat, all_c, kernel):
+    if kernel:
+        return cpu_kernel.forward(x, w_ih, b, w_hh, h0, c0, mask, save_acts=False, all_c=all_c)[:2]
     args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll)
     return _forward_scan(*args, False, all_c)[:2]
 
 
-def _layer_fwd(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat, all_c):
+def _layer_fwd(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat, all_c, kernel):
     args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll)
-    if remat:  # keep only the states; the gates are recomputed in the backward
+    if kernel:  # the compiled recurrence (float32, no projection, no rmask, no remat)
+        hs, cs, acts = cpu_kernel.forward(
+            x, w_ih, b, w_hh, h0, c0, mask, save_acts=True, all_c=True
+        )
+    elif remat:  # keep only the states; the gates are recomputed in the backward
         hs, cs, acts = _forward_scan(*args[:-2], False, unroll, False, True)
     else:
         hs, cs, acts = _forward_scan(*args, True, True)
@@ -141,7 +148,7 @@ def _layer_fwd(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat
     return (hs, c_out), (x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hs, cs, acts)
 
 
-def _layer_bwd(hoist, unroll, remat, all_c, residuals, cotangents):
+def _layer_bwd(hoist, unroll, remat, all_c, kernel, residuals, cotangents):
     x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hs, cs, acts = residuals
     dhs, dc_out = cotangents
     # Only the last cell state is an output unless all_c: its gradient starts the reverse scan
@@ -213,7 +220,13 @@ def _layer_bwd(hoist, unroll, remat, all_c, residuals, cotangents):
         zeros = lambda w: None if w is None else jnp.zeros(w.shape, acc)  # noqa: E731
         carry0 += (zeros(w_ih), zeros(w_hh), jnp.zeros(w_hh.shape[:2], acc), zeros(w_hr))
     xs = (dhs, dcs, x if remat else acts, cs, c_prev, h_in if remat else None, mask)
-    carry, ys = lax.scan(body, carry0, xs, reverse=True, unroll=unroll)
+    if kernel:  # the same reverse recurrence, compiled: dz for every step, dh0 and dc0
+        dz, dh0, dc0 = cpu_kernel.backward(
+            dhs, dcs if all_c else dc_out, acts, cs, c0, w_hh, mask
+        )
+        carry, ys = (dh0, dc0), (dz, None)
+    else:
+        carry, ys = lax.scan(body, carry0, xs, reverse=True, unroll=unroll)
     dh0, dc0 = carry[:2]
     if remat:
         dx = ys
@@ -236,6 +249,38 @@ def _layer_bwd(hoist, unroll, remat, all_c, residuals, cotangents):
 _layer.defvjp(_layer_fwd, _layer_bwd)
 
 
+def kernel_ineligible(
+    x: Array,
+    w_ih: Array,
+    w_hh: Array,
+    w_hr: Array | None,
+    h0: Array,
+    c0: Array,
+    recurrent_mask: Array | None = None,
+    remat: bool = False,
+    custom_vjp: bool = True,
+) -> str | None:
+    """What keeps a layer from the compiled CPU kernel (a phrase), or None if nothing does.
+
+    The kernel computes in float32 without projection, recurrent dropout or remat, and
+    needs the hand-written backward (``custom_vjp``). Availability of the compiled kernel and
+    the backend are the caller's to check.
+    """
+    if any(a.dtype != jnp.float32 for a in (x, w_ih, w_hh, h0, c0)):
+        return "dtypes other than float32"
+    if w_hr is not None:
+        return "proj_size > 0"
+    if recurrent_mask is not None:
+        return "recurrent dropout"
+    if remat:
+        return "remat=True"
+    if not custom_vjp:
+        return "custom_vjp=False"
+    if 0 in x.shape or 0 in h0.shape:
+        return "empty operands"
+    return None
+
+
 def run_layer(
     x: Array,
     w_ih: Array,
@@ -252,6 +297,7 @@ def run_layer(
     remat: bool = False,
     custom_vjp: bool = True,
     all_c: bool = True,
+    kernel: bool = False,
 ) -> tuple[Array, Array]:
     """Scan one layer (all its directions at once) over time.
 
@@ -269,14 +315,22 @@ def run_layer(
         of storing them. custom_vjp: False differentiates the scan with plain autodiff.
       all_c: return the cell state of every step; else only the last one, which saves a
         (T, D, N, H) buffer in inference and its mostly-zero gradient in training.
+      kernel: run the recurrence (forward and backward) in the compiled CPU kernel of
+        `flax_lstm.kernel` instead of `lax.scan`. Only for float32 without ``w_hr`` or
+        ``recurrent_mask``, with ``custom_vjp`` and without ``remat`` (`kernel_ineligible`
+        says what else is needed); ValueError otherwise.
 
     Returns:
       ``(hs, cs)``: the state after every step, (T, D, N, H_out) and (T, D, N, H); with
       ``all_c=False`` ``cs`` is the last step's cell state, (D, N, H).
     """
     args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, recurrent_mask, hoist_input, unroll)
+    if kernel:
+        why = kernel_ineligible(x, w_ih, w_hh, w_hr, h0, c0, recurrent_mask, remat, custom_vjp)
+        if why is not None:
+            raise ValueError(f"kernel=True: the CPU kernel does not cover {why}")
     if custom_vjp:
-        return _layer(*args, remat, all_c)
+        return _layer(*args, remat, all_c, kernel)
     scan = _forward_scan
     if remat:
         scan = jax.checkpoint(_forward_scan, static_argnums=(9, 10, 11, 12))

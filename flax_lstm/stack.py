@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lstm import _checks
+from flax_lstm import _checks, kernel
 from flax_lstm.cell import LSTMState, accumulation_dtype
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import Params
@@ -69,6 +69,7 @@ def lstm(
     fuse_directions: bool | None = None,
     remat: bool = False,
     custom_vjp: bool = True,
+    cpu_kernel: bool | None = None,
 ):
     """Run a multi-layer (bidirectional) LSTM with the semantics of ``torch.nn.LSTM``.
 
@@ -109,6 +110,12 @@ def lstm(
         sequences (B1 L100000 H64 fwd+bwd: 98 MiB of temporaries instead of 244 MiB).
       custom_vjp: use the hand-written backward (weight gradients as one GEMM after the loop);
         False differentiates the scan with plain autodiff (and allows forward-mode `jax.jvp`).
+      cpu_kernel: run each layer's recurrence in the compiled CPU kernel (`flax_lstm.kernel`)
+        instead of `lax.scan`. None (default): wherever it applies, that is on the CPU backend,
+        in float32, without ``proj_size``, recurrent dropout or ``remat``, with ``custom_vjp``,
+        and once the kernel has been built (else the scan, with a warning if the build failed).
+        True demands it (ValueError where it does not apply, RuntimeError if it cannot be
+        built); False never uses it. The results agree with the scan's to float rounding.
 
     Returns:
       ``(output, (h_n, c_n))``: ``output`` is ``(L, N, D·H_out)`` (or batch-first, or
@@ -167,6 +174,16 @@ def lstm(
     if seq_lengths is not None:
         lengths = _check_seq_lengths(seq_lengths, batch if batched else None, seq_len)
     on_cpu = jax.default_backend() == "cpu"
+    dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, params[0]["w_ih"])
+    use_kernel = _use_kernel(
+        cpu_kernel,
+        on_cpu,
+        config,
+        dtype,
+        recurrent_dropout > 0 and dropout_key is not None,
+        remat,
+        custom_vjp,
+    )
     return _forward(
         params,
         x,
@@ -175,15 +192,56 @@ def lstm(
         lengths,
         dropout_key,
         config=config,
-        dtype=jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, params[0]["w_ih"]),
+        dtype=dtype,
         recurrent_dropout=float(recurrent_dropout),
         return_all_states=bool(return_all_states),
         unroll=default_unroll() if unroll is None else int(unroll),
         hoist_input=not on_cpu if hoist_input is None else bool(hoist_input),
-        fuse_directions=not on_cpu if fuse_directions is None else bool(fuse_directions),
+        # The kernel runs both directions in one call (its threads stay up between them).
+        fuse_directions=(
+            (not on_cpu or use_kernel) if fuse_directions is None else bool(fuse_directions)
+        ),
         remat=bool(remat),
         custom_vjp=bool(custom_vjp),
+        cpu_kernel=use_kernel,
     )
+
+
+def _use_kernel(
+    requested: bool | None,
+    on_cpu: bool,
+    config: LSTMConfig,
+    dtype: Any,
+    recurrent_dropout: bool,
+    remat: bool,
+    custom_vjp: bool,
+) -> bool:
+    """Whether `lstm` runs its recurrences in the compiled CPU kernel (see ``cpu_kernel``)."""
+    if requested is False:
+        return False
+    blocker = None
+    if not on_cpu:
+        blocker = f"the {jax.default_backend()} backend (it is a CPU kernel)"
+    elif jnp.dtype(dtype) != jnp.float32:
+        blocker = f"dtype {jnp.dtype(dtype).name} (it computes in float32)"
+    elif config.proj_size:
+        blocker = "proj_size > 0"
+    elif recurrent_dropout:
+        blocker = "recurrent_dropout"
+    elif remat:
+        blocker = "remat=True"
+    elif not custom_vjp:
+        blocker = "custom_vjp=False"
+    if blocker is not None:
+        if requested:
+            raise ValueError(f"cpu_kernel=True, but the CPU kernel does not support {blocker}")
+        return False
+    if requested:
+        error = kernel.build_error()
+        if error is not None:
+            raise RuntimeError(f"cpu_kernel=True, but the CPU kernel is not available: {error}")
+        return True
+    return kernel.available()
 
 
 @functools.partial(
@@ -198,6 +256,7 @@ def lstm(
         "fuse_directions",
         "remat",
         "custom_vjp",
+        "cpu_kernel",
     ),
 )
 def _forward(
@@ -217,6 +276,7 @@ def _forward(
     fuse_directions,
     remat,
     custom_vjp,
+    cpu_kernel,
 ):
     """The computation of `lstm` on validated arguments, compiled once per configuration.
 
@@ -285,6 +345,7 @@ def _forward(
                     remat=remat,
                     custom_vjp=custom_vjp,
                     all_c=return_all_states,
+                    kernel=cpu_kernel,
                 )
             )
         # Per direction (L, N, ·), back in input time order and zero past each length.

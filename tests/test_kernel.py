@@ -1,0 +1,290 @@
+"""The compiled CPU kernel (`flax_lstm.kernel`): parity with torch and with the scan path.
+
+The rest of the suite runs through the kernel wherever it applies on CPU (float32, no
+projection); these tests add the shapes that reach its vector body and row blocks (hidden
+sizes past one vector, batches past one 8-row block), several thread counts, and what
+happens where it does not apply or cannot be built.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from torch_ref import Case, compare, make_inputs, make_torch
+
+import flax_lstm as fl
+from flax_lstm import kernel
+
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="the kernel is for the CPU backend"
+)
+
+
+def _uses_kernel(case: Case, **kwargs) -> bool:
+    cfg = case.config()
+    params = fl.from_torch_state_dict(make_torch(case).state_dict(), cfg)
+    x = jnp.asarray(make_inputs(case)["x"])
+    lengths = None if case.lengths is None else jnp.asarray(case.lengths)
+    jaxpr = jax.make_jaxpr(
+        jax.grad(lambda p: fl.lstm(p, x, config=cfg, seq_lengths=lengths, **kwargs)[0].sum())
+    )(params)
+    return "flax_lstm_cpu_forward" in str(jaxpr) and "flax_lstm_cpu_backward" in str(jaxpr)
+
+
+def test_kernel_builds_on_this_machine():
+    """CI has a C++ compiler: a kernel that fails to build must fail here, not fall back."""
+    assert kernel.build_error() is None
+    assert kernel.available()
+
+
+# Hidden sizes around one vector (16 floats with AVX-512, 8 without) and batches around one
+# block of 8 (or 6) rows reach every branch of the GEMM and the gate arithmetic.
+KERNEL_CASES = [
+    Case(input_size=20, hidden_size=37, seq_len=9, batch=19, num_layers=2, bidirectional=True),
+    Case(input_size=16, hidden_size=64, seq_len=6, batch=9, with_hx=True),
+    Case(input_size=5, hidden_size=33, seq_len=7, batch=8, lengths=(7, 1, 3, 1, 7, 2, 5, 6)),
+    Case(
+        input_size=7,
+        hidden_size=48,
+        seq_len=8,
+        batch=5,
+        num_layers=2,
+        bidirectional=True,
+        batch_first=True,
+        with_hx=True,
+        lengths=(8, 1, 4, 2, 6),
+    ),
+    Case(input_size=3, hidden_size=17, seq_len=1, batch=1, bias=False),
+    Case(input_size=12, hidden_size=40, seq_len=5, batch=None, bidirectional=True),
+]
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=range(len(KERNEL_CASES)))
+def test_kernel_parity_with_torch(case, threads, monkeypatch):
+    monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
+    jax.clear_caches()  # the thread count is read when a function is traced
+    assert _uses_kernel(case)
+    compare(case, jit=True)
+
+
+@st.composite
+def kernel_cases(draw):
+    batch = draw(st.one_of(st.none(), st.integers(1, 20)))
+    seq_len = draw(st.integers(1, 9))
+    lengths = None
+    if batch is not None and draw(st.booleans()):
+        lengths = tuple(draw(st.lists(st.integers(1, seq_len), min_size=batch, max_size=batch)))
+    return Case(
+        input_size=draw(st.integers(1, 40)),
+        hidden_size=draw(st.integers(1, 72)),
+        num_layers=draw(st.integers(1, 2)),
+        bias=draw(st.booleans()),
+        batch_first=draw(st.booleans()),
+        bidirectional=draw(st.booleans()),
+        seq_len=seq_len,
+        batch=batch,
+        with_hx=draw(st.booleans()),
+        lengths=lengths,
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kernel_cases(), st.sampled_from(["1", "2"]))
+def test_kernel_random_configurations(case, threads):
+    old = os.environ.get("FLAX_LSTM_NUM_THREADS")
+    os.environ["FLAX_LSTM_NUM_THREADS"] = threads
+    try:
+        jax.clear_caches()
+        compare(case, jit=True)
+    finally:
+        if old is None:
+            del os.environ["FLAX_LSTM_NUM_THREADS"]
+        else:
+            os.environ["FLAX_LSTM_NUM_THREADS"] = old
+
+
+# torch rejects a length of 0; the scan path defines it (the state stays h_0, c_0).
+SCAN_CASES = [
+    *KERNEL_CASES[:4],
+    Case(input_size=5, hidden_size=33, seq_len=7, batch=9, lengths=(7, 0, 3, 1, 7, 2, 0, 6, 5)),
+    Case(
+        input_size=6,
+        hidden_size=20,
+        seq_len=4,
+        batch=3,
+        num_layers=2,
+        bidirectional=True,
+        with_hx=True,
+        lengths=(0, 4, 2),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SCAN_CASES, ids=range(len(SCAN_CASES)))
+def test_kernel_equals_scan_path(case):
+    """Every output and gradient, per-step states included, against the lax.scan path."""
+    cfg = case.config()
+    params = fl.from_torch_state_dict(make_torch(case).state_dict(), cfg)
+    inp = make_inputs(case)
+    x = jnp.asarray(inp["x"])
+    lengths = None if case.lengths is None else jnp.asarray(case.lengths)
+    hx = (jnp.asarray(inp["h0"]), jnp.asarray(inp["c0"])) if case.with_hx else None
+
+    def run(cpu_kernel):
+        def loss(p, x, hx):
+            out, (h, c), states = fl.lstm(
+                p,
+                x,
+                hx,
+                config=cfg,
+                seq_lengths=lengths,
+                return_all_states=True,
+                cpu_kernel=cpu_kernel,
+            )
+            total = (out * inp["w_out"]).sum() + (h * inp["w_h"]).sum() + (c * inp["w_c"]).sum()
+            return total + (states.h**2).sum() + (states.c * 0.5).sum(), (out, h, c, states)
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, x, hx)
+
+    fast, scan = run(True), run(False)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(scan), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
+def test_kernel_check_grads():
+    from jax.test_util import check_grads
+
+    cfg = fl.LSTMConfig(4, 20, num_layers=2, bidirectional=True)
+    params = fl.init_params(jax.random.key(0), cfg)
+    x = jax.random.normal(jax.random.key(1), (5, 9, 4))
+    lengths = jnp.array([5, 2, 0, 4, 5, 1, 3, 5, 2])
+
+    def f(params, x):
+        out, (h, c) = fl.lstm(params, x, config=cfg, seq_lengths=lengths, cpu_kernel=True)
+        return out.sum() + (h * c).sum()
+
+    # float32 finite differences: step and tolerances sized to float32 rounding.
+    check_grads(f, (params, x), order=1, modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2)
+
+
+def test_kernel_under_vmap():
+    cfg = fl.LSTMConfig(3, 24, num_layers=2, bidirectional=True)
+    params = fl.init_params(jax.random.key(0), cfg)
+    xs = jax.random.normal(jax.random.key(1), (3, 6, 5, 3))
+    lengths = jnp.array([[6, 1, 3, 0, 2], [4, 4, 4, 4, 4], [1, 2, 3, 4, 5]])
+
+    def one(x, n):
+        return fl.lstm(params, x, config=cfg, seq_lengths=n, cpu_kernel=True)
+
+    batched = jax.vmap(one)(xs, lengths)
+    for i in range(3):
+        single = one(xs[i], lengths[i])
+        for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single), strict=True):
+            np.testing.assert_allclose(a[i], b, atol=1e-6)
+    grads = jax.grad(lambda x: jax.vmap(one)(x, lengths)[0].sum())(xs)
+    assert grads.shape == xs.shape and bool(jnp.isfinite(grads).all())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "what"),
+    [
+        ({"dtype": jnp.bfloat16}, "dtype bfloat16"),
+        ({"remat": True}, "remat=True"),
+        ({"custom_vjp": False}, "custom_vjp=False"),
+    ],
+)
+def test_cpu_kernel_true_where_it_does_not_apply(kwargs, what):
+    cfg = fl.LSTMConfig(3, 4)
+    params = fl.init_params(jax.random.key(0), cfg)
+    with pytest.raises(ValueError, match=f"cpu_kernel=True.*{what}"):
+        fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, cpu_kernel=True, **kwargs)
+
+
+def test_cpu_kernel_true_with_projection_or_recurrent_dropout():
+    cfg = fl.LSTMConfig(3, 4, proj_size=2)
+    params = fl.init_params(jax.random.key(0), cfg)
+    with pytest.raises(ValueError, match="proj_size"):
+        fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, cpu_kernel=True)
+    cfg = fl.LSTMConfig(3, 4)
+    params = fl.init_params(jax.random.key(0), cfg)
+    with pytest.raises(ValueError, match="recurrent_dropout"):
+        fl.lstm(
+            params,
+            jnp.ones((2, 1, 3)),
+            config=cfg,
+            cpu_kernel=True,
+            dropout_key=jax.random.key(1),
+            recurrent_dropout=0.5,
+        )
+
+
+def test_default_falls_back_where_it_does_not_apply():
+    case = Case(proj_size=2, input_size=3, hidden_size=20, batch=4)
+    assert not _uses_kernel(case)
+    assert not _uses_kernel(Case(), cpu_kernel=False)
+    assert _uses_kernel(Case())
+
+
+def test_failed_build_reports_the_compiler_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLAX_LSTM_CACHE_DIR", str(tmp_path))
+    bad = tmp_path / "broken.cc"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(kernel, "_SOURCE", bad)
+    with pytest.raises(RuntimeError, match="failed"):
+        kernel._build(kernel._compiler())
+    assert not list(tmp_path.glob("*.so"))  # no half-written library left behind
+
+
+def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+        timeout=300,
+    )
+
+
+def test_without_a_compiler_the_scan_path_runs_with_a_warning(tmp_path):
+    code = (
+        "import warnings, jax, jax.numpy as jnp, flax_lstm as fl\n"
+        "from flax_lstm import kernel\n"
+        "cfg = fl.LSTMConfig(3, 4)\n"
+        "p = fl.init_params(jax.random.key(0), cfg)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out, _ = fl.lstm(p, jnp.ones((2, 1, 3)), config=cfg)\n"
+        "print(out.shape, kernel.available(), any('C++ compiler' in str(x.message) for x in w))\n"
+    )
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = _run_python(
+        code, CXX="", PATH=str(empty), FLAX_LSTM_CACHE_DIR=str(tmp_path / "cache")
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["(2,", "1,", "4)", "False", "True"]
+
+
+def test_disabled_by_environment():
+    code = (
+        "import flax_lstm as fl, jax, jax.numpy as jnp\n"
+        "from flax_lstm import kernel\n"
+        "cfg = fl.LSTMConfig(3, 4)\n"
+        "p = fl.init_params(jax.random.key(0), cfg)\n"
+        "print(kernel.available(), kernel.build_error())\n"
+        "fl.lstm(p, jnp.ones((2, 1, 3)), config=cfg, cpu_kernel=True)\n"
+    )
+    proc = _run_python(code, FLAX_LSTM_CPU_KERNEL="0")
+    assert proc.stdout.startswith("False disabled by FLAX_LSTM_CPU_KERNEL")
+    assert proc.returncode != 0 and "RuntimeError: cpu_kernel=True" in proc.stderr
