@@ -1,5 +1,8 @@
 """``flax-lstm bench``: flax_lstm against torch.nn.LSTM, Flax nn.RNN and jax.experimental.rnn.
 
+On CPU it also runs flax_lstm's own ``lax.scan`` path (``cpu_kernel=False``, "scan path"),
+so that the gain of the compiled CPU kernel is measured in the same run.
+
 Every library runs the same shapes in one process, interleaved repetition by repetition after a
 warm-up, forward (inference) and forward+backward (gradients w.r.t. the input and every
 weight); the table reports medians in milliseconds and the ratio ``peer time / flax_lstm time``
@@ -35,7 +38,9 @@ import flax_lstm as fl
 
 __all__ = ["CPU_SET", "GPU_SET", "Shape", "main", "reference_gemm_gflops", "run"]
 
-LIBS = ("flax_lstm", "torch", "flax_rnn", "jax_cudnn")
+# flax_lstm_scan: flax_lstm with cpu_kernel=False, its lax.scan path (CPU only: elsewhere that
+# is what flax_lstm runs anyway); the ratio against it is the compiled kernel's gain.
+LIBS = ("flax_lstm", "flax_lstm_scan", "torch", "flax_rnn", "jax_cudnn")
 MODES = ("fwd", "fwd_bwd")
 
 
@@ -113,6 +118,10 @@ def _build_flax_lstm(shape: Shape, x: np.ndarray, **lstm_kwargs) -> dict[str, Ca
     xj = jnp.asarray(x, dtype)
 
     return _jax_fns(lambda p, x: fl.lstm(p, x, config=cfg, **lstm_kwargs)[0], params, xj)
+
+
+def _build_flax_lstm_scan(shape: Shape, x: np.ndarray, **lstm_kwargs) -> dict[str, Callable]:
+    return _build_flax_lstm(shape, x, **{**lstm_kwargs, "cpu_kernel": False})
 
 
 def _build_torch(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
@@ -202,6 +211,7 @@ def _build_jax_cudnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
 
 BUILDERS = {
     "flax_lstm": _build_flax_lstm,
+    "flax_lstm_scan": _build_flax_lstm_scan,
     "torch": _build_torch,
     "flax_rnn": _build_flax_rnn,
     "jax_cudnn": _build_jax_cudnn,
@@ -285,8 +295,13 @@ def run(
             if lib == "jax_cudnn" and jax.default_backend() != "gpu":
                 notes[lib] = "skipped: needs a CUDA GPU"
                 continue
+            if lib == "flax_lstm_scan" and (
+                jax.default_backend() != "cpu" or not fl.kernel.available()
+            ):
+                notes[lib] = "skipped: flax_lstm runs the scan path here (no CPU kernel)"
+                continue
             try:
-                extra = (lstm_kwargs or {}) if lib == "flax_lstm" else {}
+                extra = (lstm_kwargs or {}) if lib.startswith("flax_lstm") else {}
                 fns[lib] = BUILDERS[lib](shape, x, **extra)
                 for mode in modes:
                     for _ in range(warmup):
@@ -343,10 +358,11 @@ def format_table(
     lines = []
     if header:
         lines.append(
-            "| shape | mode | flax_lstm ms | GFLOP/s | torch ms | flax nn.RNN ms | "
-            "jax cuDNN ms | vs torch | vs flax nn.RNN | vs jax cuDNN |"
+            "| shape | mode | flax_lstm ms | GFLOP/s | scan path ms | torch ms | "
+            "flax nn.RNN ms | jax cuDNN ms | vs scan path | vs torch | vs flax nn.RNN | "
+            "vs jax cuDNN |"
         )
-        lines.append("|" + "---|" * 10)
+        lines.append("|" + "---|" * 12)
     for e in results:
         for m in modes:
             ms = e["ms"]
@@ -361,8 +377,9 @@ def format_table(
             gf = e.get("flax_lstm_gflops", {}).get(m)
             lines.append(
                 f"| {e['label']} | {m} | {cell('flax_lstm')} | "
-                f"{'' if gf is None else f'{gf:.0f}'} | {cell('torch')} | {cell('flax_rnn')} | "
-                f"{cell('jax_cudnn')} | {ratio('torch')} | {ratio('flax_rnn')} | "
+                f"{'' if gf is None else f'{gf:.0f}'} | {cell('flax_lstm_scan')} | "
+                f"{cell('torch')} | {cell('flax_rnn')} | {cell('jax_cudnn')} | "
+                f"{ratio('flax_lstm_scan')} | {ratio('torch')} | {ratio('flax_rnn')} | "
                 f"{ratio('jax_cudnn')} |"
             )
     return "\n".join(lines)
