@@ -72,8 +72,8 @@ KERNEL_CASES = [
 def test_kernel_parity_with_torch(case, threads, monkeypatch):
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
     jax.clear_caches()  # the thread count is read when a function is traced
-    assert _uses_kernel(case)
-    compare(case, jit=True)
+    assert _uses_kernel(case, cpu_kernel=True)
+    compare(case, jit=True, cpu_kernel=True)
 
 
 @st.composite
@@ -105,7 +105,7 @@ def test_kernel_random_configurations(case, threads):
     os.environ["FLAX_LSTM_NUM_THREADS"] = threads
     try:
         jax.clear_caches()
-        compare(case, jit=True)
+        compare(case, jit=True, cpu_kernel=True)
     finally:
         if old is None:
             del os.environ["FLAX_LSTM_NUM_THREADS"]
@@ -232,7 +232,11 @@ def test_default_falls_back_where_it_does_not_apply():
     case = Case(proj_size=2, input_size=3, hidden_size=20, batch=4)
     assert not _uses_kernel(case)
     assert not _uses_kernel(Case(), cpu_kernel=False)
-    assert _uses_kernel(Case())
+    assert _uses_kernel(Case())  # 6 steps × 3 sequences
+    # Under 16 steps × sequences the per-call packing of the weights costs more than it saves.
+    assert not _uses_kernel(Case(seq_len=5, batch=3))
+    assert not _uses_kernel(Case(seq_len=1, batch=None))
+    assert _uses_kernel(Case(seq_len=1, batch=None), cpu_kernel=True)
 
 
 def test_failed_build_reports_the_compiler_error(tmp_path, monkeypatch):
@@ -264,7 +268,7 @@ def test_without_a_compiler_the_scan_path_runs_with_a_warning(tmp_path):
         "p = fl.init_params(jax.random.key(0), cfg)\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
-        "    out, _ = fl.lstm(p, jnp.ones((2, 1, 3)), config=cfg)\n"
+        "    out, _ = fl.lstm(p, jnp.ones((16, 1, 3)), config=cfg)\n"
         "print(out.shape, kernel.available(), any('C++ compiler' in str(x.message) for x in w))\n"
     )
     empty = tmp_path / "bin"
@@ -273,7 +277,7 @@ def test_without_a_compiler_the_scan_path_runs_with_a_warning(tmp_path):
         code, CXX="", PATH=str(empty), FLAX_LSTM_CACHE_DIR=str(tmp_path / "cache")
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["(2,", "1,", "4)", "False", "True"]
+    assert proc.stdout.split() == ["(16,", "1,", "4)", "False", "True"]
 
 
 def test_disabled_by_environment():

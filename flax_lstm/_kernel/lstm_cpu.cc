@@ -124,15 +124,18 @@ void gemm_packed(int64_t M, int64_t npanels, const Product* prods, int nprod, fl
 }
 
 // Packs columns of Bᵀ for gemm_packed: column `col` of the packed B (K × cols, zero-padded
-// to whole panels) is row src(col) of a row-major matrix with K columns.
+// to whole panels) is row src(col) of a row-major matrix with K columns. Written panel by
+// panel in order, reading NR rows side by side.
 template <typename Src>
 void pack_rows(const float* w, int64_t K, int64_t cols, Src src, std::vector<float>& out) {
   const int64_t padded = round_up(cols, NR);
-  out.assign(static_cast<size_t>(K * padded), 0.0f);
-  for (int64_t col = 0; col < cols; ++col) {
-    const float* row = w + src(col) * K;
-    float* panel = out.data() + (col / NR) * K * NR + col % NR;
-    for (int64_t k = 0; k < K; ++k) panel[k * NR] = row[k];
+  out.resize(static_cast<size_t>(K * padded));
+  for (int64_t c0 = 0; c0 < padded; c0 += NR) {
+    const float* rows[NR];
+    for (int j = 0; j < NR; ++j) rows[j] = c0 + j < cols ? w + src(c0 + j) * K : nullptr;
+    float* panel = out.data() + c0 * K;
+    for (int64_t k = 0; k < K; ++k)
+      for (int j = 0; j < NR; ++j) panel[k * NR + j] = rows[j] != nullptr ? rows[j][k] : 0.0f;
   }
 }
 
