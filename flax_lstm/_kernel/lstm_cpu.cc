@@ -140,6 +140,18 @@ void pack_rows(const float* w, int64_t K, int64_t cols, Src src, std::vector<flo
   }
 }
 
+// Packs the columns [c0, c0 + cols) of a row-major K × ld matrix for gemm_packed.
+void pack_cols(const float* w, int64_t K, int64_t ld, int64_t c0, int64_t cols,
+               std::vector<float>& out) {
+  const int64_t padded = round_up(cols, NR);
+  out.assign(static_cast<size_t>(K * padded), 0.0f);
+  for (int64_t p = 0; p < padded; p += NR) {
+    float* panel = out.data() + p * K;
+    const int64_t width = std::min<int64_t>(NR, cols - p);
+    for (int64_t k = 0; k < K; ++k) std::memcpy(panel + k * NR, w + k * ld + c0 + p, width * 4);
+  }
+}
+
 // Loads, stores and broadcasts that read the same for a float and for a vector of VW floats,
 // so that one template of the gate arithmetic serves the vector body and the scalar tail.
 template <typename V>
@@ -201,155 +213,127 @@ inline void for_columns(int64_t n, Body&& body) {
   for (; j < n; ++j) body.template operator()<float>(j);
 }
 
-// A barrier that spins (the threads meet once per time step, every few microseconds) and
-// yields the core when a partner is late, so that an oversubscribed machine still progresses.
-class SpinBarrier {
- public:
-  void set_size(int n) { n_ = n; }
-  void wait() {
-    if (n_ == 1) return;
-    const int gen = gen_.load(std::memory_order_acquire);
-    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-      count_.store(0, std::memory_order_relaxed);
-      gen_.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
-      if (spins < 4000) {
-        cpu_relax();
-      } else {
-        std::this_thread::yield();
-      }
-    }
-  }
+// ---------------------------------------------------------------------------------------------
+// Work sharing. A call's work is a list of items, claimed in order from one atomic counter by
+// whichever threads are in the team: first the pages of the fresh output buffers to fault in,
+// then (direction, step, chunk of hidden units) in the order of the recurrence. An item of step
+// t waits until every item of the step before is done (its GEMM reads the whole previous h, or
+// dz), which the threads see through a second counter of finished items. Items are claimed in
+// order, so the items a thread waits on are already held by running threads: no deadlock,
+// whoever joins and whenever.
+//
+// The team is the calling thread plus workers of XLA's own thread pool (no thread is created
+// per call). The caller starts at once; a worker joins whenever the pool runs its task, even
+// halfway through the sequence, for instance once an XLA operation that ran beside the kernel
+// has finished. XLA promises no parallelism for scheduled tasks, so nothing ever waits for a
+// worker to come: a task that starts after the work is done leaves at once. The state is
+// shared with the tasks, which may outlive the call.
 
- private:
-  int n_ = 1;
-  std::atomic<int> count_{0};
-  std::atomic<int> gen_{0};
-};
-
-// A team of threads for one call, drawn from XLA's own thread pool: no thread is created per
-// call, and the pool's workers, which spin for a while after XLA's own operations, do the work
-// instead of competing with it for the cores. The calling thread schedules `want` tasks and
-// sleeps if that many workers join within a short wait; otherwise it joins the team itself
-// (it may itself be one of the pool's workers). XLA promises no parallelism for scheduled
-// tasks, so the team closes after the wait with whoever joined, and a task that starts later
-// leaves at once. The state is shared with the tasks, which may outlive the call.
 class Team {
  public:
-  static constexpr int kClosed = 1 << 30;
-  std::atomic<int> state{0};  // members joined so far | kClosed
-  std::atomic<bool> ready{false};
-  std::atomic<int> finished{0};
-  int size = 0;
-  SpinBarrier barrier;
+  static constexpr int64_t kClosed = int64_t{1} << 40;
+  std::atomic<int64_t> members{0};  // threads that joined | kClosed once the caller is done
+  std::atomic<int64_t> left{0};     // threads that finished
+  std::atomic<int64_t> next{0};     // next item to claim
+  std::atomic<int64_t> done{0};     // items finished
 
-  int try_join() {  // a member index, or -1 once the team has closed
-    int s = state.load(std::memory_order_acquire);
-    while (!(s & kClosed)) {
-      if (state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) return s;
+  bool join() {
+    int64_t m = members.load(std::memory_order_acquire);
+    while (!(m & kClosed)) {
+      if (members.compare_exchange_weak(m, m + 1, std::memory_order_acq_rel)) return true;
     }
-    return -1;
+    return false;
   }
-
-  template <typename Fn>
-  void work(int member, const Fn& fn) {
-    while (!ready.load(std::memory_order_acquire)) cpu_relax();
-    fn(member, size, barrier);
-    finished.fetch_add(1, std::memory_order_acq_rel);
-    finished.notify_all();
+  void leave() {
+    left.fetch_add(1, std::memory_order_acq_rel);
+    left.notify_all();
   }
 };
 
-// Runs fn(member, team_size, barrier) on up to `want` threads and returns when all are done.
-template <typename Fn>
-void run_team(ffi::ThreadPool& pool, int want, const Fn& fn) {
-  if (want <= 1) {
-    SpinBarrier alone;
-    return fn(0, 1, alone);
-  }
-  auto team = std::make_shared<Team>();
-  const std::thread::id caller = std::this_thread::get_id();
-  for (int i = 0; i < want; ++i) {
-    pool.Schedule([team, caller, &fn]() {
-      if (std::this_thread::get_id() == caller) return;  // run inline: no parallelism there
-      const int member = team->try_join();
-      if (member >= 0) team->work(member, fn);
-    });
-  }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
-  while ((team->state.load(std::memory_order_acquire) & ~Team::kClosed) < want &&
-         std::chrono::steady_clock::now() < deadline)
-    cpu_relax();
-  // Close the team; the caller joins it unless the pool already supplied `want` workers.
-  int own = -1, s = team->state.load(std::memory_order_acquire);
-  for (;;) {
-    const bool join = s < want;
-    if (team->state.compare_exchange_weak(s, (join ? s + 1 : s) | Team::kClosed,
-                                          std::memory_order_acq_rel)) {
-      own = join ? s : -1;
-      team->size = join ? s + 1 : s;
-      break;
+// Waits until at least `n` items are finished.
+inline void wait_done(const Team& team, int64_t n) {
+  for (int spins = 0; team.done.load(std::memory_order_acquire) < n; ++spins) {
+    if (spins < 4000) {
+      cpu_relax();
+    } else {
+      std::this_thread::yield();
     }
   }
-  team->barrier.set_size(team->size);
-  team->ready.store(true, std::memory_order_release);
-  if (own >= 0) team->work(own, fn);
-  for (int done = team->finished.load(std::memory_order_acquire); done < team->size;
-       done = team->finished.load(std::memory_order_acquire))
-    team->finished.wait(done, std::memory_order_acquire);
 }
 
-// Packs the columns [c0, c0 + cols) of a row-major K × ld matrix for gemm_packed.
-void pack_cols(const float* w, int64_t K, int64_t ld, int64_t c0, int64_t cols,
-               std::vector<float>& out) {
-  const int64_t padded = round_up(cols, NR);
-  out.assign(static_cast<size_t>(K * padded), 0.0f);
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t j = 0; j < cols; ++j) out[(j / NR) * K * NR + k * NR + j % NR] = w[k * ld + c0 + j];
+// Runs worker(team) on the calling thread and on up to threads - 1 pool workers; worker claims
+// and runs items until none is left. Returns once every thread that joined has left.
+template <typename Worker>
+void run_team(ffi::ThreadPool& pool, int threads, const Worker& worker) {
+  auto team = std::make_shared<Team>();
+  team->join();
+  const std::thread::id caller = std::this_thread::get_id();
+  for (int i = 1; i < threads; ++i) {
+    pool.Schedule([team, caller, &worker]() {
+      if (std::this_thread::get_id() == caller) return;  // run inline: no parallelism there
+      if (!team->join()) return;  // too late: the work is done and `worker` may be gone
+      worker(*team);
+      team->leave();
+    });
+  }
+  worker(*team);
+  team->leave();
+  const int64_t joined = team->members.fetch_or(Team::kClosed, std::memory_order_acq_rel);
+  for (int64_t n = team->left.load(std::memory_order_acquire); n < joined;
+       n = team->left.load(std::memory_order_acquire))
+    team->left.wait(n, std::memory_order_acquire);
 }
 
-// Faults in the pages of fresh output buffers with one system call per buffer and thread
-// instead of one trap per 4 KiB page on first write (each trap costs microseconds, more under a
-// hypervisor: the 16 MB of saved gates of B32 T128 H256 are 4096 of them). Each member of the
-// team takes its share, so the zeroing of the pages runs in parallel too. Best effort: older
-// kernels refuse, and then the writes fault the pages in as usual.
+// Faults in the pages of fresh output buffers with one system call per piece instead of one
+// trap per 4 KiB page on first write (each trap costs microseconds, more under a hypervisor:
+// the 16 MB of saved gates of B32 T128 H256 are 4096 of them); the pieces are work items, so
+// the zeroing of the pages runs on every thread of the team. Best effort: older kernels
+// refuse, and then the writes fault the pages in as usual.
 struct Span {
   void* data;
   size_t bytes;
 };
 
-void prefault_share(const std::vector<Span>& spans, int member, int team) {
-#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
-  constexpr uintptr_t page = 4096;
-  for (const Span& sp : spans) {
-    const uintptr_t lo = reinterpret_cast<uintptr_t>(sp.data), hi = lo + sp.bytes;
-    const uintptr_t begin = (lo + page - 1) & ~(page - 1), end = hi & ~(page - 1);
-    if (end <= begin + 16 * page) continue;  // small: not worth a system call
-    const uintptr_t pages = (end - begin) / page;
-    const uintptr_t from = begin + pages * member / team * page;
-    const uintptr_t to = begin + pages * (member + 1) / team * page;
-    if (to > from) madvise(reinterpret_cast<void*>(from), to - from, MADV_POPULATE_WRITE);
+class Prefault {
+ public:
+  static constexpr uintptr_t kPage = 4096, kPiece = 256 * kPage;  // 1 MiB
+  explicit Prefault(const std::vector<Span>& spans) {
+    for (const Span& sp : spans) {
+      const uintptr_t lo = reinterpret_cast<uintptr_t>(sp.data);
+      const uintptr_t begin = (lo + kPage - 1) & ~(kPage - 1), end = (lo + sp.bytes) & ~(kPage - 1);
+      for (uintptr_t p = begin; p + 16 * kPage <= end; p += kPiece)
+        pieces_.push_back({p, std::min(p + kPiece, end)});
+    }
   }
+  int64_t size() const { return static_cast<int64_t>(pieces_.size()); }
+  void run(int64_t i) const {
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+    madvise(reinterpret_cast<void*>(pieces_[i].first), pieces_[i].second - pieces_[i].first,
+            MADV_POPULATE_WRITE);
 #else
-  (void)spans;
-  (void)member;
-  (void)team;
+    (void)i;
 #endif
-}
+  }
 
-struct Slice {
-  int64_t u0, nu;  // a thread's hidden units [u0, u0 + nu)
+ private:
+  std::vector<std::pair<uintptr_t, uintptr_t>> pieces_;
 };
-
-Slice unit_slice(int64_t H, int threads, int p) {
-  const int64_t base = H / threads, extra = H % threads;
-  return {p * base + std::min<int64_t>(p, extra), base + (p < extra ? 1 : 0)};
-}
 
 struct Dims {
   int64_t T, D, N, I, H;
+};
+
+// Forward chunks: 16 hidden units, i.e. 64 gate columns, two packed panels (a whole number of
+// vectors for the gate arithmetic). Backward chunks: 32 units, one panel of dh.
+constexpr int64_t kFwdUnits = 16, kBwdUnits = 32;
+
+// A thread's scratch for one chunk's GEMM output, reused across items.
+struct Scratch {
+  std::vector<float> gate;
+  float* get(size_t n) {
+    if (gate.size() < n) gate.resize(n);
+    return gate.data();
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -359,149 +343,195 @@ struct Dims {
 // last one (D, N, H) when cs_all is false.
 
 void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vector<Span>& fresh,
-             const float* x,
-             const float* w_ih, const float* bias, const float* w_hh, const float* h0,
-             const float* c0, const int8_t* mask, float* hs, float* cs, bool cs_all,
-             float* acts) {
+             const float* x, const float* w_ih, const float* bias, const float* w_hh,
+             const float* h0, const float* c0, const int8_t* mask, float* hs, float* cs,
+             bool cs_all, float* acts) {
   const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
-  run_team(pool, threads, [&](int p, int team, SpinBarrier& barrier) {
-    prefault_share(fresh, p, team);
-    const Slice sl = unit_slice(H, team, p);
-    const int64_t u0 = sl.u0, nu = sl.nu;
-    const int64_t cols = round_up(4 * nu, NR), npan = cols / NR;
-    std::vector<float> bi, bh, gate(static_cast<size_t>(N * cols)), b(4 * nu);
-    std::vector<float> c(static_cast<size_t>(N * nu));
-    // This thread's gate columns: column g·nu + j is gate g of unit u0 + j (a row of W).
-    const auto row_of = [&](int64_t col) { return (col / nu) * H + u0 + col % nu; };
-    for (int64_t d = 0; d < D; ++d) {
-      pack_rows(w_ih + d * G4 * I, I, 4 * nu, row_of, bi);
-      pack_rows(w_hh + d * G4 * H, H, 4 * nu, row_of, bh);
-      for (int64_t col = 0; col < 4 * nu; ++col) b[col] = bias[d * G4 + row_of(col)];
-      for (int64_t n = 0; n < N; ++n)
-        std::memcpy(&c[n * nu], c0 + (d * N + n) * H + u0, nu * sizeof(float));
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t row0 = (t * D + d) * N;  // first row of step t, direction d
-        const float* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
-        const Product prods[2] = {{x + row0 * I, I, static_cast<int>(I), bi.data()},
-                                  {hprev, H, static_cast<int>(H), bh.data()}};
-        gemm_packed(N, npan, prods, 2, gate.data(), cols);
-        for (int64_t n = 0; n < N; ++n) {
-          const bool valid = mask == nullptr || mask[t * N + n] != 0;
-          const float* z = gate.data() + n * cols;
-          const float* hp = hprev + n * H + u0;
-          float* h = hs + (row0 + n) * H + u0;
-          float* cn = c.data() + n * nu;
-          float* a = acts == nullptr ? nullptr : acts + (row0 + n) * G4 + u0;
-          const float* bb = b.data();
-          for_columns(nu, [&]<typename V>(int64_t j) {
-            const V i_ = sigmoid_approx<V>(load<V>(z + j) + load<V>(bb + j));
-            const V f_ = sigmoid_approx<V>(load<V>(z + nu + j) + load<V>(bb + nu + j));
-            const V g_ = tanh_approx<V>(load<V>(z + 2 * nu + j) + load<V>(bb + 2 * nu + j));
-            const V o_ = sigmoid_approx<V>(load<V>(z + 3 * nu + j) + load<V>(bb + 3 * nu + j));
-            const V c_new = f_ * load<V>(cn + j) + i_ * g_;
-            if (a != nullptr) {
-              store<V>(a + j, i_);
-              store<V>(a + H + j, f_);
-              store<V>(a + 2 * H + j, g_);
-              store<V>(a + 3 * H + j, o_);
-            }
-            if (valid) {  // else the state stays: h and c as they were
-              store<V>(cn + j, c_new);
-              store<V>(h + j, o_ * tanh_approx<V>(c_new));
-            } else {
-              store<V>(h + j, load<V>(hp + j));
-            }
-          });
-          if (cs_all) std::memcpy(cs + (row0 + n) * H + u0, cn, nu * sizeof(float));
-        }
-        barrier.wait();  // h_t complete: every thread reads all of it in the next GEMM
+  const int64_t chunks = (H + kFwdUnits - 1) / kFwdUnits, cols = 4 * kFwdUnits;
+  // Packed weights of every direction and chunk: chunk column g·16 + j is gate g of unit
+  // 16·chunk + j (a row of W), zero past H. Packed by the caller while the pool's workers wake.
+  std::vector<float> bi, bh, bcol(static_cast<size_t>(D * chunks * cols), 0.0f);
+  std::vector<float> tmp;
+  const int64_t wi = I * cols, wh = H * cols;  // floats per chunk of packed W_ih, W_hh
+  bi.resize(static_cast<size_t>(D * chunks * wi));
+  bh.resize(static_cast<size_t>(D * chunks * wh));
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t k = 0; k < chunks; ++k) {
+      const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
+      const auto row_of = [&](int64_t col) {
+        return (col / kFwdUnits) * H + u0 + std::min(col % kFwdUnits, nu - 1);
+      };
+      pack_rows(w_ih + d * G4 * I, I, cols, row_of, tmp);
+      std::copy(tmp.begin(), tmp.end(), bi.begin() + (d * chunks + k) * wi);
+      pack_rows(w_hh + d * G4 * H, H, cols, row_of, tmp);
+      std::copy(tmp.begin(), tmp.end(), bh.begin() + (d * chunks + k) * wh);
+      for (int64_t col = 0; col < cols; ++col)
+        bcol[(d * chunks + k) * cols + col] = bias[d * G4 + row_of(col)];
+    }
+  }
+  // The cell state of every direction, shared: each item updates its chunk's units.
+  std::vector<float> c(c0, c0 + D * N * H);
+  const Prefault prefault(fresh);
+  const int64_t first = prefault.size(), total = first + D * T * chunks;
+
+  run_team(pool, threads, [&](Team& team) {
+    Scratch scratch;
+    for (int64_t item = team.next.fetch_add(1, std::memory_order_acq_rel); item < total;
+         item = team.next.fetch_add(1, std::memory_order_acq_rel)) {
+      if (item < first) {
+        prefault.run(item);
+        team.done.fetch_add(1, std::memory_order_acq_rel);
+        continue;
       }
-      if (!cs_all) {
-        for (int64_t n = 0; n < N; ++n)
-          std::memcpy(cs + (d * N + n) * H + u0, &c[n * nu], nu * sizeof(float));
+      const int64_t w = item - first, k = w % chunks, t = (w / chunks) % T, d = w / (chunks * T);
+      wait_done(team, item - k);  // the whole previous step (and the prefault pieces)
+      const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
+      const int64_t row0 = (t * D + d) * N;  // first row of step t, direction d
+      const float* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
+      const float* pi = bi.data() + (d * chunks + k) * wi;
+      const float* ph = bh.data() + (d * chunks + k) * wh;
+      const Product prods[2] = {{x + row0 * I, I, static_cast<int>(I), pi},
+                                {hprev, H, static_cast<int>(H), ph}};
+      float* gate = scratch.get(static_cast<size_t>(N * cols));
+      gemm_packed(N, cols / NR, prods, 2, gate, cols);
+      const float* bb = bcol.data() + (d * chunks + k) * cols;
+      for (int64_t n = 0; n < N; ++n) {
+        const bool valid = mask == nullptr || mask[t * N + n] != 0;
+        const float* z = gate + n * cols;
+        const float* hp = hprev + n * H + u0;
+        float* h = hs + (row0 + n) * H + u0;
+        float* cn = c.data() + (d * N + n) * H + u0;
+        float* a = acts == nullptr ? nullptr : acts + (row0 + n) * G4 + u0;
+        const int64_t q = kFwdUnits;
+        for_columns(nu, [&]<typename V>(int64_t j) {
+          const V i_ = sigmoid_approx<V>(load<V>(z + j) + load<V>(bb + j));
+          const V f_ = sigmoid_approx<V>(load<V>(z + q + j) + load<V>(bb + q + j));
+          const V g_ = tanh_approx<V>(load<V>(z + 2 * q + j) + load<V>(bb + 2 * q + j));
+          const V o_ = sigmoid_approx<V>(load<V>(z + 3 * q + j) + load<V>(bb + 3 * q + j));
+          const V c_new = f_ * load<V>(cn + j) + i_ * g_;
+          if (a != nullptr) {
+            store<V>(a + j, i_);
+            store<V>(a + H + j, f_);
+            store<V>(a + 2 * H + j, g_);
+            store<V>(a + 3 * H + j, o_);
+          }
+          if (valid) {  // else the state stays: h and c as they were
+            store<V>(cn + j, c_new);
+            store<V>(h + j, o_ * tanh_approx<V>(c_new));
+          } else {
+            store<V>(h + j, load<V>(hp + j));
+          }
+        });
+        if (cs_all) std::memcpy(cs + (row0 + n) * H + u0, cn, nu * sizeof(float));
       }
+      team.done.fetch_add(1, std::memory_order_acq_rel);
     }
   });
+  if (!cs_all) std::memcpy(cs, c.data(), D * N * H * sizeof(float));
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward: the gate pre-activation gradients dz (T, D, N, 4H) and dh0, dc0. dhs is the
-// gradient of every step's h; dcs of every step's c (dcs_all) or of the last one only.
+// gradient of every step's h; dcs of every step's c (dcs_all) or of the last one only. dz may
+// be the very buffer of acts: each element of a step's gates is read before its dz is written.
+//
+// Item (t, chunk) first forms the chunk's dh_t = dz_{t+1}·W_hh[:, chunk] (plus what frozen
+// steps pass through), then the chunk's gate gradients at step t. A last row of items, t = -1,
+// forms dh0.
 
 void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vector<Span>& fresh,
-              const float* dhs,
-              const float* dcs, bool dcs_all, const float* acts, const float* cs,
-              const float* c0, const float* w_hh, const int8_t* mask, float* dz, float* dh0,
-              float* dc0) {
+              const float* dhs, const float* dcs, bool dcs_all, const float* acts,
+              const float* cs, const float* c0, const float* w_hh, const int8_t* mask, float* dz,
+              float* dh0, float* dc0) {
   const int64_t T = s.T, D = s.D, N = s.N, H = s.H, G4 = 4 * H;
-  run_team(pool, threads, [&](int p, int team, SpinBarrier& barrier) {
-    prefault_share(fresh, p, team);
-    const Slice sl = unit_slice(H, team, p);
-    const int64_t u0 = sl.u0, nu = sl.nu;
-    const int64_t cols = round_up(nu, NR), npan = cols / NR;
-    std::vector<float> bp, gate(static_cast<size_t>(N * cols));
-    std::vector<float> dh(static_cast<size_t>(N * nu)), dc(static_cast<size_t>(N * nu));
-    std::vector<float> pass(static_cast<size_t>(N * nu));
-    for (int64_t d = 0; d < D; ++d) {
-      // This thread's columns of W_hh (4H × H): dh_{t-1}[:, u] = dz_t · W_hh[:, u].
-      pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, bp);
-      std::fill(dh.begin(), dh.end(), 0.0f);
-      for (int64_t n = 0; n < N; ++n) {
-        if (dcs_all) {
-          std::fill(dc.begin() + n * nu, dc.begin() + (n + 1) * nu, 0.0f);
-        } else {
-          std::memcpy(&dc[n * nu], dcs + (d * N + n) * H + u0, nu * sizeof(float));
-        }
+  const int64_t chunks = (H + kBwdUnits - 1) / kBwdUnits, cols = round_up(kBwdUnits, NR);
+  std::vector<float> bp(static_cast<size_t>(D * chunks * G4 * cols)), tmp;
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t k = 0; k < chunks; ++k) {
+      const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
+      pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, tmp);
+      std::copy(tmp.begin(), tmp.end(), bp.begin() + (d * chunks + k) * G4 * cols);
+    }
+  }
+  // Shared state per direction: the gradients w.r.t. the cell state after the current step
+  // (dc), and the dh that frozen steps pass through (pass).
+  std::vector<float> dc(static_cast<size_t>(D * N * H), 0.0f), pass(dc.size(), 0.0f);
+  if (!dcs_all) std::memcpy(dc.data(), dcs, D * N * H * sizeof(float));
+  const Prefault prefault(fresh);
+  const int64_t steps = T + 1;  // T - 1 … 0, then the dh0 row
+  const int64_t first = prefault.size(), total = first + D * steps * chunks;
+
+  run_team(pool, threads, [&](Team& team) {
+    Scratch scratch;
+    for (int64_t item = team.next.fetch_add(1, std::memory_order_acq_rel); item < total;
+         item = team.next.fetch_add(1, std::memory_order_acq_rel)) {
+      if (item < first) {
+        prefault.run(item);
+        team.done.fetch_add(1, std::memory_order_acq_rel);
+        continue;
       }
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t row0 = (t * D + d) * N;
+      const int64_t w = item - first, k = w % chunks, r = (w / chunks) % steps;
+      const int64_t d = w / (chunks * steps), t = T - 1 - r;
+      wait_done(team, item - k);  // dz of the step after t complete
+      const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
+      float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
+      if (t == T - 1) {
+        for (int64_t n = 0; n < N; ++n) std::fill(dh + n * cols, dh + n * cols + nu, 0.0f);
+      } else {
+        const Product prod{dz + ((t + 1) * D + d) * N * G4, G4, static_cast<int>(G4),
+                           bp.data() + (d * chunks + k) * G4 * cols};
+        gemm_packed(N, cols / NR, &prod, 1, dh, cols);
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        const float* ps = pass.data() + (d * N + n) * H + u0;
+        for (int64_t j = 0; j < nu; ++j) dh[n * cols + j] += ps[j];
+      }
+      if (t < 0) {  // the dh0 row: the gradients w.r.t. h_0 and c_0
         for (int64_t n = 0; n < N; ++n) {
-          const bool valid = mask == nullptr || mask[t * N + n] != 0;
-          const float* a = acts + (row0 + n) * G4 + u0;
-          const float* ct = cs + (row0 + n) * H + u0;
-          const float* cp = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (row0 - D * N + n) * H + u0;
-          const float* gh = dhs + (row0 + n) * H + u0;
-          const float* gc = dcs_all ? dcs + (row0 + n) * H + u0 : nullptr;
-          float* dzr = dz + (row0 + n) * G4 + u0;
-          float* dhn = dh.data() + n * nu;
-          float* dcn = dc.data() + n * nu;
-          float* ps = pass.data() + n * nu;
-          for_columns(nu, [&]<typename V>(int64_t j) {
-            const V dh_in = load<V>(dhn + j) + load<V>(gh + j);
-            const V dc_in = gc == nullptr ? load<V>(dcn + j) : load<V>(dcn + j) + load<V>(gc + j);
-            if (valid) {
-              const V i_ = load<V>(a + j), f_ = load<V>(a + H + j);
-              const V g_ = load<V>(a + 2 * H + j), o_ = load<V>(a + 3 * H + j);
-              const V tc = tanh_approx<V>(load<V>(ct + j));
-              const V dct = dc_in + dh_in * o_ * (1.0f - tc * tc);
-              store<V>(dzr + j, dct * g_ * i_ * (1.0f - i_));
-              store<V>(dzr + H + j, dct * load<V>(cp + j) * f_ * (1.0f - f_));
-              store<V>(dzr + 2 * H + j, dct * i_ * (1.0f - g_ * g_));
-              store<V>(dzr + 3 * H + j, dh_in * tc * o_ * (1.0f - o_));
-              store<V>(dcn + j, dct * f_);
-              store<V>(ps + j, V{});
-            } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
-              store<V>(dzr + j, V{});
-              store<V>(dzr + H + j, V{});
-              store<V>(dzr + 2 * H + j, V{});
-              store<V>(dzr + 3 * H + j, V{});
-              store<V>(dcn + j, dc_in);
-              store<V>(ps + j, dh_in);
-            }
-          });
+          std::memcpy(dh0 + (d * N + n) * H + u0, dh + n * cols, nu * sizeof(float));
+          std::memcpy(dc0 + (d * N + n) * H + u0, dc.data() + (d * N + n) * H + u0,
+                      nu * sizeof(float));
         }
-        barrier.wait();  // dz_t complete: every thread reads all of it in the GEMM below
-        const Product prod{dz + row0 * G4, G4, static_cast<int>(G4), bp.data()};
-        gemm_packed(N, npan, &prod, 1, gate.data(), cols);
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t j = 0; j < nu; ++j) dh[n * nu + j] = gate[n * cols + j] + pass[n * nu + j];
+        team.done.fetch_add(1, std::memory_order_acq_rel);
+        continue;
       }
+      const int64_t row0 = (t * D + d) * N;
       for (int64_t n = 0; n < N; ++n) {
-        std::memcpy(dh0 + (d * N + n) * H + u0, &dh[n * nu], nu * sizeof(float));
-        std::memcpy(dc0 + (d * N + n) * H + u0, &dc[n * nu], nu * sizeof(float));
+        const bool valid = mask == nullptr || mask[t * N + n] != 0;
+        const float* a = acts + (row0 + n) * G4 + u0;
+        const float* ct = cs + (row0 + n) * H + u0;
+        const float* cp = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (row0 - D * N + n) * H + u0;
+        const float* gh = dhs + (row0 + n) * H + u0;
+        const float* gc = dcs_all ? dcs + (row0 + n) * H + u0 : nullptr;
+        float* dzr = dz + (row0 + n) * G4 + u0;
+        const float* dhn = dh + n * cols;
+        float* dcn = dc.data() + (d * N + n) * H + u0;
+        float* ps = pass.data() + (d * N + n) * H + u0;
+        for_columns(nu, [&]<typename V>(int64_t j) {
+          const V dh_in = load<V>(dhn + j) + load<V>(gh + j);
+          const V dc_in = gc == nullptr ? load<V>(dcn + j) : load<V>(dcn + j) + load<V>(gc + j);
+          if (valid) {
+            const V i_ = load<V>(a + j), f_ = load<V>(a + H + j);
+            const V g_ = load<V>(a + 2 * H + j), o_ = load<V>(a + 3 * H + j);
+            const V tc = tanh_approx<V>(load<V>(ct + j));
+            const V dct = dc_in + dh_in * o_ * (1.0f - tc * tc);
+            store<V>(dzr + j, dct * g_ * i_ * (1.0f - i_));
+            store<V>(dzr + H + j, dct * load<V>(cp + j) * f_ * (1.0f - f_));
+            store<V>(dzr + 2 * H + j, dct * i_ * (1.0f - g_ * g_));
+            store<V>(dzr + 3 * H + j, dh_in * tc * o_ * (1.0f - o_));
+            store<V>(dcn + j, dct * f_);
+            store<V>(ps + j, V{});
+          } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
+            store<V>(dzr + j, V{});
+            store<V>(dzr + H + j, V{});
+            store<V>(dzr + 2 * H + j, V{});
+            store<V>(dzr + 3 * H + j, V{});
+            store<V>(dcn + j, dc_in);
+            store<V>(ps + j, dh_in);
+          }
+        });
       }
-      // Each thread's state is its own and the next direction reads nothing of this one's
-      // dz, so the directions need no barrier between them.
+      team.done.fetch_add(1, std::memory_order_acq_rel);
     }
   });
 }
