@@ -1,18 +1,21 @@
 """The compiled CPU kernel of the LSTM recurrence, built on first use.
 
-On CPU the time of an LSTM goes to its T sequential steps: a small GEMM (``h·W_hhᵀ`` forward,
-``dz·W_hh`` backward) and the gate arithmetic. XLA:CPU runs each step as several operations,
-wakes its thread pool for every GEMM and runs the gate arithmetic on one thread. The kernel in
-``_kernel/lstm_cpu.cc`` runs all the steps of a layer in one XLA FFI call instead: its threads
-stay up for the whole sequence, each owns a slice of the hidden units with its columns of
-``W_hh`` packed in cache, the gate arithmetic is fused behind the GEMM, and the threads meet
-once per step. Everything that is one large GEMM (input projection, weight and input
-gradients) stays in XLA. `flax_lstm.recurrence` uses it for float32 layers without projection
-or recurrent dropout on the CPU backend; everything else runs the `lax.scan` path, and so
-does any machine where the kernel cannot be built.
+On CPU the time of an LSTM goes to its T sequential steps: a small GEMM (``[x_t, h]·Wᵀ``
+forward, ``dz·W_hh`` backward) and the gate arithmetic. XLA:CPU runs each step as several
+operations, wakes its thread pool for every GEMM, runs the gate arithmetic on one thread and
+allocates per-step buffers. The kernel in ``_kernel/lstm_cpu.cc`` runs all the steps of a layer
+(every direction) in one XLA FFI call instead: the weights are packed once per call into
+register-blocked panels, each step is split into chunks of hidden units whose GEMM and gate
+arithmetic run back to back on one thread, and the threads, the caller plus workers of XLA's
+own pool that join whenever they are free, claim chunks in order. The weight and input
+gradients stay single large XLA GEMMs. `flax_lstm.stack` uses it for float32 layers without
+projection, recurrent dropout or remat on the CPU backend (see ``cpu_kernel`` of
+`flax_lstm.lstm`); everything else runs the `lax.scan` path, and so does any machine where the
+kernel cannot be built.
 
 The source is compiled once per machine with the system C++ compiler (``$CXX``, else ``g++``,
-``c++`` or ``clang++``), ``-O3 -march=native`` and the XLA FFI headers of the installed jaxlib,
+``c++`` or ``clang++``; C++20), ``-O3 -march=native`` (or ``-mcpu=native``, or neither, where
+the compiler rejects it) and the XLA FFI headers of the installed jaxlib,
 into ``$FLAX_LSTM_CACHE_DIR`` (default ``~/.cache/flax_lstm``); the file name hashes the
 source, the flags, the compiler, jaxlib's version and the CPU, so a change of any of them
 builds anew. About 4 s, once.
@@ -45,7 +48,10 @@ Array = jax.Array
 __all__ = ["available", "build_error", "num_threads"]
 
 _SOURCE = Path(__file__).parent / "_kernel" / "lstm_cpu.cc"
-_FLAGS = ("-O3", "-march=native", "-std=c++20", "-shared", "-fPIC", "-pthread")
+_FLAGS = ("-O3", "-std=c++20", "-shared", "-fPIC", "-pthread")
+# Tuned for this machine's instruction set; the last, portable, variant is for compilers that
+# know neither flag (some clang versions on arm64 reject -march=native).
+_ARCH_FLAGS = (("-march=native",), ("-mcpu=native",), ())
 _FORWARD, _BACKWARD = "flax_lstm_cpu_forward", "flax_lstm_cpu_backward"
 # Below this many multiply-adds per step, one thread is faster than meeting at a barrier
 # (B1 T256 H128: fwd+bwd 3.25 ms on one thread, 4.44 ms on two).
@@ -84,7 +90,7 @@ def _build(cxx: str) -> Path:
         b"\0".join(
             [
                 source,
-                " ".join(_FLAGS).encode(),
+                " ".join(_FLAGS + sum(_ARCH_FLAGS, ())).encode(),
                 version.stdout.encode(),
                 jaxlib.__version__.encode(),
                 _cpu_identity().encode(),
@@ -100,9 +106,12 @@ def _build(cxx: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [cxx, *_FLAGS, "-isystem", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
+        for arch in _ARCH_FLAGS:
+            cmd = [cxx, *_FLAGS, *arch, "-isystem", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode == 0:
+                break
+        else:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
         os.replace(tmp, out)
     finally:

@@ -18,7 +18,9 @@
 # `flax_lstm.bench` times the same LSTM in several libraries, in one process, interleaved
 # repetition by repetition after a warm-up (so every library sees the same machine state):
 #
-# - `flax_lstm`: `fl.lstm` under `jax.jit`;
+# - `flax_lstm`: `fl.lstm` under `jax.jit` (on CPU its compiled recurrence kernel);
+# - `flax_lstm_scan`: the same with `cpu_kernel=False`, its `lax.scan` path (CPU only), so the
+#   kernel's gain is measured in the same run;
 # - `torch`: `torch.nn.LSTM` (oneDNN on CPU, cuDNN on a GPU);
 # - `flax_rnn`: Flax's own `nn.RNN` over `nn.OptimizedLSTMCell`;
 # - `jax_cudnn`: `jax.experimental.rnn` (cuDNN; skipped without a CUDA GPU).
@@ -57,7 +59,7 @@ else:
         bench.Shape(batch=8, seq_len=32, hidden=64, layers=1, bidirectional=True, input_size=32),
     )
     REPS, WARMUP = 5, 1
-LIBS = ("flax_lstm", "torch", "flax_rnn", "jax_cudnn")
+LIBS = ("flax_lstm", "flax_lstm_scan", "torch", "flax_rnn", "jax_cudnn")
 
 # torch's CPU thread pool. On a machine whose cores other processes are using, torch's default
 # pool (one thread per core) can slow down by orders of magnitude: on a busy 2-core machine we
@@ -114,6 +116,8 @@ for entry in result["results"]:
             assert np.isclose(ratio[m], ms[lib][m] / ms["flax_lstm"][m])
     if jax.default_backend() != "gpu":
         assert "jax_cudnn" in entry["notes"]  # skipped, with the reason recorded
+    if jax.default_backend() != "cpu":
+        assert "flax_lstm_scan" in entry["notes"]  # the scan is what flax_lstm runs there
 
 # %% [markdown]
 # ## The picture
@@ -126,6 +130,7 @@ groups = [(e, m) for e in result["results"] for m in modes]
 width = 0.8 / len(libs_run)
 colors = {
     "flax_lstm": "tab:blue",
+    "flax_lstm_scan": "tab:cyan",
     "torch": "tab:red",
     "flax_rnn": "tab:green",
     "jax_cudnn": "tab:purple",

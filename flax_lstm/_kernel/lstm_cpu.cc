@@ -2,34 +2,36 @@
 //
 // flax_lstm compiles this file on first use (see flax_lstm/kernel.py) with the XLA FFI headers
 // of the installed jaxlib and -march=native. It covers what XLA:CPU runs slowly: the T
-// sequential steps of a small GEMM (h_{t-1}·W_hhᵀ forward, dz_t·W_hh backward) each followed
-// by the gate arithmetic. XLA pays a thread wake-up per GEMM, runs the gate arithmetic on one
-// thread and allocates per-step temporaries; here the threads stay up for the whole sequence,
-// each owns a slice of the hidden units (its W_hh columns packed once into its cache), fuses
-// the gate arithmetic into its GEMM output, and the threads meet once per step at a barrier.
+// sequential steps of a small GEMM ([x_t, h_{t-1}]·[W_ih; W_hh]ᵀ forward, dz_t·W_hh backward),
+// each followed by the gate arithmetic. XLA pays a thread wake-up per GEMM, runs the gate
+// arithmetic on one thread and allocates per-step temporaries. Here the weights are packed once
+// per call into panels for a register-blocked GEMM, each step is split into chunks of hidden
+// units whose GEMM and gate arithmetic run back to back on one thread (the gate arithmetic
+// reads the GEMM's output from cache), and a team of threads claims the chunks in order (see
+// run_team below).
 //
-// Everything that is one large GEMM (the input projection, the weight and input gradients)
-// stays in XLA. Only float32, no projection (proj_size=0) and no recurrent dropout: the
-// Python side falls back to the lax.scan path for anything else.
+// The weight and input gradients, single large GEMMs, stay in XLA. Only float32, no projection
+// (proj_size=0) and no recurrent dropout: the Python side falls back to the lax.scan path for
+// anything else.
 //
 // Layouts (row-major), D directions run one after the other:
-//   gx    (T, D, N, 4H)  x_t·W_ihᵀ + b_ih + b_hh, gate order i, f, g, o
-//   w_hh  (D, 4H, H)     as torch stores it
+//   x     (T, D, N, I)   direction 1's input reversed in time by the caller
+//   w_ih  (D, 4H, I), w_hh (D, 4H, H), bias (D, 4H) = b_ih + b_hh, as torch stores them
+//                        (gate order i, f, g, o)
 //   h0/c0 (D, N, H)
 //   mask  (T, N) int8   nonzero where step t of sequence n is valid, or empty: all valid.
 //                        A masked step keeps the state (and passes gradients through).
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
-#include <chrono>
-#include <memory>
 #include <cstdint>
 #include <cstring>
-#include <sys/mman.h>
+#include <memory>
 #include <string>
-#include <cstdio>
-#include <cstdlib>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
