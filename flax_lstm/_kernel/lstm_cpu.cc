@@ -338,6 +338,29 @@ struct Scratch {
   }
 };
 
+// Runs the prefault pieces, then `rows` rows of `chunks` items, claimed in order by a team of up
+// to `threads` threads: body(row, chunk, scratch) runs once every item of the rows before it
+// has finished (and, for the first row, every prefault piece).
+template <typename Body>
+void run_items(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int64_t rows,
+               int64_t chunks, const Body& body) {
+  const int64_t first = prefault.size(), total = first + rows * chunks;
+  run_team(pool, threads, [&](Team& team) {
+    Scratch scratch;
+    for (int64_t item = team.next.fetch_add(1, std::memory_order_acq_rel); item < total;
+         item = team.next.fetch_add(1, std::memory_order_acq_rel)) {
+      if (item < first) {
+        prefault.run(item);
+      } else {
+        const int64_t row = (item - first) / chunks, chunk = (item - first) % chunks;
+        wait_done(team, item - chunk);
+        body(row, chunk, scratch);
+      }
+      team.done.fetch_add(1, std::memory_order_acq_rel);
+    }
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward: h_t, c_t for every step, and the activated gates when `acts` is given. Each step's
 // pre-activations x_t·W_ihᵀ + h_{t-1}·W_hhᵀ are one GEMM over both products, so no (T, N, 4H)
@@ -373,60 +396,48 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
   }
   // The cell state of every direction, shared: each item updates its chunk's units.
   std::vector<float> c(c0, c0 + D * N * H);
-  const Prefault prefault(fresh);
-  const int64_t first = prefault.size(), total = first + D * T * chunks;
-
-  run_team(pool, threads, [&](Team& team) {
-    Scratch scratch;
-    for (int64_t item = team.next.fetch_add(1, std::memory_order_acq_rel); item < total;
-         item = team.next.fetch_add(1, std::memory_order_acq_rel)) {
-      if (item < first) {
-        prefault.run(item);
-        team.done.fetch_add(1, std::memory_order_acq_rel);
-        continue;
-      }
-      const int64_t w = item - first, k = w % chunks, t = (w / chunks) % T, d = w / (chunks * T);
-      wait_done(team, item - k);  // the whole previous step (and the prefault pieces)
-      const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
-      const int64_t row0 = (t * D + d) * N;  // first row of step t, direction d
-      const float* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
-      const float* pi = bi.data() + (d * chunks + k) * wi;
-      const float* ph = bh.data() + (d * chunks + k) * wh;
-      const Product prods[2] = {{x + row0 * I, I, static_cast<int>(I), pi},
-                                {hprev, H, static_cast<int>(H), ph}};
-      float* gate = scratch.get(static_cast<size_t>(N * cols));
-      gemm_packed(N, cols / NR, prods, 2, gate, cols);
-      const float* bb = bcol.data() + (d * chunks + k) * cols;
-      for (int64_t n = 0; n < N; ++n) {
-        const bool valid = mask == nullptr || mask[t * N + n] != 0;
-        const float* z = gate + n * cols;
-        const float* hp = hprev + n * H + u0;
-        float* h = hs + (row0 + n) * H + u0;
-        float* cn = c.data() + (d * N + n) * H + u0;
-        float* a = acts == nullptr ? nullptr : acts + (row0 + n) * G4 + u0;
-        const int64_t q = kFwdUnits;
-        for_columns(nu, [&]<typename V>(int64_t j) {
-          const V i_ = sigmoid_approx<V>(load<V>(z + j) + load<V>(bb + j));
-          const V f_ = sigmoid_approx<V>(load<V>(z + q + j) + load<V>(bb + q + j));
-          const V g_ = tanh_approx<V>(load<V>(z + 2 * q + j) + load<V>(bb + 2 * q + j));
-          const V o_ = sigmoid_approx<V>(load<V>(z + 3 * q + j) + load<V>(bb + 3 * q + j));
-          const V c_new = f_ * load<V>(cn + j) + i_ * g_;
-          if (a != nullptr) {
-            store<V>(a + j, i_);
-            store<V>(a + H + j, f_);
-            store<V>(a + 2 * H + j, g_);
-            store<V>(a + 3 * H + j, o_);
-          }
-          if (valid) {  // else the state stays: h and c as they were
-            store<V>(cn + j, c_new);
-            store<V>(h + j, o_ * tanh_approx<V>(c_new));
-          } else {
-            store<V>(h + j, load<V>(hp + j));
-          }
-        });
-        if (cs_all) std::memcpy(cs + (row0 + n) * H + u0, cn, nu * sizeof(float));
-      }
-      team.done.fetch_add(1, std::memory_order_acq_rel);
+  // Row d·T + t: step t of direction d.
+  run_items(pool, threads, Prefault(fresh), D * T, chunks, [&](int64_t row, int64_t k,
+                                                              Scratch& scratch) {
+    const int64_t d = row / T, t = row % T;
+    const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
+    const int64_t row0 = (t * D + d) * N;  // first row of step t, direction d
+    const float* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
+    const float* pi = bi.data() + (d * chunks + k) * wi;
+    const float* ph = bh.data() + (d * chunks + k) * wh;
+    const Product prods[2] = {{x + row0 * I, I, static_cast<int>(I), pi},
+                              {hprev, H, static_cast<int>(H), ph}};
+    float* gate = scratch.get(static_cast<size_t>(N * cols));
+    gemm_packed(N, cols / NR, prods, 2, gate, cols);
+    const float* bb = bcol.data() + (d * chunks + k) * cols;
+    for (int64_t n = 0; n < N; ++n) {
+      const bool valid = mask == nullptr || mask[t * N + n] != 0;
+      const float* z = gate + n * cols;
+      const float* hp = hprev + n * H + u0;
+      float* h = hs + (row0 + n) * H + u0;
+      float* cn = c.data() + (d * N + n) * H + u0;
+      float* a = acts == nullptr ? nullptr : acts + (row0 + n) * G4 + u0;
+      const int64_t q = kFwdUnits;
+      for_columns(nu, [&]<typename V>(int64_t j) {
+        const V i_ = sigmoid_approx<V>(load<V>(z + j) + load<V>(bb + j));
+        const V f_ = sigmoid_approx<V>(load<V>(z + q + j) + load<V>(bb + q + j));
+        const V g_ = tanh_approx<V>(load<V>(z + 2 * q + j) + load<V>(bb + 2 * q + j));
+        const V o_ = sigmoid_approx<V>(load<V>(z + 3 * q + j) + load<V>(bb + 3 * q + j));
+        const V c_new = f_ * load<V>(cn + j) + i_ * g_;
+        if (a != nullptr) {
+          store<V>(a + j, i_);
+          store<V>(a + H + j, f_);
+          store<V>(a + 2 * H + j, g_);
+          store<V>(a + 3 * H + j, o_);
+        }
+        if (valid) {  // else the state stays: h and c as they were
+          store<V>(cn + j, c_new);
+          store<V>(h + j, o_ * tanh_approx<V>(c_new));
+        } else {
+          store<V>(h + j, load<V>(hp + j));
+        }
+      });
+      if (cs_all) std::memcpy(cs + (row0 + n) * H + u0, cn, nu * sizeof(float));
     }
   });
   if (!cs_all) std::memcpy(cs, c.data(), D * N * H * sizeof(float));
@@ -459,81 +470,67 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
   // (dc), and the dh that frozen steps pass through (pass).
   std::vector<float> dc(static_cast<size_t>(D * N * H), 0.0f), pass(dc.size(), 0.0f);
   if (!dcs_all) std::memcpy(dc.data(), dcs, D * N * H * sizeof(float));
-  const Prefault prefault(fresh);
-  const int64_t steps = T + 1;  // T - 1 … 0, then the dh0 row
-  const int64_t first = prefault.size(), total = first + D * steps * chunks;
-
-  run_team(pool, threads, [&](Team& team) {
-    Scratch scratch;
-    for (int64_t item = team.next.fetch_add(1, std::memory_order_acq_rel); item < total;
-         item = team.next.fetch_add(1, std::memory_order_acq_rel)) {
-      if (item < first) {
-        prefault.run(item);
-        team.done.fetch_add(1, std::memory_order_acq_rel);
-        continue;
-      }
-      const int64_t w = item - first, k = w % chunks, r = (w / chunks) % steps;
-      const int64_t d = w / (chunks * steps), t = T - 1 - r;
-      wait_done(team, item - k);  // dz of the step after t complete
-      const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
-      float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
-      if (t == T - 1) {
-        for (int64_t n = 0; n < N; ++n) std::fill(dh + n * cols, dh + n * cols + nu, 0.0f);
-      } else {
-        const Product prod{dz + ((t + 1) * D + d) * N * G4, G4, static_cast<int>(G4),
-                           bp.data() + (d * chunks + k) * G4 * cols};
-        gemm_packed(N, cols / NR, &prod, 1, dh, cols);
-      }
+  // Row d·(T + 1) + r: step t = T - 1 - r of direction d, and r = T the dh0 row.
+  const int64_t steps = T + 1;
+  run_items(pool, threads, Prefault(fresh), D * steps, chunks, [&](int64_t row, int64_t k,
+                                                                  Scratch& scratch) {
+    const int64_t d = row / steps, t = T - 1 - row % steps;
+    const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
+    float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
+    if (t == T - 1) {
+      for (int64_t n = 0; n < N; ++n) std::fill(dh + n * cols, dh + n * cols + nu, 0.0f);
+    } else {
+      const Product prod{dz + ((t + 1) * D + d) * N * G4, G4, static_cast<int>(G4),
+                         bp.data() + (d * chunks + k) * G4 * cols};
+      gemm_packed(N, cols / NR, &prod, 1, dh, cols);
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      const float* ps = pass.data() + (d * N + n) * H + u0;
+      for (int64_t j = 0; j < nu; ++j) dh[n * cols + j] += ps[j];
+    }
+    if (t < 0) {  // the dh0 row: the gradients w.r.t. h_0 and c_0
       for (int64_t n = 0; n < N; ++n) {
-        const float* ps = pass.data() + (d * N + n) * H + u0;
-        for (int64_t j = 0; j < nu; ++j) dh[n * cols + j] += ps[j];
+        std::memcpy(dh0 + (d * N + n) * H + u0, dh + n * cols, nu * sizeof(float));
+        std::memcpy(dc0 + (d * N + n) * H + u0, dc.data() + (d * N + n) * H + u0,
+                    nu * sizeof(float));
       }
-      if (t < 0) {  // the dh0 row: the gradients w.r.t. h_0 and c_0
-        for (int64_t n = 0; n < N; ++n) {
-          std::memcpy(dh0 + (d * N + n) * H + u0, dh + n * cols, nu * sizeof(float));
-          std::memcpy(dc0 + (d * N + n) * H + u0, dc.data() + (d * N + n) * H + u0,
-                      nu * sizeof(float));
+      return;
+    }
+    const int64_t row0 = (t * D + d) * N;
+    for (int64_t n = 0; n < N; ++n) {
+      const bool valid = mask == nullptr || mask[t * N + n] != 0;
+      const float* a = acts + (row0 + n) * G4 + u0;
+      const float* ct = cs + (row0 + n) * H + u0;
+      const float* cp = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (row0 - D * N + n) * H + u0;
+      const float* gh = dhs + (row0 + n) * H + u0;
+      const float* gc = dcs_all ? dcs + (row0 + n) * H + u0 : nullptr;
+      float* dzr = dz + (row0 + n) * G4 + u0;
+      const float* dhn = dh + n * cols;
+      float* dcn = dc.data() + (d * N + n) * H + u0;
+      float* ps = pass.data() + (d * N + n) * H + u0;
+      for_columns(nu, [&]<typename V>(int64_t j) {
+        const V dh_in = load<V>(dhn + j) + load<V>(gh + j);
+        const V dc_in = gc == nullptr ? load<V>(dcn + j) : load<V>(dcn + j) + load<V>(gc + j);
+        if (valid) {
+          const V i_ = load<V>(a + j), f_ = load<V>(a + H + j);
+          const V g_ = load<V>(a + 2 * H + j), o_ = load<V>(a + 3 * H + j);
+          const V tc = tanh_approx<V>(load<V>(ct + j));
+          const V dct = dc_in + dh_in * o_ * (1.0f - tc * tc);
+          store<V>(dzr + j, dct * g_ * i_ * (1.0f - i_));
+          store<V>(dzr + H + j, dct * load<V>(cp + j) * f_ * (1.0f - f_));
+          store<V>(dzr + 2 * H + j, dct * i_ * (1.0f - g_ * g_));
+          store<V>(dzr + 3 * H + j, dh_in * tc * o_ * (1.0f - o_));
+          store<V>(dcn + j, dct * f_);
+          store<V>(ps + j, V{});
+        } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
+          store<V>(dzr + j, V{});
+          store<V>(dzr + H + j, V{});
+          store<V>(dzr + 2 * H + j, V{});
+          store<V>(dzr + 3 * H + j, V{});
+          store<V>(dcn + j, dc_in);
+          store<V>(ps + j, dh_in);
         }
-        team.done.fetch_add(1, std::memory_order_acq_rel);
-        continue;
-      }
-      const int64_t row0 = (t * D + d) * N;
-      for (int64_t n = 0; n < N; ++n) {
-        const bool valid = mask == nullptr || mask[t * N + n] != 0;
-        const float* a = acts + (row0 + n) * G4 + u0;
-        const float* ct = cs + (row0 + n) * H + u0;
-        const float* cp = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (row0 - D * N + n) * H + u0;
-        const float* gh = dhs + (row0 + n) * H + u0;
-        const float* gc = dcs_all ? dcs + (row0 + n) * H + u0 : nullptr;
-        float* dzr = dz + (row0 + n) * G4 + u0;
-        const float* dhn = dh + n * cols;
-        float* dcn = dc.data() + (d * N + n) * H + u0;
-        float* ps = pass.data() + (d * N + n) * H + u0;
-        for_columns(nu, [&]<typename V>(int64_t j) {
-          const V dh_in = load<V>(dhn + j) + load<V>(gh + j);
-          const V dc_in = gc == nullptr ? load<V>(dcn + j) : load<V>(dcn + j) + load<V>(gc + j);
-          if (valid) {
-            const V i_ = load<V>(a + j), f_ = load<V>(a + H + j);
-            const V g_ = load<V>(a + 2 * H + j), o_ = load<V>(a + 3 * H + j);
-            const V tc = tanh_approx<V>(load<V>(ct + j));
-            const V dct = dc_in + dh_in * o_ * (1.0f - tc * tc);
-            store<V>(dzr + j, dct * g_ * i_ * (1.0f - i_));
-            store<V>(dzr + H + j, dct * load<V>(cp + j) * f_ * (1.0f - f_));
-            store<V>(dzr + 2 * H + j, dct * i_ * (1.0f - g_ * g_));
-            store<V>(dzr + 3 * H + j, dh_in * tc * o_ * (1.0f - o_));
-            store<V>(dcn + j, dct * f_);
-            store<V>(ps + j, V{});
-          } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
-            store<V>(dzr + j, V{});
-            store<V>(dzr + H + j, V{});
-            store<V>(dzr + 2 * H + j, V{});
-            store<V>(dzr + 3 * H + j, V{});
-            store<V>(dcn + j, dc_in);
-            store<V>(ps + j, dh_in);
-          }
-        });
-      }
-      team.done.fetch_add(1, std::memory_order_acq_rel);
+      });
     }
   });
 }
