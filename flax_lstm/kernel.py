@@ -253,8 +253,6 @@ def backward(
     )
     # dz takes the saved gates' buffer (operand 2): the kernel reads each step's gates before
     # writing its dz, and XLA then allocates (and the OS zero-fills) no second (T, N, 4H).
-    call = jax.ffi.ffi_call(
-        _BACKWARD, out, vmap_method="sequential", input_output_aliases={2: 0}
-    )
+    call = jax.ffi.ffi_call(_BACKWARD, out, vmap_method="sequential", input_output_aliases={2: 0})
     threads = num_threads(n * 4 * h * h, h)
     return call(dhs, dcs, acts, cs, c0, w_hh, _mask_arg(mask), threads=threads)

@@ -98,7 +98,9 @@ class LSTM(nn.Module):
       learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` ``(D·num_layers,
         H_out)`` and ``c0`` ``(D·num_layers, H)`` (initialised to zeros, shared by every batch
         row), used when a call gets no ``hx``. They are not part of torch's state dict.
-      unroll, remat: passed to `flax_lstm.lstm` (scan unroll; recompute gates in the backward).
+      unroll, remat, cpu_kernel: passed to `flax_lstm.lstm` (scan unroll; recompute gates in
+        the backward; the compiled CPU kernel: None wherever it applies, False never, True
+        always or an error).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -124,6 +126,7 @@ class LSTM(nn.Module):
     learnable_initial_state: bool = False
     unroll: int | None = None
     remat: bool = False
+    cpu_kernel: bool | None = None
 
     def __post_init__(self) -> None:
         # Validate the arguments now, as torch does; the dropout warning is given at init.

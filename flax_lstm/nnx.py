@@ -129,6 +129,7 @@ def _call_lstm(
         return_all_states=return_all_states,
         unroll=module.unroll,
         remat=module.remat,
+        cpu_kernel=module.cpu_kernel,
     )
 
 
@@ -261,7 +262,9 @@ class LSTM(nnx.Module):
         weights over a 300-step sequence, hidden size 256, two layers (tests/test_dtypes.py;
         measured about 1e-3).
       param_dtype: storage dtype of the parameters.
-      unroll, remat: passed to `flax_lstm.lstm` (scan unroll; recompute gates in the backward).
+      unroll, remat, cpu_kernel: passed to `flax_lstm.lstm` (scan unroll; recompute gates in
+        the backward; the compiled CPU kernel: None wherever it applies, False never, True
+        always or an error).
       deterministic: initial mode; False (default, as `flax.nnx.Dropout` and torch) applies
         dropout. ``model.train()`` / ``model.eval()`` set it.
       rngs: `flax.nnx.Rngs`. The ``params`` stream initialises the weights as torch does
@@ -303,6 +306,7 @@ class LSTM(nnx.Module):
         param_dtype: Any = jnp.float32,
         unroll: int | None = None,
         remat: bool = False,
+        cpu_kernel: bool | None = None,
         deterministic: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
@@ -321,6 +325,7 @@ class LSTM(nnx.Module):
         self.param_dtype = param_dtype
         self.unroll = unroll
         self.remat = bool(remat)
+        self.cpu_kernel = None if cpu_kernel is None else bool(cpu_kernel)
         self.deterministic = deterministic
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")

@@ -273,9 +273,7 @@ def test_without_a_compiler_the_scan_path_runs_with_a_warning(tmp_path):
     )
     empty = tmp_path / "bin"
     empty.mkdir()
-    proc = _run_python(
-        code, CXX="", PATH=str(empty), FLAX_LSTM_CACHE_DIR=str(tmp_path / "cache")
-    )
+    proc = _run_python(code, CXX="", PATH=str(empty), FLAX_LSTM_CACHE_DIR=str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["(16,", "1,", "4)", "False", "True"]
 
@@ -292,3 +290,25 @@ def test_disabled_by_environment():
     proc = _run_python(code, FLAX_LSTM_CPU_KERNEL="0")
     assert proc.stdout.startswith("False disabled by FLAX_LSTM_CPU_KERNEL")
     assert proc.returncode != 0 and "RuntimeError: cpu_kernel=True" in proc.stderr
+
+
+def test_modules_pass_cpu_kernel_through():
+    """``cpu_kernel`` of the NNX and Linen modules reaches `fl.lstm`: same numbers both ways."""
+    from flax import nnx
+
+    x = jax.random.normal(jax.random.key(1), (2, 12, 3))  # batch-first, 24 steps x sequences
+    outs = {}
+    for flag in (True, False):
+        model = fl.nnx.LSTM(
+            3, 20, num_layers=2, batch_first=True, cpu_kernel=flag, rngs=nnx.Rngs(0)
+        )
+        jaxpr = str(jax.make_jaxpr(lambda x, model=model: model(x)[0])(x))
+        assert ("flax_lstm_cpu_forward" in jaxpr) == flag
+        outs[("nnx", flag)] = model(x)[0]
+        module = fl.linen.LSTM(20, num_layers=2, batch_first=True, cpu_kernel=flag)
+        variables = module.init(jax.random.key(0), x)
+        jaxpr = str(jax.make_jaxpr(lambda x, v=variables, m=module: m.apply(v, x)[0])(x))
+        assert ("flax_lstm_cpu_forward" in jaxpr) == flag
+        outs[("linen", flag)] = module.apply(variables, x)[0]
+    for kind in ("nnx", "linen"):
+        np.testing.assert_allclose(outs[(kind, True)], outs[(kind, False)], atol=1e-6, rtol=1e-6)
