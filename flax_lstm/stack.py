@@ -100,14 +100,17 @@ def lstm(
       unroll: `lax.scan` unroll; default `default_unroll()`.
       hoist_input: compute the input projection for all steps as one GEMM before the loop
         (default on GPU/TPU) instead of step by step inside it (default on CPU, where it is
-        faster); the result is the same up to float rounding.
+        faster); the result is the same up to float rounding. The CPU kernel computes it in
+        its per-step GEMM either way.
       fuse_directions: run both directions of a bidirectional layer in one scan over a
         direction axis (default on GPU/TPU: half the sequential steps) instead of one scan
-        each (default on CPU, where the fused step measured slower: 143 vs 108 ms, B32 T128
-        H256 bidirectional forward on one core).
+        each (default on the CPU scan path, where the fused step measured slower: 143 vs 108
+        ms, B32 T128 H256 bidirectional forward on one core). With the CPU kernel the default is
+        one kernel call for both directions.
       remat: keep no (L, N, 4H) tensors for the backward: the gates are recomputed there and
         the weight gradients accumulated inside the reverse loop. Slower; for very long
-        sequences (B1 L100000 H64 fwd+bwd: 98 MiB of temporaries instead of 244 MiB).
+        sequences (B1 L100000 H64 fwd+bwd: 98 MiB of temporaries instead of 196 MiB with the
+        CPU kernel and 293 MiB on the scan path). Runs the scan path.
       custom_vjp: use the hand-written backward (weight gradients as one GEMM after the loop);
         False differentiates the scan with plain autodiff (and allows forward-mode `jax.jvp`).
       cpu_kernel: run each layer's recurrence in the compiled CPU kernel (`flax_lstm.kernel`)
