@@ -250,33 +250,33 @@ _layer.defvjp(_layer_fwd, _layer_bwd)
 
 
 def kernel_ineligible(
-    x: Array,
-    w_ih: Array,
-    w_hh: Array,
-    w_hr: Array | None,
-    h0: Array,
-    c0: Array,
-    recurrent_mask: Array | None = None,
-    remat: bool = False,
-    custom_vjp: bool = True,
+    dtype,
+    *,
+    projection: bool,
+    recurrent_dropout: bool,
+    remat: bool,
+    custom_vjp: bool,
+    empty: bool = False,
 ) -> str | None:
     """What keeps a layer from the compiled CPU kernel (a phrase), or None if nothing does.
 
-    The kernel computes in float32 without projection, recurrent dropout or remat, and
-    needs the hand-written backward (``custom_vjp``). Availability of the compiled kernel and
-    the backend are the caller's to check.
+    The one statement of the kernel's reach, for `run_layer` (from its arrays) and
+    `flax_lstm.lstm` (from its arguments): it computes in float32 without projection,
+    recurrent dropout or remat, and needs the hand-written backward (``custom_vjp``). The
+    backend and whether the kernel could be built are the caller's to check.
     """
-    if any(a.dtype != jnp.float32 for a in (x, w_ih, w_hh, h0, c0)):
-        return "dtypes other than float32"
-    if w_hr is not None:
+    dtype = jnp.dtype(dtype)
+    if dtype != jnp.float32:
+        return f"dtype {dtype.name} (it computes in float32)"
+    if projection:
         return "proj_size > 0"
-    if recurrent_mask is not None:
-        return "recurrent dropout"
+    if recurrent_dropout:
+        return "recurrent_dropout"
     if remat:
         return "remat=True"
     if not custom_vjp:
         return "custom_vjp=False"
-    if 0 in x.shape or 0 in h0.shape:
+    if empty:
         return "empty operands"
     return None
 
@@ -326,7 +326,14 @@ def run_layer(
     """
     args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, recurrent_mask, hoist_input, unroll)
     if kernel:
-        why = kernel_ineligible(x, w_ih, w_hh, w_hr, h0, c0, recurrent_mask, remat, custom_vjp)
+        why = kernel_ineligible(
+            next((a.dtype for a in (x, w_ih, w_hh, h0, c0) if a.dtype != jnp.float32), x.dtype),
+            projection=w_hr is not None,
+            recurrent_dropout=recurrent_mask is not None,
+            remat=remat,
+            custom_vjp=custom_vjp,
+            empty=0 in x.shape or 0 in h0.shape,
+        )
         if why is not None:
             raise ValueError(f"kernel=True: the CPU kernel does not cover {why}")
     if custom_vjp:

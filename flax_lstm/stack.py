@@ -13,7 +13,7 @@ from flax_lstm import _checks, kernel
 from flax_lstm.cell import LSTMState, accumulation_dtype
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import Params
-from flax_lstm.recurrence import reverse_sequences, run_layer
+from flax_lstm.recurrence import kernel_ineligible, reverse_sequences, run_layer
 
 Array = jax.Array
 
@@ -231,19 +231,16 @@ def _use_kernel(
     """Whether `lstm` runs its recurrences in the compiled CPU kernel (see ``cpu_kernel``)."""
     if requested is False:
         return False
-    blocker = None
     if not on_cpu:
         blocker = f"the {jax.default_backend()} backend (it is a CPU kernel)"
-    elif jnp.dtype(dtype) != jnp.float32:
-        blocker = f"dtype {jnp.dtype(dtype).name} (it computes in float32)"
-    elif config.proj_size:
-        blocker = "proj_size > 0"
-    elif recurrent_dropout:
-        blocker = "recurrent_dropout"
-    elif remat:
-        blocker = "remat=True"
-    elif not custom_vjp:
-        blocker = "custom_vjp=False"
+    else:
+        blocker = kernel_ineligible(
+            dtype,
+            projection=bool(config.proj_size),
+            recurrent_dropout=recurrent_dropout,
+            remat=remat,
+            custom_vjp=custom_vjp,
+        )
     if blocker is not None:
         if requested:
             raise ValueError(f"cpu_kernel=True, but the CPU kernel does not support {blocker}")
