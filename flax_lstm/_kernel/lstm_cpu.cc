@@ -126,31 +126,32 @@ void gemm_packed(int64_t M, int64_t npanels, const Product* prods, int nprod, fl
   }
 }
 
-// Packs columns of Bᵀ for gemm_packed: column `col` of the packed B (K × cols, zero-padded
-// to whole panels) is row src(col) of a row-major matrix with K columns. Written panel by
-// panel in order, reading NR rows side by side.
+// Packs columns of Bᵀ for gemm_packed into `out` (K × round_up(cols, NR) floats): column
+// `col` of the packed B, zero-padded to whole panels, is row src(col) of a row-major matrix
+// with K columns. Written panel by panel in order, reading NR rows side by side.
 template <typename Src>
-void pack_rows(const float* w, int64_t K, int64_t cols, Src src, std::vector<float>& out) {
+void pack_rows(const float* w, int64_t K, int64_t cols, Src src, float* out) {
   const int64_t padded = round_up(cols, NR);
-  out.resize(static_cast<size_t>(K * padded));
   for (int64_t c0 = 0; c0 < padded; c0 += NR) {
     const float* rows[NR];
     for (int j = 0; j < NR; ++j) rows[j] = c0 + j < cols ? w + src(c0 + j) * K : nullptr;
-    float* panel = out.data() + c0 * K;
+    float* panel = out + c0 * K;
     for (int64_t k = 0; k < K; ++k)
       for (int j = 0; j < NR; ++j) panel[k * NR + j] = rows[j] != nullptr ? rows[j][k] : 0.0f;
   }
 }
 
-// Packs the columns [c0, c0 + cols) of a row-major K × ld matrix for gemm_packed.
-void pack_cols(const float* w, int64_t K, int64_t ld, int64_t c0, int64_t cols,
-               std::vector<float>& out) {
+// Packs the columns [c0, c0 + cols) of a row-major K × ld matrix for gemm_packed into `out`
+// (K × round_up(cols, NR) floats, zero-padded to whole panels).
+void pack_cols(const float* w, int64_t K, int64_t ld, int64_t c0, int64_t cols, float* out) {
   const int64_t padded = round_up(cols, NR);
-  out.assign(static_cast<size_t>(K * padded), 0.0f);
   for (int64_t p = 0; p < padded; p += NR) {
-    float* panel = out.data() + p * K;
+    float* panel = out + p * K;
     const int64_t width = std::min<int64_t>(NR, cols - p);
-    for (int64_t k = 0; k < K; ++k) std::memcpy(panel + k * NR, w + k * ld + c0 + p, width * 4);
+    for (int64_t k = 0; k < K; ++k) {
+      std::memcpy(panel + k * NR, w + k * ld + c0 + p, width * sizeof(float));
+      std::fill(panel + k * NR + width, panel + (k + 1) * NR, 0.0f);
+    }
   }
 }
 
@@ -374,22 +375,20 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
   const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
   const int64_t chunks = (H + kFwdUnits - 1) / kFwdUnits, cols = 4 * kFwdUnits;
   // Packed weights of every direction and chunk: chunk column g·16 + j is gate g of unit
-  // 16·chunk + j (a row of W), zero past H. Packed by the caller while the pool's workers wake.
-  std::vector<float> bi, bh, bcol(static_cast<size_t>(D * chunks * cols), 0.0f);
-  std::vector<float> tmp;
+  // 16·chunk + j (a row of W; past H, the last unit's again, computed and never stored).
+  // Packed by the calling thread before the team starts.
   const int64_t wi = I * cols, wh = H * cols;  // floats per chunk of packed W_ih, W_hh
-  bi.resize(static_cast<size_t>(D * chunks * wi));
-  bh.resize(static_cast<size_t>(D * chunks * wh));
+  std::vector<float> bi(static_cast<size_t>(D * chunks * wi));
+  std::vector<float> bh(static_cast<size_t>(D * chunks * wh));
+  std::vector<float> bcol(static_cast<size_t>(D * chunks * cols));
   for (int64_t d = 0; d < D; ++d) {
     for (int64_t k = 0; k < chunks; ++k) {
       const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
       const auto row_of = [&](int64_t col) {
         return (col / kFwdUnits) * H + u0 + std::min(col % kFwdUnits, nu - 1);
       };
-      pack_rows(w_ih + d * G4 * I, I, cols, row_of, tmp);
-      std::copy(tmp.begin(), tmp.end(), bi.begin() + (d * chunks + k) * wi);
-      pack_rows(w_hh + d * G4 * H, H, cols, row_of, tmp);
-      std::copy(tmp.begin(), tmp.end(), bh.begin() + (d * chunks + k) * wh);
+      pack_rows(w_ih + d * G4 * I, I, cols, row_of, bi.data() + (d * chunks + k) * wi);
+      pack_rows(w_hh + d * G4 * H, H, cols, row_of, bh.data() + (d * chunks + k) * wh);
       for (int64_t col = 0; col < cols; ++col)
         bcol[(d * chunks + k) * cols + col] = bias[d * G4 + row_of(col)];
     }
@@ -458,12 +457,11 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
               float* dh0, float* dc0) {
   const int64_t T = s.T, D = s.D, N = s.N, H = s.H, G4 = 4 * H;
   const int64_t chunks = (H + kBwdUnits - 1) / kBwdUnits, cols = round_up(kBwdUnits, NR);
-  std::vector<float> bp(static_cast<size_t>(D * chunks * G4 * cols)), tmp;
+  std::vector<float> bp(static_cast<size_t>(D * chunks * G4 * cols));
   for (int64_t d = 0; d < D; ++d) {
     for (int64_t k = 0; k < chunks; ++k) {
       const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
-      pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, tmp);
-      std::copy(tmp.begin(), tmp.end(), bp.begin() + (d * chunks + k) * G4 * cols);
+      pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, bp.data() + (d * chunks + k) * G4 * cols);
     }
   }
   // Shared state per direction: the gradients w.r.t. the cell state after the current step
