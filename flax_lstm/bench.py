@@ -296,7 +296,7 @@ def run(
                 notes[lib] = "skipped: needs a CUDA GPU"
                 continue
             if lib == "flax_lstm_scan" and (
-                jax.default_backend() != "cpu" or not fl.kernel.available()
+                jax.default_backend() != "cpu" or not fl.kernel.available(shape.dtype)
             ):
                 notes[lib] = "skipped: flax_lstm runs the scan path here (no CPU kernel)"
                 continue

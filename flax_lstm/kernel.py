@@ -38,6 +38,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +54,16 @@ _FLAGS = ("-O3", "-std=c++20", "-shared", "-fPIC", "-pthread")
 # know neither flag (some clang versions on arm64 reject -march=native).
 _ARCH_FLAGS = (("-march=native",), ("-mcpu=native",), ())
 _FORWARD, _BACKWARD = "flax_lstm_cpu_forward", "flax_lstm_cpu_backward"
+# The FFI targets of each compute dtype, and the library's symbols for them. The bfloat16 ones
+# are compiled only for CPUs with AVX512_BF16 instructions.
+_TARGETS = {
+    "float32": ((_FORWARD, "FlaxLstmForward"), (_BACKWARD, "FlaxLstmBackward")),
+    "bfloat16": (
+        (_FORWARD + "_bf16", "FlaxLstmForwardBf16"),
+        (_BACKWARD + "_bf16", "FlaxLstmBackwardBf16"),
+    ),
+}
+_NO_BF16 = "bfloat16 needs a CPU with AVX512_BF16 instructions (the kernel was built without them)"
 _DISABLED = "disabled by FLAX_LSTM_CPU_KERNEL"
 # Below this many multiply-adds per step, one thread is faster than sharing the step (B1 T256
 # H128: fwd+bwd 3.25 ms on one thread, 4.44 ms on two, measured with the kernel's first
@@ -123,8 +134,9 @@ def _build(cxx: str) -> Path:
 
 
 @functools.cache
-def _load() -> str | None:
-    """Build and register the kernel once per process; None on success, else why not."""
+def _load() -> str | frozenset[str]:
+    """Build and register the kernel once per process: the compute dtypes it registered
+    (names), or why it could not."""
     if os.environ.get("FLAX_LSTM_CPU_KERNEL", "1").strip().lower() in ("0", "false", "no", "off"):
         return _DISABLED
     if not sys.platform.startswith(("linux", "darwin")):
@@ -134,30 +146,45 @@ def _load() -> str | None:
         return "no C++ compiler found (set CXX, or install g++)"
     try:
         lib = ctypes.cdll.LoadLibrary(str(_build(cxx)))
-        for name, symbol in ((_FORWARD, lib.FlaxLstmForward), (_BACKWARD, lib.FlaxLstmBackward)):
-            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
-    except (OSError, RuntimeError, AttributeError) as e:
+    except (OSError, RuntimeError) as e:
         return f"could not build the CPU kernel: {e}"
-    return None
+    dtypes = set()
+    for dtype, targets in _TARGETS.items():
+        if not all(hasattr(lib, symbol) for _, symbol in targets):
+            continue  # not compiled for this CPU
+        for name, symbol in targets:
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
+        dtypes.add(dtype)
+    if "float32" not in dtypes:
+        return "could not build the CPU kernel: the library lacks its float32 entry points"
+    return frozenset(dtypes)
 
 
-def build_error() -> str | None:
-    """Why the CPU kernel is not available (building it if need be), or None if it is."""
-    return _load()
+def build_error(dtype: Any = jnp.float32) -> str | None:
+    """Why the CPU kernel is not available for compute ``dtype`` (building it if need be), or
+    None if it is."""
+    loaded = _load()
+    if isinstance(loaded, str):
+        return loaded
+    name = jnp.dtype(dtype).name
+    if name in loaded:
+        return None
+    return _NO_BF16 if name == "bfloat16" else f"no kernel for dtype {name}"
 
 
-def available() -> bool:
-    """Whether the compiled CPU kernel is built and registered (building it if need be).
+def available(dtype: Any = jnp.float32) -> bool:
+    """Whether the compiled CPU kernel is built and registered for compute ``dtype`` (float32,
+    or bfloat16 on CPUs with AVX512_BF16), building it if need be. A failed build warns once.
 
     Example:
       >>> import flax_lstm.kernel
       >>> isinstance(flax_lstm.kernel.available(), bool)
       True
     """
-    error = _load()
-    if error is not None and error != _DISABLED:
-        _warn_once(error)
-    return error is None
+    loaded = _load()
+    if isinstance(loaded, str) and loaded != _DISABLED:
+        _warn_once(loaded)
+    return build_error(dtype) is None
 
 
 @functools.cache
@@ -183,10 +210,13 @@ def num_threads(macs_per_step: int, hidden: int) -> int:
     return max(1, min(cpus, hidden // 16))
 
 
-def _ensure_loaded() -> None:
-    error = _load()
+def _targets(dtype: Any) -> tuple[str, str]:
+    """The forward and backward FFI targets for compute ``dtype`` (RuntimeError if none)."""
+    error = build_error(dtype)
     if error is not None:
         raise RuntimeError(f"flax_lstm: {error}")
+    forward_target, backward_target = _TARGETS[jnp.dtype(dtype).name]
+    return forward_target[0], backward_target[0]
 
 
 def _mask_arg(mask: Array | None) -> Array:
@@ -205,27 +235,38 @@ def forward(
     save_acts: bool,
     all_c: bool,
 ) -> tuple[Array, Array, Array | None]:
-    """The recurrence of one layer (all its directions); float32 throughout.
+    """The recurrence of one layer (all its directions).
 
-    x (T, D, N, I) with direction 1's input already reversed; w_ih (D, 4H, I); b (D, 4H) (the
-    sum of both biases) or None; w_hh (D, 4H, H); h0, c0 (D, N, H); mask (T, N) bool or None.
-    Returns ``hs`` (T, D, N, H), ``cs`` (T, D, N, H), or (D, N, H) for the last step only
-    unless ``all_c``, and the activated gates (T, D, N, 4H) when ``save_acts`` (else None).
+    x (T, D, N, I) with direction 1's input already reversed; w_ih (D, 4H, I); w_hh (D, 4H, H);
+    h0 (D, N, H): all in the compute dtype, float32 or bfloat16. b (D, 4H) (the sum of both
+    biases) or None, and c0 (D, N, H): float32. mask (T, N) bool or None.
+    Returns ``hs`` (T, D, N, H) in the compute dtype, and in float32 ``cs`` (T, D, N, H), or
+    (D, N, H) for the last step only unless ``all_c``, and the activated gates (T, D, N, 4H)
+    when ``save_acts`` (else None).
     """
-    _ensure_loaded()
+    target = _targets(x.dtype)[0]
     t, d, n, i = x.shape
     h = h0.shape[-1]
     f32 = jnp.float32
     out = (
-        jax.ShapeDtypeStruct((t, d, n, h), f32),
+        jax.ShapeDtypeStruct((t, d, n, h), x.dtype),
         jax.ShapeDtypeStruct((t, d, n, h) if all_c else (d, n, h), f32),
         jax.ShapeDtypeStruct((t, d, n, 4 * h) if save_acts else (0,), f32),
     )
-    if b is None:
-        b = jnp.zeros((d, 4 * h), f32)
-    call = jax.ffi.ffi_call(_FORWARD, out, vmap_method="sequential")
+    b = jnp.zeros((d, 4 * h), f32) if b is None else b.astype(f32)
+    call = jax.ffi.ffi_call(target, out, vmap_method="sequential")
     threads = num_threads(n * 4 * h * (i + h), h)
-    hs, cs, acts = call(x, w_ih, b, w_hh, h0, c0, _mask_arg(mask), threads=threads)
+    cd = x.dtype
+    hs, cs, acts = call(
+        x,
+        w_ih.astype(cd),
+        b,
+        w_hh.astype(cd),
+        h0.astype(cd),
+        c0.astype(f32),
+        _mask_arg(mask),
+        threads=threads,
+    )
     return hs, cs, acts if save_acts else None
 
 
@@ -238,13 +279,14 @@ def backward(
     w_hh: Array,
     mask: Array | None,
 ) -> tuple[Array, Array, Array]:
-    """Gradients through the recurrence: ``(dz, dh0, dc0)``.
+    """Gradients through the recurrence: ``(dz, dh0, dc0)``, float32.
 
-    dhs (T, D, N, H) is the gradient of every step's h; dcs of every step's c (T, D, N, H) or
-    of the last one (D, N, H); acts and cs as saved by `forward`. dz (T, D, N, 4H) is the
-    gradient of the gate pre-activations, from which the weight and input gradients follow.
+    dhs (T, D, N, H) is the gradient of every step's h, and w_hh (D, 4H, H), in the compute
+    dtype; dcs, the gradient of every step's c (T, D, N, H) or of the last one (D, N, H), and
+    acts and cs as saved by `forward`, in float32. dz (T, D, N, 4H) is the gradient of the
+    gate pre-activations, from which the weight and input gradients follow.
     """
-    _ensure_loaded()
+    target = _targets(w_hh.dtype)[1]
     t, d, n, g4 = acts.shape
     h = g4 // 4
     f32 = jnp.float32
@@ -255,6 +297,15 @@ def backward(
     )
     # dz takes the saved gates' buffer (operand 2): the kernel reads each step's gates before
     # writing its dz, and XLA then allocates (and the OS zero-fills) no second (T, N, 4H).
-    call = jax.ffi.ffi_call(_BACKWARD, out, vmap_method="sequential", input_output_aliases={2: 0})
+    call = jax.ffi.ffi_call(target, out, vmap_method="sequential", input_output_aliases={2: 0})
     threads = num_threads(n * 4 * h * h, h)
-    return call(dhs, dcs, acts, cs, c0, w_hh, _mask_arg(mask), threads=threads)
+    return call(
+        dhs.astype(w_hh.dtype),
+        dcs.astype(f32),
+        acts,
+        cs,
+        c0.astype(f32),
+        w_hh,
+        _mask_arg(mask),
+        threads=threads,
+    )

@@ -221,9 +221,7 @@ def _layer_bwd(hoist, unroll, remat, all_c, kernel, residuals, cotangents):
         carry0 += (zeros(w_ih), zeros(w_hh), jnp.zeros(w_hh.shape[:2], acc), zeros(w_hr))
     xs = (dhs, dcs, x if remat else acts, cs, c_prev, h_in if remat else None, mask)
     if kernel:  # the same reverse recurrence, compiled: dz for every step, dh0 and dc0
-        dz, dh0, dc0 = cpu_kernel.backward(
-            dhs, dcs if all_c else dc_out, acts, cs, c0, w_hh, mask
-        )
+        dz, dh0, dc0 = cpu_kernel.backward(dhs, dcs if all_c else dc_out, acts, cs, c0, w_hh, mask)
         carry, ys = (dh0, dc0), (dz, None)
     else:
         carry, ys = lax.scan(body, carry0, xs, reverse=True, unroll=unroll)
@@ -261,13 +259,14 @@ def kernel_ineligible(
     """What keeps a layer from the compiled CPU kernel (a phrase), or None if nothing does.
 
     The one statement of the kernel's reach, for `run_layer` (from its arrays) and
-    `flax_lstm.lstm` (from its arguments): it computes in float32 without projection,
-    recurrent dropout or remat, and needs the hand-written backward (``custom_vjp``). The
-    backend and whether the kernel could be built are the caller's to check.
+    `flax_lstm.lstm` (from its arguments): it computes in float32 or bfloat16 without
+    projection, recurrent dropout or remat, and needs the hand-written backward
+    (``custom_vjp``). The backend, whether the kernel could be built and whether this CPU has
+    the instructions for bfloat16 are the caller's to check (`flax_lstm.kernel.build_error`).
     """
     dtype = jnp.dtype(dtype)
-    if dtype != jnp.float32:
-        return f"dtype {dtype.name} (it computes in float32)"
+    if dtype not in (jnp.float32, jnp.bfloat16):
+        return f"dtype {dtype.name} (it computes in float32 or bfloat16)"
     if projection:
         return "proj_size > 0"
     if recurrent_dropout:
@@ -316,7 +315,8 @@ def run_layer(
       all_c: return the cell state of every step; else only the last one, which saves a
         (T, D, N, H) buffer in inference and its mostly-zero gradient in training.
       kernel: run the recurrence (forward and backward) in the compiled CPU kernel of
-        `flax_lstm.kernel` instead of `lax.scan`. Only for float32 without ``w_hr`` or
+        `flax_lstm.kernel` instead of `lax.scan`. Only for float32 (or bfloat16, with a float32
+        ``c0``, on CPUs with AVX512_BF16) without ``w_hr`` or
         ``recurrent_mask``, with ``custom_vjp`` and without ``remat`` (`kernel_ineligible`
         says what else is needed); ValueError otherwise.
 
@@ -326,14 +326,17 @@ def run_layer(
     """
     args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, recurrent_mask, hoist_input, unroll)
     if kernel:
+        mixed = {a.dtype for a in (x, w_ih, w_hh, h0)} != {x.dtype} or c0.dtype != jnp.float32
         why = kernel_ineligible(
-            next((a.dtype for a in (x, w_ih, w_hh, h0, c0) if a.dtype != jnp.float32), x.dtype),
+            x.dtype,
             projection=w_hr is not None,
             recurrent_dropout=recurrent_mask is not None,
             remat=remat,
             custom_vjp=custom_vjp,
             empty=0 in x.shape or 0 in h0.shape,
         )
+        if why is None and mixed:
+            why = "x, w_ih, w_hh and h0 of different dtypes, or c0 not float32"
         if why is not None:
             raise ValueError(f"kernel=True: the CPU kernel does not cover {why}")
     if custom_vjp:

@@ -246,11 +246,11 @@ def _use_kernel(
             raise ValueError(f"cpu_kernel=True, but the CPU kernel does not support {blocker}")
         return False
     if requested:
-        error = kernel.build_error()
+        error = kernel.build_error(dtype)
         if error is not None:
             raise RuntimeError(f"cpu_kernel=True, but the CPU kernel is not available: {error}")
         return True
-    return rows >= _KERNEL_MIN_ROWS and kernel.available()
+    return rows >= _KERNEL_MIN_ROWS and kernel.available(dtype)
 
 
 @functools.partial(

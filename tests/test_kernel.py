@@ -161,6 +161,89 @@ def test_kernel_equals_scan_path(case):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
 
 
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_bf16" in f.read().split()
+    except OSError:
+        return False
+
+
+def test_bfloat16_kernel_builds_where_the_cpu_has_it():
+    """On a CPU with AVX512_BF16 (CI's) the bfloat16 kernel must build, not fall back."""
+    if _cpu_has_bf16():
+        assert kernel.build_error(jnp.bfloat16) is None
+    else:
+        assert "AVX512_BF16" in (kernel.build_error(jnp.bfloat16) or "AVX512_BF16")
+
+
+def _require_bf16_kernel():
+    if not kernel.available(jnp.bfloat16):
+        pytest.skip(f"no bfloat16 kernel here: {kernel.build_error(jnp.bfloat16)}")
+
+
+def _bf16_close(a, b):
+    """Equal to within two bfloat16 roundings (2**-7) of the larger of |b| and 1."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    scale = max(float(np.abs(b).max(initial=0.0)), 1.0)
+    np.testing.assert_allclose(a, b, rtol=2**-7, atol=2**-7 * scale)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("case", SCAN_CASES, ids=range(len(SCAN_CASES)))
+def test_bfloat16_kernel_equals_scan_path(case, threads, monkeypatch):
+    """bfloat16 compute: x, h and the weights in bfloat16 with float32 sums, gates and cell
+    state, as the lax.scan path computes it; outputs, final states and every gradient."""
+    _require_bf16_kernel()
+    monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
+    jax.clear_caches()
+    cfg = case.config()
+    params = fl.from_torch_state_dict(make_torch(case).state_dict(), cfg)
+    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    inp = make_inputs(case)
+    x = jnp.asarray(inp["x"], jnp.bfloat16)
+    lengths = None if case.lengths is None else jnp.asarray(case.lengths)
+    hx = (jnp.asarray(inp["h0"]), jnp.asarray(inp["c0"])) if case.with_hx else None
+
+    def run(cpu_kernel):
+        def loss(p, x, hx):
+            out, (h, c) = fl.lstm(p, x, hx, config=cfg, seq_lengths=lengths, cpu_kernel=cpu_kernel)
+            f32 = jnp.float32
+            total = (out.astype(f32) * inp["w_out"]).sum() + (h.astype(f32) * inp["w_h"]).sum()
+            return total + (c * inp["w_c"]).sum(), (out, h, c)
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, x, hx)
+
+    fast, scan = run(True), run(False)
+    assert jax.tree.map(lambda a: a.dtype, fast) == jax.tree.map(lambda a: a.dtype, scan)
+    assert fast[0][1][0].dtype == jnp.bfloat16  # the output stays in the compute dtype
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(scan), strict=True):
+        _bf16_close(a, b)
+
+
+def test_bfloat16_uses_the_kernel_by_default():
+    _require_bf16_kernel()
+    case = KERNEL_CASES[0]
+    assert _uses_kernel(case, dtype=jnp.bfloat16)
+    cfg = case.config()
+    params = fl.init_params(jax.random.key(0), cfg, dtype=jnp.bfloat16)
+    x = jnp.ones((case.seq_len, case.batch, case.input_size), jnp.bfloat16)
+    jaxpr = str(jax.make_jaxpr(lambda p: fl.lstm(p, x, config=cfg)[0])(params))
+    assert "flax_lstm_cpu_forward_bf16" in jaxpr
+
+
+def test_bfloat16_without_the_instructions_runs_the_scan(monkeypatch):
+    """A kernel built for a CPU without AVX512_BF16 has only the float32 entry points."""
+    monkeypatch.setattr(kernel, "_load", lambda: frozenset({"float32"}))
+    case = KERNEL_CASES[0]
+    assert not _uses_kernel(case, dtype=jnp.bfloat16)
+    assert _uses_kernel(case)  # float32 still runs the kernel
+    cfg = fl.LSTMConfig(3, 4)
+    params = fl.init_params(jax.random.key(0), cfg)
+    with pytest.raises(RuntimeError, match=r"cpu_kernel=True.*AVX512_BF16"):
+        fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, dtype=jnp.bfloat16, cpu_kernel=True)
+
+
 def test_kernel_check_grads():
     from jax.test_util import check_grads
 
@@ -198,7 +281,7 @@ def test_kernel_under_vmap():
 @pytest.mark.parametrize(
     ("kwargs", "what"),
     [
-        ({"dtype": jnp.bfloat16}, "dtype bfloat16"),
+        ({"dtype": jnp.float16}, "dtype float16"),
         ({"remat": True}, "remat=True"),
         ({"custom_vjp": False}, "custom_vjp=False"),
     ],

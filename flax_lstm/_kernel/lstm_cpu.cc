@@ -10,15 +10,19 @@
 // reads the GEMM's output from cache), and a team of threads claims the chunks in order (see
 // run_team below).
 //
-// The weight and input gradients, single large GEMMs, stay in XLA. Only float32, no projection
-// (proj_size=0) and no recurrent dropout: the Python side falls back to the lax.scan path for
-// anything else.
+// The weight and input gradients, single large GEMMs, stay in XLA. float32, and bfloat16 where
+// the CPU has AVX512_BF16 (the GEMM operands x, h, W and dz in bfloat16, products summed in
+// float32 by vdpbf16ps; gates, cell states and gradients in float32, as the lax.scan path
+// computes bfloat16); no projection (proj_size=0) and no recurrent dropout: the Python side
+// falls back to the lax.scan path for anything else.
 //
 // Layouts (row-major), D directions run one after the other:
 //   x     (T, D, N, I)   direction 1's input reversed in time by the caller
 //   w_ih  (D, 4H, I), w_hh (D, 4H, H), bias (D, 4H) = b_ih + b_hh, as torch stores them
 //                        (gate order i, f, g, o)
 //   h0/c0 (D, N, H)
+// x, w_ih, w_hh, h0 and hs (and dhs) are of the element type E (float, or bf16: bfloat16
+// bits); bias, c0, cs, the gates and every other gradient are float32.
 //   mask  (T, N) int8   nonzero where step t of sequence n is valid, or empty: all valid.
 //                        A masked step keeps the state (and passes gradients through).
 
@@ -26,13 +30,20 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#define FLAX_LSTM_BF16 1
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -60,13 +71,23 @@ inline void cpu_relax() {
 #endif
 }
 
+// bfloat16 as stored by XLA (the upper half of a float32's bits).
+using bf16 = uint16_t;
+
+// K-steps per packed row of a panel: a float each, or a pair of bfloat16s side by side (the
+// operand of vdpbf16ps), so a panel of K rows holds round_up(K, kPair<E>) of them.
+template <typename E>
+constexpr int kPair = sizeof(E) == 2 ? 2 : 1;
+
 // One product A · B of a GEMM: A is M × K with leading dimension lda, Bp holds the packed
-// panels of B (K × NR each, one after the other). A sum of two products shares the output.
+// panels of B (round_up(K, kPair) × NR each, one after the other). A sum of two products
+// shares the output.
+template <typename E>
 struct Product {
-  const float* A;
+  const E* A;
   int64_t lda;
   int K;
-  const float* Bp;
+  const E* Bp;
 };
 
 template <int M>
@@ -84,9 +105,38 @@ inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const float* __restrict A
   }
 }
 
-// C[i0 : i0 + M, panel p] = Σ over the products of A[i0 : i0 + M, :] · B[:, panel p].
+#if FLAX_LSTM_BF16
+// The same with bfloat16 operands: each vdpbf16ps adds the products of two K-steps (a pair of
+// A broadcast against pairs of B) to float32 accumulators. An odd last K-step pairs A's value
+// with a zero (B is zero-padded there), so A is never read past its row.
 template <int M>
-inline void micro(const Product* prods, int nprod, int64_t i0, int64_t p, float* __restrict C,
+inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const bf16* __restrict A, int64_t lda,
+                       int K, const bf16* __restrict B) {
+  const auto step = [&](int k, auto a_at) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B + k * NR);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + k * NR + 2 * VW);
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(a_at(A + i * lda + k)));
+      acc0[i] = (vec)_mm512_dpbf16_ps((__m512)acc0[i], a, b0);
+      acc1[i] = (vec)_mm512_dpbf16_ps((__m512)acc1[i], a, b1);
+    }
+  };
+  int k = 0;
+  for (; k + 2 <= K; k += 2) {
+    step(k, [](const bf16* p) {
+      uint32_t pair;
+      std::memcpy(&pair, p, sizeof pair);
+      return pair;
+    });
+  }
+  if (k < K) step(k, [](const bf16* p) { return static_cast<uint32_t>(*p); });
+}
+#endif
+
+// C[i0 : i0 + M, panel p] = Σ over the products of A[i0 : i0 + M, :] · B[:, panel p].
+template <int M, typename E>
+inline void micro(const Product<E>* prods, int nprod, int64_t i0, int64_t p, float* __restrict C,
                   int64_t ldc) {
   vec acc0[M], acc1[M];
 #pragma GCC unroll 8
@@ -95,8 +145,9 @@ inline void micro(const Product* prods, int nprod, int64_t i0, int64_t p, float*
     acc1[i] = vec{};
   }
   for (int q = 0; q < nprod; ++q) {
-    const Product& pr = prods[q];
-    accumulate<M>(acc0, acc1, pr.A + i0 * pr.lda, pr.lda, pr.K, pr.Bp + p * pr.K * NR);
+    const Product<E>& pr = prods[q];
+    accumulate<M>(acc0, acc1, pr.A + i0 * pr.lda, pr.lda, pr.K,
+                  pr.Bp + p * round_up(pr.K, kPair<E>) * NR);
   }
   float* c = C + i0 * ldc + p * NR;
 #pragma GCC unroll 8
@@ -106,9 +157,9 @@ inline void micro(const Product* prods, int nprod, int64_t i0, int64_t p, float*
   }
 }
 
-template <int M>
-inline void micro_rows(int rows, const Product* prods, int nprod, int64_t i0, int64_t p, float* C,
-                       int64_t ldc) {
+template <int M, typename E>
+inline void micro_rows(int rows, const Product<E>* prods, int nprod, int64_t i0, int64_t p,
+                       float* C, int64_t ldc) {
   if constexpr (M > 0) {
     if (rows == M) return micro<M>(prods, nprod, i0, p, C, ldc);
     return micro_rows<M - 1>(rows, prods, nprod, i0, p, C, ldc);
@@ -117,7 +168,8 @@ inline void micro_rows(int rows, const Product* prods, int nprod, int64_t i0, in
 
 // C (M × npanels·NR, leading dimension ldc) = the sum of the products, panel by panel (a
 // panel of B stays in L1 across the row blocks).
-void gemm_packed(int64_t M, int64_t npanels, const Product* prods, int nprod, float* C,
+template <typename E>
+void gemm_packed(int64_t M, int64_t npanels, const Product<E>* prods, int nprod, float* C,
                  int64_t ldc) {
   for (int64_t p = 0; p < npanels; ++p) {
     int64_t i = 0;
@@ -126,31 +178,49 @@ void gemm_packed(int64_t M, int64_t npanels, const Product* prods, int nprod, fl
   }
 }
 
-// Packs columns of Bᵀ for gemm_packed into `out` (K × round_up(cols, NR) floats): column
+// Elements of a packed panel of K rows, and where element (k, j) of a panel goes in it.
+template <typename E>
+constexpr int64_t panel_size(int64_t K) {
+  return round_up(K, kPair<E>) * NR;
+}
+template <typename E>
+constexpr int64_t panel_at(int64_t k, int64_t j) {
+  return (k / kPair<E>) * NR * kPair<E> + j * kPair<E> + k % kPair<E>;
+}
+
+// Packs columns of Bᵀ for gemm_packed into `out` (round_up(cols, NR) / NR panels): column
 // `col` of the packed B, zero-padded to whole panels, is row src(col) of a row-major matrix
 // with K columns. Written panel by panel in order, reading NR rows side by side.
-template <typename Src>
-void pack_rows(const float* w, int64_t K, int64_t cols, Src src, float* out) {
-  const int64_t padded = round_up(cols, NR);
+template <typename E, typename Src>
+void pack_rows(const E* w, int64_t K, int64_t cols, Src src, E* out) {
+  const int64_t padded = round_up(cols, NR), Kp = round_up(K, kPair<E>);
   for (int64_t c0 = 0; c0 < padded; c0 += NR) {
-    const float* rows[NR];
+    const E* rows[NR];
     for (int j = 0; j < NR; ++j) rows[j] = c0 + j < cols ? w + src(c0 + j) * K : nullptr;
-    float* panel = out + c0 * K;
-    for (int64_t k = 0; k < K; ++k)
-      for (int j = 0; j < NR; ++j) panel[k * NR + j] = rows[j] != nullptr ? rows[j][k] : 0.0f;
+    E* panel = out + (c0 / NR) * panel_size<E>(K);
+    for (int64_t k = 0; k < Kp; ++k)
+      for (int j = 0; j < NR; ++j)
+        panel[panel_at<E>(k, j)] = rows[j] != nullptr && k < K ? rows[j][k] : E{};
   }
 }
 
 // Packs the columns [c0, c0 + cols) of a row-major K × ld matrix for gemm_packed into `out`
-// (K × round_up(cols, NR) floats, zero-padded to whole panels).
-void pack_cols(const float* w, int64_t K, int64_t ld, int64_t c0, int64_t cols, float* out) {
-  const int64_t padded = round_up(cols, NR);
+// (round_up(cols, NR) / NR panels, zero-padded).
+template <typename E>
+void pack_cols(const E* w, int64_t K, int64_t ld, int64_t c0, int64_t cols, E* out) {
+  const int64_t padded = round_up(cols, NR), Kp = round_up(K, kPair<E>);
   for (int64_t p = 0; p < padded; p += NR) {
-    float* panel = out + p * K;
+    E* panel = out + (p / NR) * panel_size<E>(K);
     const int64_t width = std::min<int64_t>(NR, cols - p);
-    for (int64_t k = 0; k < K; ++k) {
-      std::memcpy(panel + k * NR, w + k * ld + c0 + p, width * sizeof(float));
-      std::fill(panel + k * NR + width, panel + (k + 1) * NR, 0.0f);
+    if constexpr (kPair<E> == 1) {
+      for (int64_t k = 0; k < K; ++k) {
+        std::memcpy(panel + k * NR, w + k * ld + c0 + p, width * sizeof(E));
+        std::fill(panel + k * NR + width, panel + (k + 1) * NR, E{});
+      }
+    } else {
+      for (int64_t k = 0; k < Kp; ++k)
+        for (int64_t j = 0; j < NR; ++j)
+          panel[panel_at<E>(k, j)] = j < width && k < K ? w[k * ld + c0 + p + j] : E{};
     }
   }
 }
@@ -176,6 +246,36 @@ inline void store(float* p, V v) {
 template <typename V>
 inline V splat(float x) {
   return V{} + x;
+}
+
+// The same for bfloat16 storage: widened exactly on load, rounded to nearest even on store (as
+// XLA's conversion does, NaN kept a NaN), so that h matches the lax.scan path's h.astype(bf16).
+typedef uint32_t uvec __attribute__((vector_size(VW * 4)));
+typedef uint16_t hvec __attribute__((vector_size(VW * 2)));
+
+template <typename V>
+inline V load(const bf16* p) {
+  if constexpr (sizeof(V) == sizeof(float)) {
+    return std::bit_cast<float>(static_cast<uint32_t>(*p) << 16);
+  } else {
+    hvec v;
+    std::memcpy(&v, p, sizeof v);
+    return (V)(__builtin_convertvector(v, uvec) << 16);
+  }
+}
+template <typename V>
+inline void store(bf16* p, V v) {
+  if constexpr (sizeof(V) == sizeof(float)) {
+    const uint32_t u = std::bit_cast<uint32_t>(v);
+    *p = (u & 0x7fffffffu) > 0x7f800000u ? static_cast<bf16>((u >> 16) | 0x40u)
+                                          : static_cast<bf16>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  } else {
+    const uvec u = (uvec)v;
+    const uvec rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uvec r = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded;
+    const hvec h = __builtin_convertvector(r, hvec);
+    std::memcpy(p, &h, sizeof h);
+  }
 }
 
 // tanh as Eigen's (and XLA:CPU's) rational approximation: branch-free, so it vectorises.
@@ -368,18 +468,19 @@ void run_items(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int
 // input projection is ever stored. cs holds every step's cell state (T, D, N, H), or only the
 // last one (D, N, H) when cs_all is false.
 
+template <typename E>
 void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vector<Span>& fresh,
-             const float* x, const float* w_ih, const float* bias, const float* w_hh,
-             const float* h0, const float* c0, const int8_t* mask, float* hs, float* cs,
-             bool cs_all, float* acts) {
+             const E* x, const E* w_ih, const float* bias, const E* w_hh, const E* h0,
+             const float* c0, const int8_t* mask, E* hs, float* cs, bool cs_all, float* acts) {
   const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
   const int64_t chunks = (H + kFwdUnits - 1) / kFwdUnits, cols = 4 * kFwdUnits;
   // Packed weights of every direction and chunk: chunk column g·16 + j is gate g of unit
   // 16·chunk + j (a row of W; past H, the last unit's again, computed and never stored).
   // Packed by the calling thread before the team starts.
-  const int64_t wi = I * cols, wh = H * cols;  // floats per chunk of packed W_ih, W_hh
-  std::vector<float> bi(static_cast<size_t>(D * chunks * wi));
-  std::vector<float> bh(static_cast<size_t>(D * chunks * wh));
+  // Elements per chunk of packed W_ih, W_hh.
+  const int64_t wi = panel_size<E>(I) * (cols / NR), wh = panel_size<E>(H) * (cols / NR);
+  std::vector<E> bi(static_cast<size_t>(D * chunks * wi));
+  std::vector<E> bh(static_cast<size_t>(D * chunks * wh));
   std::vector<float> bcol(static_cast<size_t>(D * chunks * cols));
   for (int64_t d = 0; d < D; ++d) {
     for (int64_t k = 0; k < chunks; ++k) {
@@ -401,19 +502,19 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
     const int64_t d = row / T, t = row % T;
     const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
     const int64_t row0 = (t * D + d) * N;  // first row of step t, direction d
-    const float* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
-    const float* pi = bi.data() + (d * chunks + k) * wi;
-    const float* ph = bh.data() + (d * chunks + k) * wh;
-    const Product prods[2] = {{x + row0 * I, I, static_cast<int>(I), pi},
-                              {hprev, H, static_cast<int>(H), ph}};
+    const E* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
+    const E* pi = bi.data() + (d * chunks + k) * wi;
+    const E* ph = bh.data() + (d * chunks + k) * wh;
+    const Product<E> prods[2] = {{x + row0 * I, I, static_cast<int>(I), pi},
+                                 {hprev, H, static_cast<int>(H), ph}};
     float* gate = scratch.get(static_cast<size_t>(N * cols));
     gemm_packed(N, cols / NR, prods, 2, gate, cols);
     const float* bb = bcol.data() + (d * chunks + k) * cols;
     for (int64_t n = 0; n < N; ++n) {
       const bool valid = mask == nullptr || mask[t * N + n] != 0;
       const float* z = gate + n * cols;
-      const float* hp = hprev + n * H + u0;
-      float* h = hs + (row0 + n) * H + u0;
+      const E* hp = hprev + n * H + u0;
+      E* h = hs + (row0 + n) * H + u0;
       float* cn = c.data() + (d * N + n) * H + u0;
       float* a = acts == nullptr ? nullptr : acts + (row0 + n) * G4 + u0;
       const int64_t q = kFwdUnits;
@@ -451,19 +552,33 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
 // steps pass through), then the chunk's gate gradients at step t. A last row of items, t = -1,
 // forms dh0.
 
+template <typename E>
 void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vector<Span>& fresh,
-              const float* dhs, const float* dcs, bool dcs_all, const float* acts,
-              const float* cs, const float* c0, const float* w_hh, const int8_t* mask, float* dz,
-              float* dh0, float* dc0) {
+              const E* dhs, const float* dcs, bool dcs_all, const float* acts, const float* cs,
+              const float* c0, const E* w_hh, const int8_t* mask, float* dz, float* dh0,
+              float* dc0) {
   const int64_t T = s.T, D = s.D, N = s.N, H = s.H, G4 = 4 * H;
   const int64_t chunks = (H + kBwdUnits - 1) / kBwdUnits, cols = round_up(kBwdUnits, NR);
-  std::vector<float> bp(static_cast<size_t>(D * chunks * G4 * cols));
+  const int64_t wc = panel_size<E>(G4) * (cols / NR);  // elements per chunk of packed W_hh
+  std::vector<E> bp(static_cast<size_t>(D * chunks * wc));
   for (int64_t d = 0; d < D; ++d) {
     for (int64_t k = 0; k < chunks; ++k) {
       const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
-      pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, bp.data() + (d * chunks + k) * G4 * cols);
+      pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, bp.data() + (d * chunks + k) * wc);
     }
   }
+  // In bfloat16 the GEMM reads dz rounded to bfloat16 (as the lax.scan path multiplies
+  // dz.astype(bf16) by W_hh): a copy of the last two steps' dz, by parity of t. Step t writes
+  // its half while the items of step t - 1, which read it, have not started yet.
+  constexpr bool narrow = !std::is_same_v<E, float>;
+  std::vector<E> dz_narrow(narrow ? static_cast<size_t>(2 * D * N * G4) : 0);
+  const auto dz_for_gemm = [&](int64_t t, int64_t d) -> E* {
+    if constexpr (narrow) {
+      return dz_narrow.data() + ((t & 1) * D + d) * N * G4;
+    } else {
+      return dz + (t * D + d) * N * G4;
+    }
+  };
   // Shared state per direction: the gradients w.r.t. the cell state after the current step
   // (dc), and the dh that frozen steps pass through (pass).
   std::vector<float> dc(static_cast<size_t>(D * N * H), 0.0f), pass(dc.size(), 0.0f);
@@ -478,8 +593,8 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
     if (t == T - 1) {
       for (int64_t n = 0; n < N; ++n) std::fill(dh + n * cols, dh + n * cols + nu, 0.0f);
     } else {
-      const Product prod{dz + ((t + 1) * D + d) * N * G4, G4, static_cast<int>(G4),
-                         bp.data() + (d * chunks + k) * G4 * cols};
+      const Product<E> prod{dz_for_gemm(t + 1, d), G4, static_cast<int>(G4),
+                            bp.data() + (d * chunks + k) * wc};
       gemm_packed(N, cols / NR, &prod, 1, dh, cols);
     }
     for (int64_t n = 0; n < N; ++n) {
@@ -500,13 +615,18 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
       const float* a = acts + (row0 + n) * G4 + u0;
       const float* ct = cs + (row0 + n) * H + u0;
       const float* cp = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (row0 - D * N + n) * H + u0;
-      const float* gh = dhs + (row0 + n) * H + u0;
+      const E* gh = dhs + (row0 + n) * H + u0;
       const float* gc = dcs_all ? dcs + (row0 + n) * H + u0 : nullptr;
       float* dzr = dz + (row0 + n) * G4 + u0;
+      E* dzn = dz_for_gemm(t, d) + n * G4 + u0;  // the bfloat16 copy (float32: dzr itself)
       const float* dhn = dh + n * cols;
       float* dcn = dc.data() + (d * N + n) * H + u0;
       float* ps = pass.data() + (d * N + n) * H + u0;
       for_columns(nu, [&]<typename V>(int64_t j) {
+        const auto put = [&](int64_t gate, V v) {
+          store<V>(dzr + gate * H + j, v);
+          if constexpr (narrow) store<V>(dzn + gate * H + j, v);
+        };
         const V dh_in = load<V>(dhn + j) + load<V>(gh + j);
         const V dc_in = gc == nullptr ? load<V>(dcn + j) : load<V>(dcn + j) + load<V>(gc + j);
         if (valid) {
@@ -514,17 +634,14 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
           const V g_ = load<V>(a + 2 * H + j), o_ = load<V>(a + 3 * H + j);
           const V tc = tanh_approx<V>(load<V>(ct + j));
           const V dct = dc_in + dh_in * o_ * (1.0f - tc * tc);
-          store<V>(dzr + j, dct * g_ * i_ * (1.0f - i_));
-          store<V>(dzr + H + j, dct * load<V>(cp + j) * f_ * (1.0f - f_));
-          store<V>(dzr + 2 * H + j, dct * i_ * (1.0f - g_ * g_));
-          store<V>(dzr + 3 * H + j, dh_in * tc * o_ * (1.0f - o_));
+          put(0, dct * g_ * i_ * (1.0f - i_));
+          put(1, dct * load<V>(cp + j) * f_ * (1.0f - f_));
+          put(2, dct * i_ * (1.0f - g_ * g_));
+          put(3, dh_in * tc * o_ * (1.0f - o_));
           store<V>(dcn + j, dct * f_);
           store<V>(ps + j, V{});
         } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
-          store<V>(dzr + j, V{});
-          store<V>(dzr + H + j, V{});
-          store<V>(dzr + 2 * H + j, V{});
-          store<V>(dzr + 3 * H + j, V{});
+          for (int64_t gate = 0; gate < 4; ++gate) put(gate, V{});
           store<V>(dcn + j, dc_in);
           store<V>(ps + j, dh_in);
         }
@@ -537,16 +654,21 @@ ffi::Error invalid(const char* what) {
   return ffi::Error::InvalidArgument(std::string("flax_lstm CPU kernel: ") + what);
 }
 
-int64_t count(const ffi::Buffer<ffi::F32>& b) { return static_cast<int64_t>(b.element_count()); }
-int64_t count(ffi::Result<ffi::Buffer<ffi::F32>>& b) {
+template <ffi::DataType T>
+int64_t count(const ffi::Buffer<T>& b) {
+  return static_cast<int64_t>(b.element_count());
+}
+template <ffi::DataType T>
+int64_t count(ffi::Result<ffi::Buffer<T>>& b) {
   return static_cast<int64_t>(b->element_count());
 }
 
-ffi::Error ForwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ffi::F32> x,
-                       ffi::Buffer<ffi::F32> w_ih, ffi::Buffer<ffi::F32> bias,
-                       ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> h0,
-                       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S8> mask,
-                       ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
+// ET is the element type of x, the weights, h0 and hs (F32 or BF16); everything else is F32.
+template <ffi::DataType ET>
+ffi::Error ForwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> x,
+                       ffi::Buffer<ET> w_ih, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ET> w_hh,
+                       ffi::Buffer<ET> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S8> mask,
+                       ffi::ResultBuffer<ET> hs, ffi::ResultBuffer<ffi::F32> cs,
                        ffi::ResultBuffer<ffi::F32> acts) {
   const auto xd = x.dimensions(), hd = h0.dimensions();
   if (xd.size() != 4 || hd.size() != 3) return invalid("x must be (T, D, N, I), h0 (D, N, H)");
@@ -561,22 +683,23 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ffi::F
     return invalid("operand shapes do not agree");
   if (s.T == 0) return ffi::Error::Success();
   const bool cs_all = count(cs) == steps || s.T == 1;
-  const std::vector<Span> fresh = {{hs->untyped_data(), count(hs) * sizeof(float)},
+  using E = ffi::NativeType<ET>;
+  const std::vector<Span> fresh = {{hs->untyped_data(), count(hs) * sizeof(E)},
                                     {cs->untyped_data(), count(cs) * sizeof(float)},
                                     {acts->untyped_data(), count(acts) * sizeof(float)}};
-  forward(s, pool, static_cast<int>(threads), fresh, x.typed_data(), w_ih.typed_data(),
-          bias.typed_data(), w_hh.typed_data(), h0.typed_data(), c0.typed_data(),
-          mask.element_count() ? mask.typed_data() : nullptr, hs->typed_data(), cs->typed_data(),
-          cs_all, count(acts) ? acts->typed_data() : nullptr);
+  forward<E>(s, pool, static_cast<int>(threads), fresh, x.typed_data(), w_ih.typed_data(),
+             bias.typed_data(), w_hh.typed_data(), h0.typed_data(), c0.typed_data(),
+             mask.element_count() ? mask.typed_data() : nullptr, hs->typed_data(),
+             cs->typed_data(), cs_all, count(acts) ? acts->typed_data() : nullptr);
   return ffi::Error::Success();
 }
 
-ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ffi::F32> dhs,
+template <ffi::DataType ET>
+ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> dhs,
                         ffi::Buffer<ffi::F32> dcs, ffi::Buffer<ffi::F32> acts,
-                        ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> c0,
-                        ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::S8> mask,
-                        ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh0,
-                        ffi::ResultBuffer<ffi::F32> dc0) {
+                        ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ET> w_hh,
+                        ffi::Buffer<ffi::S8> mask, ffi::ResultBuffer<ffi::F32> dz,
+                        ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
   const auto ad = acts.dimensions();
   if (ad.size() != 4 || ad[3] % 4 != 0) return invalid("acts must be (T, D, N, 4H)");
   const Dims s{ad[0], ad[1], ad[2], 0, ad[3] / 4};
@@ -593,43 +716,57 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ffi::
   std::vector<Span> fresh;
   if (dz->untyped_data() != acts.untyped_data())
     fresh.push_back({dz->untyped_data(), count(dz) * sizeof(float)});
-  backward(s, pool, static_cast<int>(threads), fresh, dhs.typed_data(), dcs.typed_data(), dcs_all,
-           acts.typed_data(), cs.typed_data(), c0.typed_data(), w_hh.typed_data(),
-           mask.element_count() ? mask.typed_data() : nullptr, dz->typed_data(),
-           dh0->typed_data(), dc0->typed_data());
+  backward<ffi::NativeType<ET>>(s, pool, static_cast<int>(threads), fresh, dhs.typed_data(),
+                                dcs.typed_data(), dcs_all, acts.typed_data(), cs.typed_data(),
+                                c0.typed_data(), w_hh.typed_data(),
+                                mask.element_count() ? mask.typed_data() : nullptr,
+                                dz->typed_data(), dh0->typed_data(), dc0->typed_data());
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmForward, ForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Attr<int64_t>("threads")
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
-                                  .Arg<ffi::Buffer<ffi::S8>>()   // mask
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // hs
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // cs
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // acts
-);
+// The operands of the two calls; ET is the element type of x, the weights, h0, hs and dhs.
+#define FLAX_LSTM_FORWARD_BINDING(ET)                                       \
+  ffi::Ffi::Bind()                                                          \
+      .Ctx<ffi::ThreadPool>()                                               \
+      .Attr<int64_t>("threads")                                             \
+      .Arg<ffi::Buffer<ET>>()        /* x */                                \
+      .Arg<ffi::Buffer<ET>>()        /* w_ih */                             \
+      .Arg<ffi::Buffer<ffi::F32>>()  /* bias */                             \
+      .Arg<ffi::Buffer<ET>>()        /* w_hh */                             \
+      .Arg<ffi::Buffer<ET>>()        /* h0 */                               \
+      .Arg<ffi::Buffer<ffi::F32>>()  /* c0 */                               \
+      .Arg<ffi::Buffer<ffi::S8>>()   /* mask */                             \
+      .Ret<ffi::Buffer<ET>>()        /* hs */                               \
+      .Ret<ffi::Buffer<ffi::F32>>()  /* cs */                               \
+      .Ret<ffi::Buffer<ffi::F32>>()  /* acts */
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmBackward, BackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Attr<int64_t>("threads")
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dhs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dcs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // acts
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // cs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-                                  .Arg<ffi::Buffer<ffi::S8>>()   // mask
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dc0
-);
+#define FLAX_LSTM_BACKWARD_BINDING(ET)                                      \
+  ffi::Ffi::Bind()                                                          \
+      .Ctx<ffi::ThreadPool>()                                               \
+      .Attr<int64_t>("threads")                                             \
+      .Arg<ffi::Buffer<ET>>()        /* dhs */                              \
+      .Arg<ffi::Buffer<ffi::F32>>()  /* dcs */                              \
+      .Arg<ffi::Buffer<ffi::F32>>()  /* acts */                             \
+      .Arg<ffi::Buffer<ffi::F32>>()  /* cs */                               \
+      .Arg<ffi::Buffer<ffi::F32>>()  /* c0 */                               \
+      .Arg<ffi::Buffer<ET>>()        /* w_hh */                             \
+      .Arg<ffi::Buffer<ffi::S8>>()   /* mask */                             \
+      .Ret<ffi::Buffer<ffi::F32>>()  /* dz */                               \
+      .Ret<ffi::Buffer<ffi::F32>>()  /* dh0 */                              \
+      .Ret<ffi::Buffer<ffi::F32>>()  /* dc0 */
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmForward, ForwardImpl<ffi::F32>,
+                              FLAX_LSTM_FORWARD_BINDING(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmBackward, BackwardImpl<ffi::F32>,
+                              FLAX_LSTM_BACKWARD_BINDING(ffi::F32));
+
+// The bfloat16 variants exist only where the CPU has AVX512_BF16; the Python side looks for
+// the symbols and runs bfloat16 on the lax.scan path without them.
+#if FLAX_LSTM_BF16
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmForwardBf16, ForwardImpl<ffi::BF16>,
+                              FLAX_LSTM_FORWARD_BINDING(ffi::BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmBackwardBf16, BackwardImpl<ffi::BF16>,
+                              FLAX_LSTM_BACKWARD_BINDING(ffi::BF16));
+#endif
