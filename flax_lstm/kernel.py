@@ -279,25 +279,30 @@ def backward(
     w_hh: Array,
     mask: Array | None,
 ) -> tuple[Array, Array, Array]:
-    """Gradients through the recurrence: ``(dz, dh0, dc0)``, float32.
+    """Gradients through the recurrence: ``(dz, db, dh0, dc0)``.
 
     dhs (T, D, N, H) is the gradient of every step's h, and w_hh (D, 4H, H), in the compute
     dtype; dcs, the gradient of every step's c (T, D, N, H) or of the last one (D, N, H), and
-    acts and cs as saved by `forward`, in float32. dz (T, D, N, 4H) is the gradient of the
-    gate pre-activations, from which the weight and input gradients follow.
+    acts and cs as saved by `forward`, in float32. dz (T, D, N, 4H), in the compute dtype, is
+    the gradient of the gate pre-activations, from which the weight and input gradients follow;
+    db (D, 4H) its float32 sum over steps and sequences (the bias gradient); dh0 and dc0
+    (D, N, H) float32.
     """
     target = _targets(w_hh.dtype)[1]
     t, d, n, g4 = acts.shape
     h = g4 // 4
     f32 = jnp.float32
     out = (
-        jax.ShapeDtypeStruct((t, d, n, g4), f32),
+        jax.ShapeDtypeStruct((t, d, n, g4), w_hh.dtype),
+        jax.ShapeDtypeStruct((d, g4), f32),
         jax.ShapeDtypeStruct((d, n, h), f32),
         jax.ShapeDtypeStruct((d, n, h), f32),
     )
-    # dz takes the saved gates' buffer (operand 2): the kernel reads each step's gates before
-    # writing its dz, and XLA then allocates (and the OS zero-fills) no second (T, N, 4H).
-    call = jax.ffi.ffi_call(target, out, vmap_method="sequential", input_output_aliases={2: 0})
+    # In float32 dz takes the saved gates' buffer (operand 2): the kernel reads each step's
+    # gates before writing its dz, and XLA then allocates (and the OS zero-fills) no second
+    # (T, N, 4H).
+    aliases = {2: 0} if w_hh.dtype == f32 else {}
+    call = jax.ffi.ffi_call(target, out, vmap_method="sequential", input_output_aliases=aliases)
     threads = num_threads(n * 4 * h * h, h)
     return call(
         dhs.astype(w_hh.dtype),

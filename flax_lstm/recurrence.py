@@ -220,8 +220,10 @@ def _layer_bwd(hoist, unroll, remat, all_c, kernel, residuals, cotangents):
         zeros = lambda w: None if w is None else jnp.zeros(w.shape, acc)  # noqa: E731
         carry0 += (zeros(w_ih), zeros(w_hh), jnp.zeros(w_hh.shape[:2], acc), zeros(w_hr))
     xs = (dhs, dcs, x if remat else acts, cs, c_prev, h_in if remat else None, mask)
-    if kernel:  # the same reverse recurrence, compiled: dz for every step, dh0 and dc0
-        dz, dh0, dc0 = cpu_kernel.backward(dhs, dcs if all_c else dc_out, acts, cs, c0, w_hh, mask)
+    if kernel:  # the same reverse recurrence, compiled: dz for every step, its sum, dh0, dc0
+        dz, db, dh0, dc0 = cpu_kernel.backward(
+            dhs, dcs if all_c else dc_out, acts, cs, c0, w_hh, mask
+        )
         carry, ys = (dh0, dc0), (dz, None)
     else:
         carry, ys = lax.scan(body, carry0, xs, reverse=True, unroll=unroll)
@@ -237,7 +239,8 @@ def _layer_bwd(hoist, unroll, remat, all_c, kernel, residuals, cotangents):
         dz_c = dz.astype(w_hh.dtype)
         dx = _dir_matmul(dz_c, w_ih, acc).astype(x.dtype)
         dw_ih, dw_hh = _sum_outer(dz_c, [x, h_in], w_ih.dtype, acc)
-        db = dz.sum(axis=(0, 2))
+        if not kernel:
+            db = dz.sum(axis=(0, 2))
         dw_hr = None if w_hr is None else _sum_outer(proj[0], [proj[1]], w_hr.dtype, acc)[0]
     db = None if b is None else db.astype(b.dtype)
     drmask = None if rmask is None else jnp.zeros_like(rmask)

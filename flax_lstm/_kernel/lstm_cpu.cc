@@ -544,18 +544,22 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward: the gate pre-activation gradients dz (T, D, N, 4H) and dh0, dc0. dhs is the
-// gradient of every step's h; dcs of every step's c (dcs_all) or of the last one only. dz may
-// be the very buffer of acts: each element of a step's gates is read before its dz is written.
+// Backward: the gate pre-activation gradients dz (T, D, N, 4H), their sum over steps and
+// sequences db (D, 4H) (the bias gradient), and dh0, dc0. dhs is the gradient of every step's
+// h; dcs of every step's c (dcs_all) or of the last one only. dz is stored in the element type
+// (in bfloat16 rounded, as the lax.scan path rounds it for its GEMMs with W_hh, W_ih and the
+// inputs), db sums the float32 values. In float32 dz may be the very buffer of acts: each
+// element of a step's gates is read before its dz is written.
 //
 // Item (t, chunk) first forms the chunk's dh_t = dz_{t+1}·W_hh[:, chunk] (plus what frozen
 // steps pass through), then the chunk's gate gradients at step t. A last row of items, t = -1,
-// forms dh0.
+// forms dh0. The items of one chunk run one after the other (each waits for the step before),
+// so each adds to its own slice of db without a race.
 
 template <typename E>
 void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vector<Span>& fresh,
               const E* dhs, const float* dcs, bool dcs_all, const float* acts, const float* cs,
-              const float* c0, const E* w_hh, const int8_t* mask, float* dz, float* dh0,
+              const float* c0, const E* w_hh, const int8_t* mask, E* dz, float* db, float* dh0,
               float* dc0) {
   const int64_t T = s.T, D = s.D, N = s.N, H = s.H, G4 = 4 * H;
   const int64_t chunks = (H + kBwdUnits - 1) / kBwdUnits, cols = round_up(kBwdUnits, NR);
@@ -567,18 +571,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
       pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, bp.data() + (d * chunks + k) * wc);
     }
   }
-  // In bfloat16 the GEMM reads dz rounded to bfloat16 (as the lax.scan path multiplies
-  // dz.astype(bf16) by W_hh): a copy of the last two steps' dz, by parity of t. Step t writes
-  // its half while the items of step t - 1, which read it, have not started yet.
-  constexpr bool narrow = !std::is_same_v<E, float>;
-  std::vector<E> dz_narrow(narrow ? static_cast<size_t>(2 * D * N * G4) : 0);
-  const auto dz_for_gemm = [&](int64_t t, int64_t d) -> E* {
-    if constexpr (narrow) {
-      return dz_narrow.data() + ((t & 1) * D + d) * N * G4;
-    } else {
-      return dz + (t * D + d) * N * G4;
-    }
-  };
+  std::fill(db, db + D * G4, 0.0f);
   // Shared state per direction: the gradients w.r.t. the cell state after the current step
   // (dc), and the dh that frozen steps pass through (pass).
   std::vector<float> dc(static_cast<size_t>(D * N * H), 0.0f), pass(dc.size(), 0.0f);
@@ -593,7 +586,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
     if (t == T - 1) {
       for (int64_t n = 0; n < N; ++n) std::fill(dh + n * cols, dh + n * cols + nu, 0.0f);
     } else {
-      const Product<E> prod{dz_for_gemm(t + 1, d), G4, static_cast<int>(G4),
+      const Product<E> prod{dz + ((t + 1) * D + d) * N * G4, G4, static_cast<int>(G4),
                             bp.data() + (d * chunks + k) * wc};
       gemm_packed(N, cols / NR, &prod, 1, dh, cols);
     }
@@ -617,15 +610,15 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
       const float* cp = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (row0 - D * N + n) * H + u0;
       const E* gh = dhs + (row0 + n) * H + u0;
       const float* gc = dcs_all ? dcs + (row0 + n) * H + u0 : nullptr;
-      float* dzr = dz + (row0 + n) * G4 + u0;
-      E* dzn = dz_for_gemm(t, d) + n * G4 + u0;  // the bfloat16 copy (float32: dzr itself)
+      E* dzr = dz + (row0 + n) * G4 + u0;
+      float* dbr = db + d * G4 + u0;
       const float* dhn = dh + n * cols;
       float* dcn = dc.data() + (d * N + n) * H + u0;
       float* ps = pass.data() + (d * N + n) * H + u0;
       for_columns(nu, [&]<typename V>(int64_t j) {
         const auto put = [&](int64_t gate, V v) {
           store<V>(dzr + gate * H + j, v);
-          if constexpr (narrow) store<V>(dzn + gate * H + j, v);
+          store<V>(dbr + gate * H + j, load<V>(dbr + gate * H + j) + v);
         };
         const V dh_in = load<V>(dhn + j) + load<V>(gh + j);
         const V dc_in = gc == nullptr ? load<V>(dcn + j) : load<V>(dcn + j) + load<V>(gc + j);
@@ -641,7 +634,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
           store<V>(dcn + j, dct * f_);
           store<V>(ps + j, V{});
         } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
-          for (int64_t gate = 0; gate < 4; ++gate) put(gate, V{});
+          for (int64_t gate = 0; gate < 4; ++gate) store<V>(dzr + gate * H + j, V{});
           store<V>(dcn + j, dc_in);
           store<V>(ps + j, dh_in);
         }
@@ -698,8 +691,9 @@ template <ffi::DataType ET>
 ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> dhs,
                         ffi::Buffer<ffi::F32> dcs, ffi::Buffer<ffi::F32> acts,
                         ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ET> w_hh,
-                        ffi::Buffer<ffi::S8> mask, ffi::ResultBuffer<ffi::F32> dz,
-                        ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
+                        ffi::Buffer<ffi::S8> mask, ffi::ResultBuffer<ET> dz,
+                        ffi::ResultBuffer<ffi::F32> db, ffi::ResultBuffer<ffi::F32> dh0,
+                        ffi::ResultBuffer<ffi::F32> dc0) {
   const auto ad = acts.dimensions();
   if (ad.size() != 4 || ad[3] % 4 != 0) return invalid("acts must be (T, D, N, 4H)");
   const Dims s{ad[0], ad[1], ad[2], 0, ad[3] / 4};
@@ -707,20 +701,21 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> d
   if (s.D < 1 || s.N < 1 || s.H < 1 || count(dhs) != steps || count(cs) != steps ||
       count(c0) != state || count(w_hh) != s.D * 4 * s.H * s.H ||
       (count(dcs) != steps && count(dcs) != state) || count(dz) != 4 * steps ||
-      count(dh0) != state || count(dc0) != state ||
+      count(db) != s.D * 4 * s.H || count(dh0) != state || count(dc0) != state ||
       (mask.element_count() != 0 && static_cast<int64_t>(mask.element_count()) != s.T * s.N))
     return invalid("operand shapes do not agree");
   if (s.T == 0) return ffi::Error::Success();
   const bool dcs_all = count(dcs) == steps && s.T > 1;
-  // dz may take the saved gates' buffer (the Python side aliases them): then it is in place.
+  // In float32 dz may take the saved gates' buffer (the Python side aliases them): then it is
+  // in place.
+  using E = ffi::NativeType<ET>;
   std::vector<Span> fresh;
   if (dz->untyped_data() != acts.untyped_data())
-    fresh.push_back({dz->untyped_data(), count(dz) * sizeof(float)});
-  backward<ffi::NativeType<ET>>(s, pool, static_cast<int>(threads), fresh, dhs.typed_data(),
-                                dcs.typed_data(), dcs_all, acts.typed_data(), cs.typed_data(),
-                                c0.typed_data(), w_hh.typed_data(),
-                                mask.element_count() ? mask.typed_data() : nullptr,
-                                dz->typed_data(), dh0->typed_data(), dc0->typed_data());
+    fresh.push_back({dz->untyped_data(), count(dz) * sizeof(E)});
+  backward<E>(s, pool, static_cast<int>(threads), fresh, dhs.typed_data(), dcs.typed_data(),
+              dcs_all, acts.typed_data(), cs.typed_data(), c0.typed_data(), w_hh.typed_data(),
+              mask.element_count() ? mask.typed_data() : nullptr, dz->typed_data(),
+              db->typed_data(), dh0->typed_data(), dc0->typed_data());
   return ffi::Error::Success();
 }
 
@@ -753,7 +748,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> d
       .Arg<ffi::Buffer<ffi::F32>>()  /* c0 */                               \
       .Arg<ffi::Buffer<ET>>()        /* w_hh */                             \
       .Arg<ffi::Buffer<ffi::S8>>()   /* mask */                             \
-      .Ret<ffi::Buffer<ffi::F32>>()  /* dz */                               \
+      .Ret<ffi::Buffer<ET>>()        /* dz */                               \
+      .Ret<ffi::Buffer<ffi::F32>>()  /* db */                               \
       .Ret<ffi::Buffer<ffi::F32>>()  /* dh0 */                              \
       .Ret<ffi::Buffer<ffi::F32>>()  /* dc0 */
 
