@@ -126,10 +126,31 @@ def _forward_scan(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, sa
 _STATIC = (9, 10, 11, 12, 13)  # hoist, unroll, remat, all_c, kernel
 
 
+# The compiled CPU kernel's calls have no derivatives of their own. Where JAX differentiates
+# them (second derivatives: the forward and backward of `_layer` are then differentiated), each
+# takes the derivative of the lax.scan path that computes the same function.
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(7, 8))
+def _kernel_forward(x, w_ih, b, w_hh, h0, c0, mask, save_acts, all_c):
+    return cpu_kernel.forward(x, w_ih, b, w_hh, h0, c0, mask, save_acts=save_acts, all_c=all_c)
+
+
+@_kernel_forward.defjvp
+def _kernel_forward_jvp(save_acts, all_c, primals, tangents):
+    mask = primals[6]
+
+    def scan(x, w_ih, b, w_hh, h0, c0):
+        return _forward_scan(x, w_ih, b, w_hh, None, h0, c0, mask, None, False, 1, save_acts, all_c)
+
+    out = _kernel_forward(*primals, save_acts, all_c)
+    return out, jax.jvp(scan, primals[:6], tangents[:6])[1]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=_STATIC)
 def _layer(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat, all_c, kernel):
     if kernel:
-        return cpu_kernel.forward(x, w_ih, b, w_hh, h0, c0, mask, save_acts=False, all_c=all_c)[:2]
+        return _kernel_forward(x, w_ih, b, w_hh, h0, c0, mask, False, all_c)[:2]
     args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll)
     return _forward_scan(*args, False, all_c)[:2]
 
@@ -137,9 +158,7 @@ def _layer(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat, al
 def _layer_fwd(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat, all_c, kernel):
     args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll)
     if kernel:  # the compiled recurrence (float32, no projection, no rmask, no remat)
-        hs, cs, acts = cpu_kernel.forward(
-            x, w_ih, b, w_hh, h0, c0, mask, save_acts=True, all_c=True
-        )
+        hs, cs, acts = _kernel_forward(x, w_ih, b, w_hh, h0, c0, mask, True, True)
     elif remat:  # keep only the states; the gates are recomputed in the backward
         hs, cs, acts = _forward_scan(*args[:-2], False, unroll, False, True)
     else:
@@ -149,6 +168,24 @@ def _layer_fwd(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat
 
 
 def _layer_bwd(hoist, unroll, remat, all_c, kernel, residuals, cotangents):
+    if kernel:
+        return _kernel_bwd(hoist, unroll, all_c, residuals, cotangents)
+    return _bwd(hoist, unroll, remat, all_c, False, residuals, cotangents)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _kernel_bwd(hoist, unroll, all_c, residuals, cotangents):
+    return _bwd(hoist, unroll, False, all_c, True, residuals, cotangents)
+
+
+@_kernel_bwd.defjvp
+def _kernel_bwd_jvp(hoist, unroll, all_c, primals, tangents):
+    # The kernel's forward saves what the scan's does (no remat): the scan's backward applies.
+    scan_bwd = functools.partial(_bwd, hoist, unroll, False, all_c, False)
+    return _kernel_bwd(hoist, unroll, all_c, *primals), jax.jvp(scan_bwd, primals, tangents)[1]
+
+
+def _bwd(hoist, unroll, remat, all_c, kernel, residuals, cotangents):
     x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hs, cs, acts = residuals
     dhs, dc_out = cotangents
     # Only the last cell state is an output unless all_c: its gradient starts the reverse scan
