@@ -63,6 +63,11 @@ _TARGETS = {
         (_BACKWARD + "_bf16", "FlaxLstmBackwardBf16"),
     ),
 }
+# A transposed copy (see `transposed_copy`), per dtype: target and symbol, always compiled.
+_TRANSPOSE = {
+    "float32": ("flax_lstm_cpu_transpose", "FlaxLstmTranspose"),
+    "bfloat16": ("flax_lstm_cpu_transpose_bf16", "FlaxLstmTransposeBf16"),
+}
 _NO_BF16 = "bfloat16 needs a CPU with AVX512_BF16 instructions (the kernel was built without them)"
 _DISABLED = "disabled by FLAX_LSTM_CPU_KERNEL"
 # Below this many multiply-adds per step, one thread is faster than sharing the step (B1 T256
@@ -155,7 +160,10 @@ def _load() -> str | frozenset[str]:
         for name, symbol in targets:
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
         dtypes.add(dtype)
-    if "float32" not in dtypes:
+    for name, symbol in _TRANSPOSE.values():
+        if hasattr(lib, symbol):
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
+    if "float32" not in dtypes or not all(hasattr(lib, sym) for _, sym in _TRANSPOSE.values()):
         return "could not build the CPU kernel: the library lacks its float32 entry points"
     return frozenset(dtypes)
 
@@ -314,3 +322,23 @@ def backward(
         _mask_arg(mask),
         threads=threads,
     )
+
+
+@jax.custom_jvp
+def transposed_copy(a: Array) -> Array:
+    """``a.T`` of a 2-D float32 or bfloat16 array, written out row-major by the kernel library.
+
+    XLA:CPU makes a transpose a change of layout, and a bfloat16 GEMM with a transposed
+    (column-major) operand then runs in float32 after converting both operands; this copy is
+    an ordinary row-major array. Needs the kernel (`available`).
+    """
+    _targets(jnp.float32)  # loaded, or RuntimeError
+    name = _TRANSPOSE[jnp.dtype(a.dtype).name][0]
+    out = jax.ShapeDtypeStruct(a.shape[::-1], a.dtype)
+    call = jax.ffi.ffi_call(name, out, vmap_method="sequential")
+    return call(a, threads=num_threads(a.size, 1 << 30))
+
+
+@transposed_copy.defjvp
+def _transposed_copy_jvp(primals, tangents):
+    return transposed_copy(primals[0]), tangents[0].T

@@ -244,6 +244,20 @@ def test_bfloat16_without_the_instructions_runs_the_scan(monkeypatch):
         fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, dtype=jnp.bfloat16, cpu_kernel=True)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(70, 130), (1, 5), (64, 64), (129, 3)])
+def test_transposed_copy(shape, dtype):
+    a = jax.random.normal(jax.random.key(0), shape).astype(dtype)
+    got = jax.jit(kernel.transposed_copy)(a)
+    assert got.dtype == dtype and got.shape == shape[::-1]
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(a, np.float32).T)
+    t = jnp.ones(shape, dtype)
+    _, tangent = jax.jvp(kernel.transposed_copy, (a,), (t,))
+    np.testing.assert_array_equal(np.asarray(tangent, np.float32), np.ones(shape[::-1]))
+    grad = jax.grad(lambda a: (kernel.transposed_copy(a).astype(jnp.float32) ** 2).sum())(a)
+    np.testing.assert_allclose(np.asarray(grad, np.float32), 2 * np.asarray(a, np.float32))
+
+
 def test_kernel_check_grads():
     from jax.test_util import check_grads
 

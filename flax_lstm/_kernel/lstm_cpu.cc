@@ -643,6 +643,28 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// A transposed copy of a row-major R × C matrix. XLA:CPU turns a transpose into a layout: a
+// GEMM operand that is a transposed array stays column-major, and XLA then runs a bfloat16
+// GEMM as a float32 one, converting both operands first. The weight gradients, [x, h]ᵀ·dz
+// summed over steps and sequences, need one operand transposed: this copy keeps them bfloat16.
+// Items are tiles of 64 output rows, shared by the team.
+
+template <typename E>
+void transpose(ffi::ThreadPool& pool, int threads, const E* in, int64_t R, int64_t C, E* out) {
+  constexpr int64_t kTile = 64;
+  const Prefault prefault({{out, static_cast<size_t>(R * C) * sizeof(E)}});
+  run_items(pool, threads, prefault, 1, (C + kTile - 1) / kTile,
+            [&](int64_t, int64_t k, Scratch&) {
+              const int64_t c0 = k * kTile, c1 = std::min(C, c0 + kTile);
+              for (int64_t r0 = 0; r0 < R; r0 += kTile) {
+                const int64_t r1 = std::min(R, r0 + kTile);
+                for (int64_t c = c0; c < c1; ++c)
+                  for (int64_t r = r0; r < r1; ++r) out[c * R + r] = in[r * C + c];
+              }
+            });
+}
+
 ffi::Error invalid(const char* what) {
   return ffi::Error::InvalidArgument(std::string("flax_lstm CPU kernel: ") + what);
 }
@@ -719,7 +741,31 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> d
   return ffi::Error::Success();
 }
 
+template <ffi::DataType ET>
+ffi::Error TransposeImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> in,
+                         ffi::ResultBuffer<ET> out) {
+  const auto d = in.dimensions();
+  if (d.size() != 2 || out->dimensions().size() != 2 || out->dimensions()[0] != d[1] ||
+      out->dimensions()[1] != d[0])
+    return invalid("transpose: in must be (R, C) and out (C, R)");
+  if (d[0] == 0 || d[1] == 0) return ffi::Error::Success();
+  transpose(pool, static_cast<int>(threads), in.typed_data(), d[0], d[1], out->typed_data());
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+#define FLAX_LSTM_TRANSPOSE_BINDING(ET) \
+  ffi::Ffi::Bind()                      \
+      .Ctx<ffi::ThreadPool>()           \
+      .Attr<int64_t>("threads")         \
+      .Arg<ffi::Buffer<ET>>()           \
+      .Ret<ffi::Buffer<ET>>()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmTranspose, TransposeImpl<ffi::F32>,
+                              FLAX_LSTM_TRANSPOSE_BINDING(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmTransposeBf16, TransposeImpl<ffi::BF16>,
+                              FLAX_LSTM_TRANSPOSE_BINDING(ffi::BF16));
 
 // The operands of the two calls; ET is the element type of x, the weights, h0, hs and dhs.
 #define FLAX_LSTM_FORWARD_BINDING(ET)                                       \
