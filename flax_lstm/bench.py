@@ -8,7 +8,9 @@ warm-up, forward (inference) and forward+backward (gradients w.r.t. the input an
 weight); the table reports medians in milliseconds and the ratio ``peer time / flax_lstm time``
 (above 1: flax_lstm is faster). A JSON file records the machine, library versions and dtype,
 the medians (``ms``), the fastest repetition (``ms_min``, steadier on a shared machine) and a
-large-GEMM reference rate.
+large-GEMM reference rate per dtype. ``--dtypes float32,bfloat16`` runs every shape in both;
+each bfloat16 shape is then also compared with the float32 times of the same run
+(``vs_float32``: a library's float32 time / flax_lstm's bfloat16 time).
 
 Example (a tiny custom shape; the shape sets are ``--set cpu`` and ``--set gpu``):
   >>> from flax_lstm import bench
@@ -251,13 +253,16 @@ def _machine() -> dict[str, Any]:
     return info
 
 
-def reference_gemm_gflops(n: int | None = None, reps: int = 5) -> dict[str, float]:
-    """Rate of one large float32 ``n×n`` GEMM in JAX on the default device: the yardstick for
-    the GFLOP/s column (n defaults to 2048 on a CPU and 8192 on an accelerator)."""
+def reference_gemm_gflops(
+    n: int | None = None, reps: int = 5, dtype: str = "float32"
+) -> dict[str, float]:
+    """Rate of one large ``n×n`` GEMM in JAX on the default device (operands in ``dtype``,
+    float32 result): the yardstick for the GFLOP/s column (n defaults to 2048 on a CPU and
+    8192 on an accelerator)."""
     if n is None:
         n = 2048 if jax.default_backend() == "cpu" else 8192
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(jnp.matmul)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
     for _ in range(2):
         f(a, a).block_until_ready()
     times = []
@@ -338,6 +343,11 @@ def run(
             }
         results.append(entry)
         log(format_table([entry], modes, header=False))
+    _compare_with_float32(results)
+    refs: dict[str, Any] = {}
+    if reference_gemm:  # float32 always (the historical yardstick), and every dtype that ran
+        for dtype in ["float32", *sorted({s.dtype for s in shapes} - {"float32"})]:
+            refs[dtype] = reference_gemm_gflops(dtype=dtype)
     return {
         "machine": _machine(),
         "versions": _versions(),
@@ -346,9 +356,28 @@ def run(
         "flax_lstm_kwargs": lstm_kwargs or {},
         "matmul": _precision_note(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "reference_gemm": reference_gemm_gflops() if reference_gemm else None,
+        "reference_gemm": refs.get("float32"),
+        "reference_gemm_by_dtype": refs,
         "results": results,
     }
+
+
+def _compare_with_float32(results: list[dict]) -> None:
+    """Add ``vs_float32`` to each bfloat16 entry whose shape also ran in float32: every
+    library's float32 median over flax_lstm's bfloat16 median, per mode."""
+    by_shape = {
+        tuple(sorted({**e["shape"], "dtype": None}.items())): e
+        for e in results
+        if e["shape"]["dtype"] == "float32"
+    }
+    for e in results:
+        twin = by_shape.get(tuple(sorted({**e["shape"], "dtype": None}.items())))
+        if e["shape"]["dtype"] != "bfloat16" or twin is None or "flax_lstm" not in e["ms"]:
+            continue
+        ours = e["ms"]["flax_lstm"]
+        e["vs_float32"] = {
+            lib: {m: t[m] / ours[m] for m in ours if m in t} for lib, t in twin["ms"].items()
+        }
 
 
 def format_table(
@@ -417,6 +446,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="custom shape B,T,H[,L][,bi][,in=I][,bf16]; repeatable; replaces --set",
     )
+    ap.add_argument(
+        "--dtypes",
+        default=None,
+        help="comma list from ('float32', 'bfloat16'): run every shape in each "
+        "(default: each shape's own dtype)",
+    )
     ap.add_argument("--libs", default=",".join(LIBS), help=f"comma list from {LIBS}")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
@@ -439,6 +474,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         which = args.set or ("gpu" if jax.default_backend() == "gpu" else "cpu")
         shapes = GPU_SET if which == "gpu" else CPU_SET
+    if args.dtypes is not None:
+        dtypes = tuple(d for d in args.dtypes.split(",") if d)
+        if not dtypes or set(dtypes) - {"float32", "bfloat16"}:
+            ap.error(f"--dtypes: choose from float32, bfloat16; got {args.dtypes!r}")
+        shapes = tuple(dataclasses.replace(s, dtype=d) for s in shapes for d in dtypes)
     modes = tuple(m for m in args.modes.split(",") if m)
     bad_modes = set(modes) - set(MODES)
     if bad_modes or not modes:
@@ -460,14 +500,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     print(format_table(result["results"], modes))
-    ref = result["reference_gemm"]
-    rates = [g for e in result["results"] for g in e.get("flax_lstm_gflops", {}).values()]
-    if ref and rates:
-        print(
-            f"large-GEMM reference (jax float32 {int(ref['n'])}x{int(ref['n'])}): "
-            f"{ref['gflops']:.0f} GFLOP/s; flax_lstm reached "
-            f"{min(rates) / ref['gflops']:.0%}-{max(rates) / ref['gflops']:.0%} of it"
-        )
+    for dtype, ref in result["reference_gemm_by_dtype"].items():
+        rates = [
+            g
+            for e in result["results"]
+            if e["shape"]["dtype"] == dtype
+            for g in e.get("flax_lstm_gflops", {}).values()
+        ]
+        if ref and rates:
+            print(
+                f"large-GEMM reference (jax {dtype} {int(ref['n'])}x{int(ref['n'])}): "
+                f"{ref['gflops']:.0f} GFLOP/s; flax_lstm reached "
+                f"{min(rates) / ref['gflops']:.0%}-{max(rates) / ref['gflops']:.0%} of it"
+            )
+    for e in result["results"]:
+        for lib, by_mode in e.get("vs_float32", {}).items():
+            if lib in ("torch", "flax_lstm"):
+                ratios = ", ".join(f"{m} {r:.2f}x" for m, r in by_mode.items())
+                print(f"{e['label']}: flax_lstm bfloat16 against {lib} float32: {ratios}")
     for e in result["results"]:
         for lib, note in e["notes"].items():
             print(f"note: {e['label']}: {lib} {note}")

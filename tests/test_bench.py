@@ -42,6 +42,25 @@ def test_bench_command_writes_json(tmp_path, capsys):
     assert "large-GEMM reference (jax float32" in table
 
 
+def test_bench_both_dtypes_compares_bfloat16_with_float32(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--shape", "2,6,8", "--dtypes", "float32,bfloat16", "--reps", "1", "--warmup", "1"]
+    rc = bench.main([*args, "--libs", "flax_lstm,torch", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    f32, bf16 = result["results"]
+    assert (f32["label"], bf16["label"]) == ("B2 T6 H8 L1", "B2 T6 H8 L1 bfloat16")
+    assert "vs_float32" not in f32
+    want = f32["ms"]["torch"]["fwd_bwd"] / bf16["ms"]["flax_lstm"]["fwd_bwd"]
+    assert bf16["vs_float32"]["torch"]["fwd_bwd"] == pytest.approx(want)
+    assert result["reference_gemm_by_dtype"]["bfloat16"]["gflops"] > 0
+    printed = capsys.readouterr().out
+    assert "B2 T6 H8 L1 bfloat16: flax_lstm bfloat16 against torch float32: fwd " in printed
+    assert "large-GEMM reference (jax bfloat16" in printed
+    with pytest.raises(SystemExit):
+        bench.main(["--shape", "2,4,8", "--dtypes", "float16"])
+
+
 def test_shape_parsing():
     s = bench._parse_shape("16,1024,768,bf16")
     assert (s.batch, s.seq_len, s.hidden, s.layers, s.dtype) == (16, 1024, 768, 1, "bfloat16")
