@@ -8,7 +8,8 @@ allocates per-step buffers. The kernel in ``_kernel/lstm_cpu.cc`` runs all the s
 register-blocked panels, each step is split into chunks of hidden units whose GEMM and gate
 arithmetic run back to back on one thread, and the threads, the caller plus workers of XLA's
 own pool that join whenever they are free, claim chunks in order. The weight and input
-gradients stay single large XLA GEMMs. `flax_lstm.stack` uses it for float32 layers without
+gradients stay single large XLA GEMMs. `flax_lstm.stack` uses it for float32 layers, and for
+bfloat16 ones on CPUs with AVX512_BF16 (``vdpbf16ps``; float32 gates and cell state), without
 projection, recurrent dropout or remat on the CPU backend (see ``cpu_kernel`` of
 `flax_lstm.lstm`); everything else runs the `lax.scan` path, and so does any machine where the
 kernel cannot be built.

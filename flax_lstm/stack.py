@@ -115,10 +115,10 @@ def lstm(
         False differentiates the scan with plain autodiff (and allows forward-mode `jax.jvp`).
       cpu_kernel: run each layer's recurrence in the compiled CPU kernel (`flax_lstm.kernel`)
         instead of `lax.scan`. None (default): wherever it applies, that is on the CPU backend,
-        in float32, without ``proj_size``, recurrent dropout or ``remat``, with ``custom_vjp``,
-        for at least 16 steps × sequences (shorter calls, such as streaming one step at a time,
-        are faster on the scan), and once the kernel has been built (else the scan, with a
-        warning if the build failed).
+        in float32 (or bfloat16 on CPUs with AVX512_BF16), without ``proj_size``, recurrent
+        dropout or ``remat``, with ``custom_vjp``, for at least 16 steps × sequences (shorter
+        calls, such as streaming one step at a time, are faster on the scan), and once the
+        kernel has been built (else the scan, with a warning if the build failed).
         True demands it (ValueError where it does not apply, RuntimeError if it cannot be
         built); False never uses it. The results agree with the scan's to float rounding.
 
