@@ -21,10 +21,10 @@
 //   w_ih  (D, 4H, I), w_hh (D, 4H, H), bias (D, 4H) = b_ih + b_hh, as torch stores them
 //                        (gate order i, f, g, o)
 //   h0/c0 (D, N, H)
-// x, w_ih, w_hh, h0 and hs (and dhs) are of the element type E (float, or bf16: bfloat16
-// bits); bias, c0, cs, the gates and every other gradient are float32.
 //   mask  (T, N) int8   nonzero where step t of sequence n is valid, or empty: all valid.
 //                        A masked step keeps the state (and passes gradients through).
+// x, w_ih, w_hh, h0, hs, dhs and dz are of the element type E (float, or bf16: bfloat16 bits);
+// bias, c0, cs, the gates and the other gradients are float32.
 
 #include <sys/mman.h>
 
@@ -267,8 +267,8 @@ template <typename V>
 inline void store(bf16* p, V v) {
   if constexpr (sizeof(V) == sizeof(float)) {
     const uint32_t u = std::bit_cast<uint32_t>(v);
-    *p = (u & 0x7fffffffu) > 0x7f800000u ? static_cast<bf16>((u >> 16) | 0x40u)
-                                          : static_cast<bf16>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    *p = static_cast<bf16>((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
   } else {
     const uvec u = (uvec)v;
     const uvec rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
@@ -767,7 +767,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmTranspose, TransposeImpl<ffi::F32>,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmTransposeBf16, TransposeImpl<ffi::BF16>,
                               FLAX_LSTM_TRANSPOSE_BINDING(ffi::BF16));
 
-// The operands of the two calls; ET is the element type of x, the weights, h0, hs and dhs.
+// The operands of the two calls; ET is the element type of x, the weights, h0, hs, dhs and dz.
 #define FLAX_LSTM_FORWARD_BINDING(ET)                                       \
   ffi::Ffi::Bind()                                                          \
       .Ctx<ffi::ThreadPool>()                                               \
