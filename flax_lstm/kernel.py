@@ -165,7 +165,7 @@ def _load() -> str | frozenset[str]:
         if hasattr(lib, symbol):
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
     if "float32" not in dtypes or not all(hasattr(lib, sym) for _, sym in _TRANSPOSE.values()):
-        return "could not build the CPU kernel: the library lacks its float32 entry points"
+        return "could not build the CPU kernel: the library lacks float32 or transpose symbols"
     return frozenset(dtypes)
 
 
@@ -287,7 +287,7 @@ def backward(
     c0: Array,
     w_hh: Array,
     mask: Array | None,
-) -> tuple[Array, Array, Array]:
+) -> tuple[Array, Array, Array, Array]:
     """Gradients through the recurrence: ``(dz, db, dh0, dc0)``.
 
     dhs (T, D, N, H) is the gradient of every step's h, and w_hh (D, 4H, H), in the compute

@@ -164,7 +164,7 @@ def _layer(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat, al
 
 def _layer_fwd(x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll, remat, all_c, kernel):
     args = (x, w_ih, b, w_hh, w_hr, h0, c0, mask, rmask, hoist, unroll)
-    if kernel:  # the compiled recurrence (float32, no projection, no rmask, no remat)
+    if kernel:  # the compiled recurrence (float32 or bfloat16, no projection, rmask or remat)
         hs, cs, acts = _kernel_forward(x, w_ih, b, w_hh, h0, c0, mask, True, True)
     elif remat:  # keep only the states; the gates are recomputed in the backward
         hs, cs, acts = _forward_scan(*args[:-2], False, unroll, False, True)
