@@ -154,18 +154,12 @@ def _load() -> str | frozenset[str]:
         lib = ctypes.cdll.LoadLibrary(str(_build(cxx)))
     except (OSError, RuntimeError) as e:
         return f"could not build the CPU kernel: {e}"
-    dtypes = set()
-    for dtype, targets in _TARGETS.items():
-        if not all(hasattr(lib, symbol) for _, symbol in targets):
-            continue  # not compiled for this CPU
-        for name, symbol in targets:
-            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
-        dtypes.add(dtype)
-    for name, symbol in _TRANSPOSE.values():
-        if hasattr(lib, symbol):
-            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
-    if "float32" not in dtypes or not all(hasattr(lib, sym) for _, sym in _TRANSPOSE.values()):
+    # float32 and the transposed copies are always compiled; bfloat16 only for AVX512_BF16.
+    if not all(hasattr(lib, symbol) for _, symbol in (*_TARGETS["float32"], *_TRANSPOSE.values())):
         return "could not build the CPU kernel: the library lacks float32 or transpose symbols"
+    dtypes = [d for d, targets in _TARGETS.items() if all(hasattr(lib, s) for _, s in targets)]
+    for name, symbol in (*(t for d in dtypes for t in _TARGETS[d]), *_TRANSPOSE.values()):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
     return frozenset(dtypes)
 
 
