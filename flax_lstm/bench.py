@@ -365,13 +365,13 @@ def run(
 def _compare_with_float32(results: list[dict]) -> None:
     """Add ``vs_float32`` to each bfloat16 entry whose shape also ran in float32: every
     library's float32 median over flax_lstm's bfloat16 median, per mode."""
-    by_shape = {
-        tuple(sorted({**e["shape"], "dtype": None}.items())): e
-        for e in results
-        if e["shape"]["dtype"] == "float32"
-    }
+
+    def shape_key(e: dict) -> tuple:  # the shape without its dtype
+        return tuple(sorted({**e["shape"], "dtype": None}.items()))
+
+    by_shape = {shape_key(e): e for e in results if e["shape"]["dtype"] == "float32"}
     for e in results:
-        twin = by_shape.get(tuple(sorted({**e["shape"], "dtype": None}.items())))
+        twin = by_shape.get(shape_key(e))
         if e["shape"]["dtype"] != "bfloat16" or twin is None or "flax_lstm" not in e["ms"]:
             continue
         ours = e["ms"]["flax_lstm"]
