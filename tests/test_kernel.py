@@ -64,6 +64,19 @@ KERNEL_CASES = [
     ),
     Case(input_size=3, hidden_size=17, seq_len=1, batch=1, bias=False),
     Case(input_size=12, hidden_size=40, seq_len=5, batch=None, bidirectional=True),
+    # Batches of at most 4: the input projection in blocks of 64 steps (here three, the last
+    # one partial; bidirectional layers gather their rows) and each step's chunks in fixed
+    # runs, one per thread (5 chunks of 16 units at H=80: runs of unequal length).
+    Case(
+        input_size=24,
+        hidden_size=50,
+        seq_len=150,
+        batch=2,
+        num_layers=2,
+        bidirectional=True,
+        lengths=(150, 70),
+    ),
+    Case(input_size=9, hidden_size=80, seq_len=130, batch=None, with_hx=True),
 ]
 
 
@@ -127,6 +140,15 @@ SCAN_CASES = [
         with_hx=True,
         lengths=(0, 4, 2),
     ),
+    Case(
+        input_size=11,
+        hidden_size=70,
+        seq_len=140,
+        batch=3,
+        bidirectional=True,
+        with_hx=True,
+        lengths=(140, 0, 65),
+    ),
 ]
 
 
@@ -165,6 +187,18 @@ def _kernel_and_scan(case: Case, dtype=jnp.float32):
 @pytest.mark.parametrize("case", SCAN_CASES, ids=range(len(SCAN_CASES)))
 def test_kernel_equals_scan_path(case):
     """Every output and gradient, per-step states included, against the lax.scan path."""
+    fast, scan = _kernel_and_scan(case)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(scan), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("case", [SCAN_CASES[-1], KERNEL_CASES[-1]], ids=["bi", "unbatched"])
+def test_small_batches_with_more_runs_than_threads(case, monkeypatch):
+    """A batch of at most 4 splits each step into one fixed run of chunks per requested thread.
+    Eight requested on this 2-core machine: most runs have no thread of their own and are
+    taken by whichever thread is free, and the result must not change."""
+    monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "8")
+    jax.clear_caches()
     fast, scan = _kernel_and_scan(case)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(scan), strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
