@@ -6,7 +6,10 @@ so that the gain of the compiled CPU kernel is measured in the same run.
 Every library runs the same shapes in one process, interleaved repetition by repetition after a
 warm-up, forward (inference) and forward+backward (gradients w.r.t. the input and every
 weight); the table reports medians in milliseconds and the ratio ``peer time / flax_lstm time``
-(above 1: flax_lstm is faster). A JSON file records the machine, library versions and dtype,
+(above 1: flax_lstm is faster). On CPU, torch's OpenMP threads are told to stop spinning
+soon after each call (``GOMP_SPINCOUNT=3000``, unless the caller set it or ``OMP_WAIT_POLICY``,
+or imported torch first), so that they do not hold a core through the next library's call;
+the JSON says which setting held. A JSON file records the machine, library versions and dtype,
 the medians (``ms``), the fastest repetition (``ms_min``, steadier on a shared machine) and a
 large-GEMM reference rate per dtype. ``--dtypes float32,bfloat16`` runs every shape in both;
 each bfloat16 shape is then also compared with the float32 times of the same run
@@ -220,6 +223,28 @@ BUILDERS = {
 }
 
 
+# torch's OpenMP threads (GNU libgomp) spin for about 300,000 rounds after each call before they
+# sleep: several milliseconds on a core that the next library's call then lacks. In the
+# interleaved loop that charged torch's idle threads to whichever call came next (B1 T256 H256:
+# flax_lstm's forward 8.4 ms median after torch's calls, 5.3 ms with 3,000 rounds; torch's own
+# times alone were no slower with 3,000 rounds than with the default on any --set cpu shape,
+# two runs each).
+_TORCH_SPIN = "3000"
+
+
+def _limit_torch_spinning(libs: Sequence[str]) -> str:
+    """Sets GOMP_SPINCOUNT for torch's OpenMP threads, where it still can; says what holds."""
+    if "torch" not in libs or jax.default_backend() != "cpu":
+        return "not applicable"
+    for var in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        if var in os.environ:
+            return f"{var}={os.environ[var]} (set by the caller)"
+    if "torch" in sys.modules:
+        return "libgomp default (torch was imported before the benchmark)"
+    os.environ["GOMP_SPINCOUNT"] = _TORCH_SPIN  # read by libgomp when torch loads it
+    return f"GOMP_SPINCOUNT={_TORCH_SPIN} (set by the benchmark)"
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "jax": jax.__version__, "flax_lstm": fl.__version__}
     for name in ("jaxlib", "flax", "torch", "numpy"):
@@ -288,6 +313,7 @@ def run(
     for name, given, known in (("modes", modes, MODES), ("libs", libs, LIBS)):
         if not given or set(given) - set(known):
             raise ValueError(f"{name} must be a non-empty subset of {known}, got {tuple(given)}")
+    torch_threads = _limit_torch_spinning(libs)
     results = []
     for shape in shapes:
         x = (
@@ -355,6 +381,7 @@ def run(
         "warmup": warmup,
         "flax_lstm_kwargs": lstm_kwargs or {},
         "matmul": _precision_note(),
+        "torch_openmp_spin": torch_threads,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "reference_gemm": refs.get("float32"),
         "reference_gemm_by_dtype": refs,

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from flax_lstm import bench
 
 
-def test_bench_command_writes_json(tmp_path, capsys):
+def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
+    for var in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(var, raising=False)
     out = tmp_path / "bench.json"
     rc = bench.main(
         [
@@ -37,6 +42,9 @@ def test_bench_command_writes_json(tmp_path, capsys):
     assert "jax_cudnn" in entry["notes"] or "jax_cudnn" in entry["ms"]
     assert result["versions"]["jax"] and result["machine"]["cpu_count"]
     assert result["reference_gemm"]["gflops"] > 0
+    # conftest imported torch first: its OpenMP threads keep libgomp's default, and JSON says so
+    spin = result["torch_openmp_spin"]
+    assert spin == "libgomp default (torch was imported before the benchmark)"
     table = capsys.readouterr().out
     assert "| B2 T6 H8 L2 I4 bi | fwd_bwd |" in table
     assert "large-GEMM reference (jax float32" in table
@@ -74,3 +82,24 @@ def test_unknown_mode_or_lib_is_a_clear_error(capsys):
         bench.run([bench._parse_shape("2,4,8")], modes=("fwdbwd",))
     with pytest.raises(ValueError, match="libs must be a non-empty subset"):
         bench.run([bench._parse_shape("2,4,8")], libs=("tensorflow",))
+
+
+def test_torch_spinning_is_limited_before_torch_loads(monkeypatch):
+    """In a fresh process the bench sets GOMP_SPINCOUNT before torch (and libgomp) load; a
+    caller's own setting is kept."""
+    code = (
+        "import os, sys; from flax_lstm import bench; "
+        "print(bench._limit_torch_spinning(('torch',))); print(os.environ['GOMP_SPINCOUNT']); "
+        "print('torch' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:3] == [
+        "GOMP_SPINCOUNT=3000 (set by the benchmark)",
+        "3000",
+        "False",
+    ]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert bench._limit_torch_spinning(("torch",)) == "OMP_WAIT_POLICY=ACTIVE (set by the caller)"
+    assert bench._limit_torch_spinning(("flax_lstm",)) == "not applicable"
