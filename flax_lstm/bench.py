@@ -6,10 +6,11 @@ so that the gain of the compiled CPU kernel is measured in the same run.
 Every library runs the same shapes in one process, interleaved repetition by repetition after a
 warm-up, forward (inference) and forward+backward (gradients w.r.t. the input and every
 weight); the table reports medians in milliseconds and the ratio ``peer time / flax_lstm time``
-(above 1: flax_lstm is faster). On CPU, torch's OpenMP threads are told to stop spinning
-soon after each call (``GOMP_SPINCOUNT=3000``, unless the caller set it or ``OMP_WAIT_POLICY``,
-or imported torch first), so that they do not hold a core through the next library's call;
-the JSON says which setting held. A JSON file records the machine, library versions and dtype,
+(above 1: flax_lstm is faster). The order of the libraries rotates by one each repetition,
+so that each follows every other one equally often. On CPU, torch's OpenMP threads are told
+to stop spinning soon after each call (``GOMP_SPINCOUNT=3000``, unless the caller set it or
+``OMP_WAIT_POLICY``, or imported torch first), so that they do not hold a core through the
+next library's call; the JSON says which setting held. A JSON file records the machine, library versions and dtype,
 the medians (``ms``), the fastest repetition (``ms_min``, steadier on a shared machine) and a
 large-GEMM reference rate per dtype. ``--dtypes float32,bfloat16`` runs every shape in both;
 each bfloat16 shape is then also compared with the float32 times of the same run
@@ -245,6 +246,17 @@ def _limit_torch_spinning(libs: Sequence[str]) -> str:
     return f"GOMP_SPINCOUNT={_TORCH_SPIN} (set by the benchmark)"
 
 
+def _rotated(libs: Sequence[str], rep: int) -> list[str]:
+    """The libraries in the order of repetition ``rep``: rotated by one each repetition.
+
+    What a call leaves behind slows the call after it: JAX frees a computation's buffers
+    (unmapping their pages) after it returns, and flax_lstm's B32 T128 H256 L2 forward took
+    50 ms right after a Flax nn.RNN fwd+bwd call against 39 ms alone (the same 39-40 ms 10 ms
+    later). In a fixed order one library always came after the same one."""
+    k = rep % len(libs) if libs else 0
+    return [*libs[k:], *libs[:k]]
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "jax": jax.__version__, "flax_lstm": fl.__version__}
     for name in ("jaxlib", "flax", "torch", "numpy"):
@@ -342,11 +354,14 @@ def run(
                 notes[lib] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
                 log(f"{shape.label()}: {lib} {notes[lib]}")
         times: dict[str, dict[str, list[float]]] = {lib: {m: [] for m in modes} for lib in fns}
-        for _ in range(reps):  # interleaved: every library sees the same machine state
+        order = list(fns)
+        for rep in range(reps):  # interleaved: every library sees the same machine state
+            # ... and follows every other library equally often: a call slows the next one
+            # down by what it leaves running (see _rotated).
             for mode in modes:
-                for lib, f in fns.items():
+                for lib in _rotated(order, rep):
                     t0 = time.perf_counter()
-                    f[mode]()
+                    fns[lib][mode]()
                     times[lib][mode].append((time.perf_counter() - t0) * 1e3)
         ms = {lib: {m: statistics.median(v) for m, v in t.items()} for lib, t in times.items()}
         entry: dict[str, Any] = {

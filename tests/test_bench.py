@@ -69,6 +69,13 @@ def test_bench_both_dtypes_compares_bfloat16_with_float32(tmp_path, capsys):
         bench.main(["--shape", "2,4,8", "--dtypes", "float16"])
 
 
+def test_each_library_takes_each_place_in_turn():
+    orders = [bench._rotated(["a", "b", "c"], rep) for rep in range(6)]
+    assert orders[:3] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert orders[3:] == orders[:3]
+    assert bench._rotated(["a"], 5) == ["a"] and bench._rotated([], 2) == []
+
+
 def test_shape_parsing():
     s = bench._parse_shape("16,1024,768,bf16")
     assert (s.batch, s.seq_len, s.hidden, s.layers, s.dtype) == (16, 1024, 768, 1, "bfloat16")
