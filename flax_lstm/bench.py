@@ -10,11 +10,11 @@ weight); the table reports medians in milliseconds and the ratio ``peer time / f
 so that each follows every other one equally often. On CPU, torch's OpenMP threads are told
 to stop spinning soon after each call (``GOMP_SPINCOUNT=3000``, unless the caller set it or
 ``OMP_WAIT_POLICY``, or imported torch first), so that they do not hold a core through the
-next library's call; the JSON says which setting held. A JSON file records the machine, library versions and dtype,
-the medians (``ms``), the fastest repetition (``ms_min``, steadier on a shared machine) and a
-large-GEMM reference rate per dtype. ``--dtypes float32,bfloat16`` runs every shape in both;
-each bfloat16 shape is then also compared with the float32 times of the same run
-(``vs_float32``: a library's float32 time / flax_lstm's bfloat16 time).
+next library's call; the JSON says which setting held. A JSON file records the machine,
+library versions and dtype, the medians (``ms``), the fastest repetition (``ms_min``, steadier
+on a shared machine) and a large-GEMM reference rate per dtype. ``--dtypes float32,bfloat16``
+runs every shape in both; each bfloat16 shape is then also compared with the float32 times of
+the same run (``vs_float32``: a library's float32 time / flax_lstm's bfloat16 time).
 
 Example (a tiny custom shape; the shape sets are ``--set cpu`` and ``--set gpu``):
   >>> from flax_lstm import bench
