@@ -9,12 +9,11 @@ register-blocked panels, each step is split into chunks of hidden units whose GE
 arithmetic run back to back on one thread, and the threads, the caller plus workers of XLA's
 own pool that join whenever they are free, claim chunks in order (at batches of at most 4,
 each thread keeps to its own chunks, and the input projection is one GEMM per 64 steps).
-The weight and input
-gradients stay single large XLA GEMMs. `flax_lstm.stack` uses it for float32 layers, and for
-bfloat16 ones on CPUs with AVX512_BF16 (``vdpbf16ps``; float32 gates and cell state), without
-projection, recurrent dropout or remat on the CPU backend (see ``cpu_kernel`` of
-`flax_lstm.lstm`); everything else runs the `lax.scan` path, and so does any machine where the
-kernel cannot be built.
+The weight and input gradients stay single large XLA GEMMs. `flax_lstm.stack` uses it for
+float32 layers, and for bfloat16 ones on CPUs with AVX512_BF16 (``vdpbf16ps``; float32 gates
+and cell state), without projection, recurrent dropout or remat on the CPU backend (see
+``cpu_kernel`` of `flax_lstm.lstm`); everything else runs the `lax.scan` path, and so does any
+machine where the kernel cannot be built.
 
 The source is compiled once per machine with the system C++ compiler (``$CXX``, else ``g++``,
 ``c++`` or ``clang++``; C++20), ``-O3 -march=native`` (or ``-mcpu=native``, or neither, where
