@@ -357,15 +357,18 @@ class Team {
   }
 };
 
+// One round of waiting for other threads: spin briefly, then give the core away.
+inline void back_off(int spins) {
+  if (spins < 4000) {
+    cpu_relax();
+  } else {
+    std::this_thread::yield();
+  }
+}
+
 // Waits until at least `n` items are finished.
 inline void wait_done(const Team& team, int64_t n) {
-  for (int spins = 0; team.done.load(std::memory_order_acquire) < n; ++spins) {
-    if (spins < 4000) {
-      cpu_relax();
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  for (int spins = 0; team.done.load(std::memory_order_acquire) < n; ++spins) back_off(spins);
 }
 
 // Runs worker(team, slot) on the calling thread (slot 0) and on up to threads - 1 pool workers;
@@ -442,6 +445,9 @@ constexpr int64_t kFwdUnits = 16, kBwdUnits = 32;
 // hoisted projection); B2 and B4 gained, B8 and B16 lost with the projection hoisted.
 constexpr int64_t kSmallBatch = 4, kBlock = 64;
 
+// The `groups` argument of run_items for a batch of N: one run per thread for small batches.
+inline int runs_for_batch(int64_t N, int threads) { return N <= kSmallBatch ? threads : 1; }
+
 // A thread's scratch for one chunk's GEMM output, reused across items, and for the rows of x
 // that a hoisted input projection gathers.
 struct Scratch {
@@ -505,10 +511,8 @@ void run_groups(ffi::ThreadPool& pool, int threads, const Prefault& prefault, in
       if (!left) break;
       if (took) {
         spins = 0;
-      } else if (++spins < 4000) {
-        cpu_relax();
       } else {
-        std::this_thread::yield();
+        back_off(spins++);
       }
     }
   });
@@ -651,7 +655,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
       });
       if (cs_all) std::memcpy(cs + (row0 + n) * H + u0, cn, nu * sizeof(float));
     }
-  }, N <= kSmallBatch ? threads : 1);
+  }, runs_for_batch(N, threads));
   if (!cs_all) std::memcpy(cs, c.data(), D * N * H * sizeof(float));
 }
 
@@ -752,7 +756,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
         }
       });
     }
-  }, N <= kSmallBatch ? threads : 1);
+  }, runs_for_batch(N, threads));
 }
 
 // ---------------------------------------------------------------------------------------------
