@@ -23,7 +23,9 @@ source, the flags, the compiler, jaxlib's version and the CPU, so a change of an
 builds anew. About 4 s, once.
 
 Environment variables:
-  ``FLAX_LSTM_CPU_KERNEL=0``: never build or use the kernel (the scan path everywhere).
+  ``FLAX_LSTM_CPU_KERNEL=0``: never build or use the kernel (the scan path everywhere). Read at
+  every call that plans a computation, so it may be changed at run time; a computation that
+  was already compiled keeps the path it was compiled with.
   ``FLAX_LSTM_NUM_THREADS``: threads of the kernel (default: the CPUs this process may use).
   ``FLAX_LSTM_CACHE_DIR``: where the built library is kept.
 """
@@ -136,12 +138,20 @@ def _build(cxx: str) -> Path:
     return out
 
 
-@functools.cache
+def _disabled() -> bool:
+    value = os.environ.get("FLAX_LSTM_CPU_KERNEL", "1").strip().lower()
+    return value in ("0", "false", "no", "off")
+
+
 def _load() -> str | frozenset[str]:
+    """The compute dtypes the kernel registered (names), or why it is not available."""
+    return _DISABLED if _disabled() else _build_and_register()
+
+
+@functools.cache
+def _build_and_register() -> str | frozenset[str]:
     """Build and register the kernel once per process: the compute dtypes it registered
     (names), or why it could not."""
-    if os.environ.get("FLAX_LSTM_CPU_KERNEL", "1").strip().lower() in ("0", "false", "no", "off"):
-        return _DISABLED
     if not sys.platform.startswith(("linux", "darwin")):
         return f"not supported on {sys.platform}"
     cxx = _compiler()
@@ -192,8 +202,8 @@ def _warn_once(error: str) -> None:
     warnings.warn(f"flax_lstm: {error}; using the lax.scan path on CPU", stacklevel=3)
 
 
-def num_threads(hidden: int) -> int:
-    """Threads the kernel uses for a layer of ``hidden`` units.
+def num_threads(hidden: int | None = None) -> int:
+    """Threads the kernel uses for a layer of ``hidden`` units (None: work not split by units).
 
     ``FLAX_LSTM_NUM_THREADS`` if set, else every usable CPU, at most one per 16 hidden units.
     XLA's thread pool supplies them: fewer may join. Small steps too are shared (B1 T256 H128
@@ -208,7 +218,7 @@ def num_threads(hidden: int) -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, hidden // 16))
+    return max(1, cpus if hidden is None else min(cpus, hidden // 16))
 
 
 def _targets(dtype: Any) -> tuple[str, str]:
@@ -330,7 +340,7 @@ def transposed_copy(a: Array) -> Array:
     out = jax.ShapeDtypeStruct(a.shape[::-1], a.dtype)
     call = jax.ffi.ffi_call(name, out, vmap_method="sequential")
     # A copy of fewer than 2^20 elements stays on the calling thread, as it always has.
-    return call(a, threads=num_threads(1 << 30) if a.size >= 1 << 20 else 1)
+    return call(a, threads=num_threads() if a.size >= 1 << 20 else 1)
 
 
 @transposed_copy.defjvp
