@@ -23,18 +23,20 @@ from flax_lstm.params import (
     init_params,
     to_torch_state_dict,
 )
-from flax_lstm.stack import default_unroll, lstm
+from flax_lstm.plan import Implementation, Plan
+from flax_lstm.stack import lstm, lstm_plan
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Implementation",
     "LSTMConfig",
     "LSTMState",
     "Params",
+    "Plan",
     "__version__",
     "cell_params",
     "config_from_torch",
-    "default_unroll",
     "from_torch_state_dict",
     "init_cell_params",
     "init_params",
@@ -42,6 +44,7 @@ __all__ = [
     "linen",
     "lstm",
     "lstm_cell",
+    "lstm_plan",
     "nnx",
     "streaming",
     "to_torch_state_dict",

@@ -1,6 +1,6 @@
 """``flax-lstm bench``: flax_lstm against torch.nn.LSTM, Flax nn.RNN and jax.experimental.rnn.
 
-On CPU it also runs flax_lstm's own ``lax.scan`` path (``cpu_kernel=False``, "scan path"),
+On CPU it also runs flax_lstm's own ``lax.scan`` path (``impl="scan"``, "scan path"),
 so that the gain of the compiled CPU kernel is measured in the same run.
 
 Every library runs the same shapes in one process, interleaved repetition by repetition after a
@@ -44,7 +44,7 @@ import flax_lstm as fl
 
 __all__ = ["CPU_SET", "GPU_SET", "Shape", "main", "reference_gemm_gflops", "run"]
 
-# flax_lstm_scan: flax_lstm with cpu_kernel=False, its lax.scan path (CPU only: elsewhere that
+# flax_lstm_scan: flax_lstm with impl="scan", its lax.scan path (CPU only: elsewhere that
 # is what flax_lstm runs anyway); the ratio against it is the compiled kernel's gain.
 LIBS = ("flax_lstm", "flax_lstm_scan", "torch", "flax_rnn", "jax_cudnn")
 MODES = ("fwd", "fwd_bwd")
@@ -115,7 +115,9 @@ def _jax_fns(apply: Callable, params: Any, x: jax.Array) -> dict[str, Callable]:
     }
 
 
-def _build_flax_lstm(shape: Shape, x: np.ndarray, **lstm_kwargs) -> dict[str, Callable]:
+def _build_flax_lstm(
+    shape: Shape, x: np.ndarray, impl: fl.Implementation | None = None
+) -> dict[str, Callable]:
     cfg = fl.LSTMConfig(
         shape.in_size, shape.hidden, shape.layers, bidirectional=shape.bidirectional
     )
@@ -123,11 +125,14 @@ def _build_flax_lstm(shape: Shape, x: np.ndarray, **lstm_kwargs) -> dict[str, Ca
     params = fl.init_params(jax.random.key(0), cfg, dtype=dtype)
     xj = jnp.asarray(x, dtype)
 
-    return _jax_fns(lambda p, x: fl.lstm(p, x, config=cfg, **lstm_kwargs)[0], params, xj)
+    return _jax_fns(lambda p, x: fl.lstm(p, x, config=cfg, impl=impl)[0], params, xj)
 
 
-def _build_flax_lstm_scan(shape: Shape, x: np.ndarray, **lstm_kwargs) -> dict[str, Callable]:
-    return _build_flax_lstm(shape, x, **{**lstm_kwargs, "cpu_kernel": False})
+def _build_flax_lstm_scan(
+    shape: Shape, x: np.ndarray, impl: fl.Implementation | None = None
+) -> dict[str, Callable]:
+    scan = dataclasses.replace(fl.Implementation.of(impl), recurrence="scan")
+    return _build_flax_lstm(shape, x, scan)
 
 
 def _build_torch(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
@@ -314,14 +319,17 @@ def run(
     shapes: Sequence[Shape],
     *,
     libs: Sequence[str] = LIBS,
-    lstm_kwargs: dict[str, Any] | None = None,
+    impl: fl.Implementation | None = None,
     reps: int = 10,
     warmup: int = 2,
     modes: Sequence[str] = MODES,
     log: Callable[[str], None] = lambda s: None,
     reference_gemm: bool = True,
 ) -> dict[str, Any]:
-    """Benchmark ``libs`` on ``shapes``; returns the JSON-able result (see module docstring)."""
+    """Benchmark ``libs`` on ``shapes``; returns the JSON-able result (see module docstring).
+
+    ``impl`` is flax_lstm's `flax_lstm.Implementation` (its ``recurrence`` is "scan" for
+    ``flax_lstm_scan``)."""
     for name, given, known in (("modes", modes, MODES), ("libs", libs, LIBS)):
         if not given or set(given) - set(known):
             raise ValueError(f"{name} must be a non-empty subset of {known}, got {tuple(given)}")
@@ -344,7 +352,7 @@ def run(
                 notes[lib] = "skipped: flax_lstm runs the scan path here (no CPU kernel)"
                 continue
             try:
-                extra = (lstm_kwargs or {}) if lib.startswith("flax_lstm") else {}
+                extra = {"impl": impl} if lib.startswith("flax_lstm") else {}
                 fns[lib] = BUILDERS[lib](shape, x, **extra)
                 for mode in modes:
                     for _ in range(warmup):
@@ -394,7 +402,7 @@ def run(
         "versions": _versions(),
         "reps": reps,
         "warmup": warmup,
-        "flax_lstm_kwargs": lstm_kwargs or {},
+        "flax_lstm_impl": dataclasses.asdict(fl.Implementation.of(impl)),
         "matmul": _precision_note(),
         "torch_openmp_spin": torch_threads,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -500,11 +508,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--modes", default="fwd,fwd_bwd", help=f"comma list from {MODES}")
     ap.add_argument("--json", default="bench.json", help="where to write the JSON result")
     ap.add_argument("--unroll", type=int, default=None, help="flax_lstm scan unroll")
-    ap.add_argument("--remat", action="store_true", help="flax_lstm with remat=True")
+    ap.add_argument(
+        "--remat", action="store_true", help="flax_lstm with Implementation(backward='remat')"
+    )
     ap.add_argument(
         "--autodiff",
         action="store_true",
-        help="flax_lstm with custom_vjp=False (plain autodiff of the scan)",
+        help="flax_lstm with Implementation(backward='autodiff') (plain autodiff of the scan)",
     )
     args = ap.parse_args(argv)
     libs = tuple(x for x in args.libs.split(",") if x)
@@ -525,17 +535,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad_modes = set(modes) - set(MODES)
     if bad_modes or not modes:
         ap.error(f"--modes: unknown {sorted(bad_modes)}; choose from {MODES}")
-    lstm_kwargs: dict[str, Any] = {}
-    if args.unroll is not None:
-        lstm_kwargs["unroll"] = args.unroll
-    if args.remat:
-        lstm_kwargs["remat"] = True
-    if args.autodiff:
-        lstm_kwargs["custom_vjp"] = False
+    if args.remat and args.autodiff:
+        ap.error("--remat and --autodiff: choose one backward")
+    backward = "remat" if args.remat else "autodiff" if args.autodiff else "custom"
+    impl = fl.Implementation(backward=backward, unroll=args.unroll)
     result = run(
         shapes,
         libs=libs,
-        lstm_kwargs=lstm_kwargs,
+        impl=impl,
         reps=args.reps,
         warmup=args.warmup,
         modes=modes,

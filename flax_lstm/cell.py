@@ -31,13 +31,14 @@ def accumulation_dtype(dtype: Any) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def batched_matmul(a: Array, b: Array, out_dtype: Any) -> Array:
+def batched_matmul(a: Array, b: Array, out_dtype: Any, split_directions: bool = False) -> Array:
     """``a @ b`` with a leading direction axis on ``b`` (…, K, M) shared by ``a`` (…, N, K).
 
-    On CPU the direction axis is unrolled into plain 2-D GEMMs (XLA:CPU runs a batched dot of
-    this size much slower than the same 2-D dots, measured); elsewhere it is one batched dot.
+    ``split_directions`` (for CPU: see `flax_lstm.plan.Plan.on_cpu`) unrolls the direction axis
+    into plain 2-D GEMMs (XLA:CPU runs a batched dot of this size much slower than the same
+    2-D dots, measured); else it is one batched dot.
     """
-    if b.ndim == 3 and a.ndim == 3 and jax.default_backend() == "cpu":
+    if b.ndim == 3 and a.ndim == 3 and split_directions:
         outs = [jnp.matmul(a[d], b[d], preferred_element_type=out_dtype) for d in range(b.shape[0])]
         return outs[0][None] if len(outs) == 1 else jnp.stack(outs)
     return jnp.matmul(a, b, preferred_element_type=out_dtype)
@@ -80,6 +81,7 @@ def recurrent_step(
     gx_t: Array,
     state: LSTMState,
     recurrent_mask: Array | None = None,
+    split_directions: bool = False,
 ) -> tuple[LSTMState, Array]:
     """One step given the precomputed input gates ``gx_t = x_t·W_ihᵀ + b_ih + b_hh``.
 
@@ -93,12 +95,14 @@ def recurrent_step(
 
     Returns the new state and the activated gates (…, N, 4H). ``h`` keeps its dtype and the
     gates and ``c`` are computed in ``gx_t``'s dtype (float32 for bfloat16 compute).
+    ``split_directions``: see `batched_matmul`.
     """
+    split = split_directions
     h = state.h if recurrent_mask is None else state.h * recurrent_mask
-    z = gx_t + batched_matmul(h, w_hh_t, gx_t.dtype)
+    z = gx_t + batched_matmul(h, w_hh_t, gx_t.dtype, split)
     h_cell, c_new, acts = gate_update(z, state.c)
     if w_hr_t is not None:
-        h_cell = batched_matmul(h_cell.astype(w_hr_t.dtype), w_hr_t, gx_t.dtype)
+        h_cell = batched_matmul(h_cell.astype(w_hr_t.dtype), w_hr_t, gx_t.dtype, split)
     return LSTMState(h_cell.astype(state.h.dtype), c_new.astype(state.c.dtype)), acts
 
 

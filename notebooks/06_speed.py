@@ -19,7 +19,7 @@
 # repetition by repetition after a warm-up (so every library sees the same machine state):
 #
 # - `flax_lstm`: `fl.lstm` under `jax.jit` (on CPU its compiled recurrence kernel);
-# - `flax_lstm_scan`: the same with `cpu_kernel=False`, its `lax.scan` path (CPU only), so the
+# - `flax_lstm_scan`: the same with `impl="scan"`, its `lax.scan` path (CPU only), so the
 #   kernel's gain is measured in the same run;
 # - `torch`: `torch.nn.LSTM` (oneDNN on CPU, cuDNN on a GPU);
 # - `flax_rnn`: Flax's own `nn.RNN` over `nn.OptimizedLSTMCell`;

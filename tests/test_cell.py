@@ -142,14 +142,15 @@ def test_custom_vjp_equals_autodiff(proj_size):
         )
 
     got = jax.grad(loss, argnums=(0, 1))(params, x)
-    want = jax.grad(loss, argnums=(0, 1))(params, x, custom_vjp=False)
+    autodiff = fl.Implementation(backward="autodiff")
+    want = jax.grad(loss, argnums=(0, 1))(params, x, impl=autodiff)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("backward", ["custom", "remat"])
 @pytest.mark.parametrize("proj_size", [0, 2])
-def test_check_grads(remat, proj_size):
+def test_check_grads(backward, proj_size):
     """Numerical gradient check of the hand-written backward, in float64 on small shapes."""
     with jax.enable_x64(True):
         cfg = fl.LSTMConfig(2, 3, num_layers=2, bidirectional=True, proj_size=proj_size)
@@ -160,7 +161,12 @@ def test_check_grads(remat, proj_size):
 
         def f(p, x, h0, c0):
             out, (h, c) = fl.lstm(
-                p, x, (h0, c0), config=cfg, seq_lengths=jnp.array([4, 3]), remat=remat
+                p,
+                x,
+                (h0, c0),
+                config=cfg,
+                seq_lengths=jnp.array([4, 3]),
+                impl=fl.Implementation(backward=backward),
             )
             return jnp.sin(out).sum() + (h * c[..., : h.shape[-1]]).sum()
 

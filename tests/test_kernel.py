@@ -85,8 +85,8 @@ KERNEL_CASES = [
 def test_kernel_parity_with_torch(case, threads, monkeypatch):
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
     jax.clear_caches()  # the thread count is read when a function is traced
-    assert _uses_kernel(case, cpu_kernel=True)
-    compare(case, jit=True, cpu_kernel=True)
+    assert _uses_kernel(case, impl="kernel")
+    compare(case, jit=True, impl="kernel")
 
 
 @st.composite
@@ -118,7 +118,7 @@ def test_kernel_random_configurations(case, threads):
     os.environ["FLAX_LSTM_NUM_THREADS"] = threads
     try:
         jax.clear_caches()
-        compare(case, jit=True, cpu_kernel=True)
+        compare(case, jit=True, impl="kernel")
     finally:
         if old is None:
             del os.environ["FLAX_LSTM_NUM_THREADS"]
@@ -164,7 +164,7 @@ def _kernel_and_scan(case: Case, dtype=jnp.float32):
     lengths = None if case.lengths is None else jnp.asarray(case.lengths)
     hx = (jnp.asarray(inp["h0"]), jnp.asarray(inp["c0"])) if case.with_hx else None
 
-    def run(cpu_kernel):
+    def run(impl):
         def loss(p, x, hx):
             out, (h, c), states = fl.lstm(
                 p,
@@ -173,7 +173,7 @@ def _kernel_and_scan(case: Case, dtype=jnp.float32):
                 config=cfg,
                 seq_lengths=lengths,
                 return_all_states=True,
-                cpu_kernel=cpu_kernel,
+                impl=impl,
             )
             o32, h32, hs32 = (a.astype(jnp.float32) for a in (out, h, states.h))
             total = (o32 * inp["w_out"]).sum() + (h32 * inp["w_h"]).sum() + (c * inp["w_c"]).sum()
@@ -181,7 +181,7 @@ def _kernel_and_scan(case: Case, dtype=jnp.float32):
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, x, hx)
 
-    return run(True), run(False)
+    return run("kernel"), run("scan")
 
 
 @pytest.mark.parametrize("case", SCAN_CASES, ids=range(len(SCAN_CASES)))
@@ -258,8 +258,8 @@ def test_bfloat16_without_the_instructions_runs_the_scan(monkeypatch):
     assert _uses_kernel(case)  # float32 still runs the kernel
     cfg = fl.LSTMConfig(3, 4)
     params = fl.init_params(jax.random.key(0), cfg)
-    with pytest.raises(RuntimeError, match=r"cpu_kernel=True.*AVX512_BF16"):
-        fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, dtype=jnp.bfloat16, cpu_kernel=True)
+    with pytest.raises(RuntimeError, match=r"recurrence='kernel'.*AVX512_BF16"):
+        fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, dtype=jnp.bfloat16, impl="kernel")
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -285,7 +285,7 @@ def test_kernel_check_grads():
     lengths = jnp.array([5, 2, 0, 4, 5, 1, 3, 5, 2])
 
     def f(params, x):
-        out, (h, c) = fl.lstm(params, x, config=cfg, seq_lengths=lengths, cpu_kernel=True)
+        out, (h, c) = fl.lstm(params, x, config=cfg, seq_lengths=lengths, impl="kernel")
         return out.sum() + (h * c).sum()
 
     # float32 finite differences: step and tolerances sized to float32 rounding.
@@ -303,10 +303,10 @@ def test_second_derivatives_through_the_kernel(dtype):
     x = jax.random.normal(jax.random.key(1), (6, 5, 3))
     lengths = jnp.array([6, 2, 0, 4, 5])
 
-    def hvp_norm(cpu_kernel):
+    def hvp_norm(impl):
         def f(params, x):
             out, (h, c) = fl.lstm(
-                params, x, config=cfg, seq_lengths=lengths, dtype=dtype, cpu_kernel=cpu_kernel
+                params, x, config=cfg, seq_lengths=lengths, dtype=dtype, impl=impl
             )
             f32 = jnp.float32
             return jnp.sin(out.astype(f32)).sum() + (h.astype(f32) * c).sum()
@@ -317,7 +317,7 @@ def test_second_derivatives_through_the_kernel(dtype):
 
         return jax.jit(jax.grad(grad_norm, argnums=(0, 1)))(params, x)
 
-    fast, scan = hvp_norm(True), hvp_norm(False)
+    fast, scan = hvp_norm("kernel"), hvp_norm("scan")
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(scan), strict=True):
         if dtype == jnp.float32:
             np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
@@ -332,7 +332,7 @@ def test_kernel_under_vmap():
     lengths = jnp.array([[6, 1, 3, 0, 2], [4, 4, 4, 4, 4], [1, 2, 3, 4, 5]])
 
     def one(x, n):
-        return fl.lstm(params, x, config=cfg, seq_lengths=n, cpu_kernel=True)
+        return fl.lstm(params, x, config=cfg, seq_lengths=n, impl="kernel")
 
     batched = jax.vmap(one)(xs, lengths)
     for i in range(3):
@@ -347,22 +347,26 @@ def test_kernel_under_vmap():
     ("kwargs", "what"),
     [
         ({"dtype": jnp.float16}, "dtype float16"),
-        ({"remat": True}, "remat=True"),
-        ({"custom_vjp": False}, "custom_vjp=False"),
+        ({"impl": fl.Implementation(recurrence="kernel", backward="remat")}, "backward='remat'"),
+        (
+            {"impl": fl.Implementation(recurrence="kernel", backward="autodiff")},
+            "backward='autodiff'",
+        ),
     ],
 )
-def test_cpu_kernel_true_where_it_does_not_apply(kwargs, what):
+def test_kernel_requested_where_it_does_not_apply(kwargs, what):
     cfg = fl.LSTMConfig(3, 4)
     params = fl.init_params(jax.random.key(0), cfg)
-    with pytest.raises(ValueError, match=f"cpu_kernel=True.*{what}"):
-        fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, cpu_kernel=True, **kwargs)
+    kwargs = {"impl": "kernel", **kwargs}
+    with pytest.raises(ValueError, match=f"recurrence='kernel'.*{what}"):
+        fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, **kwargs)
 
 
-def test_cpu_kernel_true_with_projection_or_recurrent_dropout():
+def test_kernel_requested_with_projection_or_recurrent_dropout():
     cfg = fl.LSTMConfig(3, 4, proj_size=2)
     params = fl.init_params(jax.random.key(0), cfg)
     with pytest.raises(ValueError, match="proj_size"):
-        fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, cpu_kernel=True)
+        fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, impl="kernel")
     cfg = fl.LSTMConfig(3, 4)
     params = fl.init_params(jax.random.key(0), cfg)
     with pytest.raises(ValueError, match="recurrent_dropout"):
@@ -370,7 +374,7 @@ def test_cpu_kernel_true_with_projection_or_recurrent_dropout():
             params,
             jnp.ones((2, 1, 3)),
             config=cfg,
-            cpu_kernel=True,
+            impl="kernel",
             dropout_key=jax.random.key(1),
             recurrent_dropout=0.5,
         )
@@ -379,12 +383,12 @@ def test_cpu_kernel_true_with_projection_or_recurrent_dropout():
 def test_default_falls_back_where_it_does_not_apply():
     case = Case(proj_size=2, input_size=3, hidden_size=20, batch=4)
     assert not _uses_kernel(case)
-    assert not _uses_kernel(Case(), cpu_kernel=False)
+    assert not _uses_kernel(Case(), impl="scan")
     assert _uses_kernel(Case())  # 6 steps × 3 sequences
     # Under 16 steps × sequences the per-call packing of the weights costs more than it saves.
     assert not _uses_kernel(Case(seq_len=5, batch=3))
     assert not _uses_kernel(Case(seq_len=1, batch=None))
-    assert _uses_kernel(Case(seq_len=1, batch=None), cpu_kernel=True)
+    assert _uses_kernel(Case(seq_len=1, batch=None), impl="kernel")
 
 
 def test_failed_build_reports_the_compiler_error(tmp_path, monkeypatch):
@@ -433,11 +437,11 @@ def test_disabled_by_environment():
         "cfg = fl.LSTMConfig(3, 4)\n"
         "p = fl.init_params(jax.random.key(0), cfg)\n"
         "print(kernel.available(), kernel.build_error())\n"
-        "fl.lstm(p, jnp.ones((2, 1, 3)), config=cfg, cpu_kernel=True)\n"
+        "fl.lstm(p, jnp.ones((2, 1, 3)), config=cfg, impl='kernel')\n"
     )
     proc = _run_python(code, FLAX_LSTM_CPU_KERNEL="0")
     assert proc.stdout.startswith("False disabled by FLAX_LSTM_CPU_KERNEL")
-    assert proc.returncode != 0 and "RuntimeError: cpu_kernel=True" in proc.stderr
+    assert proc.returncode != 0 and "RuntimeError: recurrence='kernel'" in proc.stderr
 
 
 def test_modules_pass_cpu_kernel_through():

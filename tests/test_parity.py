@@ -44,14 +44,17 @@ def test_parity_eager(case):
 
 @pytest.mark.parametrize("case", [CASES[2], CASES[11], CASES[13]], ids=case_id)
 def test_parity_autodiff_backward(case):
-    """The plain-autodiff path (custom_vjp=False) matches torch as well."""
-    compare(case, custom_vjp=False)
+    """The plain-autodiff path (backward="autodiff") matches torch as well."""
+    compare(case, impl=fl.Implementation(backward="autodiff"))
 
 
 @pytest.mark.parametrize("hoist_input", [True, False])
 @pytest.mark.parametrize("case", [CASES[3], CASES[12], CASES[13]], ids=case_id)
 def test_parity_remat_and_unroll(case, hoist_input):
-    compare(case, remat=True, unroll=3, hoist_input=hoist_input, fuse_directions=hoist_input)
+    impl = fl.Implementation(
+        backward="remat", unroll=3, hoist_input=hoist_input, fuse_directions=hoist_input
+    )
+    compare(case, impl=impl)
 
 
 @pytest.mark.parametrize("case", [CASES[7], CASES[11], CASES[13]], ids=case_id)
@@ -59,7 +62,7 @@ def test_parity_other_input_projection(case):
     """The paths this backend does not use by default (on CPU: hoisted input GEMM, both
     directions in one scan; on GPU: in-loop input projection, one scan per direction)."""
     on_cpu = jax.default_backend() == "cpu"
-    compare(case, hoist_input=on_cpu, fuse_directions=on_cpu)
+    compare(case, impl=fl.Implementation(hoist_input=on_cpu, fuse_directions=on_cpu))
 
 
 @st.composite
