@@ -1,0 +1,194 @@
+"""`TrainConfig`: every setting that determines a training run, and its validation.
+
+Each field carries its documentation as metadata (``help``, and for the command line a
+``group`` and a ``metavar``): the class docstring's argument list and the ``flax-lstm train``
+flags are both built from it, so a new field is one edit here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import textwrap
+from pathlib import Path
+from typing import Any
+
+__all__ = ["POOLINGS", "TrainConfig", "TrainError", "resolve_paths"]
+
+POOLINGS = ("mean", "last", "mean+last")
+
+
+class TrainError(Exception):
+    """A training or evaluation run cannot go on (the message says why, in one line)."""
+
+
+def _setting(default: Any, help: str, *, group: str, metavar: str | None = None, **extra: Any):
+    """A `TrainConfig` field: its default and the metadata its docstring and flag are made of.
+
+    ``extra`` may hold ``choices`` and ``default_help`` (the flag's default, said in words).
+    """
+    meta = {"help": help, "group": group, "metavar": metavar, **extra}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (and so its result, given the data)."""
+
+    train: str | None = _setting(
+        None,
+        "a .ts or .npz training file",
+        group="data",
+        metavar="PATH",
+        default_help="the bundled Japanese Vowels training data",
+    )
+    test: str | None = _setting(
+        None,
+        "the matching .ts or .npz test file (required with train)",
+        group="data",
+        metavar="PATH",
+        default_help="the bundled Japanese Vowels test data",
+    )
+    epochs: int = _setting(
+        100, "the most epochs to train; early stopping may end sooner", group="opt", metavar="N"
+    )
+    hidden_size: int = _setting(32, "LSTM hidden size per direction", group="model", metavar="H")
+    num_layers: int = _setting(1, "stacked LSTM layers", group="model", metavar="L")
+    bidirectional: bool = _setting(True, "run a reverse direction too", group="model")
+    dropout: float = _setting(
+        0.3,
+        "dropout rate on the pooled features before the head, and (torch semantics) between "
+        "LSTM layers when num_layers > 1",
+        group="model",
+        metavar="P",
+    )
+    lr: float = _setting(
+        3e-3, "peak learning rate of the warmup + cosine schedule", group="opt", metavar="LR"
+    )
+    batch_size: int | None = _setting(
+        None,
+        "series per optimizer step (over all devices together)",
+        group="opt",
+        metavar="B",
+        default_help="a sixth of the training examples, clipped to [4, 32], so that small data "
+        "sets still get six steps an epoch",
+    )
+    seed: int = _setting(
+        0,
+        "seeds the validation split, initialisation, data order and dropout",
+        group="opt",
+        metavar="S",
+    )
+    weight_decay: float = _setting(
+        1e-4, "AdamW's decoupled weight decay (not applied to biases)", group="opt", metavar="WD"
+    )
+    clip_norm: float = _setting(
+        1.0, "gradients are clipped to this global norm", group="opt", metavar="C"
+    )
+    warmup: float = _setting(
+        0.05,
+        "fraction of the step budget spent warming the learning rate up from 0",
+        group="opt",
+        metavar="F",
+    )
+    val_fraction: float = _setting(
+        0.1,
+        "fraction of each class of the training data held out for validation (early stopping, "
+        "choice of the best epoch); 0 trains on everything for epochs",
+        group="opt",
+        metavar="F",
+    )
+    patience: int = _setting(
+        30, "stop after this many epochs without a better validation loss", group="opt", metavar="N"
+    )
+    pooling: str = _setting(
+        "mean+last",
+        "what the head sees: 'mean' (masked mean of the outputs over each series' valid steps), "
+        "'last' (final hidden state of each direction) or 'mean+last' (both, concatenated)",
+        group="model",
+        choices=POOLINGS,
+    )
+    input_noise: float = _setting(
+        0.3,
+        "standard deviation of Gaussian noise added to the (normalised) inputs during "
+        "training; 0 disables it",
+        group="opt",
+        metavar="SIGMA",
+    )
+    members: int = _setting(
+        8,
+        "train this many independently initialised LSTM + head models side by side (one "
+        "vmapped model, the same batches) and average their predicted probabilities",
+        group="model",
+        metavar="K",
+    )
+
+    def validate(self) -> TrainConfig:
+        """Check every field; raise `TrainError` naming the first bad one. Returns self."""
+        if (self.train is None) != (self.test is None):
+            raise TrainError("give both --train and --test, or neither for the bundled data")
+        positive = ("epochs", "hidden_size", "num_layers", "batch_size", "patience", "members")
+        for name in positive:
+            value = getattr(self, name)
+            if name == "batch_size" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TrainError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise TrainError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.input_noise, (int, float)) or not self.input_noise >= 0:
+            raise TrainError(f"input_noise must be >= 0, got {self.input_noise!r}")
+        for name in ("dropout", "warmup", "val_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise TrainError(f"{name} must lie in [0, 1), got {value!r}")
+        for name in ("lr", "clip_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise TrainError(f"{name} must be a positive number, got {value!r}")
+        if not isinstance(self.weight_decay, (int, float)) or not self.weight_decay >= 0:
+            raise TrainError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.pooling not in POOLINGS:
+            raise TrainError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TrainError(f"unknown training settings {unknown}")
+        return cls(**values)
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """``name=value (run has other_value)`` for every field that differs from ``other``."""
+        return [
+            f"{f.name}={getattr(self, f.name)!r} (run has {getattr(other, f.name)!r})"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
+
+
+def _document(cls: type) -> None:
+    """Append an ``Args:`` section made of each field's ``help`` to ``cls.__doc__``."""
+    lines = ["", "", "    Args:"]
+    for f in dataclasses.fields(cls):
+        default = f.metadata.get("default_help", repr(f.default))
+        text = f"{f.name}: {f.metadata['help']} (default: {default})."
+        lines.append(textwrap.fill(text, 96, initial_indent=" " * 6, subsequent_indent=" " * 8))
+    cls.__doc__ = (cls.__doc__ or "") + "\n".join(lines) + "\n    "
+
+
+_document(TrainConfig)
+
+
+def resolve_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with absolute data paths (a run folder must not depend on the cwd)."""
+    if config.train is None:
+        return config
+    return dataclasses.replace(
+        config, train=str(Path(config.train).absolute()), test=str(Path(config.test).absolute())
+    )

@@ -1,0 +1,116 @@
+"""The device mesh, and `Runner`: what `train` and `evaluate` share for one run's settings.
+
+Data parallelism: a `jax.sharding.Mesh` over every device along one ``data`` axis; each batch
+is sharded along it, parameters and optimizer state are replicated, and XLA inserts the
+gradient all-reduce. Batches are padded to a multiple of the device count with rows of weight 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from flax_lstm.train.config import TrainConfig
+from flax_lstm.train.model import init_members, lstm_config
+from flax_lstm.train.pipeline import RunData, padded
+from flax_lstm.train.steps import step_functions
+
+__all__ = ["Devices", "Runner"]
+
+
+class Devices:
+    """A 1-D mesh over every device (all hosts) along the ``data`` axis."""
+
+    def __init__(self) -> None:
+        devices = np.array(jax.devices())
+        self.mesh = Mesh(devices, ("data",))
+        self.count = devices.size
+        self.replicated = NamedSharding(self.mesh, P())
+        self.batch = NamedSharding(self.mesh, P("data"))
+
+    def round_up(self, n: int) -> int:
+        return -(-n // self.count) * self.count
+
+    def put_batch(self, array: np.ndarray) -> jax.Array:
+        # Every process holds the whole (identical) batch and supplies its devices' shards.
+        return jax.make_array_from_callback(array.shape, self.batch, lambda idx: array[idx])
+
+
+class Runner:
+    """A run's model, optimizer and jitted steps on the mesh; batching and evaluation."""
+
+    def __init__(self, config: TrainConfig, data_info: dict[str, Any], devices: Devices):
+        self.config = config
+        self.devices = devices
+        self.num_classes = len(data_info["classes"])
+        self.lstm_config = lstm_config(config, data_info["num_channels"])
+        self.batch_size = data_info["batch_size"]
+        self.train_rows = devices.round_up(self.batch_size)
+        self.eval_rows = devices.round_up(data_info["eval_batch_size"])
+        self.steps_per_epoch = -(-data_info["n_fit"] // self.batch_size)
+        key = dataclasses.replace(config, train=None, test=None)  # paths do not change the code
+        total = config.epochs * self.steps_per_epoch
+        steps = step_functions(key, self.lstm_config, total, devices.mesh)
+        self.tx, self.schedule = steps.tx, steps.schedule
+        self.train_step, self.eval_step = steps.train_step, steps.eval_step
+
+    def _init_params(self, batched: bool) -> Any:
+        return init_members(self.config, self.lstm_config, self.num_classes, batched=batched)
+
+    def init_state(self) -> dict[str, Any]:
+        """The initial training state, replicated over the mesh.
+
+        Built eagerly (a jitted, vmapped init compiles for seconds) and placed shard by shard,
+        which also works when the mesh spans several hosts.
+        """
+        params = self._init_params(batched=False)
+        state = {"params": params, "opt_state": self.tx.init(params), "step": np.int32(0)}
+        rep = self.devices.replicated
+
+        def place(leaf):
+            host = np.asarray(leaf)
+            return jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx])
+
+        return jax.tree.map(place, state)
+
+    def _abstract_init(self) -> dict[str, Any]:
+        params = self._init_params(batched=True)
+        return {"params": params, "opt_state": self.tx.init(params), "step": jnp.int32(0)}
+
+    def abstract_state(self) -> dict[str, Any]:
+        """Shapes, dtypes and shardings of the training state (what a restore fills in)."""
+        rep = self.devices.replicated
+        shapes = jax.eval_shape(self._abstract_init)
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
+
+    def batches(self, data: RunData, order: np.ndarray, size: int, rows: int) -> Iterator[tuple]:
+        """``(x, lengths, y, w)`` on the mesh for each ``size`` of ``order``, padded to ``rows``."""
+        for start in range(0, len(order), size):
+            x, lengths, y, w = padded(data, order[start : start + size], rows)
+            put = self.devices.put_batch
+            yield put(x), put(lengths), put(y), put(w)
+
+    def evaluate(self, params: Any, data: RunData) -> dict[str, Any]:
+        """Loss, accuracy and predictions of ``params`` on ``data`` (in order)."""
+        preds, ces = [], []
+        order = np.arange(len(data))
+        for x, lengths, y, _ in self.batches(data, order, self.eval_rows, self.eval_rows):
+            p, ce = self.eval_step(params, x, lengths, y)
+            preds.append(p)
+            ces.append(ce)
+        pred = np.concatenate([np.asarray(p) for p in preds])[: len(data)]
+        ce = np.concatenate([np.asarray(c) for c in ces])[: len(data)]
+        correct = int((pred == data.y).sum())
+        return {
+            "loss": float(ce.astype(np.float64).mean()),
+            "accuracy": correct / len(data),
+            "correct": correct,
+            "pred": pred,
+        }
