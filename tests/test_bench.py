@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from flax_lstm import bench
+from flax_lstm.bench import libraries, runner, shapes
 
 
 def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
@@ -70,14 +71,14 @@ def test_bench_both_dtypes_compares_bfloat16_with_float32(tmp_path, capsys):
 
 
 def test_each_library_takes_each_place_in_turn():
-    orders = [bench._rotated(["a", "b", "c"], rep) for rep in range(6)]
+    orders = [runner.rotated(["a", "b", "c"], rep) for rep in range(6)]
     assert orders[:3] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
     assert orders[3:] == orders[:3]
-    assert bench._rotated(["a"], 5) == ["a"] and bench._rotated([], 2) == []
+    assert runner.rotated(["a"], 5) == ["a"] and runner.rotated([], 2) == []
 
 
 def test_shape_parsing():
-    s = bench._parse_shape("16,1024,768,bf16")
+    s = shapes.parse_shape("16,1024,768,bf16")
     assert (s.batch, s.seq_len, s.hidden, s.layers, s.dtype) == (16, 1024, 768, 1, "bfloat16")
 
 
@@ -86,17 +87,17 @@ def test_unknown_mode_or_lib_is_a_clear_error(capsys):
         bench.main(["--shape", "2,4,8", "--modes", "fwdbwd"])
     assert "--modes: unknown ['fwdbwd']" in capsys.readouterr().err
     with pytest.raises(ValueError, match="modes must be a non-empty subset"):
-        bench.run([bench._parse_shape("2,4,8")], modes=("fwdbwd",))
+        bench.run([shapes.parse_shape("2,4,8")], modes=("fwdbwd",))
     with pytest.raises(ValueError, match="libs must be a non-empty subset"):
-        bench.run([bench._parse_shape("2,4,8")], libs=("tensorflow",))
+        bench.run([shapes.parse_shape("2,4,8")], libs=("tensorflow",))
 
 
 def test_torch_spinning_is_limited_before_torch_loads(monkeypatch):
     """In a fresh process the bench sets GOMP_SPINCOUNT before torch (and libgomp) load; a
     caller's own setting is kept."""
     code = (
-        "import os, sys; from flax_lstm import bench; "
-        "print(bench._limit_torch_spinning(('torch',))); print(os.environ['GOMP_SPINCOUNT']); "
+        "import os, sys; from flax_lstm.bench import libraries; "
+        "print(libraries.limit_torch_spinning(('torch',))); print(os.environ['GOMP_SPINCOUNT']); "
         "print('torch' in sys.modules)"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
@@ -108,5 +109,7 @@ def test_torch_spinning_is_limited_before_torch_loads(monkeypatch):
         "False",
     ]
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert bench._limit_torch_spinning(("torch",)) == "OMP_WAIT_POLICY=ACTIVE (set by the caller)"
-    assert bench._limit_torch_spinning(("flax_lstm",)) == "not applicable"
+    assert (
+        libraries.limit_torch_spinning(("torch",)) == "OMP_WAIT_POLICY=ACTIVE (set by the caller)"
+    )
+    assert libraries.limit_torch_spinning(("flax_lstm",)) == "not applicable"

@@ -1,0 +1,40 @@
+"""``flax-lstm bench``: flax_lstm against torch.nn.LSTM, Flax nn.RNN and jax.experimental.rnn.
+
+On CPU it also runs flax_lstm's own ``lax.scan`` path (``impl="scan"``, "scan path"),
+so that the gain of the compiled CPU kernel is measured in the same run.
+
+Every library runs the same shapes in one process, interleaved repetition by repetition after a
+warm-up, forward (inference) and forward+backward (gradients w.r.t. the input and every
+weight); the table reports medians in milliseconds and the ratio ``peer time / flax_lstm time``
+(above 1: flax_lstm is faster). The order of the libraries rotates by one each repetition,
+so that each follows every other one equally often. On CPU, torch's OpenMP threads are told
+to stop spinning soon after each call (``GOMP_SPINCOUNT=3000``, unless the caller set it or
+``OMP_WAIT_POLICY``, or imported torch first), so that they do not hold a core through the
+next library's call; the JSON says which setting held. A JSON file records the machine,
+library versions and dtype, the medians (``ms``), the fastest repetition (``ms_min``, steadier
+on a shared machine) and a large-GEMM reference rate per dtype. ``--dtypes float32,bfloat16``
+runs every shape in both; each bfloat16 shape is then also compared with the float32 times of
+the same run (``vs_float32``: a library's float32 time / flax_lstm's bfloat16 time).
+
+Modules: `shapes` (`Shape`, the CPU and GPU sets, ``--shape``), `libraries` (one builder per
+library), `runner` (`run`: building, warming up and timing), `machine` (machine, versions and
+the large-GEMM reference), `report` (the table and the comparisons) and `cli` (`main`).
+
+Example (a tiny custom shape; the shape sets are ``--set cpu`` and ``--set gpu``):
+  >>> from flax_lstm import bench
+  >>> result = bench.run([bench.Shape(2, 8, 16, 1)], libs=("flax_lstm",), reps=2, warmup=1)
+  >>> sorted(result["results"][0]["ms"]["flax_lstm"])
+  ['fwd', 'fwd_bwd']
+"""
+
+# LIBS, MODES and format_table stay importable from here, as before the split (notebooks use
+# format_table); the public names are __all__'s.
+from flax_lstm.bench.cli import main
+from flax_lstm.bench.libraries import LIBS as LIBS
+from flax_lstm.bench.libraries import MODES as MODES
+from flax_lstm.bench.machine import reference_gemm_gflops
+from flax_lstm.bench.report import format_table as format_table
+from flax_lstm.bench.runner import run
+from flax_lstm.bench.shapes import CPU_SET, GPU_SET, Shape
+
+__all__ = ["CPU_SET", "GPU_SET", "Shape", "main", "reference_gemm_gflops", "run"]

@@ -1,0 +1,115 @@
+"""``flax-lstm bench`` (and ``python -m flax_lstm.bench``): arguments, run, print, JSON."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+import jax
+
+import flax_lstm as fl
+from flax_lstm.bench.libraries import LIBS, MODES
+from flax_lstm.bench.report import format_table, summary_lines
+from flax_lstm.bench.runner import run
+from flax_lstm.bench.shapes import CPU_SET, GPU_SET, SHAPE_SYNTAX, Shape, parse_shape
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``flax-lstm bench [--set cpu|gpu] [--shape ...] [--json PATH]``."""
+    ap = _parser()
+    args = ap.parse_args(argv)
+    libs = _comma_list(args.libs)
+    unknown = set(libs) - set(LIBS)
+    if unknown:
+        ap.error(f"--libs: unknown {sorted(unknown)}; choose from {LIBS}")
+    shapes = _shapes(ap, args)
+    modes = _comma_list(args.modes)
+    bad_modes = set(modes) - set(MODES)
+    if bad_modes or not modes:
+        ap.error(f"--modes: unknown {sorted(bad_modes)}; choose from {MODES}")
+    if args.remat and args.autodiff:
+        ap.error("--remat and --autodiff: choose one backward")
+    backward = "remat" if args.remat else "autodiff" if args.autodiff else "custom"
+    impl = fl.Implementation(backward=backward, unroll=args.unroll)
+    result = run(
+        shapes,
+        libs=libs,
+        impl=impl,
+        reps=args.reps,
+        warmup=args.warmup,
+        modes=modes,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    print(format_table(result["results"], modes))
+    for line in summary_lines(result):
+        print(line)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    machine = result["machine"]
+    where = machine["jax_devices"] if machine["jax_backend"] != "cpu" else machine.get("cpu_model")
+    print(f"wrote {args.json} ({where}, {machine['cpu_count']} CPUs)")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    package_doc = importlib.import_module(__package__).__doc__
+    ap = argparse.ArgumentParser(prog="flax-lstm bench", description=package_doc.split("\n\n")[0])
+    ap.add_argument(
+        "--set",
+        choices=("cpu", "gpu"),
+        default=None,
+        help="shape set (default: gpu on a GPU, else cpu)",
+    )
+    ap.add_argument(
+        "--shape",
+        action="append",
+        type=parse_shape,
+        default=[],
+        help=f"custom shape {SHAPE_SYNTAX}; repeatable; replaces --set",
+    )
+    ap.add_argument(
+        "--dtypes",
+        default=None,
+        help="comma list from ('float32', 'bfloat16'): run every shape in each "
+        "(default: each shape's own dtype)",
+    )
+    ap.add_argument("--libs", default=",".join(LIBS), help=f"comma list from {LIBS}")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--modes", default="fwd,fwd_bwd", help=f"comma list from {MODES}")
+    ap.add_argument("--json", default="bench.json", help="where to write the JSON result")
+    ap.add_argument("--unroll", type=int, default=None, help="flax_lstm scan unroll")
+    ap.add_argument(
+        "--remat", action="store_true", help="flax_lstm with Implementation(backward='remat')"
+    )
+    ap.add_argument(
+        "--autodiff",
+        action="store_true",
+        help="flax_lstm with Implementation(backward='autodiff') (plain autodiff of the scan)",
+    )
+    return ap
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
+
+
+def _shapes(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Shape, ...]:
+    """The --shape shapes, else the --set (by default the backend's); each in every --dtypes."""
+    if args.shape:
+        shapes = tuple(args.shape)
+    else:
+        which = args.set or ("gpu" if jax.default_backend() == "gpu" else "cpu")
+        shapes = GPU_SET if which == "gpu" else CPU_SET
+    if args.dtypes is not None:
+        dtypes = _comma_list(args.dtypes)
+        if not dtypes or set(dtypes) - {"float32", "bfloat16"}:
+            ap.error(f"--dtypes: choose from float32, bfloat16; got {args.dtypes!r}")
+        shapes = tuple(dataclasses.replace(s, dtype=d) for s in shapes for d in dtypes)
+    return shapes

@@ -1,0 +1,89 @@
+"""Reading a benchmark result: the markdown table, the bfloat16-vs-float32 comparison and the
+summary lines ``flax-lstm bench`` prints under the table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["compare_with_float32", "format_table", "summary_lines"]
+
+
+def compare_with_float32(results: list[dict]) -> None:
+    """Add ``vs_float32`` to each bfloat16 entry whose shape also ran in float32: every
+    library's float32 median over flax_lstm's bfloat16 median, per mode."""
+
+    def shape_key(e: dict) -> tuple:  # the shape without its dtype
+        return tuple(sorted({**e["shape"], "dtype": None}.items()))
+
+    by_shape = {shape_key(e): e for e in results if e["shape"]["dtype"] == "float32"}
+    for e in results:
+        twin = by_shape.get(shape_key(e))
+        if e["shape"]["dtype"] != "bfloat16" or twin is None or "flax_lstm" not in e["ms"]:
+            continue
+        ours = e["ms"]["flax_lstm"]
+        e["vs_float32"] = {
+            lib: {m: t[m] / ours[m] for m in ours if m in t} for lib, t in twin["ms"].items()
+        }
+
+
+def format_table(
+    results: Sequence[dict], modes: Sequence[str] = ("fwd", "fwd_bwd"), header: bool = True
+) -> str:
+    """Markdown table: ms per library and mode, and peer/flax_lstm ratios."""
+    lines = []
+    if header:
+        lines.append(
+            "| shape | mode | flax_lstm ms | GFLOP/s | scan path ms | torch ms | "
+            "flax nn.RNN ms | jax cuDNN ms | vs scan path | vs torch | vs flax nn.RNN | "
+            "vs jax cuDNN |"
+        )
+        lines.append("|" + "---|" * 12)
+    for e in results:
+        for m in modes:
+            ms = e["ms"]
+
+            def cell(lib, ms=ms, m=m):
+                return f"{ms[lib][m]:.2f}" if lib in ms else "–"
+
+            def ratio(lib, e=e, m=m):
+                r = e.get("speedup_vs", {}).get(lib)
+                return f"{r[m]:.2f}x" if r else "–"
+
+            gf = e.get("flax_lstm_gflops", {}).get(m)
+            lines.append(
+                f"| {e['label']} | {m} | {cell('flax_lstm')} | "
+                f"{'' if gf is None else f'{gf:.0f}'} | {cell('flax_lstm_scan')} | "
+                f"{cell('torch')} | {cell('flax_rnn')} | {cell('jax_cudnn')} | "
+                f"{ratio('flax_lstm_scan')} | {ratio('torch')} | {ratio('flax_rnn')} | "
+                f"{ratio('jax_cudnn')} |"
+            )
+    return "\n".join(lines)
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """What flax_lstm reached of the large-GEMM rate per dtype, flax_lstm's bfloat16 times
+    against torch's and its own float32 times, and the note on every skipped library."""
+    lines = []
+    for dtype, ref in result["reference_gemm_by_dtype"].items():
+        rates = [
+            g
+            for e in result["results"]
+            if e["shape"]["dtype"] == dtype
+            for g in e.get("flax_lstm_gflops", {}).values()
+        ]
+        if ref and rates:
+            lines.append(
+                f"large-GEMM reference (jax {dtype} {int(ref['n'])}x{int(ref['n'])}): "
+                f"{ref['gflops']:.0f} GFLOP/s; flax_lstm reached "
+                f"{min(rates) / ref['gflops']:.0%}-{max(rates) / ref['gflops']:.0%} of it"
+            )
+    for e in result["results"]:
+        for lib, by_mode in e.get("vs_float32", {}).items():
+            if lib in ("torch", "flax_lstm"):
+                ratios = ", ".join(f"{m} {r:.2f}x" for m, r in by_mode.items())
+                lines.append(f"{e['label']}: flax_lstm bfloat16 against {lib} float32: {ratios}")
+    for e in result["results"]:
+        for lib, note in e["notes"].items():
+            lines.append(f"note: {e['label']}: {lib} {note}")
+    return lines

@@ -1,0 +1,155 @@
+"""`run`: every library on every shape, interleaved and rotated, into one JSON-able result."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+import flax_lstm as fl
+from flax_lstm.bench.libraries import BUILDERS, LIBS, MODES, limit_torch_spinning, skip_reason
+from flax_lstm.bench.machine import (
+    machine_info,
+    precision_note,
+    reference_gemm_gflops,
+    versions,
+)
+from flax_lstm.bench.report import compare_with_float32, format_table
+from flax_lstm.bench.shapes import Shape
+
+__all__ = ["rotated", "run"]
+
+Timings = dict[str, dict[str, list[float]]]  # library -> mode -> milliseconds per repetition
+
+
+def run(
+    shapes: Sequence[Shape],
+    *,
+    libs: Sequence[str] = LIBS,
+    impl: fl.Implementation | None = None,
+    reps: int = 10,
+    warmup: int = 2,
+    modes: Sequence[str] = MODES,
+    log: Callable[[str], None] = lambda s: None,
+    reference_gemm: bool = True,
+) -> dict[str, Any]:
+    """Benchmark ``libs`` on ``shapes``; returns the JSON-able result (see the docstring of
+    `flax_lstm.bench`).
+
+    ``impl`` is flax_lstm's `flax_lstm.Implementation` (its ``recurrence`` is "scan" for
+    ``flax_lstm_scan``)."""
+    for name, given, known in (("modes", modes, MODES), ("libs", libs, LIBS)):
+        if not given or set(given) - set(known):
+            raise ValueError(f"{name} must be a non-empty subset of {known}, got {tuple(given)}")
+    torch_threads = limit_torch_spinning(libs)
+    results = []
+    for shape in shapes:
+        fns, notes = _build_and_warm(shape, libs, impl, modes, warmup, log)
+        entry = _result_entry(shape, _time_interleaved(fns, modes, reps), notes, modes)
+        results.append(entry)
+        log(format_table([entry], modes, header=False))
+    compare_with_float32(results)
+    # float32 always (the historical yardstick), and every dtype that ran
+    dtypes = ["float32", *sorted({s.dtype for s in shapes} - {"float32"})]
+    refs = {d: reference_gemm_gflops(dtype=d) for d in dtypes} if reference_gemm else {}
+    return {
+        "machine": machine_info(),
+        "versions": versions(),
+        "reps": reps,
+        "warmup": warmup,
+        "flax_lstm_impl": dataclasses.asdict(fl.Implementation.of(impl)),
+        "matmul": precision_note(),
+        "torch_openmp_spin": torch_threads,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "reference_gemm": refs.get("float32"),
+        "reference_gemm_by_dtype": refs,
+        "results": results,
+    }
+
+
+def _build_and_warm(
+    shape: Shape,
+    libs: Sequence[str],
+    impl: fl.Implementation | None,
+    modes: Sequence[str],
+    warmup: int,
+    log: Callable[[str], None],
+) -> tuple[dict[str, dict[str, Callable]], dict[str, str]]:
+    """Each library's calls for ``shape``, built and warmed up; and a note on each library
+    that is skipped (it cannot run here, or building or warming it up failed)."""
+    x = (
+        np.random.default_rng(0)
+        .standard_normal((shape.seq_len, shape.batch, shape.in_size))
+        .astype(np.float32)
+    )
+    fns, notes = {}, {}
+    for lib in libs:
+        reason = skip_reason(lib, shape)
+        if reason is not None:
+            notes[lib] = reason
+            continue
+        try:
+            extra = {"impl": impl} if lib.startswith("flax_lstm") else {}
+            fns[lib] = BUILDERS[lib](shape, x, **extra)
+            for mode in modes:
+                for _ in range(warmup):
+                    fns[lib][mode]()
+        except Exception as e:
+            fns.pop(lib, None)
+            notes[lib] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            log(f"{shape.label()}: {lib} {notes[lib]}")
+    return fns, notes
+
+
+def _time_interleaved(
+    fns: dict[str, dict[str, Callable]], modes: Sequence[str], reps: int
+) -> Timings:
+    """Milliseconds of every call, repetition by repetition: every library sees the same
+    machine state, and follows every other library equally often (see `rotated`)."""
+    times: Timings = {lib: {m: [] for m in modes} for lib in fns}
+    order = list(fns)
+    for rep in range(reps):
+        for mode in modes:
+            for lib in rotated(order, rep):
+                t0 = time.perf_counter()
+                fns[lib][mode]()
+                times[lib][mode].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def rotated(libs: Sequence[str], rep: int) -> list[str]:
+    """The libraries in the order of repetition ``rep``: rotated by one each repetition.
+
+    What a call leaves behind slows the call after it: JAX frees a computation's buffers
+    (unmapping their pages) after it returns, and flax_lstm's B32 T128 H256 L2 forward took
+    50 ms right after a Flax nn.RNN fwd+bwd call against 39 ms alone (the same 39-40 ms 10 ms
+    later). In a fixed order one library always came after the same one."""
+    k = rep % len(libs) if libs else 0
+    return [*libs[k:], *libs[:k]]
+
+
+def _result_entry(
+    shape: Shape, times: Timings, notes: dict[str, str], modes: Sequence[str]
+) -> dict[str, Any]:
+    """One shape's JSON entry: medians, minima, notes; with flax_lstm, the ratios of every
+    peer to it and its GFLOP/s."""
+    ms = {lib: {m: statistics.median(v) for m, v in t.items()} for lib, t in times.items()}
+    entry: dict[str, Any] = {
+        "shape": dataclasses.asdict(shape),
+        "label": shape.label(),
+        "ms": ms,
+        "ms_min": {lib: {m: min(v) for m, v in t.items()} for lib, t in times.items()},
+        "notes": notes,
+    }
+    if "flax_lstm" in ms:
+        ours = ms["flax_lstm"]
+        entry["speedup_vs"] = {
+            lib: {m: v[m] / ours[m] for m in modes} for lib, v in ms.items() if lib != "flax_lstm"
+        }
+        factor = {"fwd": 1.0, "fwd_bwd": 3.0}
+        entry["flax_lstm_gflops"] = {m: shape.flops() * factor[m] / ours[m] / 1e6 for m in modes}
+    return entry
