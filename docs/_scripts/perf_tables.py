@@ -93,8 +93,7 @@ def _libs(data: dict) -> list[str]:
 
 
 def _label(result: dict) -> str:
-    label = result["label"]
-    return label.replace(" bi", " bidirectional") if label.endswith(" bi") else label
+    return re.sub(r"\bbi\b", "bidirectional", result["label"])
 
 
 def full_table(data: dict) -> str:
