@@ -51,6 +51,8 @@ myst_heading_anchors = 3
 # Docstrings are Google style; `name` in them is a cross-reference where Sphinx can resolve it.
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+# "Attributes:" as fields, not attribute entries: Linen's dataclass fields are members too.
+napoleon_use_ivar = True
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"

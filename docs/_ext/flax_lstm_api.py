@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import re
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,6 +137,29 @@ def undocumented() -> list[str]:
     return missing
 
 
+def _class_signature(cls: type) -> str:
+    """The constructor's signature as written, for classes whose metaclass hides it.
+
+    NNX modules' metaclass defines ``__call__(*args, **kwargs)``, which autodoc would show;
+    Linen modules add ``parent`` and ``name``, and defaults such as ``jnp.float32`` print as
+    ``<class 'jax.numpy.float32'>``. Annotations are left to the parameter descriptions.
+    """
+    linen = any(c.__module__.startswith("flax.linen") for c in cls.__mro__[1:])
+    if not linen and type(cls).__call__ is type.__call__:
+        return ""  # autodoc finds the signature itself
+    try:
+        sig = inspect.signature(cls.__init__)
+    except (TypeError, ValueError):
+        return ""
+    params = [
+        p.replace(annotation=inspect.Parameter.empty)
+        for p in list(sig.parameters.values())[1:]
+        if not (linen and p.name in ("parent", "name"))
+    ]
+    text = str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+    return re.sub(r"<class '([\w.]+)'>", r"\1", text)
+
+
 def _page(module_name: str, pages: dict[str, str]) -> str:
     title = TITLES.get(module_name, module_name)
     lines = [
@@ -155,7 +179,7 @@ def _page(module_name: str, pages: dict[str, str]) -> str:
             submodules.append(obj.__name__)
         elif kind == "class":
             lines += [
-                f".. autoclass:: {full}",
+                f".. autoclass:: {full}{_class_signature(obj)}",
                 "   :members:",
                 "   :show-inheritance:",
                 "",
@@ -240,7 +264,47 @@ def _on_check_consistency(app: Sphinx, env: Any) -> None:
         raise ExtensionError("public names missing from the API pages: " + ", ".join(absent))
 
 
+_NAMES_ONLY = re.compile(r"^\s*(\w+\s*,\s*)+$")  # "a, b, c," continued on the next line
+_ENTRY = re.compile(r"^\w+(\s*,\s*\w+)*\s*(\([^)]*\))?\s*:(\s|$)")
+
+
+def _fix_google_sections(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines):
+    """Two forms of the project's Google-style docstrings that napoleon misreads, made readable.
+
+    - an entry that names several arguments over two lines (``a, b,`` / ``  c: text``): the
+      names are joined onto one line;
+    - an ``Attributes:`` section written as prose rather than ``name: text`` entries: it
+      becomes a rubric and a paragraph.
+
+    Runs before napoleon (priority 400); the docstrings themselves are unchanged.
+    """
+    i = 0
+    while i < len(lines) - 1:
+        if _NAMES_ONLY.match(lines[i]):
+            lines[i : i + 2] = [lines[i].rstrip() + " " + lines[i + 1].strip()]
+            continue
+        i += 1
+    for i, line in enumerate(lines):
+        if line.strip() != "Attributes:":
+            continue
+        body = [j for j in range(i + 1, len(lines)) if lines[j].strip()]
+        if not body:
+            continue
+        first = lines[body[0]]
+        indent = len(first) - len(first.lstrip())
+        if indent > len(line) - len(line.lstrip()) and not _ENTRY.match(first.strip()):
+            end = i + 1
+            while end < len(lines) and (
+                not lines[end].strip() or lines[end].startswith(" " * indent)
+            ):
+                end += 1
+            text = [ln[indent:] if ln.strip() else "" for ln in lines[i + 1 : end]]
+            lines[i:end] = [".. rubric:: Attributes", "", *text]
+            break
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("autodoc-process-docstring", _fix_google_sections, priority=400)
     app.connect("builder-inited", _on_builder_inited)
     app.connect("env-check-consistency", _on_check_consistency)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
