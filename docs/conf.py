@@ -45,10 +45,13 @@ extensions = [
 nb_custom_formats = {".py": ["jupytext.reads", {"fmt": "py:percent"}]}
 nb_execution_mode = "off"
 exclude_patterns = ["_build", "_ext", "_scripts", "conf.py", "**/.ipynb_checkpoints"]
-myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
+# No dollarmath: a page with math would load MathJax from a CDN.
+myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
-# Docstrings are Google style; `name` in them is a cross-reference where Sphinx can resolve it.
+# Docstrings are Google style; `name` in them is a cross-reference where Sphinx can resolve it
+# (and plain text where it cannot: no nitpicky mode, as jax/flax/torch have no inventory here).
+default_role = "py:obj"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 # "Attributes:" as fields, not attribute entries: Linen's dataclass fields are members too.
