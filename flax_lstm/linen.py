@@ -35,20 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_lstm import _checks, _modules
+from flax_lstm._modules import Output, OutputWithStates
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
-from flax_lstm.nnx import (
-    Output,
-    OutputWithStates,
-    _broadcast_initial_state,
-    _call_lstm,
-    _cell_to_torch_state_dict,
-    _check_recurrent_dropout,
-    _load_torch,
-    _load_torch_cell,
-    _needs_dropout_key,
-)
-from flax_lstm.params import Params, init_cell_params, init_params, to_torch_state_dict
+from flax_lstm.params import Params, cell_to_torch_state_dict, init_params, to_torch_state_dict
 
 Array = jax.Array
 
@@ -131,7 +122,7 @@ class LSTM(nn.Module):
     def __post_init__(self) -> None:
         # Validate the arguments now, as torch does; the dropout warning is given at init.
         self.lstm_config(1, warn=False)
-        _check_recurrent_dropout(self.recurrent_dropout)
+        _modules.check_recurrent_dropout(self.recurrent_dropout)
         super().__post_init__()
 
     @nn.nowrap
@@ -227,19 +218,14 @@ class LSTM(nn.Module):
             self.param(f"layer_{k}", _init_layer, config, k, self.param_dtype)
             for k in range(config.num_layers)
         ]
-        rows = config.num_directions * config.num_layers
+        initial = None
         if self.learnable_initial_state:
-            h0 = self.param(
-                "h0", nn.initializers.zeros, (rows, config.output_size), self.param_dtype
-            )
-            c0 = self.param(
-                "c0", nn.initializers.zeros, (rows, config.hidden_size), self.param_dtype
-            )
+            h0, c0 = _modules.zero_initial_state(config, self.param_dtype)
+            initial = (self.param("h0", lambda _: h0), self.param("c0", lambda _: c0))
         key = None
-        if not deterministic and _needs_dropout_key(config, self.recurrent_dropout):
+        if not deterministic and _modules.needs_dropout_key(config, self.recurrent_dropout):
             key = self.make_rng("dropout")
-        initial = (h0, c0) if self.learnable_initial_state else None
-        return _call_lstm(
+        return _modules.call_lstm(
             self, params, x, hx, initial, config=config, dropout_key=key,
             seq_lengths=seq_lengths, return_all_states=return_all_states,
         )  # fmt: skip
@@ -264,29 +250,29 @@ class LSTM(nn.Module):
           >>> fl.linen.LSTM(4, num_layers=2).initial_state(batch_size=3).c.shape
           (2, 3, 4)
         """
-        config = self.lstm_config(1, warn=False)
-        rows = config.num_directions * config.num_layers
         if self.learnable_initial_state:
             if variables is None:
                 raise ValueError("initial_state needs the variables with learnable_initial_state")
             params = _params_collection(variables)
             h0, c0 = jnp.asarray(params["h0"]), jnp.asarray(params["c0"])
         else:
-            h0 = jnp.zeros((rows, config.output_size), self.param_dtype)
-            c0 = jnp.zeros((rows, config.hidden_size), self.param_dtype)
-        return _broadcast_initial_state(h0, c0, batch_size)
+            h0, c0 = _modules.zero_initial_state(self.lstm_config(1, warn=False), self.param_dtype)
+        return _modules.broadcast_initial_state(h0, c0, batch_size)
 
     @nn.nowrap
-    def to_torch_state_dict(self, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """``torch.nn.LSTM``'s state dict (NumPy arrays) of the parameters.
+    def to_torch_state_dict(
+        self, variables: Mapping[str, Any], *, as_tensors: bool = False
+    ) -> dict[str, Any]:
+        """``torch.nn.LSTM``'s state dict of the parameters (`flax_lstm.to_torch_state_dict`).
 
         Args:
           variables: the module's variables, its ``params`` collection, or a pytree shaped
             like it (e.g. gradients). A learnable initial state is left out.
+          as_tensors: torch tensors (bfloat16 bit-exact) instead of NumPy arrays.
 
         Returns:
-          ``{name: array}`` with the names, shapes and order of
-          ``torch.nn.LSTM(...).state_dict()``.
+          ``{name: array}`` with the names, shapes, order and dtypes of
+          ``torch.nn.LSTM(...).state_dict()`` (``weight_ih_l0`` ``(4H, input_size)``, ...).
 
         Example:
           >>> import jax, jax.numpy as jnp
@@ -298,7 +284,7 @@ class LSTM(nn.Module):
         """
         params = self.lstm_params(variables)
         config = self.lstm_config(int(np.shape(params[0]["w_ih"])[-1]), warn=False)
-        return to_torch_state_dict(params, config)
+        return to_torch_state_dict(params, config, as_tensors=as_tensors)
 
     @classmethod
     def from_torch(
@@ -333,25 +319,16 @@ class LSTM(nn.Module):
           >>> output.shape
           (2, 4, 5)
         """
-        config, params = _load_torch(
-            source, batch_first=batch_first, dropout=dropout, param_dtype=param_dtype
-        )
-        if param_dtype is None:
-            param_dtype = params[0]["w_ih"].dtype
-        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        del fields["input_size"]
-        module = cls(**fields, param_dtype=param_dtype, **kwargs)
+        fields, params = _modules.lstm_from_torch(source, batch_first, dropout, param_dtype)
+        input_size = fields.pop("input_size")
+        module = cls(**fields, **kwargs)
         collection: dict[str, Any] = {f"layer_{k}": layer for k, layer in enumerate(params)}
         if module.learnable_initial_state:
-            h0, c0 = _zero_initial(config)
-            collection["h0"] = h0.astype(param_dtype)
-            collection["c0"] = c0.astype(param_dtype)
+            config = module.lstm_config(input_size, warn=False)
+            collection["h0"], collection["c0"] = _modules.zero_initial_state(
+                config, module.param_dtype
+            )
         return module, {"params": collection}
-
-
-def _zero_initial(config: LSTMConfig) -> tuple[Array, Array]:
-    rows = config.num_directions * config.num_layers
-    return jnp.zeros((rows, config.output_size)), jnp.zeros((rows, config.hidden_size))
 
 
 class LSTMCell(nn.Module):
@@ -405,20 +382,27 @@ class LSTMCell(nn.Module):
         else:
             shape = np.shape(x)
             input_size = int(shape[-1]) if len(shape) in (1, 2) and shape[-1] > 0 else 1
-        names = ("w_ih", "w_hh", "b_ih", "b_hh") if self.bias else ("w_ih", "w_hh")
-
-        def init(key: Array, name: str) -> Array:
-            p = init_cell_params(
-                key, input_size, self.hidden_size, bias=self.bias, dtype=self.param_dtype
-            )
-            return p[name]
-
-        params = {name: self.param(name, init, name) for name in names}
+        # Each parameter draws only itself (its own key), with torch's U(-1/√H, 1/√H).
+        shapes = _checks.expected_layer_shapes(input_size, self.hidden_size, 0, self.bias)
+        init = _modules.torch_init(self.hidden_size)
+        params = {
+            name: self.param(name, init, shape, self.param_dtype) for name, shape in shapes.items()
+        }
         return lstm_cell(params, x, hx, dtype=self.dtype)
 
     @nn.nowrap
-    def to_torch_state_dict(self, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """``torch.nn.LSTMCell``'s state dict (NumPy arrays) of the variables (or gradients).
+    def to_torch_state_dict(
+        self, variables: Mapping[str, Any], *, as_tensors: bool = False
+    ) -> dict[str, Any]:
+        """``torch.nn.LSTMCell``'s state dict of the variables (or gradients).
+
+        Args:
+          variables: the cell's variables, its ``params`` collection, or a pytree like it.
+          as_tensors: torch tensors (bfloat16 bit-exact) instead of NumPy arrays.
+
+        Returns:
+          ``{'weight_ih': (4H, in), 'weight_hh': (4H, H), 'bias_ih': (4H,), 'bias_hh': (4H,)}``
+          (no biases without ``bias``), see `flax_lstm.cell_to_torch_state_dict`.
 
         Example:
           >>> import jax, jax.numpy as jnp
@@ -428,7 +412,7 @@ class LSTMCell(nn.Module):
           >>> list(cell.to_torch_state_dict(variables))
           ['weight_ih', 'weight_hh', 'bias_ih', 'bias_hh']
         """
-        return _cell_to_torch_state_dict(_params_collection(variables))
+        return cell_to_torch_state_dict(_params_collection(variables), as_tensors=as_tensors)
 
     @classmethod
     def from_torch(
@@ -442,11 +426,6 @@ class LSTMCell(nn.Module):
           >>> variables['params']['w_ih'].shape
           (20, 3)
         """
-        params = _load_torch_cell(source, param_dtype)
-        cell = cls(
-            params["w_ih"].shape[0] // 4,
-            bias="b_ih" in params,
-            param_dtype=params["w_ih"].dtype if param_dtype is None else param_dtype,
-            **kwargs,
-        )
-        return cell, {"params": params}
+        fields, params = _modules.cell_from_torch(source, param_dtype)
+        del fields["input_size"]  # inferred from the input
+        return cls(**fields, **kwargs), {"params": params}
