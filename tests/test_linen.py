@@ -224,3 +224,30 @@ def test_cell_steps_match_the_lstm(base_vars):
     np.testing.assert_allclose(unrolled(cell_vars, X), states.h[:, 0], atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
         fl_linen.LSTMCell(0)
+
+
+def _random_draws(fn, *args):
+    """How many ``random_bits`` ops the program of ``fn(*args)`` runs (nested calls included)."""
+
+    def count(jaxpr):
+        n = 0
+        for eqn in jaxpr.eqns:
+            n += eqn.primitive.name == "random_bits"
+            n += sum(count(v.jaxpr) for v in eqn.params.values() if hasattr(v, "consts"))
+        return n
+
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_init_draws_each_parameter_once_with_torch_init(bias):
+    cell = fl_linen.LSTMCell(8, bias=bias)
+    key, x = jax.random.key(0), X[0]
+    params = cell.init(key, x)["params"]
+    assert list(params) == (["w_ih", "w_hh", "b_ih", "b_hh"] if bias else ["w_ih", "w_hh"])
+    one = _random_draws(lambda k: jax.random.uniform(k, (32, 3), jnp.float32, -1, 1), key)
+    assert _random_draws(cell.init, key, x) == len(params) * one
+    for name, value in params.items():  # torch's U(-1/√H, 1/√H), a different draw each
+        assert 0.3 * 1 / np.sqrt(8) < np.abs(value).max() <= 1 / np.sqrt(8), name
+    values = [np.asarray(v[:32]).ravel()[:32] for v in params.values()]
+    assert len({v.tobytes() for v in values}) == len(values)
