@@ -76,22 +76,12 @@ class LSTM(nn.Module):
       hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size: as
         ``torch.nn.LSTM`` (see `flax_lstm.LSTMConfig`; the same validation and errors, raised
         when the module is constructed).
-      dtype: compute dtype (e.g. ``jnp.bfloat16``); None: the promoted dtype of the input and
-        the parameters. Gates and the cell state are computed in at least float32; ``output``
-        and ``h_n`` come back in the compute dtype, ``c_n`` in float32 for bfloat16. In
-        bfloat16, outputs and states stay within 1e-2 (absolute) of float32 with the same
-        weights over a 300-step sequence, hidden size 256, two layers (tests/test_dtypes.py;
-        measured about 1e-3).
       param_dtype: storage dtype of the parameters.
-      recurrent_dropout: rate of variational dropout on ``h`` before ``W_hh`` (Gal &
-        Ghahramani): one mask per sequence, layer and direction, reused at every step. Only
-        with ``deterministic=False``. Not part of torch's LSTM; 0 (default) keeps torch parity.
-      learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` ``(D·num_layers,
-        H_out)`` and ``c0`` ``(D·num_layers, H)`` (initialised to zeros, shared by every batch
-        row), used when a call gets no ``hx``. They are not part of torch's state dict.
-      unroll, remat, cpu_kernel: passed to `flax_lstm.lstm` (scan unroll; recompute gates in
-        the backward; the compiled CPU kernel: None wherever it applies, False never, True
-        always or an error).
+      dtype, recurrent_dropout, unroll, remat, cpu_kernel: passed to `flax_lstm.lstm` (see
+        there); recurrent dropout applies only with ``deterministic=False``.
+      learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` and ``c0``, zeros at
+        first and shared by every batch row (shapes: `initial_state` without N), used when a
+        call gets no ``hx``; not part of torch's state dict.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -188,26 +178,17 @@ class LSTM(nn.Module):
         """Run the LSTM over ``x``; the arguments and results of `flax_lstm.lstm`.
 
         Args:
-          x: ``(L, N, input_size)``, ``(N, L, input_size)`` with ``batch_first``, or
-            unbatched ``(L, input_size)``.
-          hx: optional ``(h_0, c_0)``, ``(D·num_layers, N, H_out)`` and
-            ``(D·num_layers, N, H)`` (unbatched: no N); default: zeros or the learned
-            initial state. Passing the previous call's ``(h_n, c_n)`` streams a long sequence
-            in chunks (see `flax_lstm.streaming`; unidirectional only: a
-            bidirectional layer's reverse direction needs the whole sequence).
-          seq_lengths: optional ``(N,)`` lengths, ``pack_padded_sequence`` semantics.
+          x: the input, ``(L, N, input_size)``; ``(N, L, input_size)`` with ``batch_first``;
+            ``(L, input_size)`` unbatched.
+          hx, seq_lengths, return_all_states: as in `flax_lstm.lstm`. ``hx`` defaults to
+            `initial_state`; passing the last call's ``(h_n, c_n)`` streams in chunks.
           deterministic: True (default) disables dropout; False applies it with keys from
             the ``'dropout'`` RNG stream.
-          return_all_states: also return every layer's and direction's ``(h_t, c_t)`` at
-            every step as a third element.
 
         Returns:
-          ``(output, (h_n, c_n))``: ``output`` ``(L, N, D·H_out)`` (or batch-first, or
-          unbatched), ``h_n``/``c_n`` shaped as ``hx``. ``output`` and ``h_n`` are in the
-          compute dtype, ``c_n`` in float32 for bfloat16 compute. With ``return_all_states``
-          a third element `flax_lstm.LSTMState`: ``h`` ``(L, D·num_layers, N, H_out)`` and
-          ``c`` ``(L, D·num_layers, N, H)`` (batch-first: N first; unbatched: no N), row
-          ``layer·D + direction``, zero past each sequence's length.
+          The `flax_lstm.lstm` result: ``output`` ``(L, N, D·H_out)``, ``(h_n, c_n)`` each
+          ``(D·num_layers, N, ·)``, and with ``return_all_states`` the per-step
+          `flax_lstm.LSTMState` (``(L, D·num_layers, N, ·)``).
         """
         if self.has_variable("params", "layer_0"):  # apply: the size the params were made for
             input_size = int(np.shape(self.get_variable("params", "layer_0")["w_ih"])[-1])
@@ -299,11 +280,9 @@ class LSTM(nn.Module):
         """The module and variables of a ``torch.nn.LSTM``: its configuration, exact weights.
 
         Args:
-          source: a ``torch.nn.LSTM``, or its ``state_dict()`` (torch tensors or NumPy
-            arrays); the sizes, ``bias``, ``bidirectional`` and ``proj_size`` are read off
-            the weights.
-          batch_first, dropout: default: the module's (a state dict: False and 0.0).
-          param_dtype: storage dtype; default: the torch weights' own dtype (lossless).
+          source, batch_first, dropout: as `flax_lstm.from_torch`: a ``torch.nn.LSTM`` or its
+            ``state_dict()``; ``batch_first``, ``dropout`` override the torch module's.
+          param_dtype: storage dtype; None (default) keeps the torch weights' dtype.
           **kwargs: other module attributes (``recurrent_dropout``, ``dtype``, ...). With
             ``learnable_initial_state``, ``h0``/``c0`` start at zeros.
 

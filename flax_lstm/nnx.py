@@ -9,19 +9,7 @@ shapes of `flax_lstm.init_params` (torch layout with a leading direction axis), 
 Dropout (between layers, and the optional recurrent dropout) follows the NNX conventions of
 `flax.nnx.Dropout`: it is active while ``deterministic`` is False (``model.train()``) and off
 after ``model.eval()``; each call draws a fresh key from the module's own ``'dropout'`` stream,
-forked from the ``rngs`` given to the constructor.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from flax import nnx
-  >>> import flax_lstm as fl
-  >>> model = fl.nnx.LSTM(3, 5, num_layers=2, dropout=0.1, rngs=nnx.Rngs(0))
-  >>> x = jnp.ones((7, 2, 3))  # (L, N, input_size)
-  >>> output, (h_n, c_n) = model(x)  # training mode: dropout between the layers
-  >>> model.eval()  # no dropout: torch.nn.LSTM(3, 5, 2, dropout=0.1).eval() semantics
-  >>> output, (h_n, c_n) = model(x)
-  >>> output.shape, h_n.shape, c_n.shape
-  ((7, 2, 5), (2, 2, 5), (2, 2, 5))
+forked from the ``rngs`` given to the constructor (see the example of `LSTM`).
 """
 
 from __future__ import annotations
@@ -45,6 +33,7 @@ from flax_lstm.params import (
 )
 
 Array = jax.Array
+RngsArg = nnx.Rngs | nnx.RngStream | Array | None  # a call's dropout stream or key
 
 __all__ = ["LSTM", "LSTMCell"]
 
@@ -60,9 +49,6 @@ def _dropout_key(rngs: Any, own: nnx.RngStream | None) -> Array:
     raise TypeError(f"rngs must be an nnx.Rngs, nnx.RngStream or a key, got {type(source)}")
 
 
-# --- modules -----------------------------------------------------------------------------------
-
-
 class LSTM(nnx.Module):
     """A multi-layer (bidirectional) LSTM with the semantics of ``torch.nn.LSTM``.
 
@@ -72,22 +58,13 @@ class LSTM(nnx.Module):
       input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
         proj_size: as ``torch.nn.LSTM`` (see `flax_lstm.LSTMConfig`; the same validation and
         errors).
-      recurrent_dropout: rate of variational dropout on ``h`` before ``W_hh`` (Gal &
-        Ghahramani): one mask per sequence, layer and direction, reused at every step. Only in
-        training mode. Not part of torch's LSTM; 0 (default) keeps torch parity.
+      dtype, recurrent_dropout, unroll, remat, cpu_kernel: passed to `flax_lstm.lstm`, which
+        documents them (compute dtype, None: promoted; variational dropout on ``h``, only in
+        training mode, 0 keeps torch parity; scan unroll; gate recomputation; CPU kernel).
       learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` ``(D·num_layers,
-        H_out)`` and ``c0`` ``(D·num_layers, H)`` (initialised to zeros, shared by every batch
-        row), used when a call gets no ``hx``. They are not part of torch's state dict.
-      dtype: compute dtype (e.g. ``jnp.bfloat16``); None: the promoted dtype of the input and
-        the parameters. Gates and the cell state are computed in at least float32; ``output``
-        and ``h_n`` come back in the compute dtype, ``c_n`` in float32 for bfloat16. In
-        bfloat16, outputs and states stay within 1e-2 (absolute) of float32 with the same
-        weights over a 300-step sequence, hidden size 256, two layers (tests/test_dtypes.py;
-        measured about 1e-3).
+        H_out)`` and ``c0`` ``(D·num_layers, H)`` (zeros at first, shared by every batch row),
+        used when a call gets no ``hx``; not part of torch's state dict.
       param_dtype: storage dtype of the parameters.
-      unroll, remat, cpu_kernel: passed to `flax_lstm.lstm` (scan unroll; recompute gates in
-        the backward; the compiled CPU kernel: None wherever it applies, False never, True
-        always or an error).
       deterministic: initial mode; False (default, as `flax.nnx.Dropout` and torch) applies
         dropout. ``model.train()`` / ``model.eval()`` set it.
       rngs: `flax.nnx.Rngs`. The ``params`` stream initialises the weights as torch does
@@ -103,13 +80,13 @@ class LSTM(nnx.Module):
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import flax_lstm as fl
-      >>> model = fl.nnx.LSTM(3, 5, num_layers=2, batch_first=True, rngs=nnx.Rngs(0))
+      >>> model = fl.nnx.LSTM(3, 5, 2, batch_first=True, dropout=0.1, rngs=nnx.Rngs(0))
       >>> x = jnp.ones((2, 7, 3))  # (N, L, input_size)
+      >>> output, (h_n, c_n) = model(x)  # training mode: dropout between the layers
+      >>> model.eval()  # no dropout: torch.nn.LSTM(3, 5, 2, dropout=0.1).eval() semantics
       >>> output, (h_n, c_n) = model(x, seq_lengths=jnp.array([7, 4]))
-      >>> output.shape, h_n.shape
-      ((2, 7, 5), (2, 2, 5))
-      >>> list(model.to_torch_state_dict())[:3]
-      ['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0']
+      >>> output.shape, h_n.shape, c_n.shape
+      ((2, 7, 5), (2, 2, 5), (2, 2, 5))
     """
 
     def __init__(
@@ -134,18 +111,11 @@ class LSTM(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         self.config = LSTMConfig(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias=bias,
-            batch_first=batch_first,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            proj_size=proj_size,
-        )
+            input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+            dropout=dropout, bidirectional=bidirectional, proj_size=proj_size,
+        )  # fmt: skip
         self.recurrent_dropout = _modules.check_recurrent_dropout(recurrent_dropout)
-        self.dtype = dtype
-        self.param_dtype = param_dtype
+        self.dtype, self.param_dtype = dtype, param_dtype
         self.unroll = unroll
         self.remat = bool(remat)
         self.cpu_kernel = None if cpu_kernel is None else bool(cpu_kernel)
@@ -218,29 +188,20 @@ class LSTM(nnx.Module):
             h0, c0 = self.h0[...], self.c0[...]
         return _modules.broadcast_initial_state(h0, c0, batch_size)
 
+    # fmt: off
     @overload
     def __call__(
-        self,
-        x: Any,
-        hx: tuple[Any, Any] | None = None,
-        *,
-        seq_lengths: Any = None,
-        return_all_states: Literal[False] = False,
-        deterministic: bool | None = None,
-        rngs: nnx.Rngs | nnx.RngStream | Array | None = None,
+        self, x: Any, hx: tuple[Any, Any] | None = None, *, seq_lengths: Any = None,
+        return_all_states: Literal[False] = False, deterministic: bool | None = None,
+        rngs: RngsArg = None,
     ) -> Output: ...
-
     @overload
     def __call__(
-        self,
-        x: Any,
-        hx: tuple[Any, Any] | None = None,
-        *,
-        seq_lengths: Any = None,
-        return_all_states: Literal[True],
-        deterministic: bool | None = None,
-        rngs: nnx.Rngs | nnx.RngStream | Array | None = None,
+        self, x: Any, hx: tuple[Any, Any] | None = None, *, seq_lengths: Any = None,
+        return_all_states: Literal[True], deterministic: bool | None = None,
+        rngs: RngsArg = None,
     ) -> OutputWithStates: ...
+    # fmt: on
 
     def __call__(
         self,
@@ -250,32 +211,24 @@ class LSTM(nnx.Module):
         seq_lengths: Any = None,
         return_all_states: bool = False,
         deterministic: bool | None = None,
-        rngs: nnx.Rngs | nnx.RngStream | Array | None = None,
+        rngs: RngsArg = None,
     ) -> Output | OutputWithStates:
         """Run the LSTM over ``x``; the arguments and results of `flax_lstm.lstm`.
 
         Args:
-          x: ``(L, N, input_size)``, ``(N, L, input_size)`` with ``batch_first``, or
-            unbatched ``(L, input_size)``.
-          hx: optional ``(h_0, c_0)``, ``(D·num_layers, N, H_out)`` and
-            ``(D·num_layers, N, H)`` (unbatched: no N). Default: `initial_state`. Passing the
-            previous call's ``(h_n, c_n)`` streams a long sequence in chunks
-            (see `flax_lstm.streaming`; unidirectional only: a
-            bidirectional layer's reverse direction needs the whole sequence).
-          seq_lengths: optional ``(N,)`` lengths, ``pack_padded_sequence`` semantics.
-          return_all_states: also return every layer's and direction's ``(h_t, c_t)`` at
-            every step as a third element.
+          x, hx, seq_lengths, return_all_states: as `flax_lstm.lstm`: ``x``
+            ``(L, N, input_size)`` (``(N, L, input_size)`` with ``batch_first``, unbatched
+            ``(L, input_size)``), ``hx`` ``(h_0, c_0)`` (default: `initial_state`; the last
+            call's ``(h_n, c_n)`` streams a sequence in chunks, see `flax_lstm.streaming`).
           deterministic: overrides the module's mode for this call (True: no dropout).
           rngs: overrides the module's dropout stream for this call (an `flax.nnx.Rngs`, a
             stream or a key).
 
         Returns:
-          ``(output, (h_n, c_n))``: ``output`` ``(L, N, D·H_out)`` (or batch-first, or
-          unbatched), ``h_n``/``c_n`` shaped as ``hx``. ``output`` and ``h_n`` are in the
-          compute dtype, ``c_n`` in float32 for bfloat16 compute. With ``return_all_states``
-          a third element `flax_lstm.LSTMState`: ``h`` ``(L, D·num_layers, N, H_out)`` and
-          ``c`` ``(L, D·num_layers, N, H)`` (batch-first: N first; unbatched: no N), row
-          ``layer·D + direction``, zero past each sequence's length.
+          ``(output, (h_n, c_n))`` as `flax_lstm.lstm`: ``(L, N, D·H_out)``,
+          ``(D·num_layers, N, H_out)``, ``(D·num_layers, N, H)``; with ``return_all_states`` a
+          third element, the per-step `flax_lstm.LSTMState` ``(L, D·num_layers, N, H_out)``,
+          ``(L, D·num_layers, N, H)``.
 
         Example:
           >>> import jax.numpy as jnp
@@ -337,11 +290,8 @@ class LSTM(nnx.Module):
           >>> torch.nn.LSTM(3, 5, num_layers=2).load_state_dict(sd)
           <All keys matched successfully>
         """
-        if state is None:
-            params = self.lstm_params()
-        else:
-            layers = nnx.to_pure_dict(state)["layers"]
-            params = [dict(layers[k]) for k in range(self.config.num_layers)]
+        layers = self.lstm_params() if state is None else nnx.to_pure_dict(state)["layers"]
+        params = [dict(layers[k]) for k in range(self.config.num_layers)]
         return to_torch_state_dict(params, self.config, as_tensors=as_tensors)
 
     @classmethod
@@ -358,17 +308,14 @@ class LSTM(nnx.Module):
         """Build the module with a ``torch.nn.LSTM``'s configuration and exact weights.
 
         Args:
-          source: a ``torch.nn.LSTM``, or its ``state_dict()`` (torch tensors or NumPy
-            arrays); the sizes, ``bias``, ``bidirectional`` and ``proj_size`` are read off
-            the weights.
+          source, batch_first, dropout: as `flax_lstm.from_torch` (a torch LSTM or its state
+            dict; ``batch_first`` and ``dropout`` override the module's).
           rngs: `flax.nnx.Rngs` (for the dropout stream).
-          batch_first, dropout: default: the module's (a state dict: False and 0.0).
           param_dtype: storage dtype; default: the torch weights' own dtype (lossless).
           **kwargs: other constructor options (``recurrent_dropout``, ``dtype``, ...).
 
         Returns:
-          The `LSTM`, in training mode as a fresh torch module; call ``.eval()`` for torch's
-          eval mode.
+          The `LSTM`, in training mode as a fresh torch module (``.eval()``: torch's eval).
 
         Example:
           >>> import torch
@@ -388,8 +335,8 @@ class LSTM(nnx.Module):
             for name, value in values.items():
                 layer[name].set_value(value)
         if model.h0 is not None:
-            model.h0.set_value(jnp.zeros(model.h0.shape, model.h0.dtype))
-            model.c0.set_value(jnp.zeros(model.c0.shape, model.c0.dtype))
+            h0, c0 = _modules.zero_initial_state(model.config, model.param_dtype)
+            model.h0.set_value(h0), model.c0.set_value(c0)
         model.rngs = model._dropout_stream(rngs)
         return model
 
@@ -436,12 +383,9 @@ class LSTMCell(nnx.Module):
         )
         self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bias
         self.dtype, self.param_dtype = dtype, param_dtype
-        self.w_ih = nnx.Param(params["w_ih"])
-        self.w_hh = nnx.Param(params["w_hh"])
-        if bias:
-            self.b_ih, self.b_hh = nnx.Param(params["b_ih"]), nnx.Param(params["b_hh"])
-        else:
-            self.b_ih = self.b_hh = nnx.data(None)
+        self.b_ih = self.b_hh = nnx.data(None)  # without bias
+        for name, value in params.items():
+            setattr(self, name, nnx.Param(value))
 
     def cell_params(self) -> dict[str, Array]:
         """The parameters as plain arrays, in the layout `flax_lstm.lstm_cell` takes.
