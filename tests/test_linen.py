@@ -1,5 +1,5 @@
-"""flax_lstm.linen: input-size inference, dropout keys, recurrent dropout, learnable initial
-state, per-step states, jit trace counts, Orbax checkpoints, and the functional API's errors."""
+"""flax_lstm.linen only: input-size inference, dropout keys, jit trace counts, Orbax
+checkpoints, the cell's init. What NNX and Linen share is tested for both in test_modules.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 import torch
-from torch_ref import same_error
 
 import flax_lstm as fl
 from flax_lstm import linen as fl_linen
@@ -82,45 +81,6 @@ def test_deterministic_equals_torch_and_dropout_keys():
         module.apply(variables, X, deterministic=False)
 
 
-def test_recurrent_dropout(base_vars):
-    module = BASE.clone(recurrent_dropout=0.4)  # same parameters as BASE
-    plain = _apply(BASE, base_vars, X)[0]
-    np.testing.assert_array_equal(_apply(module, base_vars, X)[0], plain)  # off: deterministic
-    a = _apply(module, base_vars, X, deterministic=False, key=jax.random.key(1))[0]
-    b = _apply(module, base_vars, X, deterministic=False, key=jax.random.key(1))[0]
-    np.testing.assert_array_equal(a, b)
-    assert not np.allclose(a, plain, atol=1e-4)
-    with pytest.raises(ValueError, match=r"recurrent_dropout must be in \[0, 1\)"):
-        fl_linen.LSTM(4, recurrent_dropout=-0.1)
-
-
-def test_learnable_initial_state(base_vars):
-    module = BASE.clone(learnable_initial_state=True)
-    variables = module.init(jax.random.key(0), X)
-    params = variables["params"]
-    assert params["h0"].shape == (2, 4) and params["c0"].shape == (2, 4)
-    assert not params["h0"].any() and not params["c0"].any()  # initialised to zeros
-    params = {**base_vars["params"], "h0": _x((2, 4), 1), "c0": _x((2, 4), 2)}
-    variables = {"params": params}
-    h0, c0 = module.initial_state(variables, batch_size=2)
-    assert h0.shape == (2, 2, 4)
-    want = _apply(BASE, base_vars, X, (h0, c0))[0]
-    np.testing.assert_array_equal(_apply(module, variables, X)[0], want)
-
-    grads = jax.grad(lambda p: _apply(module, {"params": p}, X)[0].sum())(params)
-    assert np.abs(grads["h0"]).sum() > 0 and np.abs(grads["c0"]).sum() > 0
-    assert list(module.to_torch_state_dict(grads)) == list(torch.nn.LSTM(3, 4, 2).state_dict())
-
-
-def test_per_step_states(base_vars):
-    out, (h_n, c_n), states = _apply(BASE, base_vars, X, return_all_states=True)
-    assert states.h.shape == (5, 2, 2, 4)  # L, D·layers, N, H
-    np.testing.assert_array_equal(states.h[-1], h_n)
-    np.testing.assert_array_equal(states.c[-1], c_n)
-    np.testing.assert_array_equal(states.h[:, 1], out)  # the last layer's h is the output
-    np.testing.assert_array_equal(_apply(BASE, base_vars, X)[0], out)
-
-
 def test_jit_train_step_traces_once():
     module = BASE.clone(dropout=0.2, recurrent_dropout=0.1)
     params = module.init(jax.random.key(0), X)["params"]
@@ -156,74 +116,16 @@ def test_orbax_round_trip(tmp_path, base_vars):
     np.testing.assert_array_equal(_apply(BASE, restored, X)[0], _apply(BASE, base_vars, X)[0])
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"hidden_size": 0},
-        {"num_layers": 0},
-        {"proj_size": 4},
-        {"dropout": -0.5},
-        {"num_layers": 2.0},
-        {"bidirectional": 3},
-    ],
-)
-def test_constructor_errors_match_config(kwargs):
-    args = {"hidden_size": 4, **kwargs}
-    same_error(lambda: fl_linen.LSTM(**args), lambda: fl.LSTMConfig(input_size=3, **args))
-
-
 def test_dropout_warning_at_init():
     module = fl_linen.LSTM(4, dropout=0.5)
     with pytest.warns(UserWarning, match="num_layers greater than 1"):
         module.init(jax.random.key(0), _x((2, 3)))
 
 
-@pytest.mark.parametrize(
-    "call",
-    [
-        {"x": np.ones((5, 2, 4), np.float32)},  # input size differs from the params'
-        {"x": np.ones((2, 5, 2, 3), np.float32)},  # wrong rank
-        {"hx": (np.zeros((2, 2, 4)), np.zeros((2, 2, 5)))},  # wrong hidden size
-        {"seq_lengths": np.array([1.0, 2.0])},  # not integers
-        {"seq_lengths": np.array([-1, 2])},  # negative
-    ],
-)
-def test_call_errors_match_functional(call, base_vars):
-    x = call.get("x", X)
-    kwargs = {k: v for k, v in call.items() if k != "x"}
-    hx = kwargs.pop("hx", None)
-    same_error(
-        lambda: BASE.apply(base_vars, x, hx, **kwargs),
-        lambda: fl.lstm(BASE.lstm_params(base_vars), x, hx, config=BASE.lstm_config(3), **kwargs),
-    )
-
-
 def test_init_with_invalid_input_gives_the_functional_error():
     module = fl_linen.LSTM(4)
     with pytest.raises(ValueError, match="input must be 3-D"):
         module.init(jax.random.key(0), np.ones((3,), np.float32))
-
-
-def test_cell_steps_match_the_lstm(base_vars):
-    cell = fl_linen.LSTMCell(4)
-    cell_vars = {"params": fl.cell_params(BASE.lstm_params(base_vars))}  # layer 0
-    assert jax.tree.map(jnp.shape, cell_vars) == jax.tree.map(
-        jnp.shape, jax.eval_shape(cell.init, jax.random.key(0), X[0])
-    )
-
-    @jax.jit
-    def unrolled(cell_vars, x):
-        h, c = cell.apply(cell_vars, x[0])
-        steps = [h]
-        for t in range(1, x.shape[0]):
-            h, c = cell.apply(cell_vars, x[t], (h, c))
-            steps.append(h)
-        return jnp.stack(steps)
-
-    _, _, states = _apply(BASE, base_vars, X, return_all_states=True)
-    np.testing.assert_allclose(unrolled(cell_vars, X), states.h[:, 0], atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
-        fl_linen.LSTMCell(0)
 
 
 def _random_draws(fn, *args):
