@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
@@ -76,6 +77,14 @@ def broadcast_initial_state(h0: Array, c0: Array, batch: int | None) -> LSTMStat
     )
 
 
+def initial_state(
+    config: LSTMConfig, dtype: Any, learned: tuple[Array, Array] | None, batch: int | None
+) -> LSTMState:
+    """The modules' ``initial_state``: the ``learned`` ``(h0, c0)`` or zeros, for ``batch`` rows."""
+    h0, c0 = zero_initial_state(config, dtype) if learned is None else learned
+    return broadcast_initial_state(h0, c0, batch)
+
+
 def call_lstm(
     module: Any,
     params: Params,
@@ -84,14 +93,19 @@ def call_lstm(
     initial: tuple[Array, Array] | None,
     *,
     config: LSTMConfig,
-    dropout_key: Array | None,
+    train: bool,
+    make_dropout_key: Callable[[], Array],
     seq_lengths: Any,
     return_all_states: bool,
 ) -> Output | OutputWithStates:
     """The one `flax_lstm.lstm` call of both modules, with the module's `LSTM_OPTIONS`.
 
-    ``initial`` (the learnable ``(h0, c0)``, or None) fills a missing ``hx``.
+    ``initial`` (the learnable ``(h0, c0)``, or None) fills a missing ``hx``. In training
+    (``train``), ``make_dropout_key()`` is called for a key when the module has dropout.
     """
+    dropout_key = None
+    if train and needs_dropout_key(config, module.recurrent_dropout):
+        dropout_key = make_dropout_key()
     if hx is None and initial is not None:
         batch = batch_size_of(x, config.batch_first)
         if batch is not False:

@@ -203,12 +203,10 @@ class LSTM(nn.Module):
         if self.learnable_initial_state:
             h0, c0 = _modules.zero_initial_state(config, self.param_dtype)
             initial = (self.param("h0", lambda _: h0), self.param("c0", lambda _: c0))
-        key = None
-        if not deterministic and _modules.needs_dropout_key(config, self.recurrent_dropout):
-            key = self.make_rng("dropout")
         return _modules.call_lstm(
-            self, params, x, hx, initial, config=config, dropout_key=key,
-            seq_lengths=seq_lengths, return_all_states=return_all_states,
+            self, params, x, hx, initial, config=config, train=not deterministic,
+            make_dropout_key=lambda: self.make_rng("dropout"), seq_lengths=seq_lengths,
+            return_all_states=return_all_states,
         )  # fmt: skip
 
     @nn.nowrap
@@ -231,14 +229,14 @@ class LSTM(nn.Module):
           >>> fl.linen.LSTM(4, num_layers=2).initial_state(batch_size=3).c.shape
           (2, 3, 4)
         """
+        learned = None
         if self.learnable_initial_state:
             if variables is None:
                 raise ValueError("initial_state needs the variables with learnable_initial_state")
             params = _params_collection(variables)
-            h0, c0 = jnp.asarray(params["h0"]), jnp.asarray(params["c0"])
-        else:
-            h0, c0 = _modules.zero_initial_state(self.lstm_config(1, warn=False), self.param_dtype)
-        return _modules.broadcast_initial_state(h0, c0, batch_size)
+            learned = jnp.asarray(params["h0"]), jnp.asarray(params["c0"])
+        config = self.lstm_config(1, warn=False)
+        return _modules.initial_state(config, self.param_dtype, learned, batch_size)
 
     @nn.nowrap
     def to_torch_state_dict(
@@ -377,11 +375,11 @@ class LSTMCell(nn.Module):
 
         Args:
           variables: the cell's variables, its ``params`` collection, or a pytree like it.
-          as_tensors: torch tensors (bfloat16 bit-exact) instead of NumPy arrays.
+          as_tensors: return torch tensors (bfloat16 bit-exact), not NumPy arrays.
 
         Returns:
-          ``{'weight_ih': (4H, in), 'weight_hh': (4H, H), 'bias_ih': (4H,), 'bias_hh': (4H,)}``
-          (no biases without ``bias``), see `flax_lstm.cell_to_torch_state_dict`.
+          `flax_lstm.cell_to_torch_state_dict` of the params: ``weight_ih`` ``(4H, in)``,
+          ``weight_hh`` ``(4H, H)``, and with ``bias`` ``bias_ih``, ``bias_hh`` ``(4H,)``.
 
         Example:
           >>> import jax, jax.numpy as jnp

@@ -182,11 +182,10 @@ class LSTM(nnx.Module):
           >>> model.initial_state(batch_size=2).h.shape
           (1, 2, 5)
         """
-        if self.h0 is None:
-            h0, c0 = _modules.zero_initial_state(self.config, self.param_dtype)
-        else:
-            h0, c0 = self.h0[...], self.c0[...]
-        return _modules.broadcast_initial_state(h0, c0, batch_size)
+        return _modules.initial_state(self.config, self.param_dtype, self._learned(), batch_size)
+
+    def _learned(self) -> tuple[Array, Array] | None:
+        return None if self.h0 is None else (self.h0[...], self.c0[...])
 
     # fmt: off
     @overload
@@ -241,15 +240,11 @@ class LSTM(nnx.Module):
           >>> bool(jnp.allclose(states.h[-1], h_n))
           True
         """
-        if deterministic is None:
-            deterministic = self.deterministic
-        key = None
-        if not deterministic and _modules.needs_dropout_key(self.config, self.recurrent_dropout):
-            key = _dropout_key(rngs, self.rngs)
-        initial = None if self.h0 is None else (self.h0[...], self.c0[...])
+        train = not (self.deterministic if deterministic is None else deterministic)
         return _modules.call_lstm(
-            self, self.lstm_params(), x, hx, initial, config=self.config, dropout_key=key,
-            seq_lengths=seq_lengths, return_all_states=return_all_states,
+            self, self.lstm_params(), x, hx, self._learned(), config=self.config, train=train,
+            make_dropout_key=lambda: _dropout_key(rngs, self.rngs), seq_lengths=seq_lengths,
+            return_all_states=return_all_states,
         )  # fmt: skip
 
     def set_view(self, deterministic: bool | None = None) -> None:
