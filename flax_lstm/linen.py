@@ -35,20 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_lstm import _checks, _modules
+from flax_lstm._modules import Output, OutputWithStates
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
-from flax_lstm.nnx import (
-    Output,
-    OutputWithStates,
-    _broadcast_initial_state,
-    _call_lstm,
-    _cell_to_torch_state_dict,
-    _check_recurrent_dropout,
-    _load_torch,
-    _load_torch_cell,
-    _needs_dropout_key,
-)
-from flax_lstm.params import Params, init_cell_params, init_params, to_torch_state_dict
+from flax_lstm.params import Params, cell_to_torch_state_dict, init_params, to_torch_state_dict
 
 Array = jax.Array
 
@@ -85,22 +76,12 @@ class LSTM(nn.Module):
       hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size: as
         ``torch.nn.LSTM`` (see `flax_lstm.LSTMConfig`; the same validation and errors, raised
         when the module is constructed).
-      dtype: compute dtype (e.g. ``jnp.bfloat16``); None: the promoted dtype of the input and
-        the parameters. Gates and the cell state are computed in at least float32; ``output``
-        and ``h_n`` come back in the compute dtype, ``c_n`` in float32 for bfloat16. In
-        bfloat16, outputs and states stay within 1e-2 (absolute) of float32 with the same
-        weights over a 300-step sequence, hidden size 256, two layers (tests/test_dtypes.py;
-        measured about 1e-3).
       param_dtype: storage dtype of the parameters.
-      recurrent_dropout: rate of variational dropout on ``h`` before ``W_hh`` (Gal &
-        Ghahramani): one mask per sequence, layer and direction, reused at every step. Only
-        with ``deterministic=False``. Not part of torch's LSTM; 0 (default) keeps torch parity.
-      learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` ``(D·num_layers,
-        H_out)`` and ``c0`` ``(D·num_layers, H)`` (initialised to zeros, shared by every batch
-        row), used when a call gets no ``hx``. They are not part of torch's state dict.
-      unroll, remat, cpu_kernel: passed to `flax_lstm.lstm` (scan unroll; recompute gates in
-        the backward; the compiled CPU kernel: None wherever it applies, False never, True
-        always or an error).
+      dtype, recurrent_dropout, unroll, remat, cpu_kernel: passed to `flax_lstm.lstm` (see
+        there); recurrent dropout applies only with ``deterministic=False``.
+      learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` and ``c0``, zeros at
+        first and shared by every batch row (shapes: `initial_state` without N), used when a
+        call gets no ``hx``; not part of torch's state dict.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -131,7 +112,7 @@ class LSTM(nn.Module):
     def __post_init__(self) -> None:
         # Validate the arguments now, as torch does; the dropout warning is given at init.
         self.lstm_config(1, warn=False)
-        _check_recurrent_dropout(self.recurrent_dropout)
+        _modules.check_recurrent_dropout(self.recurrent_dropout)
         super().__post_init__()
 
     @nn.nowrap
@@ -197,26 +178,17 @@ class LSTM(nn.Module):
         """Run the LSTM over ``x``; the arguments and results of `flax_lstm.lstm`.
 
         Args:
-          x: ``(L, N, input_size)``, ``(N, L, input_size)`` with ``batch_first``, or
-            unbatched ``(L, input_size)``.
-          hx: optional ``(h_0, c_0)``, ``(D·num_layers, N, H_out)`` and
-            ``(D·num_layers, N, H)`` (unbatched: no N); default: zeros or the learned
-            initial state. Passing the previous call's ``(h_n, c_n)`` streams a long sequence
-            in chunks (see `flax_lstm.streaming`; unidirectional only: a
-            bidirectional layer's reverse direction needs the whole sequence).
-          seq_lengths: optional ``(N,)`` lengths, ``pack_padded_sequence`` semantics.
+          x: the input, ``(L, N, input_size)``; ``(N, L, input_size)`` with ``batch_first``;
+            ``(L, input_size)`` unbatched.
+          hx, seq_lengths, return_all_states: as in `flax_lstm.lstm`. ``hx`` defaults to
+            `initial_state`; passing the last call's ``(h_n, c_n)`` streams in chunks.
           deterministic: True (default) disables dropout; False applies it with keys from
             the ``'dropout'`` RNG stream.
-          return_all_states: also return every layer's and direction's ``(h_t, c_t)`` at
-            every step as a third element.
 
         Returns:
-          ``(output, (h_n, c_n))``: ``output`` ``(L, N, D·H_out)`` (or batch-first, or
-          unbatched), ``h_n``/``c_n`` shaped as ``hx``. ``output`` and ``h_n`` are in the
-          compute dtype, ``c_n`` in float32 for bfloat16 compute. With ``return_all_states``
-          a third element `flax_lstm.LSTMState`: ``h`` ``(L, D·num_layers, N, H_out)`` and
-          ``c`` ``(L, D·num_layers, N, H)`` (batch-first: N first; unbatched: no N), row
-          ``layer·D + direction``, zero past each sequence's length.
+          The `flax_lstm.lstm` result: ``output`` ``(L, N, D·H_out)``, ``(h_n, c_n)`` each
+          ``(D·num_layers, N, ·)``, and with ``return_all_states`` the per-step
+          `flax_lstm.LSTMState` (``(L, D·num_layers, N, ·)``).
         """
         if self.has_variable("params", "layer_0"):  # apply: the size the params were made for
             input_size = int(np.shape(self.get_variable("params", "layer_0")["w_ih"])[-1])
@@ -227,21 +199,14 @@ class LSTM(nn.Module):
             self.param(f"layer_{k}", _init_layer, config, k, self.param_dtype)
             for k in range(config.num_layers)
         ]
-        rows = config.num_directions * config.num_layers
+        initial = None
         if self.learnable_initial_state:
-            h0 = self.param(
-                "h0", nn.initializers.zeros, (rows, config.output_size), self.param_dtype
-            )
-            c0 = self.param(
-                "c0", nn.initializers.zeros, (rows, config.hidden_size), self.param_dtype
-            )
-        key = None
-        if not deterministic and _needs_dropout_key(config, self.recurrent_dropout):
-            key = self.make_rng("dropout")
-        initial = (h0, c0) if self.learnable_initial_state else None
-        return _call_lstm(
-            self, params, x, hx, initial, config=config, dropout_key=key,
-            seq_lengths=seq_lengths, return_all_states=return_all_states,
+            h0, c0 = _modules.zero_initial_state(config, self.param_dtype)
+            initial = (self.param("h0", lambda _: h0), self.param("c0", lambda _: c0))
+        return _modules.call_lstm(
+            self, params, x, hx, initial, config=config, train=not deterministic,
+            make_dropout_key=lambda: self.make_rng("dropout"), seq_lengths=seq_lengths,
+            return_all_states=return_all_states,
         )  # fmt: skip
 
     @nn.nowrap
@@ -264,29 +229,29 @@ class LSTM(nn.Module):
           >>> fl.linen.LSTM(4, num_layers=2).initial_state(batch_size=3).c.shape
           (2, 3, 4)
         """
-        config = self.lstm_config(1, warn=False)
-        rows = config.num_directions * config.num_layers
+        learned = None
         if self.learnable_initial_state:
             if variables is None:
                 raise ValueError("initial_state needs the variables with learnable_initial_state")
             params = _params_collection(variables)
-            h0, c0 = jnp.asarray(params["h0"]), jnp.asarray(params["c0"])
-        else:
-            h0 = jnp.zeros((rows, config.output_size), self.param_dtype)
-            c0 = jnp.zeros((rows, config.hidden_size), self.param_dtype)
-        return _broadcast_initial_state(h0, c0, batch_size)
+            learned = jnp.asarray(params["h0"]), jnp.asarray(params["c0"])
+        config = self.lstm_config(1, warn=False)
+        return _modules.initial_state(config, self.param_dtype, learned, batch_size)
 
     @nn.nowrap
-    def to_torch_state_dict(self, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """``torch.nn.LSTM``'s state dict (NumPy arrays) of the parameters.
+    def to_torch_state_dict(
+        self, variables: Mapping[str, Any], *, as_tensors: bool = False
+    ) -> dict[str, Any]:
+        """``torch.nn.LSTM``'s state dict of the parameters (`flax_lstm.to_torch_state_dict`).
 
         Args:
           variables: the module's variables, its ``params`` collection, or a pytree shaped
             like it (e.g. gradients). A learnable initial state is left out.
+          as_tensors: torch tensors (bfloat16 bit-exact) instead of NumPy arrays.
 
         Returns:
-          ``{name: array}`` with the names, shapes and order of
-          ``torch.nn.LSTM(...).state_dict()``.
+          ``{name: array}`` with the names, shapes, order and dtypes of
+          ``torch.nn.LSTM(...).state_dict()`` (``weight_ih_l0`` ``(4H, input_size)``, ...).
 
         Example:
           >>> import jax, jax.numpy as jnp
@@ -298,7 +263,7 @@ class LSTM(nn.Module):
         """
         params = self.lstm_params(variables)
         config = self.lstm_config(int(np.shape(params[0]["w_ih"])[-1]), warn=False)
-        return to_torch_state_dict(params, config)
+        return to_torch_state_dict(params, config, as_tensors=as_tensors)
 
     @classmethod
     def from_torch(
@@ -313,11 +278,9 @@ class LSTM(nn.Module):
         """The module and variables of a ``torch.nn.LSTM``: its configuration, exact weights.
 
         Args:
-          source: a ``torch.nn.LSTM``, or its ``state_dict()`` (torch tensors or NumPy
-            arrays); the sizes, ``bias``, ``bidirectional`` and ``proj_size`` are read off
-            the weights.
-          batch_first, dropout: default: the module's (a state dict: False and 0.0).
-          param_dtype: storage dtype; default: the torch weights' own dtype (lossless).
+          source, batch_first, dropout: as `flax_lstm.from_torch`: a ``torch.nn.LSTM`` or its
+            ``state_dict()``; ``batch_first``, ``dropout`` override the torch module's.
+          param_dtype: storage dtype; None (default) keeps the torch weights' dtype.
           **kwargs: other module attributes (``recurrent_dropout``, ``dtype``, ...). With
             ``learnable_initial_state``, ``h0``/``c0`` start at zeros.
 
@@ -333,25 +296,16 @@ class LSTM(nn.Module):
           >>> output.shape
           (2, 4, 5)
         """
-        config, params = _load_torch(
-            source, batch_first=batch_first, dropout=dropout, param_dtype=param_dtype
-        )
-        if param_dtype is None:
-            param_dtype = params[0]["w_ih"].dtype
-        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        del fields["input_size"]
-        module = cls(**fields, param_dtype=param_dtype, **kwargs)
+        fields, params = _modules.lstm_from_torch(source, batch_first, dropout, param_dtype)
+        input_size = fields.pop("input_size")
+        module = cls(**fields, **kwargs)
         collection: dict[str, Any] = {f"layer_{k}": layer for k, layer in enumerate(params)}
         if module.learnable_initial_state:
-            h0, c0 = _zero_initial(config)
-            collection["h0"] = h0.astype(param_dtype)
-            collection["c0"] = c0.astype(param_dtype)
+            config = module.lstm_config(input_size, warn=False)
+            collection["h0"], collection["c0"] = _modules.zero_initial_state(
+                config, module.param_dtype
+            )
         return module, {"params": collection}
-
-
-def _zero_initial(config: LSTMConfig) -> tuple[Array, Array]:
-    rows = config.num_directions * config.num_layers
-    return jnp.zeros((rows, config.output_size)), jnp.zeros((rows, config.hidden_size))
 
 
 class LSTMCell(nn.Module):
@@ -405,20 +359,27 @@ class LSTMCell(nn.Module):
         else:
             shape = np.shape(x)
             input_size = int(shape[-1]) if len(shape) in (1, 2) and shape[-1] > 0 else 1
-        names = ("w_ih", "w_hh", "b_ih", "b_hh") if self.bias else ("w_ih", "w_hh")
-
-        def init(key: Array, name: str) -> Array:
-            p = init_cell_params(
-                key, input_size, self.hidden_size, bias=self.bias, dtype=self.param_dtype
-            )
-            return p[name]
-
-        params = {name: self.param(name, init, name) for name in names}
+        # Each parameter draws only itself (its own key), with torch's U(-1/√H, 1/√H).
+        shapes = _checks.expected_layer_shapes(input_size, self.hidden_size, 0, self.bias)
+        init = _modules.torch_init(self.hidden_size)
+        params = {
+            name: self.param(name, init, shape, self.param_dtype) for name, shape in shapes.items()
+        }
         return lstm_cell(params, x, hx, dtype=self.dtype)
 
     @nn.nowrap
-    def to_torch_state_dict(self, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """``torch.nn.LSTMCell``'s state dict (NumPy arrays) of the variables (or gradients).
+    def to_torch_state_dict(
+        self, variables: Mapping[str, Any], *, as_tensors: bool = False
+    ) -> dict[str, Any]:
+        """``torch.nn.LSTMCell``'s state dict of the variables (or gradients).
+
+        Args:
+          variables: the cell's variables, its ``params`` collection, or a pytree like it.
+          as_tensors: return torch tensors (bfloat16 bit-exact), not NumPy arrays.
+
+        Returns:
+          `flax_lstm.cell_to_torch_state_dict` of the params: ``weight_ih`` ``(4H, in)``,
+          ``weight_hh`` ``(4H, H)``, and with ``bias`` ``bias_ih``, ``bias_hh`` ``(4H,)``.
 
         Example:
           >>> import jax, jax.numpy as jnp
@@ -428,7 +389,7 @@ class LSTMCell(nn.Module):
           >>> list(cell.to_torch_state_dict(variables))
           ['weight_ih', 'weight_hh', 'bias_ih', 'bias_hh']
         """
-        return _cell_to_torch_state_dict(_params_collection(variables))
+        return cell_to_torch_state_dict(_params_collection(variables), as_tensors=as_tensors)
 
     @classmethod
     def from_torch(
@@ -442,11 +403,6 @@ class LSTMCell(nn.Module):
           >>> variables['params']['w_ih'].shape
           (20, 3)
         """
-        params = _load_torch_cell(source, param_dtype)
-        cell = cls(
-            params["w_ih"].shape[0] // 4,
-            bias="b_ih" in params,
-            param_dtype=params["w_ih"].dtype if param_dtype is None else param_dtype,
-            **kwargs,
-        )
-        return cell, {"params": params}
+        fields, params = _modules.cell_from_torch(source, param_dtype)
+        del fields["input_size"]  # inferred from the input
+        return cls(**fields, **kwargs), {"params": params}

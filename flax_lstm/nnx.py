@@ -9,221 +9,33 @@ shapes of `flax_lstm.init_params` (torch layout with a leading direction axis), 
 Dropout (between layers, and the optional recurrent dropout) follows the NNX conventions of
 `flax.nnx.Dropout`: it is active while ``deterministic`` is False (``model.train()``) and off
 after ``model.eval()``; each call draws a fresh key from the module's own ``'dropout'`` stream,
-forked from the ``rngs`` given to the constructor.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from flax import nnx
-  >>> import flax_lstm as fl
-  >>> model = fl.nnx.LSTM(3, 5, num_layers=2, dropout=0.1, rngs=nnx.Rngs(0))
-  >>> x = jnp.ones((7, 2, 3))  # (L, N, input_size)
-  >>> output, (h_n, c_n) = model(x)  # training mode: dropout between the layers
-  >>> model.eval()  # no dropout: torch.nn.LSTM(3, 5, 2, dropout=0.1).eval() semantics
-  >>> output, (h_n, c_n) = model(x)
-  >>> output.shape, h_n.shape, c_n.shape
-  ((7, 2, 5), (2, 2, 5), (2, 2, 5))
+forked from the ``rngs`` given to the constructor (see the example of `LSTM`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
-from collections.abc import Mapping
 from typing import Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from flax_lstm import _checks
+from flax_lstm import _modules
+from flax_lstm._modules import Output, OutputWithStates
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import (
     Params,
-    config_from_torch,
-    from_torch_state_dict,
+    cell_to_torch_state_dict,
     init_cell_params,
     init_params,
     to_torch_state_dict,
 )
-from flax_lstm.stack import lstm
 
 Array = jax.Array
-Output = tuple[Array, tuple[Array, Array]]
-OutputWithStates = tuple[Array, tuple[Array, Array], LSTMState]
+RngsArg = nnx.Rngs | nnx.RngStream | Array | None  # a call's dropout stream or key
 
 __all__ = ["LSTM", "LSTMCell"]
-
-_CELL_TORCH_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
-
-
-# --- helpers shared with flax_lstm.linen -------------------------------------------------------
-
-
-def _check_recurrent_dropout(rate: Any) -> float:
-    """``rate`` as a float in [0, 1), with the functional API's error otherwise."""
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
-        raise ValueError(f"recurrent_dropout must be in [0, 1), got {rate}")
-    return float(rate)
-
-
-def _needs_dropout_key(config: LSTMConfig, recurrent_dropout: float) -> bool:
-    """Whether a forward in training mode uses a dropout key at all."""
-    return (config.dropout > 0 and config.num_layers > 1) or recurrent_dropout > 0
-
-
-def _batch_size_of(x: Any, batch_first: bool) -> int | Literal[False] | None:
-    """N of an input, None when unbatched, False when the input's rank is invalid.
-
-    (`flax_lstm.lstm` raises the error for an invalid input; this only decides how to
-    broadcast an initial state.)
-    """
-    ndim = np.ndim(x)
-    if ndim == 2:
-        return None
-    if ndim == 3:
-        return int(np.shape(x)[0 if batch_first else 1])
-    return False
-
-
-def _broadcast_initial_state(h0: Array, c0: Array, batch: int | None) -> LSTMState:
-    """A shared initial state ``(D·num_layers, H)`` broadcast to ``batch`` rows (axis 1)."""
-    if batch is None:
-        return LSTMState(h0, c0)
-    return LSTMState(
-        jnp.broadcast_to(h0[:, None], (h0.shape[0], batch, h0.shape[1])),
-        jnp.broadcast_to(c0[:, None], (c0.shape[0], batch, c0.shape[1])),
-    )
-
-
-def _call_lstm(
-    module: Any,
-    params: Params,
-    x: Any,
-    hx: Any,
-    initial: tuple[Array, Array] | None,
-    *,
-    config: LSTMConfig,
-    dropout_key: Array | None,
-    seq_lengths: Any,
-    return_all_states: bool,
-) -> Output | OutputWithStates:
-    """The one `flax_lstm.lstm` call of both modules (NNX and Linen), with the module's options.
-
-    ``initial`` (the learnable ``(h0, c0)``, or None) fills a missing ``hx``.
-    """
-    if hx is None and initial is not None:
-        batch = _batch_size_of(x, config.batch_first)
-        if batch is not False:
-            hx = _broadcast_initial_state(*initial, batch)
-    return lstm(
-        params,
-        x,
-        hx,
-        config=config,
-        seq_lengths=seq_lengths,
-        dropout_key=dropout_key,
-        dtype=module.dtype,
-        recurrent_dropout=module.recurrent_dropout,
-        return_all_states=return_all_states,
-        unroll=module.unroll,
-        remat=module.remat,
-        cpu_kernel=module.cpu_kernel,
-    )
-
-
-def _shape(value: Any) -> tuple[int, ...]:
-    return tuple(value.shape) if hasattr(value, "shape") else tuple(np.shape(value))
-
-
-def _config_from_state_dict(
-    state_dict: Mapping[str, Any], *, batch_first: bool = False, dropout: float = 0.0
-) -> LSTMConfig:
-    """The `LSTMConfig` of a ``torch.nn.LSTM`` state dict (sizes read off the weights).
-
-    ``batch_first`` and ``dropout`` are not in a state dict and must be given.
-    `flax_lstm.from_torch_state_dict` then checks every key and shape against the config.
-    """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(
-            f"expected a torch.nn.LSTM or its state_dict, got {type(state_dict).__name__}"
-        )
-    if "weight_ih_l0" not in state_dict:
-        raise KeyError(
-            "state_dict is missing 'weight_ih_l0': not the state dict of a torch.nn.LSTM"
-        )
-    w_ih = _shape(state_dict["weight_ih_l0"])
-    if len(w_ih) != 2 or w_ih[0] % 4:
-        raise ValueError(f"state_dict['weight_ih_l0'] must have shape (4H, in), got {w_ih}")
-    num_layers = 0
-    while f"weight_ih_l{num_layers}" in state_dict:
-        num_layers += 1
-    proj = _shape(state_dict["weight_hr_l0"])[0] if "weight_hr_l0" in state_dict else 0
-    return LSTMConfig(
-        input_size=w_ih[1],
-        hidden_size=w_ih[0] // 4,
-        num_layers=num_layers,
-        bias="bias_ih_l0" in state_dict,
-        batch_first=batch_first,
-        dropout=dropout,
-        bidirectional="weight_ih_l0_reverse" in state_dict,
-        proj_size=proj,
-    )
-
-
-def _load_torch(
-    source: Any,
-    *,
-    batch_first: bool | None = None,
-    dropout: float | None = None,
-    param_dtype: Any = None,
-) -> tuple[LSTMConfig, Params]:
-    """Config and params of a ``torch.nn.LSTM`` module or of its state dict.
-
-    A module supplies ``batch_first`` and ``dropout`` unless they are given; a state dict
-    needs them given (default False and 0). Values keep their dtype unless ``param_dtype``.
-    """
-    if hasattr(source, "state_dict") and not isinstance(source, Mapping):
-        config = config_from_torch(source)
-        overrides = {
-            k: v for k, v in (("batch_first", batch_first), ("dropout", dropout)) if v is not None
-        }
-        if overrides:
-            config = dataclasses.replace(config, **overrides)
-        state_dict = source.state_dict()
-    else:
-        config = _config_from_state_dict(
-            source, batch_first=bool(batch_first), dropout=dropout or 0.0
-        )
-        state_dict = source
-    return config, from_torch_state_dict(state_dict, config, dtype=param_dtype)
-
-
-def _load_torch_cell(source: Any, param_dtype: Any = None) -> dict[str, Array]:
-    """Cell params (`flax_lstm.lstm_cell` layout) of a ``torch.nn.LSTMCell`` or its state dict."""
-    state_dict = source.state_dict() if hasattr(source, "state_dict") else source
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(
-            f"expected a torch.nn.LSTMCell or its state_dict, got {type(source).__name__}"
-        )
-    unexpected = sorted(set(state_dict) - set(_CELL_TORCH_NAMES.values()))
-    if unexpected:
-        raise ValueError(f"not a torch.nn.LSTMCell state dict: unexpected keys {unexpected}")
-    # One direction of a one-layer LSTM has the same parameters under suffixed names.
-    renamed = {f"{k}_l0": v for k, v in state_dict.items()}
-    config = _config_from_state_dict(renamed)
-    params = from_torch_state_dict(renamed, config, dtype=param_dtype)
-    return {k: v[0] for k, v in params[0].items()}
-
-
-def _cell_to_torch_state_dict(cell_params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``torch.nn.LSTMCell``'s state dict (NumPy arrays) of cell params."""
-    return {
-        torch_name: np.asarray(cell_params[name])
-        for name, torch_name in _CELL_TORCH_NAMES.items()
-        if name in cell_params
-    }
 
 
 def _dropout_key(rngs: Any, own: nnx.RngStream | None) -> Array:
@@ -237,9 +49,6 @@ def _dropout_key(rngs: Any, own: nnx.RngStream | None) -> Array:
     raise TypeError(f"rngs must be an nnx.Rngs, nnx.RngStream or a key, got {type(source)}")
 
 
-# --- modules -----------------------------------------------------------------------------------
-
-
 class LSTM(nnx.Module):
     """A multi-layer (bidirectional) LSTM with the semantics of ``torch.nn.LSTM``.
 
@@ -249,22 +58,13 @@ class LSTM(nnx.Module):
       input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
         proj_size: as ``torch.nn.LSTM`` (see `flax_lstm.LSTMConfig`; the same validation and
         errors).
-      recurrent_dropout: rate of variational dropout on ``h`` before ``W_hh`` (Gal &
-        Ghahramani): one mask per sequence, layer and direction, reused at every step. Only in
-        training mode. Not part of torch's LSTM; 0 (default) keeps torch parity.
+      dtype, recurrent_dropout, unroll, remat, cpu_kernel: passed to `flax_lstm.lstm`, which
+        documents them (compute dtype, None: promoted; variational dropout on ``h``, only in
+        training mode, 0 keeps torch parity; scan unroll; gate recomputation; CPU kernel).
       learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` ``(D·num_layers,
-        H_out)`` and ``c0`` ``(D·num_layers, H)`` (initialised to zeros, shared by every batch
-        row), used when a call gets no ``hx``. They are not part of torch's state dict.
-      dtype: compute dtype (e.g. ``jnp.bfloat16``); None: the promoted dtype of the input and
-        the parameters. Gates and the cell state are computed in at least float32; ``output``
-        and ``h_n`` come back in the compute dtype, ``c_n`` in float32 for bfloat16. In
-        bfloat16, outputs and states stay within 1e-2 (absolute) of float32 with the same
-        weights over a 300-step sequence, hidden size 256, two layers (tests/test_dtypes.py;
-        measured about 1e-3).
+        H_out)`` and ``c0`` ``(D·num_layers, H)`` (zeros at first, shared by every batch row),
+        used when a call gets no ``hx``; not part of torch's state dict.
       param_dtype: storage dtype of the parameters.
-      unroll, remat, cpu_kernel: passed to `flax_lstm.lstm` (scan unroll; recompute gates in
-        the backward; the compiled CPU kernel: None wherever it applies, False never, True
-        always or an error).
       deterministic: initial mode; False (default, as `flax.nnx.Dropout` and torch) applies
         dropout. ``model.train()`` / ``model.eval()`` set it.
       rngs: `flax.nnx.Rngs`. The ``params`` stream initialises the weights as torch does
@@ -280,13 +80,13 @@ class LSTM(nnx.Module):
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import flax_lstm as fl
-      >>> model = fl.nnx.LSTM(3, 5, num_layers=2, batch_first=True, rngs=nnx.Rngs(0))
+      >>> model = fl.nnx.LSTM(3, 5, 2, batch_first=True, dropout=0.1, rngs=nnx.Rngs(0))
       >>> x = jnp.ones((2, 7, 3))  # (N, L, input_size)
+      >>> output, (h_n, c_n) = model(x)  # training mode: dropout between the layers
+      >>> model.eval()  # no dropout: torch.nn.LSTM(3, 5, 2, dropout=0.1).eval() semantics
       >>> output, (h_n, c_n) = model(x, seq_lengths=jnp.array([7, 4]))
-      >>> output.shape, h_n.shape
-      ((2, 7, 5), (2, 2, 5))
-      >>> list(model.to_torch_state_dict())[:3]
-      ['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0']
+      >>> output.shape, h_n.shape, c_n.shape
+      ((2, 7, 5), (2, 2, 5), (2, 2, 5))
     """
 
     def __init__(
@@ -311,18 +111,11 @@ class LSTM(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         self.config = LSTMConfig(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias=bias,
-            batch_first=batch_first,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            proj_size=proj_size,
-        )
-        self.recurrent_dropout = _check_recurrent_dropout(recurrent_dropout)
-        self.dtype = dtype
-        self.param_dtype = param_dtype
+            input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+            dropout=dropout, bidirectional=bidirectional, proj_size=proj_size,
+        )  # fmt: skip
+        self.recurrent_dropout = _modules.check_recurrent_dropout(recurrent_dropout)
+        self.dtype, self.param_dtype = dtype, param_dtype
         self.unroll = unroll
         self.remat = bool(remat)
         self.cpu_kernel = None if cpu_kernel is None else bool(cpu_kernel)
@@ -331,16 +124,15 @@ class LSTM(nnx.Module):
             raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
         params = init_params(rngs.params(), self.config, param_dtype)
         self.layers = nnx.data([{k: nnx.Param(v) for k, v in layer.items()} for layer in params])
-        rows = self.config.num_directions * self.config.num_layers
         if learnable_initial_state:
-            self.h0 = nnx.Param(jnp.zeros((rows, self.config.output_size), param_dtype))
-            self.c0 = nnx.Param(jnp.zeros((rows, self.config.hidden_size), param_dtype))
+            h0, c0 = _modules.zero_initial_state(self.config, param_dtype)
+            self.h0, self.c0 = nnx.Param(h0), nnx.Param(c0)
         else:
             self.h0 = self.c0 = nnx.data(None)
         self.rngs = nnx.data(self._dropout_stream(rngs))
 
     def _dropout_stream(self, rngs: nnx.Rngs) -> nnx.RngStream | None:
-        if not _needs_dropout_key(self.config, self.recurrent_dropout):
+        if not _modules.needs_dropout_key(self.config, self.recurrent_dropout):
             return None
         try:
             stream = rngs["dropout"]
@@ -390,37 +182,25 @@ class LSTM(nnx.Module):
           >>> model.initial_state(batch_size=2).h.shape
           (1, 2, 5)
         """
-        if self.h0 is None:
-            rows = self.config.num_directions * self.config.num_layers
-            h0 = jnp.zeros((rows, self.config.output_size), self.param_dtype)
-            c0 = jnp.zeros((rows, self.config.hidden_size), self.param_dtype)
-        else:
-            h0, c0 = self.h0[...], self.c0[...]
-        return _broadcast_initial_state(h0, c0, batch_size)
+        return _modules.initial_state(self.config, self.param_dtype, self._learned(), batch_size)
 
+    def _learned(self) -> tuple[Array, Array] | None:
+        return None if self.h0 is None else (self.h0[...], self.c0[...])
+
+    # fmt: off
     @overload
     def __call__(
-        self,
-        x: Any,
-        hx: tuple[Any, Any] | None = None,
-        *,
-        seq_lengths: Any = None,
-        return_all_states: Literal[False] = False,
-        deterministic: bool | None = None,
-        rngs: nnx.Rngs | nnx.RngStream | Array | None = None,
+        self, x: Any, hx: tuple[Any, Any] | None = None, *, seq_lengths: Any = None,
+        return_all_states: Literal[False] = False, deterministic: bool | None = None,
+        rngs: RngsArg = None,
     ) -> Output: ...
-
     @overload
     def __call__(
-        self,
-        x: Any,
-        hx: tuple[Any, Any] | None = None,
-        *,
-        seq_lengths: Any = None,
-        return_all_states: Literal[True],
-        deterministic: bool | None = None,
-        rngs: nnx.Rngs | nnx.RngStream | Array | None = None,
+        self, x: Any, hx: tuple[Any, Any] | None = None, *, seq_lengths: Any = None,
+        return_all_states: Literal[True], deterministic: bool | None = None,
+        rngs: RngsArg = None,
     ) -> OutputWithStates: ...
+    # fmt: on
 
     def __call__(
         self,
@@ -430,32 +210,24 @@ class LSTM(nnx.Module):
         seq_lengths: Any = None,
         return_all_states: bool = False,
         deterministic: bool | None = None,
-        rngs: nnx.Rngs | nnx.RngStream | Array | None = None,
+        rngs: RngsArg = None,
     ) -> Output | OutputWithStates:
         """Run the LSTM over ``x``; the arguments and results of `flax_lstm.lstm`.
 
         Args:
-          x: ``(L, N, input_size)``, ``(N, L, input_size)`` with ``batch_first``, or
-            unbatched ``(L, input_size)``.
-          hx: optional ``(h_0, c_0)``, ``(D·num_layers, N, H_out)`` and
-            ``(D·num_layers, N, H)`` (unbatched: no N). Default: `initial_state`. Passing the
-            previous call's ``(h_n, c_n)`` streams a long sequence in chunks
-            (see `flax_lstm.streaming`; unidirectional only: a
-            bidirectional layer's reverse direction needs the whole sequence).
-          seq_lengths: optional ``(N,)`` lengths, ``pack_padded_sequence`` semantics.
-          return_all_states: also return every layer's and direction's ``(h_t, c_t)`` at
-            every step as a third element.
+          x, hx, seq_lengths, return_all_states: as `flax_lstm.lstm`: ``x``
+            ``(L, N, input_size)`` (``(N, L, input_size)`` with ``batch_first``, unbatched
+            ``(L, input_size)``), ``hx`` ``(h_0, c_0)`` (default: `initial_state`; the last
+            call's ``(h_n, c_n)`` streams a sequence in chunks, see `flax_lstm.streaming`).
           deterministic: overrides the module's mode for this call (True: no dropout).
           rngs: overrides the module's dropout stream for this call (an `flax.nnx.Rngs`, a
             stream or a key).
 
         Returns:
-          ``(output, (h_n, c_n))``: ``output`` ``(L, N, D·H_out)`` (or batch-first, or
-          unbatched), ``h_n``/``c_n`` shaped as ``hx``. ``output`` and ``h_n`` are in the
-          compute dtype, ``c_n`` in float32 for bfloat16 compute. With ``return_all_states``
-          a third element `flax_lstm.LSTMState`: ``h`` ``(L, D·num_layers, N, H_out)`` and
-          ``c`` ``(L, D·num_layers, N, H)`` (batch-first: N first; unbatched: no N), row
-          ``layer·D + direction``, zero past each sequence's length.
+          ``(output, (h_n, c_n))`` as `flax_lstm.lstm`: ``(L, N, D·H_out)``,
+          ``(D·num_layers, N, H_out)``, ``(D·num_layers, N, H)``; with ``return_all_states`` a
+          third element, the per-step `flax_lstm.LSTMState` ``(L, D·num_layers, N, H_out)``,
+          ``(L, D·num_layers, N, H)``.
 
         Example:
           >>> import jax.numpy as jnp
@@ -468,15 +240,11 @@ class LSTM(nnx.Module):
           >>> bool(jnp.allclose(states.h[-1], h_n))
           True
         """
-        if deterministic is None:
-            deterministic = self.deterministic
-        key = None
-        if not deterministic and _needs_dropout_key(self.config, self.recurrent_dropout):
-            key = _dropout_key(rngs, self.rngs)
-        initial = None if self.h0 is None else (self.h0[...], self.c0[...])
-        return _call_lstm(
-            self, self.lstm_params(), x, hx, initial, config=self.config, dropout_key=key,
-            seq_lengths=seq_lengths, return_all_states=return_all_states,
+        train = not (self.deterministic if deterministic is None else deterministic)
+        return _modules.call_lstm(
+            self, self.lstm_params(), x, hx, self._learned(), config=self.config, train=train,
+            make_dropout_key=lambda: _dropout_key(rngs, self.rngs), seq_lengths=seq_lengths,
+            return_all_states=return_all_states,
         )  # fmt: skip
 
     def set_view(self, deterministic: bool | None = None) -> None:
@@ -495,33 +263,31 @@ class LSTM(nnx.Module):
         if deterministic is not None:
             self.deterministic = deterministic
 
-    def to_torch_state_dict(self, state: Any = None) -> dict[str, np.ndarray]:
-        """``torch.nn.LSTM``'s state dict (NumPy arrays) of the parameters.
+    def to_torch_state_dict(self, state: Any = None, *, as_tensors: bool = False) -> dict[str, Any]:
+        """``torch.nn.LSTM``'s state dict of the parameters (`flax_lstm.to_torch_state_dict`).
 
         Args:
           state: optional `flax.nnx.State` shaped like the module's parameters, e.g. the
             gradients from `flax.nnx.grad`; default: the module's own parameters. A learnable
             initial state is not part of torch's state dict and is left out.
+          as_tensors: torch tensors (bfloat16 bit-exact) instead of NumPy arrays.
 
         Returns:
-          ``{name: array}`` with the names, shapes and order of
-          ``torch.nn.LSTM(...).state_dict()``; load it with
-          ``{k: torch.from_numpy(v) for k, v in sd.items()}``.
+          ``{name: array}`` with the names, shapes, order and dtypes of
+          ``torch.nn.LSTM(...).state_dict()`` (``weight_ih_l0`` ``(4H, input_size)``, ...).
 
         Example:
           >>> import torch
           >>> from flax import nnx
           >>> import flax_lstm as fl
           >>> model = fl.nnx.LSTM(3, 5, num_layers=2, rngs=nnx.Rngs(0))
-          >>> sd = {k: torch.from_numpy(v) for k, v in model.to_torch_state_dict().items()}
+          >>> sd = model.to_torch_state_dict(as_tensors=True)
           >>> torch.nn.LSTM(3, 5, num_layers=2).load_state_dict(sd)
           <All keys matched successfully>
         """
-        if state is None:
-            return to_torch_state_dict(self.lstm_params(), self.config)
-        layers = nnx.to_pure_dict(state)["layers"]
+        layers = self.lstm_params() if state is None else nnx.to_pure_dict(state)["layers"]
         params = [dict(layers[k]) for k in range(self.config.num_layers)]
-        return to_torch_state_dict(params, self.config)
+        return to_torch_state_dict(params, self.config, as_tensors=as_tensors)
 
     @classmethod
     def from_torch(
@@ -537,17 +303,14 @@ class LSTM(nnx.Module):
         """Build the module with a ``torch.nn.LSTM``'s configuration and exact weights.
 
         Args:
-          source: a ``torch.nn.LSTM``, or its ``state_dict()`` (torch tensors or NumPy
-            arrays); the sizes, ``bias``, ``bidirectional`` and ``proj_size`` are read off
-            the weights.
+          source, batch_first, dropout: as `flax_lstm.from_torch` (a torch LSTM or its state
+            dict; ``batch_first`` and ``dropout`` override the module's).
           rngs: `flax.nnx.Rngs` (for the dropout stream).
-          batch_first, dropout: default: the module's (a state dict: False and 0.0).
           param_dtype: storage dtype; default: the torch weights' own dtype (lossless).
           **kwargs: other constructor options (``recurrent_dropout``, ``dtype``, ...).
 
         Returns:
-          The `LSTM`, in training mode as a fresh torch module; call ``.eval()`` for torch's
-          eval mode.
+          The `LSTM`, in training mode as a fresh torch module (``.eval()``: torch's eval).
 
         Example:
           >>> import torch
@@ -558,25 +321,17 @@ class LSTM(nnx.Module):
           >>> model.config.batch_first, model.layers[1]['w_ih'].shape
           (True, (1, 20, 5))
         """
-        config, params = _load_torch(
-            source, batch_first=batch_first, dropout=dropout, param_dtype=param_dtype
-        )
-        if param_dtype is None:
-            param_dtype = params[0]["w_ih"].dtype
+        fields, params = _modules.lstm_from_torch(source, batch_first, dropout, param_dtype)
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
-        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        sizes = (fields.pop("input_size"), fields.pop("hidden_size"))
         # Build the structure without drawing random weights, then fill in torch's.
-        model = nnx.eval_shape(
-            lambda: cls(*sizes, **fields, param_dtype=param_dtype, rngs=nnx.Rngs(0), **kwargs)
-        )
+        model = nnx.eval_shape(lambda: cls(**fields, rngs=nnx.Rngs(0), **kwargs))
         for layer, values in zip(model.layers, params, strict=True):
             for name, value in values.items():
                 layer[name].set_value(value)
         if model.h0 is not None:
-            model.h0.set_value(jnp.zeros(model.h0.shape, model.h0.dtype))
-            model.c0.set_value(jnp.zeros(model.c0.shape, model.c0.dtype))
+            h0, c0 = _modules.zero_initial_state(model.config, model.param_dtype)
+            model.h0.set_value(h0), model.c0.set_value(c0)
         model.rngs = model._dropout_stream(rngs)
         return model
 
@@ -623,12 +378,9 @@ class LSTMCell(nnx.Module):
         )
         self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bias
         self.dtype, self.param_dtype = dtype, param_dtype
-        self.w_ih = nnx.Param(params["w_ih"])
-        self.w_hh = nnx.Param(params["w_hh"])
-        if bias:
-            self.b_ih, self.b_hh = nnx.Param(params["b_ih"]), nnx.Param(params["b_hh"])
-        else:
-            self.b_ih = self.b_hh = nnx.data(None)
+        self.b_ih = self.b_hh = nnx.data(None)  # without bias
+        for name, value in params.items():
+            setattr(self, name, nnx.Param(value))
 
     def cell_params(self) -> dict[str, Array]:
         """The parameters as plain arrays, in the layout `flax_lstm.lstm_cell` takes.
@@ -655,16 +407,17 @@ class LSTMCell(nnx.Module):
         """
         return lstm_cell(self.cell_params(), x, hx, dtype=self.dtype)
 
-    def to_torch_state_dict(self, state: Any = None) -> dict[str, np.ndarray]:
-        """``torch.nn.LSTMCell``'s state dict (NumPy arrays) of the parameters.
+    def to_torch_state_dict(self, state: Any = None, *, as_tensors: bool = False) -> dict[str, Any]:
+        """``torch.nn.LSTMCell``'s state dict of the parameters.
 
         Args:
           state: optional `flax.nnx.State` shaped like the cell's parameters, e.g. gradients
             from `flax.nnx.grad`; default: the cell's own parameters.
+          as_tensors: torch tensors (bfloat16 bit-exact) instead of NumPy arrays.
 
         Returns:
           ``{'weight_ih': (4H, in), 'weight_hh': (4H, H), 'bias_ih': (4H,), 'bias_hh': (4H,)}``
-          as NumPy arrays (no biases without ``bias``).
+          (no biases without ``bias``), see `flax_lstm.cell_to_torch_state_dict`.
 
         Example:
           >>> from flax import nnx
@@ -673,9 +426,8 @@ class LSTMCell(nnx.Module):
           >>> list(cell.to_torch_state_dict())
           ['weight_ih', 'weight_hh', 'bias_ih', 'bias_hh']
         """
-        if state is None:
-            return _cell_to_torch_state_dict(self.cell_params())
-        return _cell_to_torch_state_dict(nnx.to_pure_dict(state))
+        params = self.cell_params() if state is None else nnx.to_pure_dict(state)
+        return cell_to_torch_state_dict(params, as_tensors=as_tensors)
 
     @classmethod
     def from_torch(cls, source: Any, *, param_dtype: Any = None, **kwargs: Any) -> LSTMCell:
@@ -692,19 +444,8 @@ class LSTMCell(nnx.Module):
           >>> cell.w_hh.shape
           (20, 5)
         """
-        params = _load_torch_cell(source, param_dtype)
-        _checks.check_cell_params(params)
-        hidden, in_size = params["w_ih"].shape[0] // 4, params["w_ih"].shape[1]
-        cell = nnx.eval_shape(
-            lambda: cls(
-                in_size,
-                hidden,
-                "b_ih" in params,
-                param_dtype=params["w_ih"].dtype if param_dtype is None else param_dtype,
-                rngs=nnx.Rngs(0),
-                **kwargs,
-            )
-        )
+        fields, params = _modules.cell_from_torch(source, param_dtype)
+        cell = nnx.eval_shape(lambda: cls(**fields, rngs=nnx.Rngs(0), **kwargs))
         for name, value in params.items():
             getattr(cell, name).set_value(value)
         return cell

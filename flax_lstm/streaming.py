@@ -40,18 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_lstm import _checks
 from flax_lstm.cell import LSTMState
 from flax_lstm.config import LSTMConfig
 
 Array = jax.Array
 
 __all__ = ["chunk_lengths", "reset_state", "zero_state"]
-
-
-def _pair(name: str, value: Any) -> tuple[Array, Array]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"{name} must be a pair (h, c) of arrays, got {type(value).__name__}")
-    return jnp.asarray(value[0]), jnp.asarray(value[1])
 
 
 def zero_state(
@@ -117,7 +112,7 @@ def reset_state(hx: Any, reset: Any, initial: Any = None) -> LSTMState:
       >>> h[0, :, 0]
       Array([7., 1., 1.], dtype=float32)
     """
-    h, c = _pair("hx", hx)
+    h, c = map(jnp.asarray, _checks.check_pair("hx", hx))
     if h.ndim not in (2, 3) or c.ndim != h.ndim or h.shape[:-1] != c.shape[:-1]:
         raise ValueError(
             "hx must be (h, c) of shapes (D*num_layers, N, H_out) and (D*num_layers, N, H), or "
@@ -133,7 +128,7 @@ def reset_state(hx: Any, reset: Any, initial: Any = None) -> LSTMState:
     if initial is None:
         h0, c0 = jnp.zeros((), h.dtype), jnp.zeros((), c.dtype)
     else:
-        h0, c0 = _pair("initial", initial)
+        h0, c0 = map(jnp.asarray, _checks.check_pair("initial", initial))
         for name, got, want in (("initial[0] (h_0)", h0, h), ("initial[1] (c_0)", c0, c)):
             shared = (want.shape[0], want.shape[-1])
             if got.shape not in (want.shape, shared):

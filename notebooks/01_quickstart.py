@@ -152,9 +152,15 @@ def seconds_per_call(f, reps=3):
     return (time.perf_counter() - start) / reps
 
 
+# A repeated eager call reuses the compiled program: count XLA compilations while timing. (The
+# timings are printed, not asserted: they depend on the machine and what else runs on it.)
+compile_events = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **kwargs: compile_events.append(event)
+)
 eager_s, jit_s = seconds_per_call(fl.lstm), seconds_per_call(lstm)
 print(f"per call: eager {eager_s * 1e3:.1f} ms, jitted {jit_s * 1e3:.3f} ms")
-assert eager_s < 0.1  # a repeated eager call reuses the compiled program (about 1 ms here)
+assert "/jax/core/compile/backend_compile_duration" not in compile_events  # nothing recompiled
 
 variants = {
     "plain": {},

@@ -1,5 +1,5 @@
-"""flax_lstm.linen: input-size inference, dropout keys, recurrent dropout, learnable initial
-state, per-step states, jit trace counts, Orbax checkpoints, and the functional API's errors."""
+"""flax_lstm.linen only: input-size inference, dropout keys, jit trace counts, Orbax
+checkpoints, the cell's init. What NNX and Linen share is tested for both in test_modules.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 import torch
-from torch_ref import same_error
 
 import flax_lstm as fl
 from flax_lstm import linen as fl_linen
@@ -82,45 +81,6 @@ def test_deterministic_equals_torch_and_dropout_keys():
         module.apply(variables, X, deterministic=False)
 
 
-def test_recurrent_dropout(base_vars):
-    module = BASE.clone(recurrent_dropout=0.4)  # same parameters as BASE
-    plain = _apply(BASE, base_vars, X)[0]
-    np.testing.assert_array_equal(_apply(module, base_vars, X)[0], plain)  # off: deterministic
-    a = _apply(module, base_vars, X, deterministic=False, key=jax.random.key(1))[0]
-    b = _apply(module, base_vars, X, deterministic=False, key=jax.random.key(1))[0]
-    np.testing.assert_array_equal(a, b)
-    assert not np.allclose(a, plain, atol=1e-4)
-    with pytest.raises(ValueError, match=r"recurrent_dropout must be in \[0, 1\)"):
-        fl_linen.LSTM(4, recurrent_dropout=-0.1)
-
-
-def test_learnable_initial_state(base_vars):
-    module = BASE.clone(learnable_initial_state=True)
-    variables = module.init(jax.random.key(0), X)
-    params = variables["params"]
-    assert params["h0"].shape == (2, 4) and params["c0"].shape == (2, 4)
-    assert not params["h0"].any() and not params["c0"].any()  # initialised to zeros
-    params = {**base_vars["params"], "h0": _x((2, 4), 1), "c0": _x((2, 4), 2)}
-    variables = {"params": params}
-    h0, c0 = module.initial_state(variables, batch_size=2)
-    assert h0.shape == (2, 2, 4)
-    want = _apply(BASE, base_vars, X, (h0, c0))[0]
-    np.testing.assert_array_equal(_apply(module, variables, X)[0], want)
-
-    grads = jax.grad(lambda p: _apply(module, {"params": p}, X)[0].sum())(params)
-    assert np.abs(grads["h0"]).sum() > 0 and np.abs(grads["c0"]).sum() > 0
-    assert list(module.to_torch_state_dict(grads)) == list(torch.nn.LSTM(3, 4, 2).state_dict())
-
-
-def test_per_step_states(base_vars):
-    out, (h_n, c_n), states = _apply(BASE, base_vars, X, return_all_states=True)
-    assert states.h.shape == (5, 2, 2, 4)  # L, D·layers, N, H
-    np.testing.assert_array_equal(states.h[-1], h_n)
-    np.testing.assert_array_equal(states.c[-1], c_n)
-    np.testing.assert_array_equal(states.h[:, 1], out)  # the last layer's h is the output
-    np.testing.assert_array_equal(_apply(BASE, base_vars, X)[0], out)
-
-
 def test_jit_train_step_traces_once():
     module = BASE.clone(dropout=0.2, recurrent_dropout=0.1)
     params = module.init(jax.random.key(0), X)["params"]
@@ -156,46 +116,10 @@ def test_orbax_round_trip(tmp_path, base_vars):
     np.testing.assert_array_equal(_apply(BASE, restored, X)[0], _apply(BASE, base_vars, X)[0])
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"hidden_size": 0},
-        {"num_layers": 0},
-        {"proj_size": 4},
-        {"dropout": -0.5},
-        {"num_layers": 2.0},
-        {"bidirectional": 3},
-    ],
-)
-def test_constructor_errors_match_config(kwargs):
-    args = {"hidden_size": 4, **kwargs}
-    same_error(lambda: fl_linen.LSTM(**args), lambda: fl.LSTMConfig(input_size=3, **args))
-
-
 def test_dropout_warning_at_init():
     module = fl_linen.LSTM(4, dropout=0.5)
     with pytest.warns(UserWarning, match="num_layers greater than 1"):
         module.init(jax.random.key(0), _x((2, 3)))
-
-
-@pytest.mark.parametrize(
-    "call",
-    [
-        {"x": np.ones((5, 2, 4), np.float32)},  # input size differs from the params'
-        {"x": np.ones((2, 5, 2, 3), np.float32)},  # wrong rank
-        {"hx": (np.zeros((2, 2, 4)), np.zeros((2, 2, 5)))},  # wrong hidden size
-        {"seq_lengths": np.array([1.0, 2.0])},  # not integers
-        {"seq_lengths": np.array([-1, 2])},  # negative
-    ],
-)
-def test_call_errors_match_functional(call, base_vars):
-    x = call.get("x", X)
-    kwargs = {k: v for k, v in call.items() if k != "x"}
-    hx = kwargs.pop("hx", None)
-    same_error(
-        lambda: BASE.apply(base_vars, x, hx, **kwargs),
-        lambda: fl.lstm(BASE.lstm_params(base_vars), x, hx, config=BASE.lstm_config(3), **kwargs),
-    )
 
 
 def test_init_with_invalid_input_gives_the_functional_error():
@@ -204,23 +128,28 @@ def test_init_with_invalid_input_gives_the_functional_error():
         module.init(jax.random.key(0), np.ones((3,), np.float32))
 
 
-def test_cell_steps_match_the_lstm(base_vars):
-    cell = fl_linen.LSTMCell(4)
-    cell_vars = {"params": fl.cell_params(BASE.lstm_params(base_vars))}  # layer 0
-    assert jax.tree.map(jnp.shape, cell_vars) == jax.tree.map(
-        jnp.shape, jax.eval_shape(cell.init, jax.random.key(0), X[0])
-    )
+def _random_draws(fn, *args):
+    """How many ``random_bits`` ops the program of ``fn(*args)`` runs (nested calls included)."""
 
-    @jax.jit
-    def unrolled(cell_vars, x):
-        h, c = cell.apply(cell_vars, x[0])
-        steps = [h]
-        for t in range(1, x.shape[0]):
-            h, c = cell.apply(cell_vars, x[t], (h, c))
-            steps.append(h)
-        return jnp.stack(steps)
+    def count(jaxpr):
+        n = 0
+        for eqn in jaxpr.eqns:
+            n += eqn.primitive.name == "random_bits"
+            n += sum(count(v.jaxpr) for v in eqn.params.values() if hasattr(v, "consts"))
+        return n
 
-    _, _, states = _apply(BASE, base_vars, X, return_all_states=True)
-    np.testing.assert_allclose(unrolled(cell_vars, X), states.h[:, 0], atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
-        fl_linen.LSTMCell(0)
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_init_draws_each_parameter_once_with_torch_init(bias):
+    cell = fl_linen.LSTMCell(8, bias=bias)
+    key, x = jax.random.key(0), X[0]
+    params = cell.init(key, x)["params"]
+    assert list(params) == (["w_ih", "w_hh", "b_ih", "b_hh"] if bias else ["w_ih", "w_hh"])
+    one = _random_draws(lambda k: jax.random.uniform(k, (32, 3), jnp.float32, -1, 1), key)
+    assert _random_draws(cell.init, key, x) == len(params) * one
+    for name, value in params.items():  # torch's U(-1/√H, 1/√H), a different draw each
+        assert 0.3 * 1 / np.sqrt(8) < np.abs(value).max() <= 1 / np.sqrt(8), name
+    values = [np.asarray(v[:32]).ravel()[:32] for v in params.values()]
+    assert len({v.tobytes() for v in values}) == len(values)

@@ -8,17 +8,14 @@ seq_lengths via pack_padded_sequence(enforce_sorted=False)), with torch_ref's re
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
+import module_kinds as mk
 import numpy as np
 import pytest
 import torch
-from flax import nnx
+from module_kinds import KINDS
 from test_parity import CASES
 from torch_ref import FWD_TOL, GRAD_TOL, Case, case_id, make_inputs, make_torch, run_torch
-
-from flax_lstm import linen as fl_linen
-from flax_lstm import nnx as fl_nnx
 
 
 def _loss(result, inp):
@@ -39,34 +36,21 @@ def _result(out, h, c, g_params_sd, g_x, g_hx):
     return {"output": np.asarray(out), "h_n": np.asarray(h), "c_n": np.asarray(c), "grads": grads}
 
 
-def run_nnx(module: torch.nn.LSTM, case: Case, inp):
-    model = fl_nnx.LSTM.from_torch(module, rngs=nnx.Rngs(0))
-    model.eval()
+def run_module(kind: str, module: torch.nn.LSTM, case: Case, inp):
+    made = mk.from_torch(kind, module)
+    if kind == "nnx":
+        made.module.eval()
     lengths = None if case.lengths is None else jnp.asarray(case.lengths)
 
-    def loss_fn(model, x, hx):
-        return _loss(model(x, hx, seq_lengths=lengths), inp)
+    def loss_fn(forward, x, hx):
+        return _loss(forward(x, hx, seq_lengths=lengths), inp)
 
-    grad_fn = nnx.jit(nnx.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True))
-    (_, (out, h, c)), (g_model, g_x, g_hx) = grad_fn(model, jnp.asarray(inp["x"]), _hx(case, inp))
-    return _result(out, h, c, model.to_torch_state_dict(g_model), g_x, g_hx)
-
-
-def run_linen(module: torch.nn.LSTM, case: Case, inp):
-    lstm, variables = fl_linen.LSTM.from_torch(module)
-    lengths = None if case.lengths is None else jnp.asarray(case.lengths)
-
-    def loss_fn(params, x, hx):
-        return _loss(lstm.apply({"params": params}, x, hx, seq_lengths=lengths), inp)
-
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True))
-    (_, (out, h, c)), (g_params, g_x, g_hx) = grad_fn(
-        variables["params"], jnp.asarray(inp["x"]), _hx(case, inp)
+    (_, (out, h, c)), (g_params, g_x, g_hx) = mk.value_and_grad(
+        made, loss_fn, jnp.asarray(inp["x"]), _hx(case, inp)
     )
-    return _result(out, h, c, lstm.to_torch_state_dict(g_params), g_x, g_hx)
+    return _result(out, h, c, mk.to_torch_state_dict(made, g_params), g_x, g_hx)
 
 
-RUNNERS = {"nnx": run_nnx, "linen": run_linen}
 WORST = {"forward": 0.0, "gradient": 0.0}
 
 
@@ -76,13 +60,13 @@ def _report_worst():
     print(f"\nmodules vs torch, largest |difference|: {WORST}")  # shown with -s
 
 
-@pytest.mark.parametrize("api", sorted(RUNNERS))
+@pytest.mark.parametrize("api", KINDS)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_module_matches_torch(api, case):
     module = make_torch(case).eval()
     inp = make_inputs(case)
     ref = run_torch(module, case, inp)
-    got = RUNNERS[api](module, case, inp)
+    got = run_module(api, module, case, inp)
     for key in ("output", "h_n", "c_n"):
         assert got[key].shape == ref[key].shape, key
         np.testing.assert_allclose(got[key], ref[key], atol=FWD_TOL, rtol=FWD_TOL, err_msg=key)
@@ -101,62 +85,48 @@ def test_module_matches_torch(api, case):
             assert (out[row, length:] == 0).all()
 
 
-@pytest.mark.parametrize("api", sorted(RUNNERS))
+@pytest.mark.parametrize("api", KINDS)
 def test_from_state_dict_equals_from_module(api):
     module = torch.nn.LSTM(3, 4, 2, bidirectional=True, proj_size=2, bias=False)
     numpy_sd = {k: v.numpy() for k, v in module.state_dict().items()}
-    if api == "nnx":
-        a = fl_nnx.LSTM.from_torch(module, rngs=nnx.Rngs(0))
-        b = fl_nnx.LSTM.from_torch(numpy_sd, rngs=nnx.Rngs(1))
-        assert a.config == b.config
-        sds = [a.to_torch_state_dict(), b.to_torch_state_dict()]
-    else:
-        (ma, va), (mb, vb) = fl_linen.LSTM.from_torch(module), fl_linen.LSTM.from_torch(numpy_sd)
-        assert ma == mb
-        sds = [ma.to_torch_state_dict(va), mb.to_torch_state_dict(vb)]
-    for sd in sds:  # lossless, in torch's order
+    a, b = mk.from_torch(api, module), mk.from_torch(api, numpy_sd)
+    assert mk.config(a) == mk.config(b)
+    if api == "linen":
+        assert a.module == b.module
+    for sd in (mk.to_torch_state_dict(a), mk.to_torch_state_dict(b)):  # lossless, torch's order
         assert list(sd) == list(numpy_sd)
         for k, v in numpy_sd.items():
             assert sd[k].dtype == v.dtype
             np.testing.assert_array_equal(sd[k], v)
 
 
-@pytest.mark.parametrize("api", sorted(RUNNERS))
+@pytest.mark.parametrize("api", KINDS)
 def test_from_torch_overrides_batch_first_and_dropout(api):
     module = torch.nn.LSTM(3, 4, 2, dropout=0.25)
-    if api == "nnx":
-        config = fl_nnx.LSTM.from_torch(module, rngs=nnx.Rngs(0), batch_first=True).config
-        assert (config.batch_first, config.dropout) == (True, 0.25)
-        config = fl_nnx.LSTM.from_torch(module.state_dict(), rngs=nnx.Rngs(0)).config
-        assert (config.batch_first, config.dropout) == (False, 0.0)
-    else:
-        lstm, _ = fl_linen.LSTM.from_torch(module, dropout=0.0)
-        assert (lstm.batch_first, lstm.dropout) == (False, 0.0)
-        lstm, _ = fl_linen.LSTM.from_torch(module.state_dict(), batch_first=True)
-        assert (lstm.batch_first, lstm.dropout) == (True, 0.0)
+    config = mk.config(mk.from_torch(api, module, batch_first=True))
+    assert (config.batch_first, config.dropout) == (True, 0.25)
+    config = mk.config(mk.from_torch(api, module, dropout=0.0))
+    assert (config.batch_first, config.dropout) == (False, 0.0)
+    config = mk.config(mk.from_torch(api, module.state_dict()))
+    assert (config.batch_first, config.dropout) == (False, 0.0)
+    config = mk.config(mk.from_torch(api, module.state_dict(), batch_first=True))
+    assert (config.batch_first, config.dropout) == (True, 0.0)
 
 
-@pytest.mark.parametrize("api", sorted(RUNNERS))
+@pytest.mark.parametrize("api", KINDS)
 def test_fresh_module_round_trips_into_torch(api):
     """A module's own (random) weights, exported, make torch.nn.LSTM give its outputs."""
     x = np.random.default_rng(2).standard_normal((6, 2, 3), dtype=np.float32)
-    if api == "nnx":
-        model = fl_nnx.LSTM(3, 4, 2, bidirectional=True, proj_size=3, rngs=nnx.Rngs(3))
-        got = nnx.jit(lambda m, x: m(x)[0])(model, x)
-        sd = model.to_torch_state_dict()
-    else:
-        lstm = fl_linen.LSTM(4, 2, bidirectional=True, proj_size=3)
-        variables = jax.jit(lstm.init)(jax.random.key(3), x)
-        got = jax.jit(lambda v, x: lstm.apply(v, x)[0])(variables, x)
-        sd = lstm.to_torch_state_dict(variables)
+    made = mk.make_lstm(api, 3, 4, 2, bidirectional=True, proj_size=3)
+    got = mk.call(made, x)[0]
     target = torch.nn.LSTM(3, 4, 2, bidirectional=True, proj_size=3)
-    target.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    target.load_state_dict(mk.to_torch_state_dict(made, as_tensors=True))
     with torch.no_grad():
         want = target(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(got, want, atol=FWD_TOL, rtol=0)
 
 
-@pytest.mark.parametrize("api", sorted(RUNNERS))
+@pytest.mark.parametrize("api", KINDS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_cell_matches_torch_lstm_cell(api, bias):
     torch.manual_seed(0)
@@ -169,28 +139,16 @@ def test_cell_matches_torch_lstm_cell(api, bias):
     h_t, c_t = cell_t(x_t, (torch.tensor(h0), torch.tensor(c0)))
     (h_t.sum() + (c_t**2).sum()).backward()
 
-    if api == "nnx":
-        cell = fl_nnx.LSTMCell.from_torch(cell_t)
+    source = cell_t if api == "nnx" else cell_t.state_dict()  # a module and a state dict
+    cell = mk.cell_from_torch(api, source)
 
-        def loss(cell, x):
-            h, c = cell(x, (h0, c0))
-            return h.sum() + (c**2).sum(), (h, c)
+    def loss(step, x):
+        h, c = step(x, (h0, c0))
+        return h.sum() + (c**2).sum(), (h, c)
 
-        grad_fn = nnx.jit(nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-        (_, (h, c)), (g_params, g_x) = grad_fn(cell, x)
-        g_sd = cell.to_torch_state_dict(g_params)
-        sd = cell.to_torch_state_dict()
-    else:
-        lcell, variables = fl_linen.LSTMCell.from_torch(cell_t.state_dict())
-
-        def loss(params, x):
-            h, c = lcell.apply({"params": params}, x, (h0, c0))
-            return h.sum() + (c**2).sum(), (h, c)
-
-        grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-        (_, (h, c)), (g_params, g_x) = grad_fn(variables["params"], x)
-        g_sd = lcell.to_torch_state_dict(g_params)
-        sd = lcell.to_torch_state_dict(variables)
+    (_, (h, c)), (g_params, g_x) = mk.value_and_grad(cell, loss, x)
+    g_sd = mk.to_torch_state_dict(cell, g_params)
+    sd = mk.to_torch_state_dict(cell)
     assert list(sd) == list(cell_t.state_dict())
     np.testing.assert_allclose(h, h_t.detach().numpy(), atol=FWD_TOL, rtol=0)
     np.testing.assert_allclose(c, c_t.detach().numpy(), atol=FWD_TOL, rtol=0)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -137,3 +140,138 @@ def test_key_order_is_the_same_from_init_and_from_torch():
     loaded = fl.from_torch_state_dict(fl.to_torch_state_dict(made, cfg), cfg)
     assert [list(layer) for layer in made] == [list(layer) for layer in loaded]
     assert list(made[0]) == ["w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
+
+
+@contextlib.contextmanager
+def _x64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_as_tensors_loads_into_torch_and_round_trips_bit_exactly(dtype):
+    cfg = CONFIGS[3]
+    module = torch_lstm(cfg).to(dtype)
+    with _x64():  # float64 stays float64
+        params = fl.from_torch_state_dict(module.state_dict(), cfg)
+        sd = fl.to_torch_state_dict(params, cfg, as_tensors=True)
+        back = fl.from_torch_state_dict(sd, cfg)
+    assert list(sd) == list(module.state_dict())
+    target = torch_lstm(cfg).to(dtype)
+    target.load_state_dict(sd)  # strict: names, shapes
+    for name, value in module.state_dict().items():
+        assert sd[name].dtype == dtype
+        assert torch.equal(target.state_dict()[name], value), name
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+
+
+def test_bfloat16_params_to_torch_tensors_and_back_are_bit_identical():
+    cfg = fl.LSTMConfig(3, 4, num_layers=2, bidirectional=True)
+    params = fl.init_params(jax.random.key(0), cfg, dtype=jnp.bfloat16)
+    sd = fl.to_torch_state_dict(params, cfg, as_tensors=True)
+    assert all(v.dtype == torch.bfloat16 for v in sd.values())
+    back = fl.from_torch_state_dict(sd, cfg)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back), strict=True):
+        assert b.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(a).view(np.int16), np.asarray(b).view(np.int16))
+
+
+def test_float64_is_kept_with_x64_and_warned_about_without():
+    cfg = fl.LSTMConfig(3, 4)
+    sd = torch_lstm(cfg).double().state_dict()
+    with pytest.warns(UserWarning, match=r"float64.*jax_enable_x64.*dtype="):
+        params = fl.from_torch_state_dict(sd, cfg)
+    assert params[0]["w_ih"].dtype == jnp.float32
+    with pytest.warns(UserWarning, match="float64"):
+        fl.from_torch(sd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fl.from_torch_state_dict(sd, cfg, dtype=jnp.float32)[0]["w_ih"].dtype == "float32"
+        with _x64():
+            params = fl.from_torch_state_dict(sd, cfg)
+            _, from_module = fl.from_torch(torch_lstm(cfg).double())
+    assert params[0]["w_ih"].dtype == jnp.float64 == from_module[0]["w_hh"].dtype
+    np.testing.assert_array_equal(params[0]["w_ih"][0], sd["weight_ih_l0"].numpy())
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+def test_config_from_state_dict_reads_the_sizes(cfg):
+    dropout = 0.5 if cfg.num_layers > 1 else 0.0
+    got = fl.config_from_state_dict(torch_lstm(cfg).state_dict(), batch_first=True, dropout=dropout)
+    assert got == dataclasses.replace(cfg, batch_first=True, dropout=dropout)
+    numpy_sd = {k: v.numpy() for k, v in torch_lstm(cfg).state_dict().items()}
+    assert fl.config_from_state_dict(numpy_sd) == cfg
+
+
+def test_config_from_state_dict_errors():
+    with pytest.raises(TypeError, match=r"torch\.nn\.LSTM or its state_dict"):
+        fl.config_from_state_dict([1, 2])
+    with pytest.raises(KeyError, match="weight_ih_l0"):
+        fl.config_from_state_dict({"weight_hh_l0": np.zeros((8, 2))})
+    with pytest.raises(ValueError, match=r"\(4H, in\)"):
+        fl.config_from_state_dict({"weight_ih_l0": np.zeros((6, 2))})
+
+
+def test_from_torch_module_or_state_dict():
+    module = torch.nn.LSTM(3, 4, 2, batch_first=True, dropout=0.25, bidirectional=True)
+    config, params = fl.from_torch(module)
+    assert config == fl.config_from_torch(module)
+    config_sd, params_sd = fl.from_torch(module.state_dict())
+    assert (config_sd.batch_first, config_sd.dropout) == (False, 0.0)  # not in a state dict
+    assert config_sd == dataclasses.replace(config, batch_first=False, dropout=0.0)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_sd), strict=True):
+        np.testing.assert_array_equal(a, b)
+    config, _ = fl.from_torch(module, batch_first=False, dropout=0.0)
+    assert (config.batch_first, config.dropout) == (False, 0.0)
+    config, params = fl.from_torch(module.state_dict(), batch_first=True, dtype=jnp.bfloat16)
+    assert config.batch_first and params[1]["w_ih"].dtype == jnp.bfloat16
+    x = np.random.default_rng(0).standard_normal((2, 5, 3), dtype=np.float32)
+    _, params = fl.from_torch(module.eval())
+    with torch.no_grad():
+        want = module(torch.from_numpy(x))[0].numpy()
+    got = fl.lstm(params, x, config=fl.config_from_torch(module))[0]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_conversion_round_trips(bias):
+    cell = torch.nn.LSTMCell(3, 5, bias=bias)
+    params = fl.cell_params_from_torch(cell)
+    assert list(params) == (["w_ih", "w_hh", "b_ih", "b_hh"] if bias else ["w_ih", "w_hh"])
+    same = fl.cell_params_from_torch({k: v.numpy() for k, v in cell.state_dict().items()})
+    sd = fl.cell_to_torch_state_dict(params)
+    assert list(sd) == list(cell.state_dict())
+    for name, value in cell.state_dict().items():
+        assert sd[name].dtype == np.float32
+        np.testing.assert_array_equal(sd[name], value.numpy())
+    for name, value in params.items():
+        np.testing.assert_array_equal(same[name], value)
+    bf16 = fl.cell_params_from_torch(cell, dtype=jnp.bfloat16)
+    tensors = fl.cell_to_torch_state_dict(bf16, as_tensors=True)
+    target = torch.nn.LSTMCell(3, 5, bias=bias).to(torch.bfloat16)
+    target.load_state_dict(tensors)
+    back = fl.cell_params_from_torch(target)
+    for name, value in bf16.items():
+        assert back[name].dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(back[name]).view(np.int16), value.view(np.int16))
+    x = np.random.default_rng(0).standard_normal((2, 3), dtype=np.float32)
+    with torch.no_grad():
+        want = cell(torch.from_numpy(x))
+    for got, ref in zip(fl.lstm_cell(params, x), want, strict=True):
+        np.testing.assert_allclose(got, ref.numpy(), atol=1e-6, rtol=0)
+
+
+def test_cell_conversion_errors():
+    with pytest.raises(ValueError, match=r"LSTMCell state dict: unexpected keys \['bias_hh_l0'"):
+        fl.cell_params_from_torch(torch.nn.LSTM(3, 5).state_dict())
+    with pytest.raises(TypeError, match=r"torch\.nn\.LSTMCell"):
+        fl.cell_params_from_torch(3)
+    params = fl.init_cell_params(jax.random.key(0), 3, 5, proj_size=2)
+    with pytest.raises(ValueError, match=r"unexpected keys \['w_hr'\]"):
+        fl.cell_to_torch_state_dict(params)

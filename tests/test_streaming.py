@@ -3,6 +3,7 @@ seq_lengths too), and resetting chosen rows between chunks restarts exactly thos
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import jax
@@ -139,6 +140,25 @@ def test_reset_state_keeps_shapes_and_dtypes_and_jits():
 def test_reset_state_errors(hx, reset, initial, error):
     with pytest.raises((ValueError, TypeError), match=error):
         streaming.reset_state(hx, reset, initial)
+
+
+def test_reset_state_takes_the_pairs_lstm_takes():
+    """reset_state reads ``hx`` with the same pair check as fl.lstm: what one takes (any
+    sequence of two arrays), the other takes; what one rejects, the other rejects alike."""
+    config = fl.LSTMConfig(3, 4)
+    params = fl.init_params(jax.random.key(0), config)
+    x = np.ones((2, 1, 3), np.float32)
+    h, c = np.ones((1, 1, 4), np.float32), np.ones((1, 1, 4), np.float32)
+    for hx in (collections.UserList([h, c]), fl.LSTMState(h, c), [h, c]):
+        fl.lstm(params, x, hx, config=config)
+        got = streaming.reset_state(hx, jnp.array([True]), collections.UserList([h, c]))
+        np.testing.assert_array_equal(got.h, h)
+    for bad in ("hc", (h, c, c), h):
+        with pytest.raises(TypeError) as want:
+            fl.lstm(params, x, bad, config=config)
+        with pytest.raises(TypeError) as got:
+            streaming.reset_state(bad, jnp.array([True]))
+        assert str(got.value) == str(want.value)
 
 
 def test_zero_state_and_chunk_lengths():
