@@ -29,7 +29,7 @@ Output = tuple[Array, tuple[Array, Array]]
 OutputWithStates = tuple[Array, tuple[Array, Array], LSTMState]
 
 # The module attributes `call_lstm` passes to `flax_lstm.lstm` as the keywords of the same name.
-LSTM_OPTIONS = ("dtype", "recurrent_dropout", "unroll", "remat", "cpu_kernel")
+LSTM_OPTIONS = ("dtype", "recurrent_dropout", "impl")
 
 
 def check_recurrent_dropout(rate: Any) -> float:

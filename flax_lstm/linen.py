@@ -40,6 +40,7 @@ from flax_lstm._modules import Output, OutputWithStates
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import Params, cell_to_torch_state_dict, init_params, to_torch_state_dict
+from flax_lstm.plan import Implementation
 
 Array = jax.Array
 
@@ -77,8 +78,9 @@ class LSTM(nn.Module):
         ``torch.nn.LSTM`` (see `flax_lstm.LSTMConfig`; the same validation and errors, raised
         when the module is constructed).
       param_dtype: storage dtype of the parameters.
-      dtype, recurrent_dropout, unroll, remat, cpu_kernel: passed to `flax_lstm.lstm` (see
-        there); recurrent dropout applies only with ``deterministic=False``.
+      dtype, recurrent_dropout, impl: passed to `flax_lstm.lstm` (see there); recurrent
+        dropout applies only with ``deterministic=False``; ``impl`` is a
+        `flax_lstm.Implementation` or its ``recurrence`` as a string.
       learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` and ``c0``, zeros at
         first and shared by every batch row (shapes: `initial_state` without N), used when a
         call gets no ``hx``; not part of torch's state dict.
@@ -105,14 +107,13 @@ class LSTM(nn.Module):
     param_dtype: Any = jnp.float32
     recurrent_dropout: float = 0.0
     learnable_initial_state: bool = False
-    unroll: int | None = None
-    remat: bool = False
-    cpu_kernel: bool | None = None
+    impl: Implementation | str | None = None
 
     def __post_init__(self) -> None:
         # Validate the arguments now, as torch does; the dropout warning is given at init.
         self.lstm_config(1, warn=False)
         _modules.check_recurrent_dropout(self.recurrent_dropout)
+        Implementation.of(self.impl)  # a clear error now, not at the first call
         super().__post_init__()
 
     @nn.nowrap

@@ -31,6 +31,7 @@ from flax_lstm.params import (
     init_params,
     to_torch_state_dict,
 )
+from flax_lstm.plan import Implementation
 
 Array = jax.Array
 RngsArg = nnx.Rngs | nnx.RngStream | Array | None  # a call's dropout stream or key
@@ -58,9 +59,10 @@ class LSTM(nnx.Module):
       input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
         proj_size: as ``torch.nn.LSTM`` (see `flax_lstm.LSTMConfig`; the same validation and
         errors).
-      dtype, recurrent_dropout, unroll, remat, cpu_kernel: passed to `flax_lstm.lstm`, which
-        documents them (compute dtype, None: promoted; variational dropout on ``h``, only in
-        training mode, 0 keeps torch parity; scan unroll; gate recomputation; CPU kernel).
+      dtype, recurrent_dropout, impl: passed to `flax_lstm.lstm`, which documents them
+        (compute dtype, None: promoted; variational dropout on ``h``, only in training mode,
+        0 keeps torch parity; the implementation, a `flax_lstm.Implementation` or its
+        ``recurrence`` as a string).
       learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` ``(D·num_layers,
         H_out)`` and ``c0`` ``(D·num_layers, H)`` (zeros at first, shared by every batch row),
         used when a call gets no ``hx``; not part of torch's state dict.
@@ -104,9 +106,7 @@ class LSTM(nnx.Module):
         learnable_initial_state: bool = False,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
-        unroll: int | None = None,
-        remat: bool = False,
-        cpu_kernel: bool | None = None,
+        impl: Implementation | str | None = None,
         deterministic: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
@@ -116,9 +116,7 @@ class LSTM(nnx.Module):
         )  # fmt: skip
         self.recurrent_dropout = _modules.check_recurrent_dropout(recurrent_dropout)
         self.dtype, self.param_dtype = dtype, param_dtype
-        self.unroll = unroll
-        self.remat = bool(remat)
-        self.cpu_kernel = None if cpu_kernel is None else bool(cpu_kernel)
+        self.impl = Implementation.of(impl)
         self.deterministic = deterministic
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")

@@ -444,20 +444,19 @@ def test_disabled_by_environment():
     assert proc.returncode != 0 and "RuntimeError: recurrence='kernel'" in proc.stderr
 
 
-def test_modules_pass_cpu_kernel_through():
-    """``cpu_kernel`` of the NNX and Linen modules reaches `fl.lstm`: same numbers both ways."""
+def test_modules_pass_impl_through():
+    """``impl`` of the NNX and Linen modules reaches `fl.lstm`: same numbers both ways."""
     from flax import nnx
 
     x = jax.random.normal(jax.random.key(1), (2, 12, 3))  # batch-first, 24 steps x sequences
     outs = {}
     for flag in (True, False):
-        model = fl.nnx.LSTM(
-            3, 20, num_layers=2, batch_first=True, cpu_kernel=flag, rngs=nnx.Rngs(0)
-        )
+        impl = "kernel" if flag else fl.Implementation(recurrence="scan")
+        model = fl.nnx.LSTM(3, 20, num_layers=2, batch_first=True, impl=impl, rngs=nnx.Rngs(0))
         jaxpr = str(jax.make_jaxpr(lambda x, model=model: model(x)[0])(x))
         assert ("flax_lstm_cpu_forward" in jaxpr) == flag
         outs[("nnx", flag)] = model(x)[0]
-        module = fl.linen.LSTM(20, num_layers=2, batch_first=True, cpu_kernel=flag)
+        module = fl.linen.LSTM(20, num_layers=2, batch_first=True, impl=impl)
         variables = module.init(jax.random.key(0), x)
         jaxpr = str(jax.make_jaxpr(lambda x, v=variables, m=module: m.apply(v, x)[0])(x))
         assert ("flax_lstm_cpu_forward" in jaxpr) == flag
