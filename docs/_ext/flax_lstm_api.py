@@ -50,6 +50,10 @@ DATA_DOCS = {
     ),
     "flax_lstm.bench.CPU_SET": "The shapes of ``flax-lstm bench --set cpu``.",
     "flax_lstm.bench.GPU_SET": "The shapes of ``flax-lstm bench --set gpu``.",
+    "flax_lstm.train.POOLINGS": (
+        "The choices of :attr:`TrainConfig.pooling`: how the LSTM's outputs become the "
+        "classifier's features (masked mean, last valid step, or both concatenated)."
+    ),
 }
 
 TITLES = {
