@@ -14,21 +14,18 @@ Example:
 from flax_lstm import kernel, linen, nnx, streaming
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
-from flax_lstm.params import (
-    Params,
-    cell_params,
+from flax_lstm.params import Params, cell_params, init_cell_params, init_params
+from flax_lstm.plan import Implementation, Plan
+from flax_lstm.stack import lstm, lstm_plan
+from flax_lstm.torch_io import (
     cell_params_from_torch,
     cell_to_torch_state_dict,
     config_from_state_dict,
     config_from_torch,
     from_torch,
     from_torch_state_dict,
-    init_cell_params,
-    init_params,
     to_torch_state_dict,
 )
-from flax_lstm.plan import Implementation, Plan
-from flax_lstm.stack import lstm, lstm_plan
 
 __version__ = "0.1.0"
 

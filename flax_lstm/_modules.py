@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lstm import params as params_lib
+from flax_lstm import torch_io
 from flax_lstm.cell import LSTMState
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import Params
@@ -129,7 +129,7 @@ def lstm_from_torch(
 
     ``param_dtype`` None keeps the torch weights' dtype (see `flax_lstm.from_torch`).
     """
-    config, params = params_lib.from_torch(
+    config, params = torch_io.from_torch(
         source, batch_first=batch_first, dropout=dropout, dtype=param_dtype
     )
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
@@ -139,7 +139,7 @@ def lstm_from_torch(
 
 def cell_from_torch(source: Any, param_dtype: Any) -> tuple[dict[str, Any], dict[str, Array]]:
     """Constructor keywords (sizes, ``bias``, ``param_dtype``) and params of a torch cell."""
-    params = params_lib.cell_params_from_torch(source, dtype=param_dtype)
+    params = torch_io.cell_params_from_torch(source, dtype=param_dtype)
     hidden_size, input_size = params["w_ih"].shape[0] // 4, params["w_ih"].shape[1]
     fields = {
         "input_size": input_size,

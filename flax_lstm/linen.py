@@ -39,8 +39,9 @@ from flax_lstm import _checks, _modules
 from flax_lstm._modules import Output, OutputWithStates
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
-from flax_lstm.params import Params, cell_to_torch_state_dict, init_params, to_torch_state_dict
+from flax_lstm.params import Params, init_params
 from flax_lstm.plan import Implementation
+from flax_lstm.torch_io import cell_to_torch_state_dict, to_torch_state_dict
 
 Array = jax.Array
 
@@ -345,15 +346,15 @@ class LSTMCell(nn.Module):
 
     @nn.compact
     def __call__(self, x: Any, hx: tuple[Any, Any] | None = None) -> LSTMState:
-        """One step.
+        """One step of `flax_lstm.lstm_cell` from ``hx`` (zeros when None), with the cell's
+        parameters, which the first call creates for ``x``'s input size.
 
         Args:
-          x: ``(N, input_size)`` or unbatched ``(input_size,)``.
-          hx: optional ``(h, c)``, each ``(N, H)`` (unbatched ``(H,)``); zeros when None.
+          x: the step's input, ``(N, input_size)``, or ``(input_size,)`` for one sequence.
+          hx: the previous ``(h, c)``, both ``(N, H)`` (or ``(H,)``), or None.
 
         Returns:
-          `flax_lstm.LSTMState` ``(h', c')``: ``h'`` in the compute dtype, ``c'`` in at least
-          float32.
+          The next `flax_lstm.LSTMState`: ``h`` in the compute dtype, ``c`` in float32 or wider.
         """
         if self.has_variable("params", "w_ih"):
             input_size = int(np.shape(self.get_variable("params", "w_ih"))[-1])

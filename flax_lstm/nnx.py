@@ -24,14 +24,9 @@ from flax_lstm import _modules
 from flax_lstm._modules import Output, OutputWithStates
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
-from flax_lstm.params import (
-    Params,
-    cell_to_torch_state_dict,
-    init_cell_params,
-    init_params,
-    to_torch_state_dict,
-)
+from flax_lstm.params import Params, init_cell_params, init_params
 from flax_lstm.plan import Implementation
+from flax_lstm.torch_io import cell_to_torch_state_dict, to_torch_state_dict
 
 Array = jax.Array
 RngsArg = nnx.Rngs | nnx.RngStream | Array | None  # a call's dropout stream or key
