@@ -266,11 +266,12 @@ def platform_of(*arrays: Any) -> str:
     devices, else the default device's (set by `jax.default_device`), else the default
     backend's."""
     for a in arrays:
-        if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer):
-            try:
-                return next(iter(a.devices())).platform
-            except (AttributeError, RuntimeError, StopIteration):  # deleted or abstract arrays
-                continue
+        if not isinstance(a, jax.Array):
+            continue
+        try:
+            return next(iter(a.devices())).platform
+        except (jax.errors.JAXTypeError, RuntimeError, StopIteration):  # traced or deleted
+            continue
     device = jax.config.jax_default_device
     if isinstance(device, jax.Device):
         return device.platform
