@@ -12,6 +12,13 @@
 // multiply-adds, compute the input projection for blocks of 64 steps at once, and each thread
 // keeps to its own share of the chunks so that their weights stay in its core's cache.
 //
+// Ragged batches (seq_lengths) cost their real steps: the rows are taken in order of length,
+// longest first, once per call, and each step's GEMM and gate arithmetic run on the rows whose
+// sequence has not ended (the packed GEMM reads its rows through that order); a finished row
+// only carries its state on, as a masked step did (see Order). B32 T512 I64 H256 with lengths
+// uniform in [16, 512] (mean 0.54 T), one thread: forward 1.6-1.8x faster than the padded
+// call, the backward recurrence 1.3x (it still writes every step's dz).
+//
 // The weight and input gradients, single large GEMMs, stay in XLA. float32, and bfloat16 where
 // the CPU has AVX512_BF16 (the GEMM operands x, h, W and dz in bfloat16, products summed in
 // float32 by vdpbf16ps; gates, cell states and gradients in float32, as the lax.scan path
@@ -24,7 +31,8 @@
 //                        (gate order i, f, g, o)
 //   h0/c0 (D, N, H)
 //   mask  (T, N) int8   nonzero where step t of sequence n is valid, or empty: all valid.
-//                        A masked step keeps the state (and passes gradients through).
+//                        A masked step keeps the state (and passes gradients through). A
+//                        prefix per row (steps 0 … len - 1 valid) skips the rows that ended.
 // x, w_ih, w_hh, h0, hs, dhs and dz are of the element type E (float, or bf16: bfloat16 bits);
 // bias, c0, cs, the gates and the other gradients are float32.
 
