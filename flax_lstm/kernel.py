@@ -9,11 +9,23 @@ register-blocked panels, each step is split into chunks of hidden units whose GE
 arithmetic run back to back on one thread, and the threads, the caller plus workers of XLA's
 own pool that join whenever they are free, claim chunks in order (at batches of at most 4,
 each thread keeps to its own chunks, and the input projection is one GEMM per 64 steps).
-The weight and input gradients stay single large XLA GEMMs. `flax_lstm.stack` uses it for
-float32 layers, and for bfloat16 ones on CPUs with AVX512_BF16 (``vdpbf16ps``; float32 gates
-and cell state), without projection, recurrent dropout or remat on the CPU backend (see
-``cpu_kernel`` of `flax_lstm.lstm`); everything else runs the `lax.scan` path, and so does any
-machine where the kernel cannot be built.
+The weight and input gradients stay single large XLA GEMMs.
+
+Ragged batches: with ``seq_lengths`` the mask is a prefix per sequence in the kernel's order
+of steps, for both directions (the caller reverses direction 1 within each length). The kernel
+then takes the sequences in order of length, longest first, once per call, and runs each
+step's GEMM and gate arithmetic, forward and backward, on the sequences that have not ended;
+an ended one only carries its state on (backward: passes dh and dc on, dz zero), which is what
+its masked steps computed before, so the results are those of the padded computation to float
+rounding. Any other mask keeps every sequence running, masked step by step. The XLA weight and
+input gradient GEMMs still run over all T·N rows (dz is zero past each length), so fwd+bwd
+gains less than the forward. The `lax.scan` path (GPU, TPU) has static shapes and computes
+every padded step; there, batches bucketed by length are what saves the padding.
+
+`flax_lstm.stack` uses it for float32 layers, and for bfloat16 ones on CPUs with AVX512_BF16
+(``vdpbf16ps``; float32 gates and cell state), without projection, recurrent dropout or remat
+on the CPU backend (see ``cpu_kernel`` of `flax_lstm.lstm`); everything else runs the
+`lax.scan` path, and so does any machine where the kernel cannot be built.
 
 The source is compiled once per machine with the system C++ compiler (``$CXX``, else ``g++``,
 ``c++`` or ``clang++``; C++20), ``-O3 -march=native`` (or ``-mcpu=native``, or neither, where
@@ -250,7 +262,8 @@ def forward(
 
     x (T, D, N, I) with direction 1's input already reversed; w_ih (D, 4H, I); w_hh (D, 4H, H);
     h0 (D, N, H): all in the compute dtype, float32 or bfloat16. b (D, 4H) (the sum of both
-    biases) or None, and c0 (D, N, H): float32. mask (T, N) bool or None.
+    biases) or None, and c0 (D, N, H): float32. mask (T, N) bool or None; a prefix per
+    sequence (its length) skips the sequences that have ended (see the module docstring).
     Returns ``hs`` (T, D, N, H) in the compute dtype, and in float32 ``cs`` (T, D, N, H), or
     (D, N, H) for the last step only unless ``all_c``, and the activated gates (T, D, N, 4H)
     when ``save_acts`` (else None).

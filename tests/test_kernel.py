@@ -126,9 +126,57 @@ def test_kernel_random_configurations(case, threads):
             os.environ["FLAX_LSTM_NUM_THREADS"] = old
 
 
+# Ragged batches: the kernel takes the rows longest first and runs each step on the rows
+# still running. Many different lengths (T among them), both directions, batches past one
+# 8-row block and of at most 4 (the hoisted input projection, whose blocks past the longest
+# sequence are skipped).
+RAGGED_CASES = [
+    Case(
+        input_size=13,
+        hidden_size=40,
+        seq_len=70,
+        batch=13,
+        bidirectional=True,
+        with_hx=True,
+        lengths=(70, 1, 2, 69, 35, 70, 3, 17, 9, 64, 65, 33, 8),
+    ),
+    Case(input_size=9, hidden_size=24, seq_len=150, batch=4, lengths=(150, 5, 66, 129)),
+]
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("case", RAGGED_CASES, ids=range(len(RAGGED_CASES)))
+def test_ragged_parity_with_torch_packed(case, threads, monkeypatch):
+    """Against torch's packed LSTM (pack_padded_sequence, enforce_sorted=False)."""
+    monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
+    jax.clear_caches()
+    assert _uses_kernel(case, cpu_kernel=True)
+    compare(case, jit=True, cpu_kernel=True)
+
+
 # torch rejects a length of 0; the scan path defines it (the state stays h_0, c_0).
 SCAN_CASES = [
     *KERNEL_CASES[:4],
+    *RAGGED_CASES,
+    Case(
+        input_size=10,
+        hidden_size=36,
+        seq_len=40,
+        batch=11,
+        bidirectional=True,
+        with_hx=True,
+        lengths=(0, 40, 1, 39, 0, 20, 2, 40, 7, 33, 12),
+    ),
+    # Every sequence ends before T, and the input projection's last blocks run no row.
+    Case(
+        input_size=8,
+        hidden_size=20,
+        seq_len=140,
+        batch=3,
+        bidirectional=True,
+        with_hx=True,
+        lengths=(60, 0, 3),
+    ),
     Case(input_size=5, hidden_size=33, seq_len=7, batch=9, lengths=(7, 0, 3, 1, 7, 2, 0, 6, 5)),
     Case(
         input_size=6,
@@ -202,6 +250,40 @@ def test_small_batches_with_more_runs_than_threads(case, monkeypatch):
     fast, scan = _kernel_and_scan(case)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(scan), strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("batch", [3, 10])
+def test_mask_that_is_no_prefix(batch, threads, monkeypatch):
+    """run_layer takes any (T, N) mask: one with valid steps after masked ones keeps every row
+    running in the kernel and masks step by step, as the scan does."""
+    from flax_lstm.recurrence import run_layer
+
+    monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
+    jax.clear_caches()
+    t, d, i, h = 9, 2, 6, 20
+    ks = jax.random.split(jax.random.key(batch), 6)
+    x = jax.random.normal(ks[0], (t, d, batch, i))
+    w_ih = jax.random.normal(ks[1], (d, 4 * h, i)) * 0.3
+    w_hh = jax.random.normal(ks[2], (d, 4 * h, h)) * 0.3
+    b = jax.random.normal(ks[3], (d, 4 * h)) * 0.1
+    h0 = jax.random.normal(ks[4], (d, batch, h))
+    c0 = jax.random.normal(ks[5], (d, batch, h))
+    mask = jax.random.bernoulli(jax.random.key(7), 0.6, (t, batch))
+
+    def run(kernel):
+        def loss(x, w_ih, b, w_hh, h0, c0):
+            hs, cs = run_layer(
+                x, w_ih, b, w_hh, None, h0, c0, mask, hoist_input=False, kernel=kernel
+            )
+            return (hs**2).sum() + cs.sum(), (hs, cs)
+
+        return jax.jit(jax.value_and_grad(loss, argnums=range(6), has_aux=True))(
+            x, w_ih, b, w_hh, h0, c0
+        )
+
+    for a, b_ in zip(jax.tree.leaves(run(True)), jax.tree.leaves(run(False)), strict=True):
+        np.testing.assert_allclose(a, b_, atol=2e-5, rtol=2e-5)
 
 
 def test_bfloat16_kernel_builds_where_the_cpu_has_it():

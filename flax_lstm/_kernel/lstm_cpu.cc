@@ -12,6 +12,13 @@
 // multiply-adds, compute the input projection for blocks of 64 steps at once, and each thread
 // keeps to its own share of the chunks so that their weights stay in its core's cache.
 //
+// Ragged batches (seq_lengths) cost their real steps: the rows are taken in order of length,
+// longest first, once per call, and each step's GEMM and gate arithmetic run on the rows whose
+// sequence has not ended (the packed GEMM reads its rows through that order); a finished row
+// only carries its state on, as a masked step did (see Order). B32 T512 I64 H256 with lengths
+// uniform in [16, 512] (mean 0.54 T), one thread: forward 1.6-1.8x faster than the padded
+// call, the backward recurrence 1.3x (it still writes every step's dz).
+//
 // The weight and input gradients, single large GEMMs, stay in XLA. float32, and bfloat16 where
 // the CPU has AVX512_BF16 (the GEMM operands x, h, W and dz in bfloat16, products summed in
 // float32 by vdpbf16ps; gates, cell states and gradients in float32, as the lax.scan path
@@ -24,7 +31,8 @@
 //                        (gate order i, f, g, o)
 //   h0/c0 (D, N, H)
 //   mask  (T, N) int8   nonzero where step t of sequence n is valid, or empty: all valid.
-//                        A masked step keeps the state (and passes gradients through).
+//                        A masked step keeps the state (and passes gradients through). A
+//                        prefix per row (steps 0 … len - 1 valid) skips the rows that ended.
 // x, w_ih, w_hh, h0, hs, dhs and dz are of the element type E (float, or bf16: bfloat16 bits);
 // bias, c0, cs, the gates and the other gradients are float32.
 
@@ -82,24 +90,27 @@ constexpr int kPair = sizeof(E) == 2 ? 2 : 1;
 
 // One product A · B of a GEMM: A is M × K with leading dimension lda, Bp holds the packed
 // panels of B (round_up(K, kPair) × NR each, one after the other). A sum of two products
-// shares the output.
+// shares the output. With `rows`, row i of A is row rows[i] of the matrix at A (the active
+// rows of a ragged batch, in order of length; see Order).
 template <typename E>
 struct Product {
   const E* A;
   int64_t lda;
   int K;
   const E* Bp;
+  const int32_t* rows = nullptr;
 };
 
+// acc += A · B for the M rows of A at a[0], …, a[M - 1] (K elements each).
 template <int M>
-inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const float* __restrict A, int64_t lda,
-                       int K, const float* __restrict B) {
+inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const float* const (&A)[M], int K,
+                       const float* __restrict B) {
   for (int k = 0; k < K; ++k) {
     const vec b0 = *reinterpret_cast<const vec_u*>(B + k * NR);
     const vec b1 = *reinterpret_cast<const vec_u*>(B + k * NR + VW);
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
-      const float a = A[i * lda + k];
+      const float a = A[i][k];
       acc0[i] += a * b0;
       acc1[i] += a * b1;
     }
@@ -111,14 +122,14 @@ inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const float* __restrict A
 // A broadcast against pairs of B) to float32 accumulators. An odd last K-step pairs A's value
 // with a zero (B is zero-padded there), so A is never read past its row.
 template <int M>
-inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const bf16* __restrict A, int64_t lda,
-                       int K, const bf16* __restrict B) {
+inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const bf16* const (&A)[M], int K,
+                       const bf16* __restrict B) {
   const auto step = [&](int k, auto a_at) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B + k * NR);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + k * NR + 2 * VW);
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(a_at(A + i * lda + k)));
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(a_at(A[i] + k)));
       acc0[i] = (vec)_mm512_dpbf16_ps((__m512)acc0[i], a, b0);
       acc1[i] = (vec)_mm512_dpbf16_ps((__m512)acc1[i], a, b1);
     }
@@ -147,8 +158,11 @@ inline void micro(const Product<E>* prods, int nprod, int64_t i0, int64_t p, flo
   }
   for (int q = 0; q < nprod; ++q) {
     const Product<E>& pr = prods[q];
-    accumulate<M>(acc0, acc1, pr.A + i0 * pr.lda, pr.lda, pr.K,
-                  pr.Bp + p * round_up(pr.K, kPair<E>) * NR);
+    const E* a[M];
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i)
+      a[i] = pr.A + (pr.rows == nullptr ? i0 + i : pr.rows[i0 + i]) * pr.lda;
+    accumulate<M>(acc0, acc1, a, pr.K, pr.Bp + p * round_up(pr.K, kPair<E>) * NR);
   }
   float* c = C + i0 * ldc + p * NR;
 #pragma GCC unroll 8
@@ -435,6 +449,51 @@ struct Dims {
   int64_t T, D, N, I, H;
 };
 
+// Ragged batches. stack.py masks step t of sequence n where t >= its length, in the kernel's
+// order for both directions (the caller reverses direction 1 within each length), so the mask
+// is a prefix per row. Then the rows are taken in order of length, longest first: at step t
+// the rows still running are the first active[t] of `rows`, each step's GEMM and gate
+// arithmetic run on those only (a Product with `rows`), and a finished row only carries its
+// state through (forward: h and c copied, no gates; backward: dh and dc passed on, dz zero).
+// That is what the masked steps computed before, so the results are the same, and a batch
+// costs its real steps. A mask that is not a prefix per row (run_layer accepts any) keeps
+// every row active and masks the steps one by one, as does no mask at all (rows == nullptr).
+struct Order {
+  std::vector<int32_t> perm;    // the rows, longest first (ties in order); empty: 0, 1, …
+  std::vector<int64_t> active;  // active[t], t in [0, T]: rows whose step t is valid
+  bool prefix = false;          // the mask is a prefix per row (a step past active is masked)
+
+  Order(const int8_t* mask, int64_t T, int64_t N) : active(static_cast<size_t>(T + 1), N) {
+    active[T] = 0;
+    if (mask == nullptr) return;
+    std::vector<int64_t> len(static_cast<size_t>(N));
+    for (int64_t n = 0; n < N; ++n) {
+      int64_t t = 0;
+      while (t < T && mask[t * N + n] != 0) ++t;
+      len[n] = t;
+      for (int64_t u = t; u < T; ++u)
+        if (mask[u * N + n] != 0) return;  // not a prefix: every row active, masked per step
+    }
+    prefix = true;
+    perm.resize(static_cast<size_t>(N));
+    for (int64_t n = 0; n < N; ++n) perm[n] = static_cast<int32_t>(n);
+    std::stable_sort(perm.begin(), perm.end(), [&](int32_t a, int32_t b) {
+      return len[a] > len[b];
+    });
+    for (int64_t t = 0, i = N; t < T; ++t) {
+      while (i > 0 && len[perm[i - 1]] <= t) --i;
+      active[t] = i;
+    }
+  }
+  // The row of batch position i, and the rows argument of a Product.
+  int64_t row(int64_t i) const { return perm.empty() ? i : perm[i]; }
+  const int32_t* rows() const { return perm.empty() ? nullptr : perm.data(); }
+  // Whether step t of active row n is valid (past active[t], no step is).
+  bool valid(const int8_t* mask, int64_t t, int64_t N, int64_t n) const {
+    return prefix || mask == nullptr || mask[t * N + n] != 0;
+  }
+};
+
 // Forward chunks: 16 hidden units, i.e. 64 gate columns, two packed panels (a whole number of
 // vectors for the gate arithmetic). Backward chunks: 32 units, one panel of dh.
 constexpr int64_t kFwdUnits = 16, kBwdUnits = 32;
@@ -590,6 +649,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
   // GEMM is only h_{t-1}·W_hhᵀ: at a batch of a few sequences the per-step GEMM reads every
   // weight for a few multiply-adds each, so W_ih is then read once a block instead of once a
   // step. xp holds the block's projection, chunk by chunk: (chunks, kBlock · N, cols).
+  const Order order(mask, T, N);
   const bool hoist = N <= kSmallBatch;
   const int64_t blocks = hoist ? (T + kBlock - 1) / kBlock : 0, per_dir = T + blocks;
   std::vector<float> xp(hoist ? static_cast<size_t>(chunks * kBlock * N * cols) : 0);
@@ -601,7 +661,11 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
     const int64_t t = hoist ? r - r / (kBlock + 1) - 1 : r;
     const E* pi = bi.data() + (d * chunks + k) * wi;
     if (hoist && r % (kBlock + 1) == 0) {  // the input projection of the block's steps
-      const int64_t t0 = r / (kBlock + 1) * kBlock, nt = std::min(kBlock, T - t0);
+      // Only the steps that some row still runs (none, past the longest sequence).
+      const int64_t t0 = r / (kBlock + 1) * kBlock;
+      int64_t nt = std::min(kBlock, T - t0);
+      while (nt > 0 && order.active[t0 + nt - 1] == 0) --nt;
+      if (nt == 0) return;
       const E* a = x + (t0 * D + d) * N * I;
       if (D > 1) {  // the direction's rows are not contiguous: gather them
         E* g = scratch.get_rows<E>(static_cast<size_t>(nt * N * I));
@@ -617,18 +681,31 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
     const int64_t row0 = (t * D + d) * N;  // first row of step t, direction d
     const E* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
     const E* ph = bh.data() + (d * chunks + k) * wh;
-    const Product<E> prods[2] = {{x + row0 * I, I, static_cast<int>(I), pi},
-                                 {hprev, H, static_cast<int>(H), ph}};
+    const int64_t na = order.active[t];  // gate row i is batch row order.row(i)
+    const Product<E> prods[2] = {{x + row0 * I, I, static_cast<int>(I), pi, order.rows()},
+                                 {hprev, H, static_cast<int>(H), ph, order.rows()}};
     float* gate = scratch.get(static_cast<size_t>(N * cols));
-    gemm_packed(N, cols / NR, prods + hoist, hoist ? 1 : 2, gate, cols);
+    gemm_packed(na, cols / NR, prods + hoist, hoist ? 1 : 2, gate, cols);
     if (hoist) {
       const float* p = xp.data() + (k * kBlock + t % kBlock) * N * cols;
-      for (int64_t j = 0; j < N * cols; ++j) gate[j] += p[j];
+      for (int64_t i = 0; i < na; ++i)
+        for (int64_t j = 0; j < cols; ++j) gate[i * cols + j] += p[order.row(i) * cols + j];
+    }
+    for (int64_t i = na; i < N; ++i) {  // finished rows: the state stays, no gates
+      const int64_t n = order.row(i);
+      std::memcpy(hs + (row0 + n) * H + u0, hprev + n * H + u0, nu * sizeof(E));
+      if (cs_all)
+        std::memcpy(cs + (row0 + n) * H + u0, c.data() + (d * N + n) * H + u0,
+                    nu * sizeof(float));
+      if (acts != nullptr)
+        for (int64_t g = 0; g < 4; ++g)
+          std::fill_n(acts + (row0 + n) * G4 + g * H + u0, nu, 0.0f);
     }
     const float* bb = bcol.data() + (d * chunks + k) * cols;
-    for (int64_t n = 0; n < N; ++n) {
-      const bool valid = mask == nullptr || mask[t * N + n] != 0;
-      const float* z = gate + n * cols;
+    for (int64_t i = 0; i < na; ++i) {
+      const int64_t n = order.row(i);
+      const bool valid = order.valid(mask, t, N, n);
+      const float* z = gate + i * cols;
       const E* hp = hprev + n * H + u0;
       E* h = hs + (row0 + n) * H + u0;
       float* cn = c.data() + (d * N + n) * H + u0;
@@ -692,35 +769,40 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
   // (dc), and the dh that frozen steps pass through (pass).
   std::vector<float> dc(static_cast<size_t>(D * N * H), 0.0f), pass(dc.size(), 0.0f);
   if (!dcs_all) std::memcpy(dc.data(), dcs, D * N * H * sizeof(float));
-  // Row d·(T + 1) + r: step t = T - 1 - r of direction d, and r = T the dh0 row.
+  // Row d·(T + 1) + r: step t = T - 1 - r of direction d, and r = T the dh0 row. Row i of
+  // the chunk's dh is batch row order.row(i) (see Order).
+  const Order order(mask, T, N);
   const int64_t steps = T + 1;
   run_items(pool, threads, Prefault(fresh), D * steps, chunks, [&](int64_t row, int64_t k,
                                                                   Scratch& scratch) {
     const int64_t d = row / steps, t = T - 1 - row % steps;
     const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
     float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
-    if (t == T - 1) {
-      for (int64_t n = 0; n < N; ++n) std::fill(dh + n * cols, dh + n * cols + nu, 0.0f);
-    } else {
+    // dz_{t+1} is zero for the rows that step t + 1 does not run: only the others' GEMM.
+    const int64_t na_next = t == T - 1 ? 0 : order.active[t + 1];
+    if (na_next > 0) {
       const Product<E> prod{dz + ((t + 1) * D + d) * N * G4, G4, static_cast<int>(G4),
-                            bp.data() + (d * chunks + k) * wc};
-      gemm_packed(N, cols / NR, &prod, 1, dh, cols);
+                            bp.data() + (d * chunks + k) * wc, order.rows()};
+      gemm_packed(na_next, cols / NR, &prod, 1, dh, cols);
     }
-    for (int64_t n = 0; n < N; ++n) {
-      const float* ps = pass.data() + (d * N + n) * H + u0;
-      for (int64_t j = 0; j < nu; ++j) dh[n * cols + j] += ps[j];
+    for (int64_t i = na_next; i < N; ++i) std::fill(dh + i * cols, dh + i * cols + nu, 0.0f);
+    for (int64_t i = 0; i < N; ++i) {
+      const float* ps = pass.data() + (d * N + order.row(i)) * H + u0;
+      for (int64_t j = 0; j < nu; ++j) dh[i * cols + j] += ps[j];
     }
     if (t < 0) {  // the dh0 row: the gradients w.r.t. h_0 and c_0
-      for (int64_t n = 0; n < N; ++n) {
-        std::memcpy(dh0 + (d * N + n) * H + u0, dh + n * cols, nu * sizeof(float));
+      for (int64_t i = 0; i < N; ++i) {
+        const int64_t n = order.row(i);
+        std::memcpy(dh0 + (d * N + n) * H + u0, dh + i * cols, nu * sizeof(float));
         std::memcpy(dc0 + (d * N + n) * H + u0, dc.data() + (d * N + n) * H + u0,
                     nu * sizeof(float));
       }
       return;
     }
-    const int64_t row0 = (t * D + d) * N;
-    for (int64_t n = 0; n < N; ++n) {
-      const bool valid = mask == nullptr || mask[t * N + n] != 0;
+    const int64_t row0 = (t * D + d) * N, na = order.active[t];
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t n = order.row(i);
+      const bool valid = i < na && order.valid(mask, t, N, n);
       const float* a = acts + (row0 + n) * G4 + u0;
       const float* ct = cs + (row0 + n) * H + u0;
       const float* cp = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (row0 - D * N + n) * H + u0;
@@ -728,7 +810,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
       const float* gc = dcs_all ? dcs + (row0 + n) * H + u0 : nullptr;
       E* dzr = dz + (row0 + n) * G4 + u0;
       float* dbr = db + d * G4 + u0;
-      const float* dhn = dh + n * cols;
+      const float* dhn = dh + i * cols;
       float* dcn = dc.data() + (d * N + n) * H + u0;
       float* ps = pass.data() + (d * N + n) * H + u0;
       for_columns(nu, [&]<typename V>(int64_t j) {
