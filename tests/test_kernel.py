@@ -150,8 +150,8 @@ def test_ragged_parity_with_torch_packed(case, threads, monkeypatch):
     """Against torch's packed LSTM (pack_padded_sequence, enforce_sorted=False)."""
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
     jax.clear_caches()
-    assert _uses_kernel(case, cpu_kernel=True)
-    compare(case, jit=True, cpu_kernel=True)
+    assert _uses_kernel(case, impl="kernel")
+    compare(case, jit=True, impl="kernel")
 
 
 # torch rejects a length of 0; the scan path defines it (the state stays h_0, c_0).
@@ -257,7 +257,8 @@ def test_small_batches_with_more_runs_than_threads(case, monkeypatch):
 def test_mask_that_is_no_prefix(batch, threads, monkeypatch):
     """run_layer takes any (T, N) mask: one with valid steps after masked ones keeps every row
     running in the kernel and masks step by step, as the scan does."""
-    from flax_lstm.recurrence import run_layer
+    from flax_lstm.plan import Plan
+    from flax_lstm.recurrence import LayerWeights, run_layer
 
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
     jax.clear_caches()
@@ -272,10 +273,18 @@ def test_mask_that_is_no_prefix(batch, threads, monkeypatch):
     mask = jax.random.bernoulli(jax.random.key(7), 0.6, (t, batch))
 
     def run(kernel):
+        plan = Plan(
+            platform="cpu",
+            recurrence="kernel" if kernel else "scan",
+            backward="custom",
+            unroll=1,
+            hoist_input=False,
+            fuse_directions=True,
+        )
+
         def loss(x, w_ih, b, w_hh, h0, c0):
-            hs, cs = run_layer(
-                x, w_ih, b, w_hh, None, h0, c0, mask, hoist_input=False, kernel=kernel
-            )
+            weights = LayerWeights(w_ih, b, w_hh, None)
+            hs, cs = run_layer(x, weights, h0, c0, mask, None, plan=plan)
             return (hs**2).sum() + cs.sum(), (hs, cs)
 
         return jax.jit(jax.value_and_grad(loss, argnums=range(6), has_aux=True))(
