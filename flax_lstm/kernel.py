@@ -19,8 +19,12 @@ The source is compiled once per machine with the system C++ compiler (``$CXX``, 
 ``c++`` or ``clang++``; C++20), ``-O3 -march=native`` (or ``-mcpu=native``, or neither, where
 the compiler rejects it) and the XLA FFI headers of the installed jaxlib,
 into ``$FLAX_LSTM_CACHE_DIR`` (default ``~/.cache/flax_lstm``); the file name hashes the
-source, the flags, the compiler, jaxlib's version and the CPU, so a change of any of them
-builds anew. About 4 s, once.
+source, the flags, the compiler, jaxlib's version and (for ``-march=native``) the CPU, so a
+change of any of them builds anew. About 4 s, once: processes that start together (pytest-xdist
+workers, the processes of a distributed run) wait on a file lock for one build, and a build
+that was killed leaves no temporary file behind for long (the next build removes it).
+``flax-lstm kernel`` builds the library and reports it (`info`): run it to prebuild into a
+container image or a shared cache folder, with the same environment variables as the runs.
 
 Environment variables:
   ``FLAX_LSTM_CPU_KERNEL=0``: never build or use the kernel (the scan path everywhere). Read at
@@ -28,18 +32,26 @@ Environment variables:
   was already compiled keeps the path it was compiled with.
   ``FLAX_LSTM_NUM_THREADS``: threads of the kernel (default: the CPUs this process may use).
   ``FLAX_LSTM_CACHE_DIR``: where the built library is kept.
+  ``FLAX_LSTM_ARCH``: the target instruction set instead of the building machine's:
+  ``x86-64-v3`` (any AVX2 machine), ``x86-64-v4``, ``sapphirerapids``… (a ``-march=`` value),
+  or ``none`` for the compiler's default. The library is then keyed without the CPU, so
+  machines with different CPUs share one build (a cluster's shared home, a container image).
+  ``FLAX_LSTM_CXXFLAGS``: extra compiler flags, appended (and hashed into the file name).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -53,7 +65,7 @@ from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 
-__all__ = ["available", "build_error", "num_threads"]
+__all__ = ["available", "build_error", "info", "num_threads"]
 
 _SOURCE = Path(__file__).parent / "_kernel" / "lstm_cpu.cc"
 _FLAGS = ("-O3", "-std=c++20", "-shared", "-fPIC", "-pthread")
@@ -103,42 +115,119 @@ def _cache_dir() -> Path:
     return Path(base) / "flax_lstm"
 
 
-def _build(cxx: str) -> Path:
-    """Compile the kernel (or find it built) and return the shared library's path."""
-    source = _SOURCE.read_bytes()
+# A temporary file older than this is left by a killed build (a build takes seconds).
+_STALE_S = 3600.0
+# The instruction-set macros `info` reports, as the compiler defines them for the flags used.
+_ISA_MACROS = (
+    "__SSE4_2__", "__AVX__", "__AVX2__", "__FMA__", "__AVX512F__", "__AVX512BW__",
+    "__AVX512VL__", "__AVX512BF16__", "__ARM_NEON", "__ARM_FEATURE_SVE", "__ARM_FEATURE_BF16",
+)  # fmt: skip
+
+
+def _arch_flags() -> tuple[tuple[str, ...], ...]:
+    """The candidate target flags, tried in order: ``FLAX_LSTM_ARCH``'s, else the machine's."""
+    arch = os.environ.get("FLAX_LSTM_ARCH", "native").strip()
+    if arch == "native":
+        return _ARCH_FLAGS
+    if arch in ("", "none"):
+        return ((),)
+    return ((f"-march={arch}",),)
+
+
+def _build_key(cxx: str, arch: tuple, extra: tuple) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False)
-    key = hashlib.sha256(
-        b"\0".join(
-            [
-                source,
-                " ".join(_FLAGS + sum(_ARCH_FLAGS, ())).encode(),
-                version.stdout.encode(),
-                jaxlib.__version__.encode(),
-                _cpu_identity().encode(),
-            ]
-        )
-    ).hexdigest()[:16]
-    out = _cache_dir() / f"lstm_cpu_{key}.so"
+    native = any("native" in flag for flags in arch for flag in flags)
+    parts = [
+        _SOURCE.read_bytes(),
+        " ".join(_FLAGS + sum(arch, ()) + extra).encode(),
+        version.stdout.encode(),
+        jaxlib.__version__.encode(),
+        _cpu_identity().encode() if native else b"",
+    ]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive lock on ``path`` (a file lock: other processes wait for it)."""
+    with open(path, "a") as f:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, the atomic rename still holds
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_stale(folder: Path, key: str) -> None:
+    """Remove temporary files of killed builds: this key's (its lock is held, so no build of
+    it is running) and any older than an hour (``tmp*.so`` from earlier versions too)."""
+    now = time.time()
+    for path in [*folder.glob(".lstm_cpu_*.tmp*"), *folder.glob("tmp*.so")]:
+        with contextlib.suppress(OSError):
+            if key in path.name or now - path.stat().st_mtime > _STALE_S:
+                path.unlink()
+
+
+def _isa(cxx: str, flags: list[str]) -> list[str]:
+    """The instruction-set macros ``cxx`` defines with ``flags`` (empty if it cannot say)."""
+    cmd = [cxx, *flags, "-dM", "-E", "-x", "c++", os.devnull]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    defined = {line.split()[1] for line in proc.stdout.splitlines() if line.count(" ") >= 1}
+    return [m.strip("_") for m in _ISA_MACROS if m in defined]
+
+
+def _build(cxx: str) -> Path:
+    """Compile the kernel (or find it built) and return the shared library's path.
+
+    Next to the library, ``<name>.json`` records how it was built (`info`)."""
+    arch = _arch_flags()
+    extra = tuple(shlex.split(os.environ.get("FLAX_LSTM_CXXFLAGS", "")))
+    key = _build_key(cxx, arch, extra)
+    folder = _cache_dir()
+    out = folder / f"lstm_cpu_{key}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Build under a temporary name and rename: concurrent processes (pytest-xdist) never see
-    # a half-written library.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        for arch in _ARCH_FLAGS:
-            cmd = [cxx, *_FLAGS, *arch, "-isystem", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode == 0:
-                break
-        else:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    folder.mkdir(parents=True, exist_ok=True)
+    # One build per key at a time; the others wait and then find it built. The library is
+    # written under a temporary name and renamed: nothing ever loads a half-written one.
+    with _lock(folder / f".lstm_cpu_{key}.lock"):
+        if out.exists():
+            return out
+        _remove_stale(folder, key)
+        tmp = folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.so"
+        try:
+            for flags in arch:
+                flags = [*_FLAGS, *flags, *extra]
+                cmd = [cxx, *flags, "-isystem", jax.ffi.include_dir(), str(_SOURCE), "-o", str(tmp)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if proc.returncode == 0:
+                    break
+            else:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+            version = subprocess.run([cxx, "--version"], capture_output=True, text=True)
+            record = {
+                "compiler": (version.stdout.splitlines() or [cxx])[0],
+                "flags": flags,
+                "isa": _isa(cxx, flags),
+            }
+            meta = out.with_suffix(".json")
+            meta_tmp = folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.json"
+            meta_tmp.write_text(json.dumps(record, indent=2) + "\n")
+            os.replace(meta_tmp, meta)
+            os.replace(tmp, out)
+        finally:
+            for path in (tmp, folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
     return out
+
+
+_LIBRARY: list[Path] = []  # the loaded library's path, once `_build_and_register` has run
 
 
 def _disabled() -> bool:
@@ -161,9 +250,11 @@ def _build_and_register() -> str | frozenset[str]:
     if cxx is None:
         return "no C++ compiler found (set CXX, or install g++)"
     try:
-        lib = ctypes.cdll.LoadLibrary(str(_build(cxx)))
+        path = _build(cxx)
+        lib = ctypes.cdll.LoadLibrary(str(path))
     except (OSError, RuntimeError) as e:
         return f"could not build the CPU kernel: {e}"
+    _LIBRARY[:] = [path]
     # float32 and the transposed copies are always compiled; bfloat16 only for AVX512_BF16.
     if not all(hasattr(lib, symbol) for _, symbol in (*_TARGETS["float32"], *_TRANSPOSE.values())):
         return "could not build the CPU kernel: the library lacks float32 or transpose symbols"
@@ -198,6 +289,32 @@ def available(dtype: Any = jnp.float32) -> bool:
     if isinstance(loaded, str) and loaded != _DISABLED:
         _warn_once(loaded)
     return build_error(dtype) is None
+
+
+def info() -> dict[str, Any]:
+    """The kernel's state, building it if need be (``flax-lstm kernel`` prints it).
+
+    ``available``; ``error`` (why not, or None); ``library`` (its path); ``compiler``,
+    ``flags`` and ``isa`` (the instruction-set extensions it was compiled for) as recorded at
+    its build; ``bfloat16`` (whether it has the bfloat16 kernels); ``threads`` (per layer, at
+    most: `num_threads`); ``cache_dir``.
+    """
+    error = build_error()
+    state: dict[str, Any] = {
+        "available": error is None,
+        "error": error,
+        "library": str(_LIBRARY[0]) if _LIBRARY and error is None else None,
+        "compiler": None,
+        "flags": None,
+        "isa": None,
+        "bfloat16": error is None and build_error(jnp.bfloat16) is None,
+        "threads": num_threads(),
+        "cache_dir": str(_cache_dir()),
+    }
+    if state["library"]:
+        with contextlib.suppress(OSError, ValueError):
+            state.update(json.loads(_LIBRARY[0].with_suffix(".json").read_text()))
+    return state
 
 
 @functools.cache
