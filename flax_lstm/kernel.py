@@ -65,7 +65,7 @@ from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 
-__all__ = ["available", "build_error", "info", "num_threads"]
+__all__ = ["available", "build_error", "export_checks", "info", "num_threads"]
 
 _SOURCE = Path(__file__).parent / "_kernel" / "lstm_cpu.cc"
 _FLAGS = ("-O3", "-std=c++20", "-shared", "-fPIC", "-pthread")
@@ -289,6 +289,30 @@ def available(dtype: Any = jnp.float32) -> bool:
     if isinstance(loaded, str) and loaded != _DISABLED:
         _warn_once(loaded)
     return build_error(dtype) is None
+
+
+def export_checks() -> list[Any]:
+    """What `jax.export.export` needs to serialize a computation that calls the kernel.
+
+    The kernel's FFI targets have no compatibility guarantee (an artifact runs only where the
+    same flax_lstm version builds the kernel): export refuses them unless their check is
+    disabled by name. Before calling a deserialized computation in a new process, `available`
+    must have registered the targets. ``impl="scan"`` exports pure StableHLO instead, with
+    jax's compatibility guarantees.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax_lstm as fl
+      >>> config = fl.LSTMConfig(input_size=3, hidden_size=16)
+      >>> params = fl.init_params(jax.random.key(0), config)
+      >>> f = jax.jit(lambda p, x: fl.lstm(p, x, config=config)[0])
+      >>> exp = jax.export.export(f, disabled_checks=fl.kernel.export_checks())(
+      ...     params, jnp.ones((20, 2, 3)))
+      >>> exp.out_avals
+      (ShapedArray(float32[20,2,16]),)
+    """
+    names = [t for targets in _TARGETS.values() for t, _ in targets]
+    names += [t for t, _ in _TRANSPOSE.values()]
+    return [jax.export.DisabledSafetyCheck.custom_call(n) for n in names]
 
 
 def info() -> dict[str, Any]:
