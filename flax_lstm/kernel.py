@@ -15,6 +15,14 @@ and cell state), without projection, recurrent dropout or remat on the CPU backe
 ``cpu_kernel`` of `flax_lstm.lstm`); everything else runs the `lax.scan` path, and so does any
 machine where the kernel cannot be built.
 
+Under `jax.sharding`, with the batch sharded over a mesh, each call runs on every device's own
+rows (the kernel's calls are partitioned along the batch; nothing is gathered). The forward
+equals the unsharded call bit for bit where each device holds more than 4 sequences (at most
+4 take the small-batch path: within 2e-7), the gradients up to the order of the batch sum.
+`jax.export` serializes a computation that calls the kernel with
+``disabled_checks=flax_lstm.kernel.export_checks()``; the process that loads it calls
+`available` first, which registers the kernel's targets.
+
 The source is compiled once per machine with the system C++ compiler (``$CXX``, else ``g++``,
 ``c++`` or ``clang++``; C++20), ``-O3 -march=native`` (or ``-mcpu=native``, or neither, where
 the compiler rejects it) and the XLA FFI headers of the installed jaxlib,
