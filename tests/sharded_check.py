@@ -108,6 +108,33 @@ def transposed_copy() -> dict:
     }
 
 
+def vmapped_members() -> dict:
+    """The gradient of two vmapped kernel models (an ensemble, as `flax_lstm.train` runs it)."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    config = fl.LSTMConfig(input_size=8, hidden_size=16, bidirectional=True, batch_first=True)
+    keys = jax.random.split(jax.random.key(0), 2)
+    params = jax.vmap(lambda k: fl.init_params(k, config))(keys)
+    x = jax.random.normal(jax.random.key(1), (32, 12, 8))
+    ln = jnp.arange(32) % 12 + 1
+
+    def loss(p, x, ln):
+        def one(p):
+            return (fl.lstm(p, x, config=config, seq_lengths=ln, impl="kernel")[0] ** 2).sum()
+
+        return jax.vmap(one)(p).sum()
+
+    grad = jax.jit(jax.grad(loss))
+    rows = NamedSharding(mesh, P("data"))
+    sharded = (params, jax.device_put(x, rows), jax.device_put(ln, rows))
+    compiled = grad.lower(*sharded).compile()
+    got, want = compiled(*sharded), grad(params, x, ln)
+    diff = max(
+        float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
+    )
+    return {"impl": "vmapped_members", "collectives": collectives(compiled.as_text()), "diff": diff}
+
+
 # (impl, bidirectional, lengths, dtype, layers): both paths uni- and bidirectional with
 # seq_lengths; two layers (the input gradient of layer 2 feeds layer 1) and no lengths once each.
 CASES = [
@@ -128,6 +155,7 @@ def main() -> None:
     for c in CASES:
         print(json.dumps(case(*c)), flush=True)
     print(json.dumps(transposed_copy()), flush=True)
+    print(json.dumps(vmapped_members()), flush=True)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def sharded_cases() -> list[dict]:
 
 @needs_kernel
 def test_sharded_calls_hold_no_all_gather_and_equal_the_unsharded(sharded_cases):
-    cases = [c for c in sharded_cases if c["impl"] != "transposed_copy"]
+    cases = [c for c in sharded_cases if c["impl"] not in ("transposed_copy", "vmapped_members")]
     assert {c["impl"] for c in cases} == {"kernel", "scan-cpu", "scan-gpu-defaults", "auto"}
     for c in cases:
         name = " ".join(f"{k}={c[k]}" for k in ("impl", "bidirectional", "lengths", "dtype"))
@@ -80,3 +80,11 @@ def test_unsharded_kernel_call_is_the_plain_ffi_call():
     assert "flax_lstm_cpu_forward" in text and "flax_lstm_cpu_backward" in text
     assert "CustomSPMDPartitioning" not in text
     assert "all-reduce" not in text and "all-gather" not in text
+
+
+@needs_kernel
+def test_sharded_vmapped_members(sharded_cases):
+    """An ensemble vmapped over members (as flax_lstm.train runs it) stays partitioned."""
+    (c,) = [c for c in sharded_cases if c["impl"] == "vmapped_members"]
+    assert c["collectives"]["all-gather"] == 0
+    assert c["diff"] < 1e-5
