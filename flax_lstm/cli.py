@@ -1,4 +1,4 @@
-"""The ``flax-lstm`` command: ``train``, ``evaluate`` and ``bench``.
+"""The ``flax-lstm`` command: ``train``, ``evaluate``, ``bench`` and ``kernel``.
 
 Usage::
 
@@ -7,13 +7,15 @@ Usage::
                     [--batch-size B] [--seed S] [--out DIR] [--resume] [--quiet] ...
     flax-lstm evaluate --run DIR [--test PATH]
     flax-lstm bench ...
+    flax-lstm kernel
 
 ``train`` with no data arguments trains on the bundled Japanese Vowels data; ``--train`` and
 ``--test`` take UEA/UCR ``.ts`` or ``.npz`` files. Both commands print a JSON object as their
 last line of standard output. Errors print ``flax-lstm: error: <message>`` on standard error
 and exit with status 2. This module only dispatches: ``train`` and ``evaluate`` are
 `flax_lstm.train.cli` (their flags made from `flax_lstm.train.TrainConfig`), ``bench`` is
-`flax_lstm.bench`.
+`flax_lstm.bench`, ``kernel`` builds the CPU kernel if need be and reports it
+(`flax_lstm.kernel.info`; exit status 1 where it is not available).
 """
 
 from __future__ import annotations
@@ -48,7 +50,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmark the LSTM (arguments go to flax_lstm.bench; see flax-lstm bench --help)",
         add_help=False,
     )
+    k = sub.add_parser(
+        "kernel",
+        help="build the CPU kernel if need be (prebuild) and report it",
+        description="Build the compiled CPU kernel into its cache folder if it is not there "
+        "(FLAX_LSTM_CACHE_DIR, FLAX_LSTM_ARCH, FLAX_LSTM_CXXFLAGS as for the runs), and print "
+        "its library, instruction set, bfloat16 support and threads, or why it is not "
+        "available; a JSON object last. Exit status 1 if it is not available.",
+    )
+    k.set_defaults(handler=_kernel)
     return parser
+
+
+def _kernel(args: argparse.Namespace) -> int:
+    import json
+
+    from flax_lstm import kernel
+
+    state = kernel.info()
+    if state["available"]:
+        isa = ", ".join(state["isa"] or []) or "unknown"
+        lines = [
+            f"library: {state['library']}",
+            f"compiler: {state['compiler']}",
+            f"flags: {' '.join(state['flags'] or [])}",
+            f"instruction set: {isa}",
+            f"bfloat16: {'yes' if state['bfloat16'] else 'no'}",
+            f"threads: {state['threads']}",
+        ]
+    else:
+        lines = [f"not available: {state['error']}", f"cache folder: {state['cache_dir']}"]
+    print("\n".join(f"{PROG} kernel: {line}" for line in lines), file=sys.stderr)
+    print(json.dumps(state))
+    return 0 if state["available"] else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flax_lstm.train.cli import initialize_distributed
 
     try:
-        initialize_distributed(args)
+        if hasattr(args, "distributed"):
+            initialize_distributed(args)
         return args.handler(args)
     except (TrainError, DataError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

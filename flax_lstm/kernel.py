@@ -27,12 +27,24 @@ every padded step; there, batches bucketed by length are what saves the padding.
 on the CPU backend (see ``cpu_kernel`` of `flax_lstm.lstm`); everything else runs the
 `lax.scan` path, and so does any machine where the kernel cannot be built.
 
+Under `jax.sharding`, with the batch sharded over a mesh, each call runs on every device's own
+rows (the kernel's calls are partitioned along the batch; nothing is gathered). The forward
+equals the unsharded call bit for bit where each device holds more than 4 sequences (at most
+4 take the small-batch path: within 2e-7), the gradients up to the order of the batch sum.
+`jax.export` serializes a computation that calls the kernel with
+``disabled_checks=flax_lstm.kernel.export_checks()``; the process that loads it calls
+`available` first, which registers the kernel's targets.
+
 The source is compiled once per machine with the system C++ compiler (``$CXX``, else ``g++``,
 ``c++`` or ``clang++``; C++20), ``-O3 -march=native`` (or ``-mcpu=native``, or neither, where
 the compiler rejects it) and the XLA FFI headers of the installed jaxlib,
 into ``$FLAX_LSTM_CACHE_DIR`` (default ``~/.cache/flax_lstm``); the file name hashes the
-source, the flags, the compiler, jaxlib's version and the CPU, so a change of any of them
-builds anew. About 4 s, once.
+source, the flags, the compiler, jaxlib's version and (for ``-march=native``) the CPU, so a
+change of any of them builds anew. About 4 s, once: processes that start together (pytest-xdist
+workers, the processes of a distributed run) wait on a file lock for one build, and a build
+that was killed leaves no temporary file behind for long (the next build removes it).
+``flax-lstm kernel`` builds the library and reports it (`info`): run it to prebuild into a
+container image or a shared cache folder, with the same environment variables as the runs.
 
 Environment variables:
   ``FLAX_LSTM_CPU_KERNEL=0``: never build or use the kernel (the scan path everywhere). Read at
@@ -40,18 +52,26 @@ Environment variables:
   was already compiled keeps the path it was compiled with.
   ``FLAX_LSTM_NUM_THREADS``: threads of the kernel (default: the CPUs this process may use).
   ``FLAX_LSTM_CACHE_DIR``: where the built library is kept.
+  ``FLAX_LSTM_ARCH``: the target instruction set instead of the building machine's:
+  ``x86-64-v3`` (any AVX2 machine), ``x86-64-v4``, ``sapphirerapids``… (a ``-march=`` value),
+  or ``none`` for the compiler's default. The library is then keyed without the CPU, so
+  machines with different CPUs share one build (a cluster's shared home, a container image).
+  ``FLAX_LSTM_CXXFLAGS``: extra compiler flags, appended (and hashed into the file name).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -59,10 +79,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import jaxlib
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 
-__all__ = ["available", "build_error", "num_threads"]
+__all__ = ["available", "build_error", "export_checks", "info", "num_threads"]
 
 _SOURCE = Path(__file__).parent / "_kernel" / "lstm_cpu.cc"
 _FLAGS = ("-O3", "-std=c++20", "-shared", "-fPIC", "-pthread")
@@ -112,42 +135,119 @@ def _cache_dir() -> Path:
     return Path(base) / "flax_lstm"
 
 
-def _build(cxx: str) -> Path:
-    """Compile the kernel (or find it built) and return the shared library's path."""
-    source = _SOURCE.read_bytes()
+# A temporary file older than this is left by a killed build (a build takes seconds).
+_STALE_S = 3600.0
+# The instruction-set macros `info` reports, as the compiler defines them for the flags used.
+_ISA_MACROS = (
+    "__SSE4_2__", "__AVX__", "__AVX2__", "__FMA__", "__AVX512F__", "__AVX512BW__",
+    "__AVX512VL__", "__AVX512BF16__", "__ARM_NEON", "__ARM_FEATURE_SVE", "__ARM_FEATURE_BF16",
+)  # fmt: skip
+
+
+def _arch_flags() -> tuple[tuple[str, ...], ...]:
+    """The candidate target flags, tried in order: ``FLAX_LSTM_ARCH``'s, else the machine's."""
+    arch = os.environ.get("FLAX_LSTM_ARCH", "native").strip()
+    if arch == "native":
+        return _ARCH_FLAGS
+    if arch in ("", "none"):
+        return ((),)
+    return ((f"-march={arch}",),)
+
+
+def _build_key(cxx: str, arch: tuple, extra: tuple) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False)
-    key = hashlib.sha256(
-        b"\0".join(
-            [
-                source,
-                " ".join(_FLAGS + sum(_ARCH_FLAGS, ())).encode(),
-                version.stdout.encode(),
-                jaxlib.__version__.encode(),
-                _cpu_identity().encode(),
-            ]
-        )
-    ).hexdigest()[:16]
-    out = _cache_dir() / f"lstm_cpu_{key}.so"
+    native = any("native" in flag for flags in arch for flag in flags)
+    parts = [
+        _SOURCE.read_bytes(),
+        " ".join(_FLAGS + sum(arch, ()) + extra).encode(),
+        version.stdout.encode(),
+        jaxlib.__version__.encode(),
+        _cpu_identity().encode() if native else b"",
+    ]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive lock on ``path`` (a file lock: other processes wait for it)."""
+    with open(path, "a") as f:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, the atomic rename still holds
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_stale(folder: Path, key: str) -> None:
+    """Remove temporary files of killed builds: this key's (its lock is held, so no build of
+    it is running) and any older than an hour (``tmp*.so`` from earlier versions too)."""
+    now = time.time()
+    for path in [*folder.glob(".lstm_cpu_*.tmp*"), *folder.glob("tmp*.so")]:
+        with contextlib.suppress(OSError):
+            if key in path.name or now - path.stat().st_mtime > _STALE_S:
+                path.unlink()
+
+
+def _isa(cxx: str, flags: list[str]) -> list[str]:
+    """The instruction-set macros ``cxx`` defines with ``flags`` (empty if it cannot say)."""
+    cmd = [cxx, *flags, "-dM", "-E", "-x", "c++", os.devnull]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    defined = {line.split()[1] for line in proc.stdout.splitlines() if line.count(" ") >= 1}
+    return [m.strip("_") for m in _ISA_MACROS if m in defined]
+
+
+def _build(cxx: str) -> Path:
+    """Compile the kernel (or find it built) and return the shared library's path.
+
+    Next to the library, ``<name>.json`` records how it was built (`info`)."""
+    arch = _arch_flags()
+    extra = tuple(shlex.split(os.environ.get("FLAX_LSTM_CXXFLAGS", "")))
+    key = _build_key(cxx, arch, extra)
+    folder = _cache_dir()
+    out = folder / f"lstm_cpu_{key}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Build under a temporary name and rename: concurrent processes (pytest-xdist) never see
-    # a half-written library.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        for arch in _ARCH_FLAGS:
-            cmd = [cxx, *_FLAGS, *arch, "-isystem", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode == 0:
-                break
-        else:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    folder.mkdir(parents=True, exist_ok=True)
+    # One build per key at a time; the others wait and then find it built. The library is
+    # written under a temporary name and renamed: nothing ever loads a half-written one.
+    with _lock(folder / f".lstm_cpu_{key}.lock"):
+        if out.exists():
+            return out
+        _remove_stale(folder, key)
+        tmp = folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.so"
+        try:
+            for flags in arch:
+                flags = [*_FLAGS, *flags, *extra]
+                cmd = [cxx, *flags, "-isystem", jax.ffi.include_dir(), str(_SOURCE), "-o", str(tmp)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if proc.returncode == 0:
+                    break
+            else:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+            version = subprocess.run([cxx, "--version"], capture_output=True, text=True)
+            record = {
+                "compiler": (version.stdout.splitlines() or [cxx])[0],
+                "flags": flags,
+                "isa": _isa(cxx, flags),
+            }
+            meta = out.with_suffix(".json")
+            meta_tmp = folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.json"
+            meta_tmp.write_text(json.dumps(record, indent=2) + "\n")
+            os.replace(meta_tmp, meta)
+            os.replace(tmp, out)
+        finally:
+            for path in (tmp, folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
     return out
+
+
+_LIBRARY: list[Path] = []  # the loaded library's path, once `_build_and_register` has run
 
 
 def _disabled() -> bool:
@@ -170,9 +270,11 @@ def _build_and_register() -> str | frozenset[str]:
     if cxx is None:
         return "no C++ compiler found (set CXX, or install g++)"
     try:
-        lib = ctypes.cdll.LoadLibrary(str(_build(cxx)))
+        path = _build(cxx)
+        lib = ctypes.cdll.LoadLibrary(str(path))
     except (OSError, RuntimeError) as e:
         return f"could not build the CPU kernel: {e}"
+    _LIBRARY[:] = [path]
     # float32 and the transposed copies are always compiled; bfloat16 only for AVX512_BF16.
     if not all(hasattr(lib, symbol) for _, symbol in (*_TARGETS["float32"], *_TRANSPOSE.values())):
         return "could not build the CPU kernel: the library lacks float32 or transpose symbols"
@@ -207,6 +309,56 @@ def available(dtype: Any = jnp.float32) -> bool:
     if isinstance(loaded, str) and loaded != _DISABLED:
         _warn_once(loaded)
     return build_error(dtype) is None
+
+
+def export_checks() -> list[Any]:
+    """What `jax.export.export` needs to serialize a computation that calls the kernel.
+
+    The kernel's FFI targets have no compatibility guarantee (an artifact runs only where the
+    same flax_lstm version builds the kernel): export refuses them unless their check is
+    disabled by name. Before calling a deserialized computation in a new process, `available`
+    must have registered the targets. ``impl="scan"`` exports pure StableHLO instead, with
+    jax's compatibility guarantees.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax_lstm as fl
+      >>> config = fl.LSTMConfig(input_size=3, hidden_size=16)
+      >>> params = fl.init_params(jax.random.key(0), config)
+      >>> f = jax.jit(lambda p, x: fl.lstm(p, x, config=config)[0])
+      >>> exp = jax.export.export(f, disabled_checks=fl.kernel.export_checks())(
+      ...     params, jnp.ones((20, 2, 3)))
+      >>> exp.out_avals
+      (ShapedArray(float32[20,2,16]),)
+    """
+    names = [t for targets in _TARGETS.values() for t, _ in targets]
+    names += [t for t, _ in _TRANSPOSE.values()]
+    return [jax.export.DisabledSafetyCheck.custom_call(n) for n in names]
+
+
+def info() -> dict[str, Any]:
+    """The kernel's state, building it if need be (``flax-lstm kernel`` prints it).
+
+    ``available``; ``error`` (why not, or None); ``library`` (its path); ``compiler``,
+    ``flags`` and ``isa`` (the instruction-set extensions it was compiled for) as recorded at
+    its build; ``bfloat16`` (whether it has the bfloat16 kernels); ``threads`` (per layer, at
+    most: `num_threads`); ``cache_dir``.
+    """
+    error = build_error()
+    state: dict[str, Any] = {
+        "available": error is None,
+        "error": error,
+        "library": str(_LIBRARY[0]) if _LIBRARY and error is None else None,
+        "compiler": None,
+        "flags": None,
+        "isa": None,
+        "bfloat16": error is None and build_error(jnp.bfloat16) is None,
+        "threads": num_threads(),
+        "cache_dir": str(_cache_dir()),
+    }
+    if state["library"]:
+        with contextlib.suppress(OSError, ValueError):
+            state.update(json.loads(_LIBRARY[0].with_suffix(".json").read_text()))
+    return state
 
 
 @functools.cache
@@ -246,6 +398,141 @@ def _mask_arg(mask: Array | None) -> Array:
     return jnp.zeros((0,), jnp.int8) if mask is None else mask.astype(jnp.int8)
 
 
+# Partitioning along the batch. Under `jax.sharding` an FFI call is opaque to XLA, which gathers
+# every operand onto every device and runs the whole batch on each. The kernel's calls are
+# independent per sequence: `_batched_ffi_call` declares that (a Shardy sharding rule in which
+# only the batch axis may be sharded) and lowers each device's part as the same FFI call on its
+# own rows; outputs that sum over the batch (the bias gradient) are reduced with one psum.
+# Unsharded (one device) the wrapper lowers to the plain FFI call: the program is unchanged.
+
+
+def _batch_spec(mesh, arg_shapes, batch_axes) -> Any:
+    """The mesh axes that shard the batch of the first batched operand, or None (replicate):
+    also when its sharding is not a `NamedSharding` or the batch does not divide evenly."""
+    i = next(i for i, ax in enumerate(batch_axes) if ax is not None)
+    shape, ax = arg_shapes[i], batch_axes[i]
+    sharding = shape.sharding
+    if not isinstance(sharding, NamedSharding) or len(sharding.spec) <= ax:
+        return None
+    names = sharding.spec[ax]
+    if names is None:
+        return None
+    size = 1
+    for name in names if isinstance(names, tuple) else (names,):
+        size *= mesh.shape[name]
+    return names if shape.shape[ax] % size == 0 else None
+
+
+def _sharding_rule(arg_ndims, batch_axes, out_ndims, out_axes) -> tuple[str, tuple[str, ...]]:
+    """The einsum-like Shardy rule: factor ``n`` on every batch axis, a factor of its own on
+    every other axis (all of them to be replicated)."""
+    others: list[str] = []
+
+    def mapping(prefix, ndim, batch):
+        names = []
+        for k in range(ndim):
+            if k == batch:
+                names.append("n")
+            else:
+                names.append(f"{prefix}{k}")
+                others.append(names[-1])
+        return " ".join(names)
+
+    ins = [
+        mapping(f"i{j}x", nd, ax)
+        for j, (nd, ax) in enumerate(zip(arg_ndims, batch_axes, strict=True))
+    ]
+    outs = [
+        mapping(f"o{j}x", nd, ax)
+        for j, (nd, ax) in enumerate(zip(out_ndims, out_axes, strict=True))
+    ]
+    return ", ".join(ins) + " -> " + ", ".join(outs), tuple(others)
+
+
+def _batched_ffi_call(target, result_shapes, *, batch_axes, out_axes, summed=(), **kwargs):
+    """`jax.ffi.ffi_call` of an operation independent per sequence, partitioned along the batch.
+
+    ``batch_axes``/``out_axes``: the batch axis of each operand/result, None where it has none
+    (replicated). Results in ``summed`` are sums over the batch: each device's partial sum is
+    psummed. Returns ``call(*args, **attributes)`` as `jax.ffi.ffi_call` does.
+    """
+    result_shapes = tuple(result_shapes)
+    first = next(i for i, ax in enumerate(batch_axes) if ax is not None)
+
+    def call(*args, **attributes):
+        def local(*arrays):  # one device's rows: the result shapes follow its batch
+            n = arrays[first].shape[batch_axes[first]]
+            shapes = [
+                s if ax is None else _with_axis(s, ax, n)
+                for s, ax in zip(result_shapes, out_axes, strict=True)
+            ]
+            return tuple(jax.ffi.ffi_call(target, shapes, **kwargs)(*arrays, **attributes))
+
+        return _partitioned(local, args, batch_axes, result_shapes, out_axes, summed)
+
+    return call
+
+
+def _with_axis(s: jax.ShapeDtypeStruct, ax: int, n: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((*s.shape[:ax], n, *s.shape[ax + 1 :]), s.dtype)
+
+
+def _partitioned(local, args, batch_axes, result_shapes, out_axes, summed=()):
+    """``local(*args)`` (a tuple of arrays, computed row by row of the batch) under
+    `custom_partitioning`: each device runs ``local`` on its own rows. Under `jax.vmap` it runs
+    once per element (as ``vmap_method="sequential"``)."""
+
+    def partition(mesh, arg_shapes, result_shape):
+        names = _batch_spec(mesh, arg_shapes, batch_axes)
+
+        def spec(ndim, ax):
+            return NamedSharding(mesh, P(*(names if k == ax else None for k in range(ndim))))
+
+        def lower(*arrays):
+            outs = local(*arrays)
+            if names is None:
+                return outs
+            return tuple(jax.lax.psum(o, names) if j in summed else o for j, o in enumerate(outs))
+
+        args_sh = tuple(
+            spec(len(a.shape), ax) for a, ax in zip(arg_shapes, batch_axes, strict=True)
+        )
+        outs_sh = tuple(
+            spec(len(r.shape), ax) for r, ax in zip(result_shape, out_axes, strict=True)
+        )
+        return mesh, lower, outs_sh, args_sh
+
+    def infer(mesh, arg_shapes, result_shape):
+        return partition(mesh, arg_shapes, result_shape)[2]
+
+    rule, others = _sharding_rule(
+        [a.ndim for a in args], batch_axes, [len(s.shape) for s in result_shapes], out_axes
+    )
+    sharded = custom_partitioning(local)
+    sharded.def_partition(
+        partition,
+        infer_sharding_from_operands=infer,
+        sharding_rule=rule,
+        need_replication_factors=others,
+    )
+    batched = jax.custom_batching.custom_vmap(sharded)
+
+    @batched.def_vmap
+    def _sequential(axis_size, in_batched, *args):
+        del axis_size
+        fixed = [a for a, b in zip(args, in_batched, strict=True) if not b]
+        moving = [a for a, b in zip(args, in_batched, strict=True) if b]
+
+        def one(_, xs):
+            it_x, it_f = iter(xs), iter(fixed)
+            return (), batched(*(next(it_x) if b else next(it_f) for b in in_batched))
+
+        outs = jax.lax.scan(one, (), moving)[1]
+        return outs, (True,) * len(outs)
+
+    return batched(*args)
+
+
 def forward(
     x: Array,
     w_ih: Array,
@@ -278,7 +565,13 @@ def forward(
         jax.ShapeDtypeStruct((t, d, n, 4 * h) if save_acts else (0,), f32),
     )
     b = jnp.zeros((d, 4 * h), f32) if b is None else b.astype(f32)
-    call = jax.ffi.ffi_call(target, out, vmap_method="sequential")
+    call = _batched_ffi_call(
+        target,
+        out,
+        batch_axes=(2, None, None, None, 1, 1, None if mask is None else 1),
+        out_axes=(2, 2 if all_c else 1, 2 if save_acts else None),
+        vmap_method="sequential",
+    )
     threads = num_threads(h)
     cd = x.dtype
     hs, cs, acts = call(
@@ -326,7 +619,15 @@ def backward(
     # gates before writing its dz, and XLA then allocates (and the OS zero-fills) no second
     # (T, N, 4H).
     aliases = {2: 0} if w_hh.dtype == f32 else {}
-    call = jax.ffi.ffi_call(target, out, vmap_method="sequential", input_output_aliases=aliases)
+    call = _batched_ffi_call(
+        target,
+        out,
+        batch_axes=(2, dcs.ndim - 2, 2, 2, 1, None, None if mask is None else 1),
+        out_axes=(2, None, 1, 1),
+        summed=(1,),  # db
+        vmap_method="sequential",
+        input_output_aliases=aliases,
+    )
     threads = num_threads(h)
     return call(
         dhs.astype(w_hh.dtype),
@@ -342,20 +643,30 @@ def backward(
 
 @jax.custom_jvp
 def transposed_copy(a: Array) -> Array:
-    """``a.T`` of a 2-D float32 or bfloat16 array, written out row-major by the kernel library.
+    """``a`` (R, …, J) as (J, R, …) (``a.T`` in 2-D), float32 or bfloat16, written out row-major
+    by the kernel library.
 
     XLA:CPU makes a transpose a change of layout, and a bfloat16 GEMM with a transposed
     (column-major) operand then runs in float32 after converting both operands; this copy is
-    an ordinary row-major array. Needs the kernel (`available`).
+    an ordinary row-major array. Partitioned along axis 1 (the batch of a (T, N, J) operand)
+    under `jax.sharding`. Needs the kernel (`available`).
     """
     _targets(jnp.float32)  # loaded, or RuntimeError
     name = _TRANSPOSE[jnp.dtype(a.dtype).name][0]
-    out = jax.ShapeDtypeStruct(a.shape[::-1], a.dtype)
-    call = jax.ffi.ffi_call(name, out, vmap_method="sequential")
-    # A copy of fewer than 2^20 elements stays on the calling thread, as it always has.
-    return call(a, threads=num_threads() if a.size >= 1 << 20 else 1)
+    out = jax.ShapeDtypeStruct(a.shape[-1:] + a.shape[:-1], a.dtype)
+    if a.ndim == 2:
+        call = jax.ffi.ffi_call(name, out, vmap_method="sequential")
+        # A copy of fewer than 2^20 elements stays on the calling thread, as it always has.
+        return call(a, threads=num_threads() if a.size >= 1 << 20 else 1)
+
+    def copy(a):  # one device's rows: the 2-D copy of (R·N…, J)
+        flat = a.reshape(-1, a.shape[-1])
+        return (transposed_copy(flat).reshape(a.shape[-1:] + a.shape[:-1]),)
+
+    out_axis = a.ndim - 1 if a.ndim > 1 else None
+    return _partitioned(copy, (a,), (1,), (out,), (out_axis,))[0]
 
 
 @transposed_copy.defjvp
 def _transposed_copy_jvp(primals, tangents):
-    return transposed_copy(primals[0]), tangents[0].T
+    return transposed_copy(primals[0]), jnp.moveaxis(tangents[0], -1, 0)

@@ -1,0 +1,132 @@
+"""The kernel build that many processes share (issue 14): one build under a file lock, no
+temporaries left by killed builds, ``FLAX_LSTM_ARCH``/``FLAX_LSTM_CXXFLAGS`` for portable
+libraries, and ``flax-lstm kernel`` to prebuild and report.
+
+A stand-in compiler (a shell script that logs its calls and writes an empty "library") keeps
+these tests to seconds; the real build is tested in test_kernel.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flax_lstm import cli, kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_CXX = """#!/bin/sh
+case "$*" in
+  *--version*) echo "fakecxx 1.0"; exit 0 ;;
+  *-dM*) echo "#define __AVX2__ 1"; echo "#define __FMA__ 1"; exit 0 ;;
+esac
+echo "$*" >> "$FAKE_CXX_LOG"
+sleep 1
+while [ "$#" -gt 1 ]; do
+  if [ "$1" = "-o" ]; then : > "$2"; fi
+  shift
+done
+"""
+
+
+@pytest.fixture
+def fake_cxx(tmp_path, monkeypatch) -> Path:
+    cxx = tmp_path / "fakecxx"
+    cxx.write_text(FAKE_CXX)
+    cxx.chmod(0o755)
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("FAKE_CXX_LOG", str(log))
+    monkeypatch.setenv("FLAX_LSTM_CACHE_DIR", str(tmp_path / "cache"))
+    return cxx
+
+
+def _compiles(tmp_path: Path) -> list[str]:
+    log = tmp_path / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_concurrent_processes_build_once(fake_cxx, tmp_path):
+    code = "import sys; from flax_lstm import kernel; print(kernel._build(sys.argv[1]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(fake_cxx)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1  # the same library for all
+    assert len(_compiles(tmp_path)) == 1
+    cache = tmp_path / "cache"
+    assert len(list(cache.glob("*.so"))) == 1 and not list(cache.glob(".*.tmp*"))
+
+
+def test_stale_temporaries_are_removed(fake_cxx, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old, fresh = time.time() - 2 * kernel._STALE_S, time.time()
+    stale = [cache / "tmpk1l2.so", cache / ".lstm_cpu_0123456789abcdef.99.tmp.so"]
+    live = cache / ".lstm_cpu_fedcba9876543210.98.tmp.so"  # another key, being built now
+    for path, when in ((stale[0], old), (stale[1], old), (live, fresh)):
+        path.write_bytes(b"")
+        os.utime(path, (when, when))
+    out = kernel._build(str(fake_cxx))
+    key = out.stem.removeprefix("lstm_cpu_")
+    ours = cache / f".lstm_cpu_{key}.1.tmp.so"  # this key's: stale whatever its age
+    ours.write_bytes(b"")
+    out.unlink()
+    kernel._build(str(fake_cxx))
+    assert not any(p.exists() for p in [*stale, ours]) and live.exists()
+
+
+def test_portable_arch_and_extra_flags(fake_cxx, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLAX_LSTM_ARCH", "x86-64-v3")
+    monkeypatch.setenv("FLAX_LSTM_CXXFLAGS", "-O2 -DFLAX_LSTM_TEST=1")
+    out = kernel._build(str(fake_cxx))
+    (call,) = _compiles(tmp_path)
+    assert "-march=x86-64-v3" in call and "-march=native" not in call
+    assert call.index("-O3") < call.index("-O2")  # appended: the override wins
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["flags"][-3:] == ["-march=x86-64-v3", "-O2", "-DFLAX_LSTM_TEST=1"]
+    assert record["isa"] == ["AVX2", "FMA"] and record["compiler"] == "fakecxx 1.0"
+    # A portable build is shared by machines with other CPUs; a native one is not.
+    monkeypatch.setattr(kernel, "_cpu_identity", lambda: "another CPU")
+    assert kernel._build(str(fake_cxx)) == out
+    monkeypatch.setenv("FLAX_LSTM_ARCH", "native")
+    native = kernel._build(str(fake_cxx))
+    monkeypatch.setattr(kernel, "_cpu_identity", lambda: "a third CPU")
+    assert kernel._build(str(fake_cxx)) != native
+    monkeypatch.setenv("FLAX_LSTM_ARCH", "none")
+    kernel._build(str(fake_cxx))
+    assert "-march" not in _compiles(tmp_path)[-1]
+
+
+def test_kernel_command_reports_the_library(capsys):
+    status = cli.main(["kernel"])
+    state = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert state.keys() >= {"available", "error", "library", "isa", "bfloat16", "threads"}
+    if not kernel.available():
+        assert status == 1 and state["error"]
+        return
+    assert status == 0 and state["error"] is None
+    assert Path(state["library"]).exists() and state["threads"] >= 1
+    assert isinstance(state["bfloat16"], bool)
+
+
+def test_kernel_command_says_why_not(monkeypatch, capsys):
+    monkeypatch.setenv("FLAX_LSTM_CPU_KERNEL", "0")
+    assert cli.main(["kernel"]) == 1
+    captured = capsys.readouterr()
+    state = json.loads(captured.out.strip().splitlines()[-1])
+    assert state["available"] is False and "FLAX_LSTM_CPU_KERNEL" in state["error"]
+    assert "not available" in captured.err
