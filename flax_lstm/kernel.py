@@ -24,7 +24,7 @@ every padded step; there, batches bucketed by length are what saves the padding.
 
 `flax_lstm.stack` uses it for float32 layers, and for bfloat16 ones on CPUs with AVX512_BF16
 (``vdpbf16ps``; float32 gates and cell state), without projection, recurrent dropout or remat
-on the CPU backend (see ``cpu_kernel`` of `flax_lstm.lstm`); everything else runs the
+on the CPU backend (see `flax_lstm.Implementation`); everything else runs the
 `lax.scan` path, and so does any machine where the kernel cannot be built.
 
 Under `jax.sharding`, with the batch sharded over a mesh, each call runs on every device's own
@@ -62,238 +62,32 @@ Environment variables:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
-import hashlib
 import json
 import os
-import shlex
-import shutil
-import subprocess
-import sys
-import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jaxlib
-from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
+
+from flax_lstm._kernel import build, partition
 
 Array = jax.Array
 
 __all__ = ["available", "build_error", "export_checks", "info", "num_threads"]
 
-_SOURCE = Path(__file__).parent / "_kernel" / "lstm_cpu.cc"
-_FLAGS = ("-O3", "-std=c++20", "-shared", "-fPIC", "-pthread")
-# Tuned for this machine's instruction set; the last, portable, variant is for compilers that
-# know neither flag (some clang versions on arm64 reject -march=native).
-_ARCH_FLAGS = (("-march=native",), ("-mcpu=native",), ())
-_FORWARD, _BACKWARD = "flax_lstm_cpu_forward", "flax_lstm_cpu_backward"
-# The FFI targets of each compute dtype, and the library's symbols for them. The bfloat16 ones
-# are compiled only for CPUs with AVX512_BF16 instructions.
-_TARGETS = {
-    "float32": ((_FORWARD, "FlaxLstmForward"), (_BACKWARD, "FlaxLstmBackward")),
-    "bfloat16": (
-        (_FORWARD + "_bf16", "FlaxLstmForwardBf16"),
-        (_BACKWARD + "_bf16", "FlaxLstmBackwardBf16"),
-    ),
-}
-# A transposed copy (see `transposed_copy`), per dtype: target and symbol, always compiled.
-_TRANSPOSE = {
-    "float32": ("flax_lstm_cpu_transpose", "FlaxLstmTranspose"),
-    "bfloat16": ("flax_lstm_cpu_transpose_bf16", "FlaxLstmTransposeBf16"),
-}
-_NO_BF16 = "bfloat16 needs a CPU with AVX512_BF16 instructions (the kernel was built without them)"
-_DISABLED = "disabled by FLAX_LSTM_CPU_KERNEL"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _cpu_identity() -> str:
-    try:  # the instruction set that -march=native compiled for
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        import platform
-
-        return platform.processor() or platform.machine()
-
-
-def _cache_dir() -> Path:
-    if "FLAX_LSTM_CACHE_DIR" in os.environ:
-        return Path(os.environ["FLAX_LSTM_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "flax_lstm"
-
-
-# A temporary file older than this is left by a killed build (a build takes seconds).
-_STALE_S = 3600.0
-# The instruction-set macros `info` reports, as the compiler defines them for the flags used.
-_ISA_MACROS = (
-    "__SSE4_2__", "__AVX__", "__AVX2__", "__FMA__", "__AVX512F__", "__AVX512BW__",
-    "__AVX512VL__", "__AVX512BF16__", "__ARM_NEON", "__ARM_FEATURE_SVE", "__ARM_FEATURE_BF16",
-)  # fmt: skip
-
-
-def _arch_flags() -> tuple[tuple[str, ...], ...]:
-    """The candidate target flags, tried in order: ``FLAX_LSTM_ARCH``'s, else the machine's."""
-    arch = os.environ.get("FLAX_LSTM_ARCH", "native").strip()
-    if arch == "native":
-        return _ARCH_FLAGS
-    if arch in ("", "none"):
-        return ((),)
-    return ((f"-march={arch}",),)
-
-
-def _build_key(cxx: str, arch: tuple, extra: tuple) -> str:
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False)
-    native = any("native" in flag for flags in arch for flag in flags)
-    parts = [
-        _SOURCE.read_bytes(),
-        " ".join(_FLAGS + sum(arch, ()) + extra).encode(),
-        version.stdout.encode(),
-        jaxlib.__version__.encode(),
-        _cpu_identity().encode() if native else b"",
-    ]
-    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive lock on ``path`` (a file lock: other processes wait for it)."""
-    with open(path, "a") as f:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock, the atomic rename still holds
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _remove_stale(folder: Path, key: str) -> None:
-    """Remove temporary files of killed builds: this key's (its lock is held, so no build of
-    it is running) and any older than an hour (``tmp*.so`` from earlier versions too)."""
-    now = time.time()
-    for path in [*folder.glob(".lstm_cpu_*.tmp*"), *folder.glob("tmp*.so")]:
-        with contextlib.suppress(OSError):
-            if key in path.name or now - path.stat().st_mtime > _STALE_S:
-                path.unlink()
-
-
-def _isa(cxx: str, flags: list[str]) -> list[str]:
-    """The instruction-set macros ``cxx`` defines with ``flags`` (empty if it cannot say)."""
-    cmd = [cxx, *flags, "-dM", "-E", "-x", "c++", os.devnull]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    defined = {line.split()[1] for line in proc.stdout.splitlines() if line.count(" ") >= 1}
-    return [m.strip("_") for m in _ISA_MACROS if m in defined]
-
-
-def _build(cxx: str) -> Path:
-    """Compile the kernel (or find it built) and return the shared library's path.
-
-    Next to the library, ``<name>.json`` records how it was built (`info`)."""
-    arch = _arch_flags()
-    extra = tuple(shlex.split(os.environ.get("FLAX_LSTM_CXXFLAGS", "")))
-    key = _build_key(cxx, arch, extra)
-    folder = _cache_dir()
-    out = folder / f"lstm_cpu_{key}.so"
-    if out.exists():
-        return out
-    folder.mkdir(parents=True, exist_ok=True)
-    # One build per key at a time; the others wait and then find it built. The library is
-    # written under a temporary name and renamed: nothing ever loads a half-written one.
-    with _lock(folder / f".lstm_cpu_{key}.lock"):
-        if out.exists():
-            return out
-        _remove_stale(folder, key)
-        tmp = folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.so"
-        try:
-            for flags in arch:
-                flags = [*_FLAGS, *flags, *extra]
-                cmd = [cxx, *flags, "-isystem", jax.ffi.include_dir(), str(_SOURCE), "-o", str(tmp)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if proc.returncode == 0:
-                    break
-            else:
-                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
-            version = subprocess.run([cxx, "--version"], capture_output=True, text=True)
-            record = {
-                "compiler": (version.stdout.splitlines() or [cxx])[0],
-                "flags": flags,
-                "isa": _isa(cxx, flags),
-            }
-            meta = out.with_suffix(".json")
-            meta_tmp = folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.json"
-            meta_tmp.write_text(json.dumps(record, indent=2) + "\n")
-            os.replace(meta_tmp, meta)
-            os.replace(tmp, out)
-        finally:
-            for path in (tmp, folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.json"):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-    return out
-
-
-_LIBRARY: list[Path] = []  # the loaded library's path, once `_build_and_register` has run
-
-
-def _disabled() -> bool:
-    value = os.environ.get("FLAX_LSTM_CPU_KERNEL", "1").strip().lower()
-    return value in ("0", "false", "no", "off")
-
-
-def _load() -> str | frozenset[str]:
-    """The compute dtypes the kernel registered (names), or why it is not available."""
-    return _DISABLED if _disabled() else _build_and_register()
-
-
-@functools.cache
-def _build_and_register() -> str | frozenset[str]:
-    """Build and register the kernel once per process: the compute dtypes it registered
-    (names), or why it could not."""
-    if not sys.platform.startswith(("linux", "darwin")):
-        return f"not supported on {sys.platform}"
-    cxx = _compiler()
-    if cxx is None:
-        return "no C++ compiler found (set CXX, or install g++)"
-    try:
-        path = _build(cxx)
-        lib = ctypes.cdll.LoadLibrary(str(path))
-    except (OSError, RuntimeError) as e:
-        return f"could not build the CPU kernel: {e}"
-    _LIBRARY[:] = [path]
-    # float32 and the transposed copies are always compiled; bfloat16 only for AVX512_BF16.
-    if not all(hasattr(lib, symbol) for _, symbol in (*_TARGETS["float32"], *_TRANSPOSE.values())):
-        return "could not build the CPU kernel: the library lacks float32 or transpose symbols"
-    dtypes = [d for d, targets in _TARGETS.items() if all(hasattr(lib, s) for _, s in targets)]
-    for name, symbol in (*(t for d in dtypes for t in _TARGETS[d]), *_TRANSPOSE.values()):
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
-    return frozenset(dtypes)
-
 
 def build_error(dtype: Any = jnp.float32) -> str | None:
     """Why the CPU kernel is not available for compute ``dtype`` (building it if need be), or
     None if it is."""
-    loaded = _load()
+    loaded = build.load()
     if isinstance(loaded, str):
         return loaded
     name = jnp.dtype(dtype).name
     if name in loaded:
         return None
-    return _NO_BF16 if name == "bfloat16" else f"no kernel for dtype {name}"
+    return build.NO_BF16 if name == "bfloat16" else f"no kernel for dtype {name}"
 
 
 def available(dtype: Any = jnp.float32) -> bool:
@@ -305,8 +99,8 @@ def available(dtype: Any = jnp.float32) -> bool:
       >>> isinstance(flax_lstm.kernel.available(), bool)
       True
     """
-    loaded = _load()
-    if isinstance(loaded, str) and loaded != _DISABLED:
+    loaded = build.load()
+    if isinstance(loaded, str) and loaded != build.DISABLED:
         _warn_once(loaded)
     return build_error(dtype) is None
 
@@ -330,8 +124,8 @@ def export_checks() -> list[Any]:
       >>> exp.out_avals
       (ShapedArray(float32[20,2,16]),)
     """
-    names = [t for targets in _TARGETS.values() for t, _ in targets]
-    names += [t for t, _ in _TRANSPOSE.values()]
+    names = [t for targets in build.TARGETS.values() for t, _ in targets]
+    names += [t for t, _ in build.TRANSPOSE.values()]
     return [jax.export.DisabledSafetyCheck.custom_call(n) for n in names]
 
 
@@ -347,17 +141,17 @@ def info() -> dict[str, Any]:
     state: dict[str, Any] = {
         "available": error is None,
         "error": error,
-        "library": str(_LIBRARY[0]) if _LIBRARY and error is None else None,
+        "library": str(build.LIBRARY[0]) if build.LIBRARY and error is None else None,
         "compiler": None,
         "flags": None,
         "isa": None,
         "bfloat16": error is None and build_error(jnp.bfloat16) is None,
         "threads": num_threads(),
-        "cache_dir": str(_cache_dir()),
+        "cache_dir": str(build.cache_dir()),
     }
     if state["library"]:
         with contextlib.suppress(OSError, ValueError):
-            state.update(json.loads(_LIBRARY[0].with_suffix(".json").read_text()))
+            state.update(json.loads(build.LIBRARY[0].with_suffix(".json").read_text()))
     return state
 
 
@@ -390,147 +184,12 @@ def _targets(dtype: Any) -> tuple[str, str]:
     error = build_error(dtype)
     if error is not None:
         raise RuntimeError(f"flax_lstm: {error}")
-    forward_target, backward_target = _TARGETS[jnp.dtype(dtype).name]
+    forward_target, backward_target = build.TARGETS[jnp.dtype(dtype).name]
     return forward_target[0], backward_target[0]
 
 
 def _mask_arg(mask: Array | None) -> Array:
     return jnp.zeros((0,), jnp.int8) if mask is None else mask.astype(jnp.int8)
-
-
-# Partitioning along the batch. Under `jax.sharding` an FFI call is opaque to XLA, which gathers
-# every operand onto every device and runs the whole batch on each. The kernel's calls are
-# independent per sequence: `_batched_ffi_call` declares that (a Shardy sharding rule in which
-# only the batch axis may be sharded) and lowers each device's part as the same FFI call on its
-# own rows; outputs that sum over the batch (the bias gradient) are reduced with one psum.
-# Unsharded (one device) the wrapper lowers to the plain FFI call: the program is unchanged.
-
-
-def _batch_spec(mesh, arg_shapes, batch_axes) -> Any:
-    """The mesh axes that shard the batch of the first batched operand, or None (replicate):
-    also when its sharding is not a `NamedSharding` or the batch does not divide evenly."""
-    i = next(i for i, ax in enumerate(batch_axes) if ax is not None)
-    shape, ax = arg_shapes[i], batch_axes[i]
-    sharding = shape.sharding
-    if not isinstance(sharding, NamedSharding) or len(sharding.spec) <= ax:
-        return None
-    names = sharding.spec[ax]
-    if names is None:
-        return None
-    size = 1
-    for name in names if isinstance(names, tuple) else (names,):
-        size *= mesh.shape[name]
-    return names if shape.shape[ax] % size == 0 else None
-
-
-def _sharding_rule(arg_ndims, batch_axes, out_ndims, out_axes) -> tuple[str, tuple[str, ...]]:
-    """The einsum-like Shardy rule: factor ``n`` on every batch axis, a factor of its own on
-    every other axis (all of them to be replicated)."""
-    others: list[str] = []
-
-    def mapping(prefix, ndim, batch):
-        names = []
-        for k in range(ndim):
-            if k == batch:
-                names.append("n")
-            else:
-                names.append(f"{prefix}{k}")
-                others.append(names[-1])
-        return " ".join(names)
-
-    ins = [
-        mapping(f"i{j}x", nd, ax)
-        for j, (nd, ax) in enumerate(zip(arg_ndims, batch_axes, strict=True))
-    ]
-    outs = [
-        mapping(f"o{j}x", nd, ax)
-        for j, (nd, ax) in enumerate(zip(out_ndims, out_axes, strict=True))
-    ]
-    return ", ".join(ins) + " -> " + ", ".join(outs), tuple(others)
-
-
-def _batched_ffi_call(target, result_shapes, *, batch_axes, out_axes, summed=(), **kwargs):
-    """`jax.ffi.ffi_call` of an operation independent per sequence, partitioned along the batch.
-
-    ``batch_axes``/``out_axes``: the batch axis of each operand/result, None where it has none
-    (replicated). Results in ``summed`` are sums over the batch: each device's partial sum is
-    psummed. Returns ``call(*args, **attributes)`` as `jax.ffi.ffi_call` does.
-    """
-    result_shapes = tuple(result_shapes)
-    first = next(i for i, ax in enumerate(batch_axes) if ax is not None)
-
-    def call(*args, **attributes):
-        def local(*arrays):  # one device's rows: the result shapes follow its batch
-            n = arrays[first].shape[batch_axes[first]]
-            shapes = [
-                s if ax is None else _with_axis(s, ax, n)
-                for s, ax in zip(result_shapes, out_axes, strict=True)
-            ]
-            return tuple(jax.ffi.ffi_call(target, shapes, **kwargs)(*arrays, **attributes))
-
-        return _partitioned(local, args, batch_axes, result_shapes, out_axes, summed)
-
-    return call
-
-
-def _with_axis(s: jax.ShapeDtypeStruct, ax: int, n: int) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((*s.shape[:ax], n, *s.shape[ax + 1 :]), s.dtype)
-
-
-def _partitioned(local, args, batch_axes, result_shapes, out_axes, summed=()):
-    """``local(*args)`` (a tuple of arrays, computed row by row of the batch) under
-    `custom_partitioning`: each device runs ``local`` on its own rows. Under `jax.vmap` it runs
-    once per element (as ``vmap_method="sequential"``)."""
-
-    def partition(mesh, arg_shapes, result_shape):
-        names = _batch_spec(mesh, arg_shapes, batch_axes)
-
-        def spec(ndim, ax):
-            return NamedSharding(mesh, P(*(names if k == ax else None for k in range(ndim))))
-
-        def lower(*arrays):
-            outs = local(*arrays)
-            if names is None:
-                return outs
-            return tuple(jax.lax.psum(o, names) if j in summed else o for j, o in enumerate(outs))
-
-        args_sh = tuple(
-            spec(len(a.shape), ax) for a, ax in zip(arg_shapes, batch_axes, strict=True)
-        )
-        outs_sh = tuple(
-            spec(len(r.shape), ax) for r, ax in zip(result_shape, out_axes, strict=True)
-        )
-        return mesh, lower, outs_sh, args_sh
-
-    def infer(mesh, arg_shapes, result_shape):
-        return partition(mesh, arg_shapes, result_shape)[2]
-
-    rule, others = _sharding_rule(
-        [a.ndim for a in args], batch_axes, [len(s.shape) for s in result_shapes], out_axes
-    )
-    sharded = custom_partitioning(local)
-    sharded.def_partition(
-        partition,
-        infer_sharding_from_operands=infer,
-        sharding_rule=rule,
-        need_replication_factors=others,
-    )
-    batched = jax.custom_batching.custom_vmap(sharded)
-
-    @batched.def_vmap
-    def _sequential(axis_size, in_batched, *args):
-        del axis_size
-        fixed = [a for a, b in zip(args, in_batched, strict=True) if not b]
-        moving = [a for a, b in zip(args, in_batched, strict=True) if b]
-
-        def one(_, xs):
-            it_x, it_f = iter(xs), iter(fixed)
-            return (), batched(*(next(it_x) if b else next(it_f) for b in in_batched))
-
-        outs = jax.lax.scan(one, (), moving)[1]
-        return outs, (True,) * len(outs)
-
-    return batched(*args)
 
 
 def forward(
@@ -565,7 +224,7 @@ def forward(
         jax.ShapeDtypeStruct((t, d, n, 4 * h) if save_acts else (0,), f32),
     )
     b = jnp.zeros((d, 4 * h), f32) if b is None else b.astype(f32)
-    call = _batched_ffi_call(
+    call = partition.batched_ffi_call(
         target,
         out,
         batch_axes=(2, None, None, None, 1, 1, None if mask is None else 1),
@@ -619,7 +278,7 @@ def backward(
     # gates before writing its dz, and XLA then allocates (and the OS zero-fills) no second
     # (T, N, 4H).
     aliases = {2: 0} if w_hh.dtype == f32 else {}
-    call = _batched_ffi_call(
+    call = partition.batched_ffi_call(
         target,
         out,
         batch_axes=(2, dcs.ndim - 2, 2, 2, 1, None, None if mask is None else 1),
@@ -652,7 +311,7 @@ def transposed_copy(a: Array) -> Array:
     under `jax.sharding`. Needs the kernel (`available`).
     """
     _targets(jnp.float32)  # loaded, or RuntimeError
-    name = _TRANSPOSE[jnp.dtype(a.dtype).name][0]
+    name = build.TRANSPOSE[jnp.dtype(a.dtype).name][0]
     out = jax.ShapeDtypeStruct(a.shape[-1:] + a.shape[:-1], a.dtype)
     if a.ndim == 2:
         call = jax.ffi.ffi_call(name, out, vmap_method="sequential")
@@ -664,7 +323,7 @@ def transposed_copy(a: Array) -> Array:
         return (transposed_copy(flat).reshape(a.shape[-1:] + a.shape[:-1]),)
 
     out_axis = a.ndim - 1 if a.ndim > 1 else None
-    return _partitioned(copy, (a,), (1,), (out,), (out_axis,))[0]
+    return partition.partitioned(copy, (a,), (1,), (out,), (out_axis,))[0]
 
 
 @transposed_copy.defjvp

@@ -22,6 +22,7 @@ from torch_ref import Case, compare, make_inputs, make_torch
 
 import flax_lstm as fl
 from flax_lstm import kernel
+from flax_lstm._kernel import build as kernel_build
 
 pytestmark = pytest.mark.skipif(
     jax.default_backend() != "cpu", reason="the kernel is for the CPU backend"
@@ -297,10 +298,10 @@ def test_mask_that_is_no_prefix(batch, threads, monkeypatch):
 
 def test_bfloat16_kernel_builds_where_the_cpu_has_it():
     """On a CPU with AVX512_BF16 (CI's) the bfloat16 kernel must build, not fall back."""
-    if "avx512_bf16" in kernel._cpu_identity().split():
+    if "avx512_bf16" in kernel_build.cpu_identity().split():
         assert kernel.build_error(jnp.bfloat16) is None
     else:
-        assert kernel.build_error(jnp.bfloat16) == kernel._NO_BF16
+        assert kernel.build_error(jnp.bfloat16) == kernel_build.NO_BF16
 
 
 def _require_bf16_kernel():
@@ -343,7 +344,7 @@ def test_bfloat16_uses_the_kernel_by_default():
 
 def test_bfloat16_without_the_instructions_runs_the_scan(monkeypatch):
     """A kernel built for a CPU without AVX512_BF16 has only the float32 entry points."""
-    monkeypatch.setattr(kernel, "_load", lambda: frozenset({"float32"}))
+    monkeypatch.setattr(kernel_build, "load", lambda: frozenset({"float32"}))
     case = KERNEL_CASES[0]
     assert not _uses_kernel(case, dtype=jnp.bfloat16)
     assert _uses_kernel(case)  # float32 still runs the kernel
@@ -486,9 +487,9 @@ def test_failed_build_reports_the_compiler_error(tmp_path, monkeypatch):
     monkeypatch.setenv("FLAX_LSTM_CACHE_DIR", str(tmp_path))
     bad = tmp_path / "broken.cc"
     bad.write_text("this is not C++\n")
-    monkeypatch.setattr(kernel, "_SOURCE", bad)
+    monkeypatch.setattr(kernel_build, "SOURCE", bad)
     with pytest.raises(RuntimeError, match="failed"):
-        kernel._build(kernel._compiler())
+        kernel_build.build(kernel_build.compiler())
     assert not list(tmp_path.glob("*.so"))  # no half-written library left behind
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from flax_lstm import cli, kernel
+from flax_lstm._kernel import build as kernel_build
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_CXX = """#!/bin/sh
@@ -51,7 +52,7 @@ def _compiles(tmp_path: Path) -> list[str]:
 
 
 def test_concurrent_processes_build_once(fake_cxx, tmp_path):
-    code = "import sys; from flax_lstm import kernel; print(kernel._build(sys.argv[1]))"
+    code = "import sys; from flax_lstm._kernel import build; print(build.build(sys.argv[1]))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
     procs = [
         subprocess.Popen(
@@ -74,25 +75,25 @@ def test_concurrent_processes_build_once(fake_cxx, tmp_path):
 def test_stale_temporaries_are_removed(fake_cxx, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
-    old, fresh = time.time() - 2 * kernel._STALE_S, time.time()
+    old, fresh = time.time() - 2 * kernel_build.STALE_S, time.time()
     stale = [cache / "tmpk1l2.so", cache / ".lstm_cpu_0123456789abcdef.99.tmp.so"]
     live = cache / ".lstm_cpu_fedcba9876543210.98.tmp.so"  # another key, being built now
     for path, when in ((stale[0], old), (stale[1], old), (live, fresh)):
         path.write_bytes(b"")
         os.utime(path, (when, when))
-    out = kernel._build(str(fake_cxx))
+    out = kernel_build.build(str(fake_cxx))
     key = out.stem.removeprefix("lstm_cpu_")
     ours = cache / f".lstm_cpu_{key}.1.tmp.so"  # this key's: stale whatever its age
     ours.write_bytes(b"")
     out.unlink()
-    kernel._build(str(fake_cxx))
+    kernel_build.build(str(fake_cxx))
     assert not any(p.exists() for p in [*stale, ours]) and live.exists()
 
 
 def test_portable_arch_and_extra_flags(fake_cxx, tmp_path, monkeypatch):
     monkeypatch.setenv("FLAX_LSTM_ARCH", "x86-64-v3")
     monkeypatch.setenv("FLAX_LSTM_CXXFLAGS", "-O2 -DFLAX_LSTM_TEST=1")
-    out = kernel._build(str(fake_cxx))
+    out = kernel_build.build(str(fake_cxx))
     (call,) = _compiles(tmp_path)
     assert "-march=x86-64-v3" in call and "-march=native" not in call
     assert call.index("-O3") < call.index("-O2")  # appended: the override wins
@@ -100,14 +101,14 @@ def test_portable_arch_and_extra_flags(fake_cxx, tmp_path, monkeypatch):
     assert record["flags"][-3:] == ["-march=x86-64-v3", "-O2", "-DFLAX_LSTM_TEST=1"]
     assert record["isa"] == ["AVX2", "FMA"] and record["compiler"] == "fakecxx 1.0"
     # A portable build is shared by machines with other CPUs; a native one is not.
-    monkeypatch.setattr(kernel, "_cpu_identity", lambda: "another CPU")
-    assert kernel._build(str(fake_cxx)) == out
+    monkeypatch.setattr(kernel_build, "cpu_identity", lambda: "another CPU")
+    assert kernel_build.build(str(fake_cxx)) == out
     monkeypatch.setenv("FLAX_LSTM_ARCH", "native")
-    native = kernel._build(str(fake_cxx))
-    monkeypatch.setattr(kernel, "_cpu_identity", lambda: "a third CPU")
-    assert kernel._build(str(fake_cxx)) != native
+    native = kernel_build.build(str(fake_cxx))
+    monkeypatch.setattr(kernel_build, "cpu_identity", lambda: "a third CPU")
+    assert kernel_build.build(str(fake_cxx)) != native
     monkeypatch.setenv("FLAX_LSTM_ARCH", "none")
-    kernel._build(str(fake_cxx))
+    kernel_build.build(str(fake_cxx))
     assert "-march" not in _compiles(tmp_path)[-1]
 
 

@@ -1,0 +1,221 @@
+"""Building the CPU kernel (`flax_lstm.kernel`): compile ``lstm_cpu.cc`` once per machine into a
+cache folder, load it, and register its XLA FFI targets.
+
+The compiler, flags, cache key, file lock and environment variables are described in
+`flax_lstm.kernel`'s docstring; `load` is the one entry: the compute dtypes registered, or why
+the kernel is not available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jaxlib
+
+SOURCE = Path(__file__).parent / "lstm_cpu.cc"
+_FLAGS = ("-O3", "-std=c++20", "-shared", "-fPIC", "-pthread")
+# Tuned for this machine's instruction set; the last, portable, variant is for compilers that
+# know neither flag (some clang versions on arm64 reject -march=native).
+_ARCH_FLAGS = (("-march=native",), ("-mcpu=native",), ())
+_FORWARD, _BACKWARD = "flax_lstm_cpu_forward", "flax_lstm_cpu_backward"
+# The FFI targets of each compute dtype, and the library's symbols for them. The bfloat16 ones
+# are compiled only for CPUs with AVX512_BF16 instructions.
+TARGETS = {
+    "float32": ((_FORWARD, "FlaxLstmForward"), (_BACKWARD, "FlaxLstmBackward")),
+    "bfloat16": (
+        (_FORWARD + "_bf16", "FlaxLstmForwardBf16"),
+        (_BACKWARD + "_bf16", "FlaxLstmBackwardBf16"),
+    ),
+}
+# A transposed copy (see `transposed_copy`), per dtype: target and symbol, always compiled.
+TRANSPOSE = {
+    "float32": ("flax_lstm_cpu_transpose", "FlaxLstmTranspose"),
+    "bfloat16": ("flax_lstm_cpu_transpose_bf16", "FlaxLstmTransposeBf16"),
+}
+NO_BF16 = "bfloat16 needs a CPU with AVX512_BF16 instructions (the kernel was built without them)"
+DISABLED = "disabled by FLAX_LSTM_CPU_KERNEL"
+
+
+def compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def cpu_identity() -> str:
+    try:  # the instruction set that -march=native compiled for
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
+def cache_dir() -> Path:
+    if "FLAX_LSTM_CACHE_DIR" in os.environ:
+        return Path(os.environ["FLAX_LSTM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "flax_lstm"
+
+
+# A temporary file older than this is left by a killed build (a build takes seconds).
+STALE_S = 3600.0
+# The instruction-set macros `info` reports, as the compiler defines them for the flags used.
+_ISA_MACROS = (
+    "__SSE4_2__", "__AVX__", "__AVX2__", "__FMA__", "__AVX512F__", "__AVX512BW__",
+    "__AVX512VL__", "__AVX512BF16__", "__ARM_NEON", "__ARM_FEATURE_SVE", "__ARM_FEATURE_BF16",
+)  # fmt: skip
+
+
+def _arch_flags() -> tuple[tuple[str, ...], ...]:
+    """The candidate target flags, tried in order: ``FLAX_LSTM_ARCH``'s, else the machine's."""
+    arch = os.environ.get("FLAX_LSTM_ARCH", "native").strip()
+    if arch == "native":
+        return _ARCH_FLAGS
+    if arch in ("", "none"):
+        return ((),)
+    return ((f"-march={arch}",),)
+
+
+def _build_key(cxx: str, arch: tuple, extra: tuple) -> str:
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False)
+    native = any("native" in flag for flags in arch for flag in flags)
+    parts = [
+        SOURCE.read_bytes(),
+        " ".join(_FLAGS + sum(arch, ()) + extra).encode(),
+        version.stdout.encode(),
+        jaxlib.__version__.encode(),
+        cpu_identity().encode() if native else b"",
+    ]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive lock on ``path`` (a file lock: other processes wait for it)."""
+    with open(path, "a") as f:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, the atomic rename still holds
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_stale(folder: Path, key: str) -> None:
+    """Remove temporary files of killed builds: this key's (its lock is held, so no build of
+    it is running) and any older than an hour (``tmp*.so`` from earlier versions too)."""
+    now = time.time()
+    for path in [*folder.glob(".lstm_cpu_*.tmp*"), *folder.glob("tmp*.so")]:
+        with contextlib.suppress(OSError):
+            if key in path.name or now - path.stat().st_mtime > STALE_S:
+                path.unlink()
+
+
+def _isa(cxx: str, flags: list[str]) -> list[str]:
+    """The instruction-set macros ``cxx`` defines with ``flags`` (empty if it cannot say)."""
+    cmd = [cxx, *flags, "-dM", "-E", "-x", "c++", os.devnull]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    defined = {line.split()[1] for line in proc.stdout.splitlines() if line.count(" ") >= 1}
+    return [m.strip("_") for m in _ISA_MACROS if m in defined]
+
+
+def build(cxx: str) -> Path:
+    """Compile the kernel (or find it built) and return the shared library's path.
+
+    Next to the library, ``<name>.json`` records how it was built (`info`)."""
+    arch = _arch_flags()
+    extra = tuple(shlex.split(os.environ.get("FLAX_LSTM_CXXFLAGS", "")))
+    key = _build_key(cxx, arch, extra)
+    folder = cache_dir()
+    out = folder / f"lstm_cpu_{key}.so"
+    if out.exists():
+        return out
+    folder.mkdir(parents=True, exist_ok=True)
+    # One build per key at a time; the others wait and then find it built. The library is
+    # written under a temporary name and renamed: nothing ever loads a half-written one.
+    with _lock(folder / f".lstm_cpu_{key}.lock"):
+        if out.exists():
+            return out
+        _remove_stale(folder, key)
+        tmp = folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.so"
+        try:
+            for flags in arch:
+                flags = [*_FLAGS, *flags, *extra]
+                cmd = [cxx, *flags, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", str(tmp)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if proc.returncode == 0:
+                    break
+            else:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+            version = subprocess.run([cxx, "--version"], capture_output=True, text=True)
+            record = {
+                "compiler": (version.stdout.splitlines() or [cxx])[0],
+                "flags": flags,
+                "isa": _isa(cxx, flags),
+            }
+            meta = out.with_suffix(".json")
+            meta_tmp = folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.json"
+            meta_tmp.write_text(json.dumps(record, indent=2) + "\n")
+            os.replace(meta_tmp, meta)
+            os.replace(tmp, out)
+        finally:
+            for path in (tmp, folder / f".lstm_cpu_{key}.{os.getpid()}.tmp.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+    return out
+
+
+LIBRARY: list[Path] = []  # the loaded library's path, once `_build_and_register` has run
+
+
+def disabled() -> bool:
+    value = os.environ.get("FLAX_LSTM_CPU_KERNEL", "1").strip().lower()
+    return value in ("0", "false", "no", "off")
+
+
+def load() -> str | frozenset[str]:
+    """The compute dtypes the kernel registered (names), or why it is not available."""
+    return DISABLED if disabled() else _build_and_register()
+
+
+@functools.cache
+def _build_and_register() -> str | frozenset[str]:
+    """Build and register the kernel once per process: the compute dtypes it registered
+    (names), or why it could not."""
+    if not sys.platform.startswith(("linux", "darwin")):
+        return f"not supported on {sys.platform}"
+    cxx = compiler()
+    if cxx is None:
+        return "no C++ compiler found (set CXX, or install g++)"
+    try:
+        path = build(cxx)
+        lib = ctypes.cdll.LoadLibrary(str(path))
+    except (OSError, RuntimeError) as e:
+        return f"could not build the CPU kernel: {e}"
+    LIBRARY[:] = [path]
+    # float32 and the transposed copies are always compiled; bfloat16 only for AVX512_BF16.
+    if not all(hasattr(lib, symbol) for _, symbol in (*TARGETS["float32"], *TRANSPOSE.values())):
+        return "could not build the CPU kernel: the library lacks float32 or transpose symbols"
+    dtypes = [d for d, targets in TARGETS.items() if all(hasattr(lib, s) for _, s in targets)]
+    for name, symbol in (*(t for d in dtypes for t in TARGETS[d]), *TRANSPOSE.values()):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
+    return frozenset(dtypes)
