@@ -49,19 +49,15 @@ def main(argv: list[str] | None = None) -> None:
 
     import flax_lstm as fl
 
-    config = fl.LSTMConfig(input_size=4, hidden_size=32, bidirectional=True, batch_first=True)
-
     class Classifier(nnx.Module):
         """A bidirectional LSTM over the sequence, a linear layer on its last states."""
 
         def __init__(self, rngs: nnx.Rngs):
-            params = fl.init_params(rngs.params(), config)
-            self.lstm = nnx.data([{k: nnx.Param(v) for k, v in p.items()} for p in params])
+            self.lstm = fl.nnx.LSTM(4, 32, bidirectional=True, batch_first=True, rngs=rngs)
             self.head = nnx.Linear(64, 3, rngs=rngs)
 
         def __call__(self, x, lengths):
-            params = [{k: v[...] for k, v in p.items()} for p in self.lstm]
-            _, (h_n, _) = fl.lstm(params, x, config=config, seq_lengths=lengths)
+            _, (h_n, _) = self.lstm(x, seq_lengths=lengths)
             return self.head(jax.numpy.concatenate([h_n[-2], h_n[-1]], axis=-1))
 
     mesh = Mesh(np.array(jax.devices()), ("data",))  # every device of every process
