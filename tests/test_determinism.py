@@ -9,19 +9,16 @@ runs in a process of its own.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import python_process
 
 import flax_lstm as fl
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import sys
 import jax, jax.numpy as jnp, numpy as np
@@ -43,17 +40,7 @@ np.savez(sys.argv[1], out=np.asarray(out), **leaves)
 
 def _run(tmp_path: Path, impl: str, threads: str, tag: str) -> dict[str, np.ndarray]:
     path = tmp_path / f"{impl}-{threads}-{tag}.npz"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-    env["FLAX_LSTM_NUM_THREADS"] = threads
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(path), impl],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    python_process.run("-c", SCRIPT, str(path), impl, FLAX_LSTM_NUM_THREADS=threads)
     with np.load(path) as f:
         return dict(f)
 

@@ -8,21 +8,16 @@ with `flax_lstm.kernel.available` first.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import python_process
 
 import flax_lstm as fl
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs flatbuffers")
 
-ROOT = Path(__file__).resolve().parents[1]
 LOADER = """
 import sys
 import jax, numpy as np
@@ -66,16 +61,7 @@ def test_export_serialize_and_run_in_a_fresh_process(impl, tmp_path):
     path = tmp_path / "model.jax"
     path.write_bytes(exported.serialize())
     np.savez(str(path) + ".args.npz", **{f"a{i}": np.asarray(a) for i, a in enumerate(args)})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-    proc = subprocess.run(
-        [sys.executable, "-c", LOADER, str(path), impl],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    python_process.run("-c", LOADER, str(path), impl)
     loaded = np.load(str(path) + ".out.npz")
     out, grad = f(*args)
     np.testing.assert_array_equal(loaded["out"], np.asarray(out))

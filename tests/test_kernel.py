@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import python_process
 from hypothesis import HealthCheck, given, settings
 from torch_ref import Case, compare, make_inputs, make_torch
 
@@ -494,14 +494,7 @@ def test_failed_build_reports_the_compiler_error(tmp_path, monkeypatch):
 
 
 def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        check=False,
-        timeout=300,
-    )
+    return python_process.run("-c", code, check=False, **env)
 
 
 def test_without_a_compiler_the_scan_path_runs_with_a_warning(tmp_path):

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+import python_process
 
 from flax_lstm import cli, kernel
 from flax_lstm._kernel import build as kernel_build
 
-ROOT = Path(__file__).resolve().parents[1]
 FAKE_CXX = """#!/bin/sh
 case "$*" in
   *--version*) echo "fakecxx 1.0"; exit 0 ;;
@@ -53,7 +53,7 @@ def _compiles(tmp_path: Path) -> list[str]:
 
 def test_concurrent_processes_build_once(fake_cxx, tmp_path):
     code = "import sys; from flax_lstm._kernel import build; print(build.build(sys.argv[1]))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    env = python_process.env()
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, str(fake_cxx)],

@@ -7,8 +7,7 @@ check runs in a fresh interpreter.
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import python_process
 
 SCRIPT = """
 import sys
@@ -32,8 +31,5 @@ print(loaded)
 
 
 def test_core_imports_no_application_library():
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = python_process.run("-c", SCRIPT)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout

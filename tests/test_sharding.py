@@ -11,14 +11,12 @@ over the batch. Unsharded, the kernel's call lowers to the plain FFI call.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
+import python_process
 
 import flax_lstm as fl
 
@@ -28,17 +26,7 @@ needs_kernel = pytest.mark.skipif(not fl.kernel.available(), reason="CPU kernel 
 
 @pytest.fixture(scope="module")
 def sharded_cases() -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), *sys.path])}
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "sharded_check.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = python_process.run(str(HERE / "sharded_check.py"), timeout=600, unset=("XLA_FLAGS",))
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
