@@ -49,8 +49,12 @@ class TrainConfig:
         metavar="PATH",
         default_help="the bundled Japanese Vowels test data",
     )
-    epochs: int = _setting(
-        100, "the most epochs to train; early stopping may end sooner", group="opt", metavar="N"
+    epochs: int | None = _setting(
+        None,
+        "the most epochs to train; early stopping may end sooner",
+        group="opt",
+        metavar="N",
+        default_help="enough epochs to show the model 15,000 training series, and at least 100",
     )
     hidden_size: int = _setting(32, "LSTM hidden size per direction", group="model", metavar="H")
     num_layers: int = _setting(1, "stacked LSTM layers", group="model", metavar="L")
@@ -70,7 +74,7 @@ class TrainConfig:
         "series per optimizer step (over all devices together)",
         group="opt",
         metavar="B",
-        default_help="a sixth of the training examples, clipped to [4, 32], so that small data "
+        default_help="a sixth of the fit examples, clipped to [4, 32], so that small data "
         "sets still get six steps an epoch",
     )
     seed: int = _setting(
@@ -91,12 +95,14 @@ class TrainConfig:
         group="opt",
         metavar="F",
     )
-    val_fraction: float = _setting(
-        0.1,
+    val_fraction: float | None = _setting(
+        None,
         "fraction of each class of the training data held out for validation (early stopping, "
         "choice of the best epoch); 0 trains on everything for epochs",
         group="opt",
         metavar="F",
+        default_help="0.1 when that holds out at least 20 series, else 0: a smaller validation "
+        "set is too noisy to choose an epoch by",
     )
     patience: int = _setting(
         30, "stop after this many epochs without a better validation loss", group="opt", metavar="N"
@@ -115,6 +121,15 @@ class TrainConfig:
         group="opt",
         metavar="SIGMA",
     )
+    patch: int | None = _setting(
+        None,
+        "steps per patch: each run of this many consecutive steps becomes one LSTM step whose "
+        "input is the patch's values (channels x steps), shortening the recurrence",
+        group="model",
+        metavar="P",
+        default_help="1 when the longest series has at most 40 steps, else the fewest steps "
+        "that cut it to at most 20 patches",
+    )
     members: int = _setting(
         8,
         "train this many independently initialised LSTM + head models side by side (one "
@@ -127,10 +142,12 @@ class TrainConfig:
         """Check every field; raise `TrainError` naming the first bad one. Returns self."""
         if (self.train is None) != (self.test is None):
             raise TrainError("give both --train and --test, or neither for the bundled data")
-        positive = ("epochs", "hidden_size", "num_layers", "batch_size", "patience", "members")
+        positive = (
+            "epochs", "hidden_size", "num_layers", "batch_size", "patience", "members", "patch"
+        )
         for name in positive:
             value = getattr(self, name)
-            if name == "batch_size" and value is None:
+            if name in ("epochs", "batch_size", "patch") and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TrainError(f"{name} must be a positive integer, got {value!r}")
@@ -140,6 +157,8 @@ class TrainConfig:
             raise TrainError(f"input_noise must be >= 0, got {self.input_noise!r}")
         for name in ("dropout", "warmup", "val_fraction"):
             value = getattr(self, name)
+            if name == "val_fraction" and value is None:
+                continue
             if not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise TrainError(f"{name} must lie in [0, 1), got {value!r}")
         for name in ("lr", "clip_norm"):

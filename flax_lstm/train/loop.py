@@ -97,14 +97,15 @@ class _Clock:
 
 def train_loop(job: Job, carry: Carry, options: LoopOptions, t_start: float) -> TrainResult:
     """Train from ``carry`` to the last epoch (or ``stop_after_epochs``); write the results."""
-    config, meta = job.runner.config, carry.meta
+    meta = carry.meta
     steps = job.runner.steps_per_epoch
     clock = _Clock(t_start, meta.elapsed_s, time.perf_counter())
     saved_epoch = meta.epoch
     used_devices = None
     disable = options.quiet or meta.done
-    with _progress_bar(config.epochs * steps, meta.epoch * steps, disable) as bar:
-        while not meta.done and meta.epoch < config.epochs:
+    epochs = job.runner.epochs
+    with _progress_bar(epochs * steps, meta.epoch * steps, disable) as bar:
+        while not meta.done and meta.epoch < epochs:
             record, used = _train_epoch(job, carry, bar)
             used_devices = used if used_devices is None else used_devices
             stopped = _end_epoch(job, meta, record, options.stop_after_epochs)
@@ -185,7 +186,7 @@ def _end_epoch(job: Job, meta: Meta, record: dict[str, Any], stop_after: int | N
     meta.epoch = record["epoch"]
     if meta.bad_epochs >= config.patience:
         meta.stopped_early = True
-    meta.done = meta.stopped_early or meta.epoch >= config.epochs
+    meta.done = meta.stopped_early or meta.epoch >= job.runner.epochs
     return stop_after is not None and meta.epoch >= stop_after
 
 

@@ -69,6 +69,17 @@ def init_members(
     return jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *members)
 
 
+def patch_steps(x: jax.Array, lengths: jax.Array, patch: int) -> tuple[jax.Array, jax.Array]:
+    """``(N, T, C)`` steps as ``(N, ceil(T / patch), patch * C)`` patches; lengths in patches.
+
+    A series' last patch is completed with zeros (the padding past its length).
+    """
+    n, t, c = x.shape
+    steps = -(-t // patch)
+    x = jnp.pad(x, ((0, 0), (0, steps * patch - t), (0, 0)))
+    return x.reshape(n, steps, patch * c), (lengths + patch - 1) // patch
+
+
 def forward(
     params: dict[str, Any],
     x: jax.Array,
@@ -78,11 +89,14 @@ def forward(
     pooling: str = "mean",
     dropout: float = 0.0,
     key: jax.Array | None = None,
+    patch: int = 1,
 ) -> jax.Array:
     """Class logits ``(N, K)`` for a padded batch ``x`` ``(N, T, C)`` with ``lengths`` ``(N,)``.
 
     Dropout (``key`` given) applies between LSTM layers and to the pooled features.
     """
+    if patch > 1:
+        x, lengths = patch_steps(x, lengths, patch)
     lstm_key = feat_key = None
     if key is not None:
         lstm_key, feat_key = jax.random.split(key)

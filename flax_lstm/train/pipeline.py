@@ -15,6 +15,7 @@ import numpy as np
 
 from flax_lstm import data as fdata
 from flax_lstm.train.config import TrainConfig, TrainError
+from flax_lstm.train.derive import derive, split_fraction
 
 __all__ = [
     "Prepared",
@@ -47,7 +48,8 @@ class Prepared(NamedTuple):
     """What `prepare` derives from the data: the run's data description and the three splits.
 
     ``info`` is what ``config.json`` stores under ``"data"``: sources, fingerprint, classes,
-    shapes, batch sizes and the normalisation statistics.
+    shapes, the settings derived from them (`flax_lstm.train.derive`), the evaluation batch size
+    and the normalisation statistics.
     """
 
     info: dict[str, Any]
@@ -163,7 +165,7 @@ def prepare(config: TrainConfig) -> Prepared:
     if len(classes) < 2:
         raise TrainError(f"training data ({train_ds.name}) has a single class {classes}")
     y_all = np.array([classes.index(v) for v in train_ds.y.tolist()])
-    fit_idx, val_idx = split(y_all, config.val_fraction, config.seed)
+    fit_idx, val_idx = split(y_all, split_fraction(config, y_all.size), config.seed)
     mean, std = _norm_stats(train_ds, fit_idx)
     max_length = max(train_ds.max_length, test_ds.max_length)
     train_all = encode(train_ds, classes, mean, std, max_length, "training")
@@ -179,9 +181,11 @@ def prepare(config: TrainConfig) -> Prepared:
         "n_fit": int(fit_idx.size),
         "n_val": int(val_idx.size),
         "n_test": len(test_ds),
+        "derived": derive(
+            config, n_train=len(train_ds), n_fit=int(fit_idx.size), max_length=max_length
+        ),
         # One evaluation shape for validation (every epoch) and test: sized to the validation
         # set so that the per-epoch check wastes little on padding rows.
-        "batch_size": config.batch_size or int(np.clip(fit_idx.size // 6, 4, 32)),
         "eval_batch_size": int(min(256, val_idx.size or len(test_ds))),
         "mean": mean.tolist(),
         "std": std.tolist(),

@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flax_lstm.train.config import TrainConfig
+from flax_lstm.train.derive import derived_of
 from flax_lstm.train.model import init_members, lstm_config
 from flax_lstm.train.pipeline import RunData, padded
 from flax_lstm.train.steps import step_functions
@@ -50,14 +51,17 @@ class Runner:
         self.config = config
         self.devices = devices
         self.num_classes = len(data_info["classes"])
-        self.lstm_config = lstm_config(config, data_info["num_channels"])
-        self.batch_size = data_info["batch_size"]
+        derived = derived_of(data_info, config)
+        self.patch = derived["patch"]
+        self.lstm_config = lstm_config(config, data_info["num_channels"] * self.patch)
+        self.batch_size = derived["batch_size"]
         self.train_rows = devices.round_up(self.batch_size)
         self.eval_rows = devices.round_up(data_info["eval_batch_size"])
         self.steps_per_epoch = -(-data_info["n_fit"] // self.batch_size)
         key = dataclasses.replace(config, train=None, test=None)  # paths do not change the code
-        total = config.epochs * self.steps_per_epoch
-        steps = step_functions(key, self.lstm_config, total, devices.mesh)
+        self.epochs = derived["epochs"]
+        total = self.epochs * self.steps_per_epoch
+        steps = step_functions(key, self.lstm_config, total, devices.mesh, self.patch)
         self.tx, self.schedule = steps.tx, steps.schedule
         self.train_step, self.eval_step = steps.train_step, steps.eval_step
 

@@ -50,10 +50,21 @@ class Steps:
     (predictions, cross-entropies)``. Rows of weight ``w = 0`` (padding) change nothing.
     """
 
-    def __init__(self, config: TrainConfig, lstm_config: fl.LSTMConfig, total_steps: int, mesh):
+    def __init__(
+        self,
+        config: TrainConfig,
+        lstm_config: fl.LSTMConfig,
+        total_steps: int,
+        mesh,
+        patch: int,
+    ):
         self.tx, self.schedule = optimizer(config, total_steps)
         self.model_fn = functools.partial(
-            forward, lstm_config=lstm_config, pooling=config.pooling, dropout=config.dropout
+            forward,
+            lstm_config=lstm_config,
+            pooling=config.pooling,
+            dropout=config.dropout,
+            patch=patch,
         )
         self.base_key = jax.random.fold_in(jax.random.key(config.seed), 2)
         self.noise, self.members = config.input_noise, config.members
@@ -102,7 +113,12 @@ class Steps:
 
 @functools.lru_cache(maxsize=8)
 def step_functions(
-    config: TrainConfig, lstm_config: fl.LSTMConfig, total_steps: int, mesh: Mesh
+    config: TrainConfig,
+    lstm_config: fl.LSTMConfig,
+    total_steps: int,
+    mesh: Mesh,
+    patch: int = 1,
 ) -> Steps:
     """`Steps` for a run; cached, so runs alike (paths aside) compile once."""
-    return Steps(config, lstm_config, total_steps, mesh)
+    return Steps(config, lstm_config, total_steps, mesh, patch)
+

@@ -1,0 +1,89 @@
+"""The settings a run derives from its data when they are left unset (``None``).
+
+Every rule here is a function of the data's shape (the number of training series, the longest
+series), never of its name. `derive` is the one place that applies them: `prepare` stores the
+result in the run's data description, so ``config.json`` and ``metrics.json`` record it under
+``"derived"``, and each field's ``--help`` text states its rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax_lstm.train.config import TrainConfig
+
+__all__ = [
+    "MAX_UNPATCHED",
+    "MIN_VALIDATION",
+    "SERIES_BUDGET",
+    "TARGET_STEPS",
+    "derive",
+    "derived_of",
+]
+
+MAX_UNPATCHED = 40
+"""Series of at most this many steps run step by step (the derived ``patch`` is 1)."""
+
+TARGET_STEPS = 20
+"""Longer series are cut into patches so that the longest becomes at most this many steps."""
+
+VAL_FRACTION = 0.1
+"""The share of the training series held out for validation when there are enough of them."""
+
+MIN_VALIDATION = 20
+"""Fewer validation series than this cannot pick an epoch: below it, nothing is held out."""
+
+SERIES_BUDGET = 15_000
+"""The derived ``epochs`` show the model at least this many training series (and ≥ 100 epochs)."""
+
+
+def patch_for(max_length: int) -> int:
+    """1 up to `MAX_UNPATCHED` steps; else the fewest steps per patch that cut the longest
+    series to at most `TARGET_STEPS` LSTM steps."""
+    return 1 if max_length <= MAX_UNPATCHED else -(-max_length // TARGET_STEPS)
+
+
+def val_fraction_for(n_train: int) -> float:
+    """`VAL_FRACTION` if that holds out at least `MIN_VALIDATION` series, else 0."""
+    return VAL_FRACTION if round(VAL_FRACTION * n_train) >= MIN_VALIDATION else 0.0
+
+
+def batch_size_for(n_fit: int) -> int:
+    """A sixth of the fit examples, clipped to [4, 32]: small sets still get six steps an epoch."""
+    return min(32, max(4, n_fit // 6))
+
+
+def epochs_for(n_fit: int) -> int:
+    """Enough epochs to show the model `SERIES_BUDGET` series, and at least 100."""
+    return max(100, -(-SERIES_BUDGET // n_fit))
+
+
+def split_fraction(config: TrainConfig, n_train: int) -> float:
+    """The validation fraction of a run: the config's, else `val_fraction_for`."""
+    return val_fraction_for(n_train) if config.val_fraction is None else config.val_fraction
+
+
+def derive(config: TrainConfig, *, n_train: int, n_fit: int, max_length: int) -> dict[str, Any]:
+    """``{"val_fraction", "batch_size", "epochs", "patch"}`` of a run.
+
+    Each is the config's value where it is set, else the rule of the data's shape above.
+    """
+    batch_size = config.batch_size or batch_size_for(n_fit)
+    return {
+        "val_fraction": split_fraction(config, n_train),
+        "batch_size": batch_size,
+        "epochs": config.epochs or epochs_for(n_fit),
+        "patch": config.patch or patch_for(max_length),
+    }
+
+
+def derived_of(info: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """The derived settings in a run's data description (older run folders: the old rules)."""
+    if "derived" in info:
+        return info["derived"]
+    return {
+        "val_fraction": config.val_fraction,
+        "batch_size": info["batch_size"],
+        "epochs": config.epochs,
+        "patch": 1,
+    }
