@@ -30,8 +30,8 @@ TARGET_STEPS = 20
 VAL_FRACTION = 0.1
 """The share of the training series held out for validation when there are enough of them."""
 
-MIN_VALIDATION = 20
-"""Fewer validation series than this cannot pick an epoch: below it, nothing is held out."""
+MIN_VALIDATION = 50
+"""Fewer validation series than this pick epochs badly: below it, nothing is held out."""
 
 SERIES_BUDGET = 15_000
 """The derived ``epochs`` show the model at least this many training series (and ≥ 100 epochs)."""

@@ -40,7 +40,7 @@ def test_given_settings_win_over_the_rules(files):
 
 def test_the_rules():
     assert D.batch_size_for(3) == 4 and D.batch_size_for(60) == 10 and D.batch_size_for(10**4) == 32
-    assert D.val_fraction_for(190) == 0 and D.val_fraction_for(200) == D.VAL_FRACTION
+    assert D.val_fraction_for(490) == 0 and D.val_fraction_for(500) == D.VAL_FRACTION
     assert D.epochs_for(10**4) == 100  # the 100-epoch floor
     assert D.epochs_for(36) == -(-D.SERIES_BUDGET // 36)
 
