@@ -101,8 +101,8 @@ class TrainConfig:
         "choice of the best epoch); 0 trains on everything for epochs",
         group="opt",
         metavar="F",
-        default_help="0.1 when that holds out at least 50 series, else 0 (train on everything "
-        "for the epochs): a smaller validation set chose worse epochs than none",
+        default_help="0.1 when that holds out at least 50 series, else 0: a smaller validation "
+        "set chose worse epochs than none",
     )
     patience: int = _setting(
         30, "stop after this many epochs without a better validation loss", group="opt", metavar="N"

@@ -169,6 +169,11 @@ def test_help(capsys):
     text = capsys.readouterr().out
     for flag in ("--train", "--test", "--epochs", "--no-bidirectional", "--resume", "--quiet"):
         assert flag in text
+    # Each derived default states its rule, and where the run records the values.
+    flat = " ".join(text.split())
+    for rule in ("15,000 training series", "at least 50 series", "at most 20 patches"):
+        assert rule in flat
+    assert "data.derived" in flat
 
 
 def test_every_config_field_is_a_flag(monkeypatch, tmp_path):
