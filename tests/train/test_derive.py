@@ -83,3 +83,14 @@ def test_a_patched_run_records_and_reproduces_its_settings(files, tmp_path):
     assert config["model"]["input_size"] == 3 * config["data"]["num_channels"]
     assert result.metrics["data"]["derived"] == config["data"]["derived"]
     assert evaluate(out)["test_accuracy"] == result.metrics["test_accuracy"]
+
+
+def test_a_run_folder_from_before_the_derived_settings_still_evaluates(files, tmp_path):
+    out = tmp_path / "run"
+    result = train(small_config(files), out=out, quiet=True)
+    path = out / "config.json"
+    config = json.loads(path.read_text())
+    derived = config["data"].pop("derived")
+    config["data"]["batch_size"] = derived["batch_size"]  # where older versions kept it
+    path.write_text(json.dumps(config))
+    assert evaluate(out)["test_accuracy"] == result.metrics["test_accuracy"]
