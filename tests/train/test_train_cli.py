@@ -187,7 +187,7 @@ def test_every_config_field_is_a_flag(monkeypatch, tmp_path):
         "train": "a.ts", "test": "b.npz", "epochs": 7, "hidden_size": 5, "num_layers": 2,
         "bidirectional": False, "dropout": 0.25, "lr": 0.125, "batch_size": 6, "seed": 9,
         "weight_decay": 0.5, "clip_norm": 2.5, "warmup": 0.0625, "val_fraction": 0.375,
-        "patience": 4, "pooling": "last", "input_noise": 0.75, "members": 3,
+        "patience": 4, "pooling": "last", "input_noise": 0.75, "patch": 11, "members": 3,
     }  # fmt: skip
     assert set(values) == {f.name for f in dataclasses.fields(TrainConfig)}
     argv = ["train", "--out", str(tmp_path / "run")]
