@@ -853,7 +853,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
 // the valid steps: blocks of kWgK of them, in order (t-major), so every sum is taken in the
 // same order whatever the number of threads. For each block, [x_s, h_{s-1}] is packed into
 // panels of NR columns (x's panels, then h's, each zero-padded), by a row of items, one per
-// direction and panel; then a row of items, one per direction and block of kWgRows gate rows,
+// direction and block; then a row of items, one per direction and block of kWgRows gate rows,
 // copies its gate columns of the block's dz into MR-wide slivers and adds the products into its
 // rows of a float32 accumulator (wg_micro), which the last block's items copy out. The packed
 // panels of a few blocks (a superblock, at most about 4 MiB) are made at a time.
@@ -861,7 +861,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
 // of dz with the packed W_ih (gemm_packed through a list of rows), written to their rows of dx.
 
 constexpr int64_t kWgK = 256, kWgRows = 8 * MR, kDxSteps = 4;
-constexpr int64_t kWgPackBytes = int64_t{4} << 20;
+constexpr int64_t kWgPackBytes = int64_t{4} << 20, kPrefetch = 8;
 
 // C[0 : MR, 0 : NR] (leading dimension ldc) += A·B: A holds K × MR (k-major), B a packed
 // panel, K × NR.
@@ -918,27 +918,24 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
     return (t * D + d) * N + n;
   };
   if (K > 0) {
-    const int64_t chunks = std::max(D * P, D * gblocks);
+    const int64_t chunks = std::max(D * per, D * gblocks);
     run_items(pool, threads, Prefault({}), 2 * supers, chunks, [&](int64_t row, int64_t k,
                                                                   Scratch& scratch) {
       const int64_t sb = row / 2, b0 = sb * per, b1 = std::min(blocks, b0 + per);
-      if (row % 2 == 0) {  // pack panel p of direction d for the superblock's steps
-        if (k >= D * P) return;
-        const int64_t d = k / P, p = k % P;
-        const bool is_x = p < PI;
-        const int64_t width = is_x ? I : H, c0 = (is_x ? p : p - PI) * NR;
-        const int64_t cols = std::min<int64_t>(NR, width - c0);
-        for (int64_t b = b0; b < b1; ++b) {
-          float* out = panel(d, b - b0, p);
-          for (int64_t v = b * kWgK, e = std::min(K, v + kWgK); v < e; ++v, out += NR) {
-            const float* src;
-            if (is_x) {
-              src = x + row_of(v, d) * I;
-            } else {
-              const int64_t t = valid[v] / N, n = valid[v] % N;
-              src = t == 0 ? h0 + (d * N + n) * H : hs + row_of(v, d) * H - D * N * H;
-            }
-            std::memcpy(out, src + c0, cols * sizeof(float));
+      if (row % 2 == 0) {  // pack the panels of block b0 + k % per of direction d
+        const int64_t d = k / per, b = b0 + k % per;
+        if (d >= D || b >= b1) return;
+        // Sample by sample, whole rows of x and h: read in order, as the prefetchers like.
+        for (int64_t v = b * kWgK, e = std::min(K, v + kWgK); v < e; ++v) {
+          const int64_t t = valid[v] / N, n = valid[v] % N, j = v - b * kWgK;
+          const float* xr = x + row_of(v, d) * I;
+          const float* hr = t == 0 ? h0 + (d * N + n) * H : hs + row_of(v, d) * H - D * N * H;
+          for (int64_t p = 0; p < P; ++p) {
+            const bool is_x = p < PI;
+            const int64_t c0 = (is_x ? p : p - PI) * NR;
+            const int64_t cols = std::min<int64_t>(NR, (is_x ? I : H) - c0);
+            float* out = panel(d, b - b0, p) + j * NR;
+            std::memcpy(out, (is_x ? xr : hr) + c0, cols * sizeof(float));
             std::fill(out + cols, out + NR, 0.0f);
           }
         }
@@ -951,14 +948,21 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
       float* c = acc.data() + (d * G4p + g0) * ldc;
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t v0 = b * kWgK, kb = std::min(K, v0 + kWgK) - v0;
-        // a: sliver q (rows g0 + q·MR …) is kb × MR, k-major.
-        for (int64_t q = 0; q < kWgRows / MR; ++q) {
-          const int64_t r0 = q * MR, nr = std::clamp<int64_t>(rows - r0, 0, MR);
-          float* sliver = a + q * kWgK * MR;
-          for (int64_t v = 0; v < kb; ++v) {
-            const float* src = dz + row_of(v0 + v, d) * G4 + g0 + r0;
-            std::memcpy(sliver + v * MR, src, nr * sizeof(float));
-            std::fill(sliver + v * MR + nr, sliver + (v + 1) * MR, 0.0f);
+        // a: sliver q (rows g0 + q·MR …) is kb × MR, k-major. Sample by sample: each reads its
+        // kWgRows gate columns of dz in one piece, the next samples' fetched ahead (dz rows are
+        // far apart, which the prefetchers do not follow).
+        for (int64_t v = 0; v < kb; ++v) {
+          if (v + kPrefetch < kb) {
+            const char* next =
+                reinterpret_cast<const char*>(dz + row_of(v0 + v + kPrefetch, d) * G4 + g0);
+            for (int64_t off = 0; off < rows * 4; off += 64) __builtin_prefetch(next + off);
+          }
+          const float* src = dz + row_of(v0 + v, d) * G4 + g0;
+          for (int64_t q = 0; q < kWgRows / MR; ++q) {
+            const int64_t r0 = q * MR, nr = std::clamp<int64_t>(rows - r0, 0, MR);
+            float* out = a + q * kWgK * MR + v * MR;
+            std::memcpy(out, src + r0, nr * sizeof(float));
+            std::fill(out + nr, out + MR, 0.0f);
           }
         }
         for (int64_t p = 0; p < P; ++p) {
