@@ -496,6 +496,13 @@ struct Order {
   }
 };
 
+// Asks for the cache lines of [p, p + bytes) ahead of their use.
+inline void prefetch(const void* p, int64_t bytes) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + bytes;
+  for (uintptr_t line = begin & ~uintptr_t{63}; line < end; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line));
+}
+
 // Forward chunks: 16 hidden units, i.e. 64 gate columns, two packed panels (a whole number of
 // vectors for the gate arithmetic). Backward chunks: 32 units, one panel of dh.
 constexpr int64_t kFwdUnits = 16, kBwdUnits = 32;
@@ -744,7 +751,8 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
 // h; dcs of every step's c (dcs_all) or of the last one only. dz is stored in the element type
 // (in bfloat16 rounded, as the lax.scan path rounds it for its GEMMs with W_hh, W_ih and the
 // inputs), db sums the float32 values. In float32 dz may be the very buffer of acts: each
-// element of a step's gates is read before its dz is written.
+// element of a step's gates is read before its dz is written, and the steps of a sequence that
+// has ended (prefix mask) are left as they are, zero already (the forward's acts there).
 //
 // Item (t, chunk) first forms the chunk's dh_t = dz_{t+1}·W_hh[:, chunk] (plus what frozen
 // steps pass through), then the chunk's gate gradients at step t. A last row of items, t = -1,
@@ -758,6 +766,8 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
               float* dc0) {
   const int64_t T = s.T, D = s.D, N = s.N, H = s.H, G4 = 4 * H;
   const int64_t chunks = (H + kBwdUnits - 1) / kBwdUnits, cols = round_up(kBwdUnits, NR);
+  // dz over the saved gates: the rows of ended sequences hold the zeros the forward wrote.
+  const bool in_place = static_cast<const void*>(dz) == static_cast<const void*>(acts);
   const int64_t wc = panel_size<E>(G4) * (cols / NR);  // elements per chunk of packed W_hh
   std::vector<E> bp(static_cast<size_t>(D * chunks * wc));
   for (int64_t d = 0; d < D; ++d) {
@@ -780,6 +790,19 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
     const int64_t d = row / steps, t = T - 1 - row % steps;
     const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
     float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
+    if (t >= 0) {  // what the gate arithmetic below reads, fetched while the GEMM runs
+      const int64_t row0 = (t * D + d) * N, na = order.active[t];
+      for (int64_t i = 0; i < N; ++i) {
+        const int64_t n = order.row(i), r = row0 + n;
+        prefetch(dhs + r * H + u0, nu * sizeof(E));
+        if (dcs_all) prefetch(dcs + r * H + u0, nu * sizeof(float));
+        if (i >= na) continue;
+        for (int64_t g = 0; g < 4; ++g) prefetch(acts + r * G4 + g * H + u0, nu * sizeof(float));
+        prefetch(cs + r * H + u0, nu * sizeof(float));
+        prefetch(t == 0 ? c0 + (d * N + n) * H + u0 : cs + (r - D * N) * H + u0,
+                 nu * sizeof(float));
+      }
+    }
     // dz_{t+1} is zero for the rows that step t + 1 does not run: only the others' GEMM.
     const int64_t na_next = t == T - 1 ? 0 : order.active[t + 1];
     if (na_next > 0) {
@@ -804,7 +827,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
     const int64_t row0 = (t * D + d) * N, na = order.active[t];
     for (int64_t i = 0; i < N; ++i) {
       const int64_t n = order.row(i);
-      const bool valid = i < na && order.valid(mask, t, N, n);
+      const bool valid = i < na && order.valid(mask, t, N, n), zero_dz = !in_place || i < na;
       const float* a = acts + (row0 + n) * G4 + u0;
       const float* ct = cs + (row0 + n) * H + u0;
       const float* cp = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (row0 - D * N + n) * H + u0;
@@ -834,7 +857,8 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
           store<V>(dcn + j, dct * f_);
           store<V>(ps + j, V{});
         } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
-          for (int64_t gate = 0; gate < 4; ++gate) store<V>(dzr + gate * H + j, V{});
+          if (zero_dz)
+            for (int64_t gate = 0; gate < 4; ++gate) store<V>(dzr + gate * H + j, V{});
           store<V>(dcn + j, dc_in);
           store<V>(ps + j, dh_in);
         }
@@ -952,11 +976,8 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
         // kWgRows gate columns of dz in one piece, the next samples' fetched ahead (dz rows are
         // far apart, which the prefetchers do not follow).
         for (int64_t v = 0; v < kb; ++v) {
-          if (v + kPrefetch < kb) {
-            const char* next =
-                reinterpret_cast<const char*>(dz + row_of(v0 + v + kPrefetch, d) * G4 + g0);
-            for (int64_t off = 0; off < rows * 4; off += 64) __builtin_prefetch(next + off);
-          }
+          if (v + kPrefetch < kb)
+            prefetch(dz + row_of(v0 + v + kPrefetch, d) * G4 + g0, rows * sizeof(float));
           const float* src = dz + row_of(v0 + v, d) * G4 + g0;
           for (int64_t q = 0; q < kWgRows / MR; ++q) {
             const int64_t r0 = q * MR, nr = std::clamp<int64_t>(rows - r0, 0, MR);
