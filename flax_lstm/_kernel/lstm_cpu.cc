@@ -503,6 +503,13 @@ inline void prefetch(const void* p, int64_t bytes) {
     __builtin_prefetch(reinterpret_cast<const void*>(line));
 }
 
+// The same for lines about to be written.
+inline void prefetch_w(const void* p, int64_t bytes) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + bytes;
+  for (uintptr_t line = begin & ~uintptr_t{63}; line < end; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line), 1);
+}
+
 // Forward chunks: 16 hidden units, i.e. 64 gate columns, two packed panels (a whole number of
 // vectors for the gate arithmetic). Backward chunks: 32 units, one panel of dh.
 constexpr int64_t kFwdUnits = 16, kBwdUnits = 32;
@@ -691,6 +698,13 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
     const E* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
     const E* ph = bh.data() + (d * chunks + k) * wh;
     const int64_t na = order.active[t];  // gate row i is batch row order.row(i)
+    for (int64_t i = 0; i < N; ++i) {  // the rows written below, asked for while the GEMM runs
+      const int64_t r = row0 + order.row(i);
+      prefetch_w(hs + r * H + u0, nu * sizeof(E));
+      if (cs_all) prefetch_w(cs + r * H + u0, nu * sizeof(float));
+      if (acts != nullptr)
+        for (int64_t g = 0; g < 4; ++g) prefetch_w(acts + r * G4 + g * H + u0, nu * sizeof(float));
+    }
     const Product<E> prods[2] = {{x + row0 * I, I, static_cast<int>(I), pi, order.rows()},
                                  {hprev, H, static_cast<int>(H), ph, order.rows()}};
     float* gate = scratch.get(static_cast<size_t>(N * cols));
