@@ -262,9 +262,10 @@ def backward(
     dhs (T, D, N, H) is the gradient of every step's h, and w_hh (D, 4H, H), in the compute
     dtype; dcs, the gradient of every step's c (T, D, N, H) or of the last one (D, N, H), and
     acts and cs as saved by `forward`, in float32. dz (T, D, N, 4H), in the compute dtype, is
-    the gradient of the gate pre-activations, from which the weight and input gradients follow;
-    db (D, 4H) its float32 sum over steps and sequences (the bias gradient); dh0 and dc0
-    (D, N, H) float32.
+    the gradient of the gate pre-activations, from which the weight and input gradients follow
+    (zero at masked steps: in float32 it takes the gates' buffer, where the rows of ended
+    sequences keep the zeros that `forward` wrote); db (D, 4H) its float32 sum over steps and
+    sequences (the bias gradient); dh0 and dc0 (D, N, H) float32.
     """
     target = _targets(w_hh.dtype)[1]
     t, d, n, g4 = acts.shape
