@@ -209,10 +209,11 @@ def _weight_grads(dz, proj, x, h_in, w: LayerWeights, acc, plan: Plan):
     return dx, dw_ih, dw_hh, dw_hr
 
 
-def backward(plan: Plan, all_c: bool, residuals, cotangents, kernel_dz=None):
+def backward(plan: Plan, all_c: bool, residuals, cotangents, kernel_dz=None, kernel_grads=None):
     """The cotangents of ``(x, w, h0, c0, mask, rmask)`` of one layer (see
     `flax_lstm.recurrence`). ``kernel_dz``: the compiled kernel's ``(dz, db, dh0, dc0)``, which
-    replace the reverse loop."""
+    replace the reverse loop; ``kernel_grads``: its ``(dx, dw_ih, dw_hh)`` (a ragged batch, no
+    projection), which replace the GEMMs after it."""
     x, w, h0, c0, mask, rmask, hs, cs, acts = residuals
     dhs, dc_out = cotangents
     # Only the last cell state is an output unless all_c: its gradient starts the reverse loop
@@ -225,7 +226,10 @@ def backward(plan: Plan, all_c: bool, residuals, cotangents, kernel_dz=None):
     h_in = h_prev if rmask is None else h_prev * rmask  # what multiplied W_hh at each step
     if kernel_dz is not None:
         dz, db, dh0, dc0 = kernel_dz
-        dx, dw_ih, dw_hh, dw_hr = _weight_grads(dz, None, x, h_in, w, acc, plan)
+        if kernel_grads is None:
+            dx, dw_ih, dw_hh, dw_hr = _weight_grads(dz, None, x, h_in, w, acc, plan)
+        else:  # float32, as everything else here (see recurrence._kernel_backward)
+            (dx, dw_ih, dw_hh), dw_hr = kernel_grads, None
     else:
         dc_last = jnp.zeros(c0.shape, acc) if all_c else dc_out.astype(acc)
         carry0 = (jnp.zeros(h0.shape, acc), dc_last)

@@ -9,7 +9,7 @@ register-blocked panels, each step is split into chunks of hidden units whose GE
 arithmetic run back to back on one thread, and the threads, the caller plus workers of XLA's
 own pool that join whenever they are free, claim chunks in order (at batches of at most 4,
 each thread keeps to its own chunks, and the input projection is one GEMM per 64 steps).
-The weight and input gradients stay single large XLA GEMMs.
+The weight and input gradients stay single large XLA GEMMs, except for ragged batches (below).
 
 Ragged batches: with ``seq_lengths`` the mask is a prefix per sequence in the kernel's order
 of steps, for both directions (the caller reverses direction 1 within each length). The kernel
@@ -17,10 +17,11 @@ then takes the sequences in order of length, longest first, once per call, and r
 step's GEMM and gate arithmetic, forward and backward, on the sequences that have not ended;
 an ended one only carries its state on (backward: passes dh and dc on, dz zero), which is what
 its masked steps computed before, so the results are those of the padded computation to float
-rounding. Any other mask keeps every sequence running, masked step by step. The XLA weight and
-input gradient GEMMs still run over all T·N rows (dz is zero past each length), so fwd+bwd
-gains less than the forward. The `lax.scan` path (GPU, TPU) has static shapes and computes
-every padded step; there, batches bucketed by length are what saves the padding.
+rounding. Any other mask keeps every sequence running, masked step by step. In float32 the
+weight and input gradients of a masked batch then come from the kernel library too
+(`weight_grads`), over the valid steps only, where XLA's GEMMs would run over all T·N rows (a
+padded call keeps XLA's GEMMs; bfloat16 too). The `lax.scan` path (GPU, TPU) has static shapes
+and computes every padded step; there, batches bucketed by length are what saves the padding.
 
 `flax_lstm.stack` uses it for float32 layers, and for bfloat16 ones on CPUs with AVX512_BF16
 (``vdpbf16ps``; float32 gates and cell state), without projection, recurrent dropout or remat
@@ -126,6 +127,7 @@ def export_checks() -> list[Any]:
     """
     names = [t for targets in build.TARGETS.values() for t, _ in targets]
     names += [t for t, _ in build.TRANSPOSE.values()]
+    names.append(build.WEIGHT_GRADS[0])
     return [jax.export.DisabledSafetyCheck.custom_call(n) for n in names]
 
 
@@ -260,9 +262,10 @@ def backward(
     dhs (T, D, N, H) is the gradient of every step's h, and w_hh (D, 4H, H), in the compute
     dtype; dcs, the gradient of every step's c (T, D, N, H) or of the last one (D, N, H), and
     acts and cs as saved by `forward`, in float32. dz (T, D, N, 4H), in the compute dtype, is
-    the gradient of the gate pre-activations, from which the weight and input gradients follow;
-    db (D, 4H) its float32 sum over steps and sequences (the bias gradient); dh0 and dc0
-    (D, N, H) float32.
+    the gradient of the gate pre-activations, from which the weight and input gradients follow
+    (zero at masked steps: in float32 it takes the gates' buffer, where the rows of ended
+    sequences keep the zeros that `forward` wrote); db (D, 4H) its float32 sum over steps and
+    sequences (the bias gradient); dh0 and dc0 (D, N, H) float32.
     """
     target = _targets(w_hh.dtype)[1]
     t, d, n, g4 = acts.shape
@@ -297,6 +300,47 @@ def backward(
         w_hh,
         _mask_arg(mask),
         threads=threads,
+    )
+
+
+def weight_grads(
+    dz: Array, x: Array, hs: Array, h0: Array, w_ih: Array, mask: Array
+) -> tuple[Array, Array, Array]:
+    """The input and weight gradients of a ragged batch, over its valid steps only: ``(dx,
+    dw_ih, dw_hh)``, float32.
+
+    dz (T, D, N, 4H) as `backward` returns it (zero at the masked steps), x (T, D, N, I), hs
+    (T, D, N, H) and h0 (D, N, H) as `forward` took and returned them, w_ih (D, 4H, I), all
+    float32; mask (T, N) bool. ``dw_ih = Σ dzᵀ·x`` and ``dw_hh = Σ dzᵀ·h_prev`` over the steps
+    where mask is set, ``dx = dz·W_ih`` there and zero elsewhere: what the GEMMs over all T·N
+    steps give, to float rounding, at the cost of the valid steps. Every sum is taken in one
+    order whatever the number of threads.
+    """
+    _targets(jnp.float32)  # loaded, or RuntimeError
+    t, d, n, i = x.shape
+    g4 = dz.shape[-1]
+    f32 = jnp.float32
+    out = (
+        jax.ShapeDtypeStruct((t, d, n, i), f32),
+        jax.ShapeDtypeStruct((d, g4, i), f32),
+        jax.ShapeDtypeStruct((d, g4, g4 // 4), f32),
+    )
+    call = partition.batched_ffi_call(
+        build.WEIGHT_GRADS[0],
+        out,
+        batch_axes=(2, 2, 2, 1, None, 1),
+        out_axes=(2, None, None),
+        summed=(1, 2),  # dw_ih, dw_hh
+        vmap_method="sequential",
+    )
+    return call(
+        dz.astype(f32),
+        x.astype(f32),
+        hs.astype(f32),
+        h0.astype(f32),
+        w_ih.astype(f32),
+        mask.astype(jnp.int8),
+        threads=num_threads(),
     )
 
 

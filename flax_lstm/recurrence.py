@@ -72,10 +72,16 @@ def _kernel_forward_jvp(plan, save_acts, all_c, primals, tangents):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _kernel_backward(plan, all_c, residuals, cotangents):
-    _, w, _, c0, mask, _, _, cs, acts = residuals
+    x, w, h0, c0, mask, _, hs, cs, acts = residuals
     dhs, dc_out = cotangents
     kernel_dz = cpu_kernel.backward(dhs, dc_out, acts, cs, c0, w.w_hh, mask)
-    return _scan.backward(plan, all_c, residuals, cotangents, kernel_dz=kernel_dz)
+    kernel_grads = None
+    if mask is not None and w.w_hh.dtype == jnp.float32:
+        # A ragged batch: the weight and input gradients over its valid steps only.
+        kernel_grads = cpu_kernel.weight_grads(kernel_dz[0], x, hs, h0, w.w_ih, mask)
+    return _scan.backward(
+        plan, all_c, residuals, cotangents, kernel_dz=kernel_dz, kernel_grads=kernel_grads
+    )
 
 
 @_kernel_backward.defjvp

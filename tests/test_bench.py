@@ -70,6 +70,78 @@ def test_bench_both_dtypes_compares_bfloat16_with_float32(tmp_path, capsys):
         bench.main(["--shape", "2,4,8", "--dtypes", "float16"])
 
 
+def test_bench_ragged_lengths(tmp_path, capsys):
+    """--lengths: flax_lstm with seq_lengths beside itself padded, torch padded and torch packed,
+    in the table and the JSON; the lengths and the share of valid steps are recorded."""
+    out = tmp_path / "bench.json"
+    rc = bench.main(
+        [
+            "--shape",
+            "3,8,8,1,in=4",
+            "--shape",
+            "2,6,4,2,bi",
+            "--lengths",
+            "uniform:2:6",
+            "--libs",
+            "flax_lstm,torch,flax_lstm_padded,torch_packed",
+            "--reps",
+            "1",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    result = json.loads(out.read_text())
+    one, bi = result["results"]
+    assert (one["label"], bi["label"]) == ("B3 T8 H8 L1 I4 len U[2,6]", "B2 T6 H4 L2 bi len U[2,6]")
+    for entry, batch, seq_len in ((one, 3, 8), (bi, 2, 6)):
+        assert entry["shape"]["lengths"] == "uniform:2:6"
+        assert set(entry["ms"]) == {"flax_lstm", "torch", "flax_lstm_padded", "torch_packed"}
+        assert all(t > 0 for lib in entry["ms"].values() for t in lib.values())
+        assert set(entry["speedup_vs"]) == {"torch", "flax_lstm_padded", "torch_packed"}
+        lengths = entry["seq_lengths"]
+        assert len(lengths) == batch and all(2 <= n <= 6 for n in lengths)
+        assert entry["valid_fraction"] == pytest.approx(sum(lengths) / (batch * seq_len))
+    table = capsys.readouterr().out
+    assert "| flax_lstm padded ms | torch packed ms | vs flax_lstm padded | vs torch packed |" in (
+        table
+    )
+    rows = [line for line in table.splitlines() if line.startswith("| B3 T8 H8 L1 I4 len U[2,6] |")]
+    assert len(rows) == 2 and all(row.count("|") == 17 for row in rows)
+    # the same lengths at every run; shapes without lengths leave the ragged-only libraries out
+    assert shapes.Shape(3, 8, 8, lengths="uniform:2:6").seq_lengths().tolist() == one["seq_lengths"]
+    plain = bench.run(
+        [shapes.Shape(2, 4, 8)], libs=("flax_lstm", "flax_lstm_padded"), reps=1, warmup=1,
+        reference_gemm=False,
+    )  # fmt: skip
+    (entry,) = plain["results"]
+    assert set(entry["ms"]) == {"flax_lstm"} and not entry["notes"]
+    assert "seq_lengths" not in entry and "vs flax_lstm padded" not in bench.format_table([entry])
+
+
+@pytest.mark.parametrize(
+    "value", ["uniform:0:4", "uniform:5:3", "normal:2:4", "uniform", "uniform:2:x", "2:4"]
+)
+def test_bench_bad_lengths_is_a_clear_error(value, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--shape", "2,8,8", "--lengths", value])
+    err = capsys.readouterr().err
+    assert "argument --lengths: must look like uniform:MIN[:MAX] with integers" in err
+    assert f"got {value!r}" in err
+
+
+def test_bench_lengths_longer_than_the_shape_is_a_clear_error(capsys):
+    for value in ("uniform:2:9", "uniform:9"):
+        with pytest.raises(SystemExit):
+            bench.main(["--shape", "2,8,8", "--lengths", value])
+        err = capsys.readouterr().err
+        assert f"--lengths {value}: lengths up to 9 do not fit the sequence length of B2 T8" in err
+    with pytest.raises(ValueError, match="do not fit the sequence length"):
+        shapes.Shape(2, 8, 8, lengths="uniform:2:9")
+
+
 def test_each_library_takes_each_place_in_turn():
     orders = [runner.rotated(["a", "b", "c"], rep) for rep in range(6)]
     assert orders[:3] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]

@@ -368,6 +368,66 @@ def test_transposed_copy(shape, dtype):
     np.testing.assert_allclose(np.asarray(grad, np.float32), 2 * np.asarray(a, np.float32))
 
 
+def _weight_grads_reference(dz, x, hs, h0, w_ih, mask):
+    """dx, dW_ih, dW_hh as GEMMs over every step, in float64 (dx zero where masked)."""
+    dz, x, hs, h0, w_ih = (np.asarray(a, np.float64) for a in (dz, x, hs, h0, w_ih))
+    h_prev = np.concatenate([h0[None], hs[:-1]])
+    m = np.asarray(mask)[:, None, :, None]
+    dx = np.einsum("tdng,dgi->tdni", dz, w_ih) * m
+    flat = lambda a, d: a[:, d].reshape(-1, a.shape[-1])  # noqa: E731
+    dw_ih = np.stack([flat(dz, d).T @ flat(x, d) for d in range(dz.shape[1])])
+    dw_hh = np.stack([flat(dz, d).T @ flat(h_prev, d) for d in range(dz.shape[1])])
+    return dx, dw_ih, dw_hh
+
+
+@pytest.mark.parametrize(
+    "t, d, n, i, h, which",
+    [
+        (37, 2, 11, 70, 37, "prefix"),  # panels with tails in x and h, two directions
+        (9, 1, 7, 3, 5, "random"),  # a mask that is no prefix
+        (6, 2, 3, 4, 8, "none"),  # no valid step at all: zero gradients
+        (120, 1, 40, 256, 256, "prefix"),  # more valid steps than one packed superblock
+    ],
+)
+def test_ragged_weight_grads(t, d, n, i, h, which, monkeypatch):
+    """`kernel.weight_grads` equals the GEMMs over every step (dz is zero at masked steps),
+    and is bitwise the same for any number of threads (each sum is taken in one order)."""
+    rng = np.random.default_rng(t * n)
+    if which == "prefix":
+        mask = np.arange(t)[:, None] < rng.integers(0, t + 1, n)[None, :]
+    else:
+        mask = rng.random((t, n)) < (0.6 if which == "random" else 0.0)
+    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape, dtype=np.float32))  # noqa: E731
+    dz = normal(t, d, n, 4 * h) * mask[:, None, :, None]
+    args = (dz, normal(t, d, n, i), normal(t, d, n, h), normal(d, n, h), normal(d, 4 * h, i))
+    results = []
+    for threads in ("1", "2", "8"):
+        monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
+        jax.clear_caches()
+        results.append(jax.jit(kernel.weight_grads)(*args, jnp.asarray(mask)))
+    for got in results[1:]:
+        for a, b in zip(got, results[0], strict=True):
+            np.testing.assert_array_equal(a, b)
+    for got, want in zip(results[0], _weight_grads_reference(*args, mask), strict=True):
+        assert got.shape == want.shape and got.dtype == jnp.float32
+        np.testing.assert_allclose(got, want, atol=2e-5 * max(1.0, np.abs(want).max()), rtol=0)
+
+
+def test_ragged_float32_uses_the_kernel_weight_grads():
+    """With seq_lengths in float32 the weight and input gradients come from the kernel's
+    weight-gradient call; a padded batch keeps XLA's GEMMs."""
+    cfg = fl.LSTMConfig(3, 16)
+    params = fl.init_params(jax.random.key(0), cfg)
+    x = jnp.ones((10, 4, 3))
+
+    def jaxpr(**kwargs):
+        loss = lambda p: fl.lstm(p, x, config=cfg, impl="kernel", **kwargs)[0].sum()  # noqa: E731
+        return str(jax.make_jaxpr(jax.grad(loss))(params))
+
+    assert "flax_lstm_cpu_weight_grads" in jaxpr(seq_lengths=jnp.array([10, 3, 0, 7]))
+    assert "flax_lstm_cpu_weight_grads" not in jaxpr()
+
+
 def test_kernel_check_grads():
     from jax.test_util import check_grads
 

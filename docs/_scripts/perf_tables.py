@@ -28,6 +28,8 @@ LIB_NAMES = {
     "torch": "torch",
     "flax_rnn": "Flax nn.RNN",
     "jax_cudnn": "jax.experimental.rnn",
+    "flax_lstm_padded": "flax_lstm padded",
+    "torch_packed": "torch packed",
 }
 MODE_NAMES = {"fwd": "fwd", "fwd_bwd": "fwd+bwd"}
 

@@ -44,6 +44,9 @@ TRANSPOSE = {
     "float32": ("flax_lstm_cpu_transpose", "FlaxLstmTranspose"),
     "bfloat16": ("flax_lstm_cpu_transpose_bf16", "FlaxLstmTransposeBf16"),
 }
+# The weight and input gradients of a ragged batch over its valid steps (float32 only; see
+# `flax_lstm.kernel.weight_grads`): target and symbol, always compiled.
+WEIGHT_GRADS = ("flax_lstm_cpu_weight_grads", "FlaxLstmWeightGrads")
 NO_BF16 = "bfloat16 needs a CPU with AVX512_BF16 instructions (the kernel was built without them)"
 DISABLED = "disabled by FLAX_LSTM_CPU_KERNEL"
 
@@ -212,10 +215,15 @@ def _build_and_register() -> str | frozenset[str]:
     except (OSError, RuntimeError) as e:
         return f"could not build the CPU kernel: {e}"
     LIBRARY[:] = [path]
-    # float32 and the transposed copies are always compiled; bfloat16 only for AVX512_BF16.
-    if not all(hasattr(lib, symbol) for _, symbol in (*TARGETS["float32"], *TRANSPOSE.values())):
-        return "could not build the CPU kernel: the library lacks float32 or transpose symbols"
+    # float32, the transposed copies and the weight gradients are always compiled; bfloat16
+    # only for AVX512_BF16.
+    helpers = (*TRANSPOSE.values(), WEIGHT_GRADS)
+    if not all(hasattr(lib, symbol) for _, symbol in (*TARGETS["float32"], *helpers)):
+        return (
+            "could not build the CPU kernel: the library lacks float32, transpose or weight "
+            "gradient symbols"
+        )
     dtypes = [d for d, targets in TARGETS.items() if all(hasattr(lib, s) for _, s in targets)]
-    for name, symbol in (*(t for d in dtypes for t in TARGETS[d]), *TRANSPOSE.values()):
+    for name, symbol in (*(t for d in dtypes for t in TARGETS[d]), *helpers):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
     return frozenset(dtypes)

@@ -17,13 +17,15 @@
 // sequence has not ended (the packed GEMM reads its rows through that order); a finished row
 // only carries its state on, as a masked step did (see Order). B32 T512 I64 H256 with lengths
 // uniform in [16, 512] (mean 0.54 T), one thread: forward 1.6-1.8x faster than the padded
-// call, the backward recurrence 1.3x (it still writes every step's dz).
+// call, the backward recurrence 1.3x. In float32 the weight and input gradients of a masked
+// batch are a third call here too (weight_grads), over the valid steps only: fwd+bwd 1.44-1.55x
+// faster than the padded call, against 1.03-1.16x with XLA's GEMMs over every step.
 //
-// The weight and input gradients, single large GEMMs, stay in XLA. float32, and bfloat16 where
-// the CPU has AVX512_BF16 (the GEMM operands x, h, W and dz in bfloat16, products summed in
-// float32 by vdpbf16ps; gates, cell states and gradients in float32, as the lax.scan path
-// computes bfloat16); no projection (proj_size=0) and no recurrent dropout: the Python side
-// falls back to the lax.scan path for anything else.
+// The weight and input gradients of a padded batch, single large GEMMs, stay in XLA, and so do
+// those of bfloat16. float32, and bfloat16 where the CPU has AVX512_BF16 (the GEMM operands x,
+// h, W and dz in bfloat16, products summed in float32 by vdpbf16ps; gates, cell states and
+// gradients in float32, as the lax.scan path computes bfloat16); no projection (proj_size=0)
+// and no recurrent dropout: the Python side falls back to the lax.scan path for anything else.
 //
 // Layouts (row-major), D directions run one after the other:
 //   x     (T, D, N, I)   direction 1's input reversed in time by the caller
@@ -494,6 +496,20 @@ struct Order {
   }
 };
 
+// Asks for the cache lines of [p, p + bytes) ahead of their use.
+inline void prefetch(const void* p, int64_t bytes) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + bytes;
+  for (uintptr_t line = begin & ~uintptr_t{63}; line < end; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line));
+}
+
+// The same for lines about to be written.
+inline void prefetch_w(const void* p, int64_t bytes) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + bytes;
+  for (uintptr_t line = begin & ~uintptr_t{63}; line < end; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line), 1);
+}
+
 // Forward chunks: 16 hidden units, i.e. 64 gate columns, two packed panels (a whole number of
 // vectors for the gate arithmetic). Backward chunks: 32 units, one panel of dh.
 constexpr int64_t kFwdUnits = 16, kBwdUnits = 32;
@@ -682,6 +698,13 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
     const E* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
     const E* ph = bh.data() + (d * chunks + k) * wh;
     const int64_t na = order.active[t];  // gate row i is batch row order.row(i)
+    for (int64_t i = 0; i < N; ++i) {  // the rows written below, asked for while the GEMM runs
+      const int64_t r = row0 + order.row(i);
+      prefetch_w(hs + r * H + u0, nu * sizeof(E));
+      if (cs_all) prefetch_w(cs + r * H + u0, nu * sizeof(float));
+      if (acts != nullptr)
+        for (int64_t g = 0; g < 4; ++g) prefetch_w(acts + r * G4 + g * H + u0, nu * sizeof(float));
+    }
     const Product<E> prods[2] = {{x + row0 * I, I, static_cast<int>(I), pi, order.rows()},
                                  {hprev, H, static_cast<int>(H), ph, order.rows()}};
     float* gate = scratch.get(static_cast<size_t>(N * cols));
@@ -742,7 +765,8 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
 // h; dcs of every step's c (dcs_all) or of the last one only. dz is stored in the element type
 // (in bfloat16 rounded, as the lax.scan path rounds it for its GEMMs with W_hh, W_ih and the
 // inputs), db sums the float32 values. In float32 dz may be the very buffer of acts: each
-// element of a step's gates is read before its dz is written.
+// element of a step's gates is read before its dz is written, and the steps of a sequence that
+// has ended (prefix mask) are left as they are, zero already (the forward's acts there).
 //
 // Item (t, chunk) first forms the chunk's dh_t = dz_{t+1}·W_hh[:, chunk] (plus what frozen
 // steps pass through), then the chunk's gate gradients at step t. A last row of items, t = -1,
@@ -756,6 +780,8 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
               float* dc0) {
   const int64_t T = s.T, D = s.D, N = s.N, H = s.H, G4 = 4 * H;
   const int64_t chunks = (H + kBwdUnits - 1) / kBwdUnits, cols = round_up(kBwdUnits, NR);
+  // dz over the saved gates: the rows of ended sequences hold the zeros the forward wrote.
+  const bool in_place = static_cast<const void*>(dz) == static_cast<const void*>(acts);
   const int64_t wc = panel_size<E>(G4) * (cols / NR);  // elements per chunk of packed W_hh
   std::vector<E> bp(static_cast<size_t>(D * chunks * wc));
   for (int64_t d = 0; d < D; ++d) {
@@ -778,6 +804,19 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
     const int64_t d = row / steps, t = T - 1 - row % steps;
     const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
     float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
+    if (t >= 0) {  // what the gate arithmetic below reads, fetched while the GEMM runs
+      const int64_t row0 = (t * D + d) * N, na = order.active[t];
+      for (int64_t i = 0; i < N; ++i) {
+        const int64_t n = order.row(i), r = row0 + n;
+        prefetch(dhs + r * H + u0, nu * sizeof(E));
+        if (dcs_all) prefetch(dcs + r * H + u0, nu * sizeof(float));
+        if (i >= na) continue;
+        for (int64_t g = 0; g < 4; ++g) prefetch(acts + r * G4 + g * H + u0, nu * sizeof(float));
+        prefetch(cs + r * H + u0, nu * sizeof(float));
+        prefetch(t == 0 ? c0 + (d * N + n) * H + u0 : cs + (r - D * N) * H + u0,
+                 nu * sizeof(float));
+      }
+    }
     // dz_{t+1} is zero for the rows that step t + 1 does not run: only the others' GEMM.
     const int64_t na_next = t == T - 1 ? 0 : order.active[t + 1];
     if (na_next > 0) {
@@ -802,7 +841,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
     const int64_t row0 = (t * D + d) * N, na = order.active[t];
     for (int64_t i = 0; i < N; ++i) {
       const int64_t n = order.row(i);
-      const bool valid = i < na && order.valid(mask, t, N, n);
+      const bool valid = i < na && order.valid(mask, t, N, n), zero_dz = !in_place || i < na;
       const float* a = acts + (row0 + n) * G4 + u0;
       const float* ct = cs + (row0 + n) * H + u0;
       const float* cp = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (row0 - D * N + n) * H + u0;
@@ -832,13 +871,179 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
           store<V>(dcn + j, dct * f_);
           store<V>(ps + j, V{});
         } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
-          for (int64_t gate = 0; gate < 4; ++gate) store<V>(dzr + gate * H + j, V{});
+          if (zero_dz)
+            for (int64_t gate = 0; gate < 4; ++gate) store<V>(dzr + gate * H + j, V{});
           store<V>(dcn + j, dc_in);
           store<V>(ps + j, dh_in);
         }
       });
     }
   }, runs_for_batch(N, threads));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The weight and input gradients of a ragged batch (float32), over its valid steps only:
+// dW_ih = Σ dz_sᵀ·x_s, dW_hh = Σ dz_sᵀ·h_{s-1} over the steps s = (t, n) whose mask is set, and
+// dx_s = dz_s·W_ih there (zero at the others, where dz is zero). XLA's GEMMs compute the same
+// over all T·N steps, most of them padding in a ragged batch.
+//
+// The weight gradients are one GEMM, dW = Σ_s dz_sᵀ·[x_s, h_{s-1}], whose contraction runs over
+// the valid steps: blocks of kWgK of them, in order (t-major), so every sum is taken in the
+// same order whatever the number of threads. For each block, [x_s, h_{s-1}] is packed into
+// panels of NR columns (x's panels, then h's, each zero-padded), by a row of items, one per
+// direction and block; then a row of items, one per direction and block of kWgRows gate rows,
+// copies its gate columns of the block's dz into MR-wide slivers and adds the products into its
+// rows of a float32 accumulator (wg_micro), which the last block's items copy out. The packed
+// panels of a few blocks (a superblock, at most about 4 MiB) are made at a time.
+// The input gradient runs after: items of kDxSteps steps, each step one GEMM of its valid rows
+// of dz with the packed W_ih (gemm_packed through a list of rows), written to their rows of dx.
+
+constexpr int64_t kWgK = 256, kWgRows = 8 * MR, kDxSteps = 4;
+constexpr int64_t kWgPackBytes = int64_t{4} << 20, kPrefetch = 8;
+
+// C[0 : MR, 0 : NR] (leading dimension ldc) += A·B: A holds K × MR (k-major), B a packed
+// panel, K × NR.
+inline void wg_micro(const float* __restrict A, const float* __restrict B, int64_t K,
+                     float* __restrict C, int64_t ldc) {
+  vec acc0[MR], acc1[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    acc0[i] = *reinterpret_cast<const vec_u*>(C + i * ldc);
+    acc1[i] = *reinterpret_cast<const vec_u*>(C + i * ldc + VW);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const vec b0 = *reinterpret_cast<const vec_u*>(B + k * NR);
+    const vec b1 = *reinterpret_cast<const vec_u*>(B + k * NR + VW);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const float a = A[k * MR + i];
+      acc0[i] += a * b0;
+      acc1[i] += a * b1;
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    *reinterpret_cast<vec_u*>(C + i * ldc) = acc0[i];
+    *reinterpret_cast<vec_u*>(C + i * ldc + VW) = acc1[i];
+  }
+}
+
+void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float* dz,
+                  const float* x, const float* hs, const float* h0, const float* w_ih,
+                  const int8_t* mask, float* dx, float* dw_ih, float* dw_hh) {
+  const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
+  // The valid steps, t-major: t·N + n.
+  std::vector<int64_t> valid;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n)
+      if (mask[t * N + n] != 0) valid.push_back(t * N + n);
+  const int64_t K = static_cast<int64_t>(valid.size());
+  const int64_t PI = (I + NR - 1) / NR, PH = (H + NR - 1) / NR, P = PI + PH, ldc = P * NR;
+  const int64_t G4p = round_up(G4, kWgRows), gblocks = G4p / kWgRows;
+  std::vector<float> acc(static_cast<size_t>(D * G4p * ldc), 0.0f);
+  // Blocks of kWgK steps; a superblock of `per` blocks is packed at a time.
+  const int64_t blocks = (K + kWgK - 1) / kWgK;
+  const int64_t per = std::max<int64_t>(
+      1, std::min<int64_t>(blocks, kWgPackBytes / (D * P * kWgK * NR * sizeof(float))));
+  const int64_t supers = (blocks + per - 1) / per;
+  std::vector<float> packed(static_cast<size_t>(D * per * P * kWgK * NR));
+  // Panel p of block j (of the superblock) of direction d.
+  const auto panel = [&](int64_t d, int64_t j, int64_t p) {
+    return packed.data() + ((d * per + j) * P + p) * kWgK * NR;
+  };
+  const auto row_of = [&](int64_t v, int64_t d) {  // the row of step `valid[v]` in (T, D, N, ·)
+    const int64_t t = valid[v] / N, n = valid[v] % N;
+    return (t * D + d) * N + n;
+  };
+  if (K > 0) {
+    const int64_t chunks = std::max(D * per, D * gblocks);
+    run_items(pool, threads, Prefault({}), 2 * supers, chunks, [&](int64_t row, int64_t k,
+                                                                  Scratch& scratch) {
+      const int64_t sb = row / 2, b0 = sb * per, b1 = std::min(blocks, b0 + per);
+      if (row % 2 == 0) {  // pack the panels of block b0 + k % per of direction d
+        const int64_t d = k / per, b = b0 + k % per;
+        if (d >= D || b >= b1) return;
+        // Sample by sample, whole rows of x and h: read in order, as the prefetchers like.
+        for (int64_t v = b * kWgK, e = std::min(K, v + kWgK); v < e; ++v) {
+          const int64_t t = valid[v] / N, n = valid[v] % N, j = v - b * kWgK;
+          const float* xr = x + row_of(v, d) * I;
+          const float* hr = t == 0 ? h0 + (d * N + n) * H : hs + row_of(v, d) * H - D * N * H;
+          for (int64_t p = 0; p < P; ++p) {
+            const bool is_x = p < PI;
+            const int64_t c0 = (is_x ? p : p - PI) * NR;
+            const int64_t cols = std::min<int64_t>(NR, (is_x ? I : H) - c0);
+            float* out = panel(d, b - b0, p) + j * NR;
+            std::memcpy(out, (is_x ? xr : hr) + c0, cols * sizeof(float));
+            std::fill(out + cols, out + NR, 0.0f);
+          }
+        }
+        return;
+      }
+      if (k >= D * gblocks) return;
+      const int64_t d = k / gblocks, g0 = (k % gblocks) * kWgRows;
+      const int64_t rows = std::min(kWgRows, G4 - g0);  // gate rows here; the rest is padding
+      float* a = scratch.get(static_cast<size_t>(kWgRows * kWgK));
+      float* c = acc.data() + (d * G4p + g0) * ldc;
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t v0 = b * kWgK, kb = std::min(K, v0 + kWgK) - v0;
+        // a: sliver q (rows g0 + q·MR …) is kb × MR, k-major. Sample by sample: each reads its
+        // kWgRows gate columns of dz in one piece, the next samples' fetched ahead (dz rows are
+        // far apart, which the prefetchers do not follow).
+        for (int64_t v = 0; v < kb; ++v) {
+          if (v + kPrefetch < kb)
+            prefetch(dz + row_of(v0 + v + kPrefetch, d) * G4 + g0, rows * sizeof(float));
+          const float* src = dz + row_of(v0 + v, d) * G4 + g0;
+          for (int64_t q = 0; q < kWgRows / MR; ++q) {
+            const int64_t r0 = q * MR, nr = std::clamp<int64_t>(rows - r0, 0, MR);
+            float* out = a + q * kWgK * MR + v * MR;
+            std::memcpy(out, src + r0, nr * sizeof(float));
+            std::fill(out + nr, out + MR, 0.0f);
+          }
+        }
+        for (int64_t p = 0; p < P; ++p) {
+          const float* bp = panel(d, b - b0, p);
+          for (int64_t q = 0; q < kWgRows / MR; ++q)
+            wg_micro(a + q * kWgK * MR, bp, kb, c + q * MR * ldc + p * NR, ldc);
+        }
+      }
+      if (sb == supers - 1) {  // the last superblock: this block of gate rows is complete
+        for (int64_t g = 0; g < rows; ++g) {
+          std::memcpy(dw_ih + (d * G4 + g0 + g) * I, c + g * ldc, I * sizeof(float));
+          std::memcpy(dw_hh + (d * G4 + g0 + g) * H, c + g * ldc + PI * NR, H * sizeof(float));
+        }
+      }
+    });
+  } else {
+    std::fill(dw_ih, dw_ih + D * G4 * I, 0.0f);
+    std::fill(dw_hh, dw_hh + D * G4 * H, 0.0f);
+  }
+  // dx = dz·W_ih on the valid rows, zero on the others.
+  const int64_t wp = panel_size<float>(G4) * PI;  // elements of packed W_ih per direction
+  std::vector<float> bw(static_cast<size_t>(D * wp));
+  for (int64_t d = 0; d < D; ++d) pack_cols(w_ih + d * G4 * I, G4, I, 0, I, bw.data() + d * wp);
+  const int64_t groups = (T + kDxSteps - 1) / kDxSteps;
+  const Prefault prefault({{dx, static_cast<size_t>(T * D * N * I) * sizeof(float)}});
+  run_items(pool, threads, prefault, 1, D * groups, [&](int64_t, int64_t k, Scratch& scratch) {
+    const int64_t d = k / groups, t0 = (k % groups) * kDxSteps;
+    float* c = scratch.get(static_cast<size_t>(N * ldc));
+    int32_t* rows = scratch.get_rows<int32_t>(static_cast<size_t>(N));
+    for (int64_t t = t0; t < std::min(T, t0 + kDxSteps); ++t) {
+      int64_t m = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        if (mask[t * N + n] != 0) {
+          rows[m++] = static_cast<int32_t>(n);
+        } else {
+          std::fill_n(dx + ((t * D + d) * N + n) * I, I, 0.0f);
+        }
+      }
+      if (m == 0) continue;
+      const Product<float> prod{dz + (t * D + d) * N * G4, G4, static_cast<int>(G4),
+                                bw.data() + d * wp, rows};
+      gemm_packed(m, PI, &prod, 1, c, PI * NR);
+      for (int64_t i = 0; i < m; ++i)
+        std::memcpy(dx + ((t * D + d) * N + rows[i]) * I, c + i * PI * NR, I * sizeof(float));
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -939,6 +1144,32 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> d
   return ffi::Error::Success();
 }
 
+ffi::Error WeightGradsImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ffi::F32> dz,
+                           ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> hs,
+                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> w_ih,
+                           ffi::Buffer<ffi::S8> mask, ffi::ResultBuffer<ffi::F32> dx,
+                           ffi::ResultBuffer<ffi::F32> dw_ih, ffi::ResultBuffer<ffi::F32> dw_hh) {
+  const auto xd = x.dimensions(), hd = h0.dimensions();
+  if (xd.size() != 4 || hd.size() != 3) return invalid("x must be (T, D, N, I), h0 (D, N, H)");
+  const Dims s{xd[0], xd[1], xd[2], xd[3], hd[2]};
+  const int64_t state = s.D * s.N * s.H;
+  if (s.D < 1 || s.N < 1 || s.H < 1 || hd[0] != s.D || hd[1] != s.N ||
+      count(dz) != 4 * s.T * state || count(hs) != s.T * state ||
+      count(w_ih) != s.D * 4 * s.H * s.I || count(dx) != count(x) ||
+      count(dw_ih) != count(w_ih) || count(dw_hh) != s.D * 4 * s.H * s.H ||
+      static_cast<int64_t>(mask.element_count()) != s.T * s.N)
+    return invalid("operand shapes do not agree");
+  if (s.T == 0 || s.I == 0) {
+    std::fill_n(dw_ih->typed_data(), count(dw_ih), 0.0f);
+    std::fill_n(dw_hh->typed_data(), count(dw_hh), 0.0f);
+    return ffi::Error::Success();
+  }
+  weight_grads(s, pool, static_cast<int>(threads), dz.typed_data(), x.typed_data(),
+               hs.typed_data(), h0.typed_data(), w_ih.typed_data(), mask.typed_data(),
+               dx->typed_data(), dw_ih->typed_data(), dw_hh->typed_data());
+  return ffi::Error::Success();
+}
+
 template <ffi::DataType ET>
 ffi::Error TransposeImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> in,
                          ffi::ResultBuffer<ET> out) {
@@ -964,6 +1195,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmTranspose, TransposeImpl<ffi::F32>,
                               FLAX_LSTM_TRANSPOSE_BINDING(ffi::F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmTransposeBf16, TransposeImpl<ffi::BF16>,
                               FLAX_LSTM_TRANSPOSE_BINDING(ffi::BF16));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmWeightGrads, WeightGradsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Attr<int64_t>("threads")
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dz
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // hs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
+                                  .Arg<ffi::Buffer<ffi::S8>>()   // mask
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dx
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dw_ih
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dw_hh
+);
 
 // The operands of the two calls; ET is the element type of x, the weights, h0, hs, dhs and dz.
 #define FLAX_LSTM_FORWARD_BINDING(ET)                                       \

@@ -15,6 +15,11 @@ library versions and dtype, the medians (``ms``), the fastest repetition (``ms_m
 on a shared machine) and a large-GEMM reference rate per dtype. ``--dtypes float32,bfloat16``
 runs every shape in both; each bfloat16 shape is then also compared with the float32 times of
 the same run (``vs_float32``: a library's float32 time / flax_lstm's bfloat16 time).
+``--lengths uniform:MIN:MAX`` makes every shape a ragged batch, its sequence lengths drawn
+uniformly from [MIN, MAX]: flax_lstm runs with ``seq_lengths`` beside itself without them
+(``flax_lstm_padded``), torch's padded call (``torch``) and torch on a packed batch
+(``torch_packed``), in four more columns of the table; the JSON entry has the lengths
+(``seq_lengths``) and the share of valid steps (``valid_fraction``).
 
 Modules: `shapes` (`Shape`, the CPU and GPU sets, ``--shape``), `libraries` (one builder per
 library), `runner` (`run`: building, warming up and timing), `machine` (machine, versions and

@@ -15,13 +15,22 @@ import flax_lstm as fl
 from flax_lstm.bench.libraries import LIBS, MODES
 from flax_lstm.bench.report import format_table, summary_lines
 from flax_lstm.bench.runner import run
-from flax_lstm.bench.shapes import CPU_SET, GPU_SET, SHAPE_SYNTAX, Shape, parse_shape
+from flax_lstm.bench.shapes import (
+    CPU_SET,
+    GPU_SET,
+    LENGTHS_SYNTAX,
+    SHAPE_SYNTAX,
+    Shape,
+    parse_lengths,
+    parse_shape,
+)
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``flax-lstm bench [--set cpu|gpu] [--shape ...] [--json PATH]``."""
+    """Command line: ``flax-lstm bench [--set cpu|gpu] [--shape ...] [--lengths ...]
+    [--json PATH]``."""
     ap = _parser()
     args = ap.parse_args(argv)
     libs = _comma_list(args.libs)
@@ -74,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"custom shape {SHAPE_SYNTAX}; repeatable; replaces --set",
     )
     ap.add_argument(
+        "--lengths",
+        type=parse_lengths,
+        default=None,
+        help=f"ragged batches: every shape's sequence lengths drawn uniformly from [MIN, MAX] "
+        f"({LENGTHS_SYNTAX}, 1 <= MIN <= MAX <= T; MAX defaults to each shape's T; the same "
+        "lengths at every run), e.g. uniform:16:512. flax_lstm then runs with seq_lengths and "
+        "is compared with itself without them (flax_lstm_padded), torch padded (torch) and "
+        "torch on a packed batch (torch_packed, pack_padded_sequence with "
+        "enforce_sorted=False); the GFLOP/s count the steps inside the lengths",
+    )
+    ap.add_argument(
         "--dtypes",
         default=None,
         help="comma list from ('float32', 'bfloat16'): run every shape in each "
@@ -101,12 +121,18 @@ def _comma_list(text: str) -> tuple[str, ...]:
 
 
 def _shapes(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Shape, ...]:
-    """The --shape shapes, else the --set (by default the backend's); each in every --dtypes."""
+    """The --shape shapes, else the --set (by default the backend's), with the --lengths; each
+    in every --dtypes."""
     if args.shape:
         shapes = tuple(args.shape)
     else:
         which = args.set or ("gpu" if jax.default_backend() == "gpu" else "cpu")
         shapes = GPU_SET if which == "gpu" else CPU_SET
+    if args.lengths is not None:
+        try:
+            shapes = tuple(dataclasses.replace(s, lengths=args.lengths) for s in shapes)
+        except ValueError as e:
+            ap.error(str(e))
     if args.dtypes is not None:
         dtypes = _comma_list(args.dtypes)
         if not dtypes or set(dtypes) - {"float32", "bfloat16"}:

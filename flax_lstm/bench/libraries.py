@@ -2,6 +2,14 @@
 
 A builder takes a `Shape` and the time-major float32 input and returns ``{"fwd": fn,
 "fwd_bwd": fn}``; each ``fn()`` runs one call and blocks until it is done.
+
+A ragged shape (``Shape.lengths``) gives its sequence lengths to every library that takes
+them: flax_lstm (``seq_lengths``), its scan path, Flax nn.RNN (``seq_lengths``) and
+jax.experimental.rnn. Two libraries run only there (`RAGGED_LIBS`): ``flax_lstm_padded``, the
+same flax_lstm call without ``seq_lengths`` (every step of every sequence computed: the ratio
+against it is what the lengths save), and ``torch_packed``, torch.nn.LSTM on a
+``pack_padded_sequence(..., enforce_sorted=False)`` of the batch, unpacked again to (T, N, H)
+with ``pad_packed_sequence``; ``torch`` stays the padded call.
 """
 
 from __future__ import annotations
@@ -19,27 +27,52 @@ import numpy as np
 import flax_lstm as fl
 from flax_lstm.bench.shapes import Shape
 
-__all__ = ["BUILDERS", "LIBS", "MODES", "limit_torch_spinning", "skip_reason"]
+__all__ = [
+    "BUILDERS",
+    "LIBS",
+    "MODES",
+    "RAGGED_LIBS",
+    "limit_torch_spinning",
+    "runs_on",
+    "skip_reason",
+]
 
 # flax_lstm_scan: flax_lstm with impl="scan", its lax.scan path (CPU only: elsewhere that
 # is what flax_lstm runs anyway); the ratio against it is the compiled kernel's gain.
-LIBS = ("flax_lstm", "flax_lstm_scan", "torch", "flax_rnn", "jax_cudnn")
+# flax_lstm_padded and torch_packed: ragged shapes only (RAGGED_LIBS, see the docstring).
+LIBS = (
+    "flax_lstm",
+    "flax_lstm_scan",
+    "torch",
+    "flax_rnn",
+    "jax_cudnn",
+    "flax_lstm_padded",
+    "torch_packed",
+)
+RAGGED_LIBS = ("flax_lstm_padded", "torch_packed")
 MODES = ("fwd", "fwd_bwd")
 
 
-def _jax_fns(apply: Callable, params: Any, x: jax.Array) -> dict[str, Callable]:
-    """Jitted forward and forward+backward (grads w.r.t. params and input) of ``apply``."""
+def runs_on(lib: str, shape: Shape) -> bool:
+    """Whether ``lib`` belongs in the comparison of ``shape`` at all: `RAGGED_LIBS` only on a
+    ragged shape (elsewhere they are left out without a note)."""
+    return lib not in RAGGED_LIBS or shape.lengths is not None
+
+
+def _jax_fns(apply: Callable, params: Any, x: jax.Array, *extra: Any) -> dict[str, Callable]:
+    """Jitted forward and forward+backward (grads w.r.t. params and input) of
+    ``apply(params, x, *extra)``."""
     fwd = jax.jit(apply)
-    loss = lambda p, x: apply(p, x).astype(jnp.float32).sum()  # noqa: E731
+    loss = lambda p, x, *e: apply(p, x, *e).astype(jnp.float32).sum()  # noqa: E731
     fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
     return {
-        "fwd": lambda: jax.block_until_ready(fwd(params, x)),
-        "fwd_bwd": lambda: jax.block_until_ready(fwd_bwd(params, x)),
+        "fwd": lambda: jax.block_until_ready(fwd(params, x, *extra)),
+        "fwd_bwd": lambda: jax.block_until_ready(fwd_bwd(params, x, *extra)),
     }
 
 
 def _build_flax_lstm(
-    shape: Shape, x: np.ndarray, impl: fl.Implementation | None = None
+    shape: Shape, x: np.ndarray, impl: fl.Implementation | None = None, padded: bool = False
 ) -> dict[str, Callable]:
     cfg = fl.LSTMConfig(
         shape.in_size, shape.hidden, shape.layers, bidirectional=shape.bidirectional
@@ -47,8 +80,14 @@ def _build_flax_lstm(
     dtype = jnp.dtype(shape.dtype)
     params = fl.init_params(jax.random.key(0), cfg, dtype=dtype)
     xj = jnp.asarray(x, dtype)
+    lengths = None if padded else shape.seq_lengths()
+    if lengths is None:
+        return _jax_fns(lambda p, x: fl.lstm(p, x, config=cfg, impl=impl)[0], params, xj)
 
-    return _jax_fns(lambda p, x: fl.lstm(p, x, config=cfg, impl=impl)[0], params, xj)
+    def apply(p, x, n):
+        return fl.lstm(p, x, config=cfg, seq_lengths=n, impl=impl)[0]
+
+    return _jax_fns(apply, params, xj, jnp.asarray(lengths))
 
 
 def _build_flax_lstm_scan(
@@ -58,7 +97,13 @@ def _build_flax_lstm_scan(
     return _build_flax_lstm(shape, x, scan)
 
 
-def _build_torch(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
+def _build_flax_lstm_padded(
+    shape: Shape, x: np.ndarray, impl: fl.Implementation | None = None
+) -> dict[str, Callable]:
+    return _build_flax_lstm(shape, x, impl, padded=True)
+
+
+def _build_torch(shape: Shape, x: np.ndarray, packed: bool = False) -> dict[str, Callable]:
     import torch
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -70,19 +115,31 @@ def _build_torch(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
     xt = torch.tensor(x, device=dev, dtype=dtype)
     xg = xt.clone().requires_grad_(True)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    lengths = torch.from_numpy(shape.seq_lengths()) if packed else None  # on CPU, as torch wants
+    rnn_utils = torch.nn.utils.rnn
+
+    def run(x):  # padded, or packed and unpacked again to (T, N, H)
+        if not packed:
+            return m(x)[0]
+        out = m(rnn_utils.pack_padded_sequence(x, lengths, enforce_sorted=False))[0]
+        return rnn_utils.pad_packed_sequence(out, total_length=shape.seq_len)[0]
 
     def fwd():
         with torch.no_grad():
-            m(xt)
+            run(xt)
         sync()
 
     def fwd_bwd():
         m.zero_grad(set_to_none=True)
         xg.grad = None
-        m(xg)[0].float().sum().backward()
+        run(xg).float().sum().backward()
         sync()
 
     return {"fwd": fwd, "fwd_bwd": fwd_bwd}
+
+
+def _build_torch_packed(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
+    return _build_torch(shape, x, packed=True)
 
 
 def _build_flax_rnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
@@ -92,7 +149,7 @@ def _build_flax_rnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
 
     class Net(nn.Module):
         @nn.compact
-        def __call__(self, x):  # (T, N, F), time-major like the others
+        def __call__(self, x, seq_lengths=None):  # (T, N, F), time-major like the others
             for _ in range(shape.layers):
 
                 def cell():
@@ -103,14 +160,15 @@ def _build_flax_rnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
                     layer = nn.Bidirectional(
                         layer, nn.RNN(cell(), time_major=True), time_major=True
                     )
-                x = layer(x)
+                x = layer(x, seq_lengths=seq_lengths)
             return x
 
     net = Net()
     xj = jnp.asarray(x, dtype)
     params = net.init(jax.random.key(0), xj)
-
-    return _jax_fns(net.apply, params, xj)
+    lengths = shape.seq_lengths()
+    extra = () if lengths is None else (jnp.asarray(lengths),)
+    return _jax_fns(net.apply, params, xj, *extra)
 
 
 def _build_jax_cudnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
@@ -124,7 +182,9 @@ def _build_jax_cudnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
     )
     xb = jnp.asarray(np.swapaxes(x, 0, 1))  # batch-first
     h0 = jnp.zeros((d * shape.layers, shape.batch, shape.hidden))
-    lengths = jnp.full((shape.batch,), shape.seq_len, jnp.int32)
+    given = shape.seq_lengths()
+    full = np.full((shape.batch,), shape.seq_len, np.int32)
+    lengths = jnp.asarray(full if given is None else given)
 
     def f(w, x):
         return rnn.lstm(
@@ -149,6 +209,8 @@ BUILDERS = {
     "torch": _build_torch,
     "flax_rnn": _build_flax_rnn,
     "jax_cudnn": _build_jax_cudnn,
+    "flax_lstm_padded": _build_flax_lstm_padded,
+    "torch_packed": _build_torch_packed,
 }
 
 

@@ -28,17 +28,31 @@ def compare_with_float32(results: list[dict]) -> None:
 
 
 def format_table(
-    results: Sequence[dict], modes: Sequence[str] = ("fwd", "fwd_bwd"), header: bool = True
+    results: Sequence[dict],
+    modes: Sequence[str] = ("fwd", "fwd_bwd"),
+    header: bool = True,
+    ragged: bool | None = None,
 ) -> str:
-    """Markdown table: ms per library and mode, and peer/flax_lstm ratios."""
+    """Markdown table: ms per library and mode, and peer/flax_lstm ratios.
+
+    With ``ragged`` (by default: when a shape has sequence lengths) four more columns: the
+    times of flax_lstm without its ``seq_lengths`` (padded) and of torch on a packed batch, and
+    their ratios to flax_lstm; "torch" is then torch's padded call."""
+    if ragged is None:
+        ragged = any(e["shape"].get("lengths") for e in results)
     lines = []
     if header:
+        extra = (
+            " flax_lstm padded ms | torch packed ms | vs flax_lstm padded | vs torch packed |"
+            if ragged
+            else ""
+        )
         lines.append(
             "| shape | mode | flax_lstm ms | GFLOP/s | scan path ms | torch ms | "
             "flax nn.RNN ms | jax cuDNN ms | vs scan path | vs torch | vs flax nn.RNN | "
-            "vs jax cuDNN |"
+            "vs jax cuDNN |" + extra
         )
-        lines.append("|" + "---|" * 12)
+        lines.append("|" + "---|" * (16 if ragged else 12))
     for e in results:
         for m in modes:
             ms = e["ms"]
@@ -51,12 +65,18 @@ def format_table(
                 return f"{r[m]:.2f}x" if r else "–"
 
             gf = e.get("flax_lstm_gflops", {}).get(m)
+            extra = (
+                f" {cell('flax_lstm_padded')} | {cell('torch_packed')} | "
+                f"{ratio('flax_lstm_padded')} | {ratio('torch_packed')} |"
+                if ragged
+                else ""
+            )
             lines.append(
                 f"| {e['label']} | {m} | {cell('flax_lstm')} | "
                 f"{'' if gf is None else f'{gf:.0f}'} | {cell('flax_lstm_scan')} | "
                 f"{cell('torch')} | {cell('flax_rnn')} | {cell('jax_cudnn')} | "
                 f"{ratio('flax_lstm_scan')} | {ratio('torch')} | {ratio('flax_rnn')} | "
-                f"{ratio('jax_cudnn')} |"
+                f"{ratio('jax_cudnn')} |" + extra
             )
     return "\n".join(lines)
 

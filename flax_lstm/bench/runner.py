@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 
 import flax_lstm as fl
-from flax_lstm.bench.libraries import BUILDERS, LIBS, MODES, limit_torch_spinning, skip_reason
+from flax_lstm.bench.libraries import (
+    BUILDERS,
+    LIBS,
+    MODES,
+    limit_torch_spinning,
+    runs_on,
+    skip_reason,
+)
 from flax_lstm.bench.machine import (
     machine_info,
     precision_note,
@@ -47,11 +54,12 @@ def run(
             raise ValueError(f"{name} must be a non-empty subset of {known}, got {tuple(given)}")
     torch_threads = limit_torch_spinning(libs)
     results = []
+    ragged = any(s.lengths is not None for s in shapes)
     for shape in shapes:
         fns, notes = _build_and_warm(shape, libs, impl, modes, warmup, log)
         entry = _result_entry(shape, _time_interleaved(fns, modes, reps), notes, modes)
         results.append(entry)
-        log(format_table([entry], modes, header=False))
+        log(format_table([entry], modes, header=False, ragged=ragged))
     compare_with_float32(results)
     # float32 always (the historical yardstick), and every dtype that ran
     dtypes = ["float32", *sorted({s.dtype for s in shapes} - {"float32"})]
@@ -88,6 +96,8 @@ def _build_and_warm(
     )
     fns, notes = {}, {}
     for lib in libs:
+        if not runs_on(lib, shape):
+            continue
         reason = skip_reason(lib, shape)
         if reason is not None:
             notes[lib] = reason
@@ -136,7 +146,9 @@ def _result_entry(
     shape: Shape, times: Timings, notes: dict[str, str], modes: Sequence[str]
 ) -> dict[str, Any]:
     """One shape's JSON entry: medians, minima, notes; with flax_lstm, the ratios of every
-    peer to it and its GFLOP/s."""
+    peer to it and its GFLOP/s. A ragged shape's entry also has its ``seq_lengths`` and
+    ``valid_fraction`` (the share of the T·N steps inside the lengths); its GFLOP/s count
+    those steps only (the work that flax_lstm with ``seq_lengths`` has to do)."""
     ms = {lib: {m: statistics.median(v) for m, v in t.items()} for lib, t in times.items()}
     entry: dict[str, Any] = {
         "shape": dataclasses.asdict(shape),
@@ -145,11 +157,19 @@ def _result_entry(
         "ms_min": {lib: {m: min(v) for m, v in t.items()} for lib, t in times.items()},
         "notes": notes,
     }
+    valid = 1.0
+    lengths = shape.seq_lengths()
+    if lengths is not None:
+        valid = float(lengths.sum()) / (shape.batch * shape.seq_len)
+        entry["seq_lengths"] = lengths.tolist()
+        entry["valid_fraction"] = valid
     if "flax_lstm" in ms:
         ours = ms["flax_lstm"]
         entry["speedup_vs"] = {
             lib: {m: v[m] / ours[m] for m in modes} for lib, v in ms.items() if lib != "flax_lstm"
         }
         factor = {"fwd": 1.0, "fwd_bwd": 3.0}
-        entry["flax_lstm_gflops"] = {m: shape.flops() * factor[m] / ours[m] / 1e6 for m in modes}
+        entry["flax_lstm_gflops"] = {
+            m: shape.flops() * valid * factor[m] / ours[m] / 1e6 for m in modes
+        }
     return entry
