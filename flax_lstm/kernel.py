@@ -19,9 +19,10 @@ an ended one only carries its state on (backward: passes dh and dc on, dz zero),
 its masked steps computed before, so the results are those of the padded computation to float
 rounding. Any other mask keeps every sequence running, masked step by step. In float32 the
 weight and input gradients of a masked batch then come from the kernel library too
-(`weight_grads`), over the valid steps only, where XLA's GEMMs would run over all T·N rows (a
-padded call keeps XLA's GEMMs; bfloat16 too). The `lax.scan` path (GPU, TPU) has static shapes
-and computes every padded step; there, batches bucketed by length are what saves the padding.
+(`weight_grads`, `input_grad`), over the valid steps only, where XLA's GEMMs would run over all
+T·N rows (a padded call keeps XLA's GEMMs; bfloat16 too). The `lax.scan` path (GPU, TPU) has
+static shapes and computes every padded step; there, batches bucketed by length are what saves
+the padding.
 
 `flax_lstm.stack` uses it for float32 layers, and for bfloat16 ones on CPUs with AVX512_BF16
 (``vdpbf16ps``; float32 gates and cell state), without projection, recurrent dropout or remat
@@ -127,7 +128,7 @@ def export_checks() -> list[Any]:
     """
     names = [t for targets in build.TARGETS.values() for t, _ in targets]
     names += [t for t, _ in build.TRANSPOSE.values()]
-    names.append(build.WEIGHT_GRADS[0])
+    names += [build.WEIGHT_GRADS[0], build.INPUT_GRAD[0]]
     return [jax.export.DisabledSafetyCheck.custom_call(n) for n in names]
 
 
@@ -303,45 +304,50 @@ def backward(
     )
 
 
-def weight_grads(
-    dz: Array, x: Array, hs: Array, h0: Array, w_ih: Array, mask: Array
-) -> tuple[Array, Array, Array]:
-    """The input and weight gradients of a ragged batch, over its valid steps only: ``(dx,
-    dw_ih, dw_hh)``, float32.
+def weight_grads(dz: Array, x: Array, hs: Array, h0: Array, mask: Array) -> tuple[Array, Array]:
+    """The weight gradients of a ragged batch, over its valid steps only: ``(dw_ih, dw_hh)``,
+    float32.
 
     dz (T, D, N, 4H) as `backward` returns it (zero at the masked steps), x (T, D, N, I), hs
-    (T, D, N, H) and h0 (D, N, H) as `forward` took and returned them, w_ih (D, 4H, I), all
-    float32; mask (T, N) bool. ``dw_ih = Σ dzᵀ·x`` and ``dw_hh = Σ dzᵀ·h_prev`` over the steps
-    where mask is set, ``dx = dz·W_ih`` there and zero elsewhere: what the GEMMs over all T·N
-    steps give, to float rounding, at the cost of the valid steps. Every sum is taken in one
-    order whatever the number of threads.
+    (T, D, N, H) and h0 (D, N, H) as `forward` took and returned them, all float32; mask (T, N)
+    bool. ``dw_ih = Σ dzᵀ·x`` and ``dw_hh = Σ dzᵀ·h_prev`` over the steps where mask is set:
+    what the GEMMs over all T·N steps give, to float rounding, at the cost of the valid steps.
+    Every sum is taken in one order whatever the number of threads.
     """
     _targets(jnp.float32)  # loaded, or RuntimeError
-    t, d, n, i = x.shape
+    _, d, _, i = x.shape
     g4 = dz.shape[-1]
     f32 = jnp.float32
-    out = (
-        jax.ShapeDtypeStruct((t, d, n, i), f32),
-        jax.ShapeDtypeStruct((d, g4, i), f32),
-        jax.ShapeDtypeStruct((d, g4, g4 // 4), f32),
-    )
+    out = (jax.ShapeDtypeStruct((d, g4, i), f32), jax.ShapeDtypeStruct((d, g4, g4 // 4), f32))
     call = partition.batched_ffi_call(
         build.WEIGHT_GRADS[0],
         out,
-        batch_axes=(2, 2, 2, 1, None, 1),
-        out_axes=(2, None, None),
-        summed=(1, 2),  # dw_ih, dw_hh
+        batch_axes=(2, 2, 2, 1, 1),
+        out_axes=(None, None),
+        summed=(0, 1),
         vmap_method="sequential",
     )
-    return call(
-        dz.astype(f32),
-        x.astype(f32),
-        hs.astype(f32),
-        h0.astype(f32),
-        w_ih.astype(f32),
-        mask.astype(jnp.int8),
-        threads=num_threads(),
+    args = (dz, x, hs, h0)
+    return call(*(a.astype(f32) for a in args), mask.astype(jnp.int8), threads=num_threads())
+
+
+def input_grad(dz: Array, w_ih: Array, mask: Array) -> Array:
+    """The input gradient of a ragged batch, over its valid steps only: ``dz·W_ih`` where mask
+    is set and zero elsewhere, (T, D, N, I) float32; dz (T, D, N, 4H) and w_ih (D, 4H, I)
+    float32, mask (T, N) bool. A call of its own, which XLA leaves out where the input needs no
+    gradient."""
+    _targets(jnp.float32)  # loaded, or RuntimeError
+    t, d, n, _ = dz.shape
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct((t, d, n, w_ih.shape[-1]), f32),)
+    call = partition.batched_ffi_call(
+        build.INPUT_GRAD[0],
+        out,
+        batch_axes=(2, None, 1),
+        out_axes=(2,),
+        vmap_method="sequential",
     )
+    return call(dz.astype(f32), w_ih.astype(f32), mask.astype(jnp.int8), threads=num_threads())[0]
 
 
 @jax.custom_jvp

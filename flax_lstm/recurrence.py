@@ -78,7 +78,9 @@ def _kernel_backward(plan, all_c, residuals, cotangents):
     kernel_grads = None
     if mask is not None and w.w_hh.dtype == jnp.float32:
         # A ragged batch: the weight and input gradients over its valid steps only.
-        kernel_grads = cpu_kernel.weight_grads(kernel_dz[0], x, hs, h0, w.w_ih, mask)
+        dz = kernel_dz[0]
+        dw_ih, dw_hh = cpu_kernel.weight_grads(dz, x, hs, h0, mask)
+        kernel_grads = (cpu_kernel.input_grad(dz, w.w_ih, mask), dw_ih, dw_hh)
     return _scan.backward(
         plan, all_c, residuals, cotangents, kernel_dz=kernel_dz, kernel_grads=kernel_grads
     )

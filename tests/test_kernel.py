@@ -380,6 +380,11 @@ def _weight_grads_reference(dz, x, hs, h0, w_ih, mask):
     return dx, dw_ih, dw_hh
 
 
+@jax.jit
+def _ragged_grads(dz, x, hs, h0, w_ih, mask):
+    return (kernel.input_grad(dz, w_ih, mask), *kernel.weight_grads(dz, x, hs, h0, mask))
+
+
 @pytest.mark.parametrize(
     "t, d, n, i, h, which",
     [
@@ -390,8 +395,9 @@ def _weight_grads_reference(dz, x, hs, h0, w_ih, mask):
     ],
 )
 def test_ragged_weight_grads(t, d, n, i, h, which, monkeypatch):
-    """`kernel.weight_grads` equals the GEMMs over every step (dz is zero at masked steps),
-    and is bitwise the same for any number of threads (each sum is taken in one order)."""
+    """`kernel.input_grad` and `kernel.weight_grads` equal the GEMMs over every step (dz is zero
+    at masked steps), bitwise the same for any number of threads (each sum is taken in one
+    order)."""
     rng = np.random.default_rng(t * n)
     if which == "prefix":
         mask = np.arange(t)[:, None] < rng.integers(0, t + 1, n)[None, :]
@@ -404,7 +410,7 @@ def test_ragged_weight_grads(t, d, n, i, h, which, monkeypatch):
     for threads in ("1", "2", "8"):
         monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
         jax.clear_caches()
-        results.append(jax.jit(kernel.weight_grads)(*args, jnp.asarray(mask)))
+        results.append(_ragged_grads(*args, jnp.asarray(mask)))
     for got in results[1:]:
         for a, b in zip(got, results[0], strict=True):
             np.testing.assert_array_equal(a, b)
@@ -424,8 +430,14 @@ def test_ragged_float32_uses_the_kernel_weight_grads():
         loss = lambda p: fl.lstm(p, x, config=cfg, impl="kernel", **kwargs)[0].sum()  # noqa: E731
         return str(jax.make_jaxpr(jax.grad(loss))(params))
 
-    assert "flax_lstm_cpu_weight_grads" in jaxpr(seq_lengths=jnp.array([10, 3, 0, 7]))
+    ragged = jaxpr(seq_lengths=jnp.array([10, 3, 0, 7]))
+    assert "flax_lstm_cpu_weight_grads" in ragged and "flax_lstm_cpu_input_grad" in ragged
     assert "flax_lstm_cpu_weight_grads" not in jaxpr()
+    # Where nothing needs the input's gradient, its call is left out of the compiled program.
+    lengths = jnp.array([10, 3, 0, 7])
+    loss = lambda p: fl.lstm(p, x, config=cfg, seq_lengths=lengths, impl="kernel")[0].sum()  # noqa: E731
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    assert "flax_lstm_cpu_weight_grads" in hlo and "flax_lstm_cpu_input_grad" not in hlo
 
 
 def test_kernel_check_grads():

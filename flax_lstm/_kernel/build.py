@@ -44,9 +44,10 @@ TRANSPOSE = {
     "float32": ("flax_lstm_cpu_transpose", "FlaxLstmTranspose"),
     "bfloat16": ("flax_lstm_cpu_transpose_bf16", "FlaxLstmTransposeBf16"),
 }
-# The weight and input gradients of a ragged batch over its valid steps (float32 only; see
-# `flax_lstm.kernel.weight_grads`): target and symbol, always compiled.
+# The weight and the input gradients of a ragged batch over its valid steps (float32 only; see
+# `flax_lstm.kernel.weight_grads` and `input_grad`): target and symbol, always compiled.
 WEIGHT_GRADS = ("flax_lstm_cpu_weight_grads", "FlaxLstmWeightGrads")
+INPUT_GRAD = ("flax_lstm_cpu_input_grad", "FlaxLstmInputGrad")
 NO_BF16 = "bfloat16 needs a CPU with AVX512_BF16 instructions (the kernel was built without them)"
 DISABLED = "disabled by FLAX_LSTM_CPU_KERNEL"
 
@@ -217,7 +218,7 @@ def _build_and_register() -> str | frozenset[str]:
     LIBRARY[:] = [path]
     # float32, the transposed copies and the weight gradients are always compiled; bfloat16
     # only for AVX512_BF16.
-    helpers = (*TRANSPOSE.values(), WEIGHT_GRADS)
+    helpers = (*TRANSPOSE.values(), WEIGHT_GRADS, INPUT_GRAD)
     if not all(hasattr(lib, symbol) for _, symbol in (*TARGETS["float32"], *helpers)):
         return (
             "could not build the CPU kernel: the library lacks float32, transpose or weight "

@@ -895,8 +895,8 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
 // copies its gate columns of the block's dz into MR-wide slivers and adds the products into its
 // rows of a float32 accumulator (wg_micro), which the last block's items copy out. The packed
 // panels of a few blocks (a superblock, at most about 4 MiB) are made at a time.
-// The input gradient runs after: items of kDxSteps steps, each step one GEMM of its valid rows
-// of dz with the packed W_ih (gemm_packed through a list of rows), written to their rows of dx.
+// The input gradient is a call of its own (input_grad), which XLA leaves out where nothing
+// needs it (the first layer's input is data).
 
 constexpr int64_t kWgK = 256, kWgRows = 8 * MR, kDxSteps = 4;
 constexpr int64_t kWgPackBytes = int64_t{4} << 20, kPrefetch = 8;
@@ -929,8 +929,8 @@ inline void wg_micro(const float* __restrict A, const float* __restrict B, int64
 }
 
 void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float* dz,
-                  const float* x, const float* hs, const float* h0, const float* w_ih,
-                  const int8_t* mask, float* dx, float* dw_ih, float* dw_hh) {
+                  const float* x, const float* hs, const float* h0, const int8_t* mask,
+                  float* dw_ih, float* dw_hh) {
   const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
   // The valid steps, t-major: t·N + n.
   std::vector<int64_t> valid;
@@ -1017,7 +1017,14 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
     std::fill(dw_ih, dw_ih + D * G4 * I, 0.0f);
     std::fill(dw_hh, dw_hh + D * G4 * H, 0.0f);
   }
-  // dx = dz·W_ih on the valid rows, zero on the others.
+}
+
+// dx = dz·W_ih on the valid rows, zero on the others: items of kDxSteps steps, each step one
+// GEMM of its valid rows of dz (through a list of rows) with the packed W_ih.
+void input_grad(const Dims& s, ffi::ThreadPool& pool, int threads, const float* dz,
+                const float* w_ih, const int8_t* mask, float* dx) {
+  const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
+  const int64_t PI = (I + NR - 1) / NR;
   const int64_t wp = panel_size<float>(G4) * PI;  // elements of packed W_ih per direction
   std::vector<float> bw(static_cast<size_t>(D * wp));
   for (int64_t d = 0; d < D; ++d) pack_cols(w_ih + d * G4 * I, G4, I, 0, I, bw.data() + d * wp);
@@ -1025,7 +1032,7 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
   const Prefault prefault({{dx, static_cast<size_t>(T * D * N * I) * sizeof(float)}});
   run_items(pool, threads, prefault, 1, D * groups, [&](int64_t, int64_t k, Scratch& scratch) {
     const int64_t d = k / groups, t0 = (k % groups) * kDxSteps;
-    float* c = scratch.get(static_cast<size_t>(N * ldc));
+    float* c = scratch.get(static_cast<size_t>(N * PI * NR));
     int32_t* rows = scratch.get_rows<int32_t>(static_cast<size_t>(N));
     for (int64_t t = t0; t < std::min(T, t0 + kDxSteps); ++t) {
       int64_t m = 0;
@@ -1146,8 +1153,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> d
 
 ffi::Error WeightGradsImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ffi::F32> dz,
                            ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> hs,
-                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> w_ih,
-                           ffi::Buffer<ffi::S8> mask, ffi::ResultBuffer<ffi::F32> dx,
+                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::S8> mask,
                            ffi::ResultBuffer<ffi::F32> dw_ih, ffi::ResultBuffer<ffi::F32> dw_hh) {
   const auto xd = x.dimensions(), hd = h0.dimensions();
   if (xd.size() != 4 || hd.size() != 3) return invalid("x must be (T, D, N, I), h0 (D, N, H)");
@@ -1155,8 +1161,7 @@ ffi::Error WeightGradsImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ff
   const int64_t state = s.D * s.N * s.H;
   if (s.D < 1 || s.N < 1 || s.H < 1 || hd[0] != s.D || hd[1] != s.N ||
       count(dz) != 4 * s.T * state || count(hs) != s.T * state ||
-      count(w_ih) != s.D * 4 * s.H * s.I || count(dx) != count(x) ||
-      count(dw_ih) != count(w_ih) || count(dw_hh) != s.D * 4 * s.H * s.H ||
+      count(dw_ih) != s.D * 4 * s.H * s.I || count(dw_hh) != s.D * 4 * s.H * s.H ||
       static_cast<int64_t>(mask.element_count()) != s.T * s.N)
     return invalid("operand shapes do not agree");
   if (s.T == 0 || s.I == 0) {
@@ -1165,8 +1170,25 @@ ffi::Error WeightGradsImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ff
     return ffi::Error::Success();
   }
   weight_grads(s, pool, static_cast<int>(threads), dz.typed_data(), x.typed_data(),
-               hs.typed_data(), h0.typed_data(), w_ih.typed_data(), mask.typed_data(),
-               dx->typed_data(), dw_ih->typed_data(), dw_hh->typed_data());
+               hs.typed_data(), h0.typed_data(), mask.typed_data(), dw_ih->typed_data(),
+               dw_hh->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error InputGradImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ffi::F32> dz,
+                         ffi::Buffer<ffi::F32> w_ih, ffi::Buffer<ffi::S8> mask,
+                         ffi::ResultBuffer<ffi::F32> dx) {
+  const auto zd = dz.dimensions(), wd = w_ih.dimensions();
+  if (zd.size() != 4 || wd.size() != 3 || zd[3] % 4 != 0)
+    return invalid("dz must be (T, D, N, 4H), w_ih (D, 4H, I)");
+  const Dims s{zd[0], zd[1], zd[2], wd[2], zd[3] / 4};
+  if (s.D < 1 || s.N < 1 || s.H < 1 || wd[0] != s.D || wd[1] != 4 * s.H ||
+      count(dx) != s.T * s.D * s.N * s.I ||
+      static_cast<int64_t>(mask.element_count()) != s.T * s.N)
+    return invalid("operand shapes do not agree");
+  if (s.T == 0 || s.I == 0) return ffi::Error::Success();
+  input_grad(s, pool, static_cast<int>(threads), dz.typed_data(), w_ih.typed_data(),
+             mask.typed_data(), dx->typed_data());
   return ffi::Error::Success();
 }
 
@@ -1204,11 +1226,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmWeightGrads, WeightGradsImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x
                                   .Arg<ffi::Buffer<ffi::F32>>()  // hs
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::S8>>()   // mask
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dw_ih
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dw_hh
+);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmInputGrad, InputGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Attr<int64_t>("threads")
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dz
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
                                   .Arg<ffi::Buffer<ffi::S8>>()   // mask
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dx
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dw_ih
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dw_hh
 );
 
 // The operands of the two calls; ET is the element type of x, the weights, h0, hs, dhs and dz.
