@@ -18,8 +18,8 @@
 // only carries its state on, as a masked step did (see Order). B32 T512 I64 H256 with lengths
 // uniform in [16, 512] (mean 0.54 T), one thread: forward 1.6-1.8x faster than the padded
 // call, the backward recurrence 1.3x. In float32 the weight and input gradients of a masked
-// batch are a third call here too (weight_grads), over the valid steps only: fwd+bwd 1.44-1.55x
-// faster than the padded call, against 1.03-1.16x with XLA's GEMMs over every step.
+// batch are calls here too (weight_grads, input_grad), over the valid steps only: fwd+bwd
+// 1.39-1.55x faster than the padded call, against 1.03-1.30x with XLA's GEMMs over every step.
 //
 // The weight and input gradients of a padded batch, single large GEMMs, stay in XLA, and so do
 // those of bfloat16. float32, and bfloat16 where the CPU has AVX512_BF16 (the GEMM operands x,
