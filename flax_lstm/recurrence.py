@@ -5,7 +5,8 @@ reads input that the caller has reversed within each sequence's length) and diff
 as the plan's ``backward`` says. The scan itself, forward and reverse, is in
 `flax_lstm._scan`; the kernel's binding in `flax_lstm.kernel`. The hand-written backward is a
 `jax.custom_vjp` over both: the gate gradients come from a reverse loop (the scan's or the
-kernel's), and the weight and input gradients after it, as one large GEMM each.
+kernel's), and the weight and input gradients after it, as one large GEMM each (for a ragged
+float32 batch on the kernel, its `weight_grads` and `input_grad` over the valid steps only).
 """
 
 from __future__ import annotations
