@@ -1,8 +1,8 @@
 """Ragged-batch timing (issue 17): flax_lstm with and without seq_lengths beside torch.
 
 B32 T512 I64 H256, one layer, lengths uniform in [16, 512]; forward and fwd+bwd (the sum of
-the output as loss), interleaved rounds; the speedups of medians and of minima (the least disturbed round, steadier
-on a shared machine). Not a test: run from the repository root,
+the output as loss), interleaved rounds; the speedups of medians and of minima (the least
+disturbed round, steadier on a shared machine). Not a test: run from the repository root,
 ``PYTHONPATH=$PWD python tools/ragged_timing.py [--reps 7] [--bidirectional]``.
 """
 
