@@ -93,7 +93,9 @@ def forward(
 ) -> jax.Array:
     """Class logits ``(N, K)`` for a padded batch ``x`` ``(N, T, C)`` with ``lengths`` ``(N,)``.
 
-    Dropout (``key`` given) applies between LSTM layers and to the pooled features.
+    With ``patch`` > 1 the LSTM runs over `patch_steps` of ``x`` (``params`` are sized for
+    ``patch * C`` inputs). Dropout (``key`` given) applies between LSTM layers and to the pooled
+    features.
     """
     if patch > 1:
         x, lengths = patch_steps(x, lengths, patch)

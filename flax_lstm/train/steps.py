@@ -121,4 +121,3 @@ def step_functions(
 ) -> Steps:
     """`Steps` for a run; cached, so runs alike (paths aside) compile once."""
     return Steps(config, lstm_config, total_steps, mesh, patch)
-
