@@ -13,26 +13,21 @@ from flax_lstm import bench
 from flax_lstm.bench import libraries, runner, shapes
 
 
+def run_bench(tmp_path, *args: str) -> dict:
+    """``flax-lstm bench ARGS --json FILE``: it must succeed; the JSON it wrote."""
+    out = tmp_path / "bench.json"
+    assert bench.main([*args, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
 def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
     for var in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
         monkeypatch.delenv(var, raising=False)
-    out = tmp_path / "bench.json"
-    rc = bench.main(
-        [
-            "--shape",
-            "2,6,8,2,bi,in=4",
-            "--reps",
-            "2",
-            "--warmup",
-            "1",
-            "--libs",
-            "flax_lstm,torch,flax_rnn,jax_cudnn",
-            "--json",
-            str(out),
-        ]
+    result = run_bench(
+        tmp_path,
+        *("--shape", "2,6,8,2,bi,in=4", "--reps", "2", "--warmup", "1"),
+        *("--libs", "flax_lstm,torch,flax_rnn,jax_cudnn"),
     )
-    assert rc == 0
-    result = json.loads(out.read_text())
     (entry,) = result["results"]
     assert entry["label"] == "B2 T6 H8 L2 I4 bi"
     assert set(entry["ms"]) >= {"flax_lstm", "torch", "flax_rnn"}
@@ -52,11 +47,8 @@ def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
 
 
 def test_bench_both_dtypes_compares_bfloat16_with_float32(tmp_path, capsys):
-    out = tmp_path / "bench.json"
     args = ["--shape", "2,6,8", "--dtypes", "float32,bfloat16", "--reps", "1", "--warmup", "1"]
-    rc = bench.main([*args, "--libs", "flax_lstm,torch", "--json", str(out)])
-    assert rc == 0
-    result = json.loads(out.read_text())
+    result = run_bench(tmp_path, *args, "--libs", "flax_lstm,torch")
     f32, bf16 = result["results"]
     assert (f32["label"], bf16["label"]) == ("B2 T6 H8 L1", "B2 T6 H8 L1 bfloat16")
     assert "vs_float32" not in f32
@@ -73,27 +65,12 @@ def test_bench_both_dtypes_compares_bfloat16_with_float32(tmp_path, capsys):
 def test_bench_ragged_lengths(tmp_path, capsys):
     """--lengths: flax_lstm with seq_lengths beside itself padded, torch padded and torch packed,
     in the table and the JSON; the lengths and the share of valid steps are recorded."""
-    out = tmp_path / "bench.json"
-    rc = bench.main(
-        [
-            "--shape",
-            "3,8,8,1,in=4",
-            "--shape",
-            "2,6,4,2,bi",
-            "--lengths",
-            "uniform:2:6",
-            "--libs",
-            "flax_lstm,torch,flax_lstm_padded,torch_packed",
-            "--reps",
-            "1",
-            "--warmup",
-            "1",
-            "--json",
-            str(out),
-        ]
+    result = run_bench(
+        tmp_path,
+        *("--shape", "3,8,8,1,in=4", "--shape", "2,6,4,2,bi", "--lengths", "uniform:2:6"),
+        *("--libs", "flax_lstm,torch,flax_lstm_padded,torch_packed"),
+        *("--reps", "1", "--warmup", "1"),
     )
-    assert rc == 0
-    result = json.loads(out.read_text())
     one, bi = result["results"]
     assert (one["label"], bi["label"]) == ("B3 T8 H8 L1 I4 len U[2,6]", "B2 T6 H4 L2 bi len U[2,6]")
     for entry, batch, seq_len in ((one, 3, 8), (bi, 2, 6)):
