@@ -1,7 +1,8 @@
-"""The input pipeline: read the data, split, normalise, encode labels, pad; the epoch order.
+"""The input pipeline: read the data, split, normalise, encode labels, pad; each epoch's batches.
 
 Everything here is NumPy on the host and derives from the data and ``(seed, epoch)`` alone:
-the validation split, the normalisation statistics (fit examples only) and each epoch's order.
+the validation split, the normalisation statistics (fit examples only), each epoch's order and
+its batches with their padded lengths (length buckets).
 """
 
 from __future__ import annotations
