@@ -39,12 +39,15 @@ def _files(data: Path, name: str) -> list[str]:
     raise SystemExit(f"learning_table: no {name}_TRAIN.ts or .npz under {data / name}")
 
 
-def run_one(data: Path, name: str, seed: int, previous: bool, timeout: float) -> dict:
-    """One training process; its metrics, or the reason it has none."""
+def run_one(
+    data: Path, name: str, seed: int, previous: bool, timeout: float, flags: list[str]
+) -> dict:
+    """One training process (``flags`` added to its command); its metrics, or why none."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "flax_lstm.cli", "train", "--quiet", "--out", str(out)]
         cmd += _files(data, name) + ["--seed", str(seed)] + (PREVIOUS if previous else [])
+        cmd += flags
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -71,6 +74,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("."), help="folder of data set folders")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--previous", action="store_true", help="the defaults before derivation")
+    ap.add_argument("--flags", default="", help='more train flags, e.g. "--length-buckets 4"')
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     ap.add_argument("--json", type=Path, default=Path("learning_table.json"))
     args = ap.parse_args()
@@ -79,7 +83,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for name in args.names:
         for seed in args.seeds:
-            r = run_one(args.data, name, seed, args.previous, args.timeout)
+            r = run_one(args.data, name, seed, args.previous, args.timeout, args.flags.split())
             rows.append(r)
             if "error" in r:
                 print(f"| {name} | {seed} | error: {r['error']} | | | |", flush=True)
@@ -95,6 +99,7 @@ def main() -> None:
     summary = {
         "machine": f"{platform.processor() or platform.machine()}, {platform.node()}",
         "previous_defaults": args.previous,
+        "flags": args.flags,
         "median_wall_s": statistics.median([r["wall_s"] for r in ok]) if ok else None,
         "runs": rows,
     }

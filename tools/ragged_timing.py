@@ -2,7 +2,8 @@
 
 B32 T512 I64 H256, one layer, lengths uniform in [16, 512]; forward and fwd+bwd (the sum of
 the output as loss), interleaved rounds; the speedups of medians and of minima (the least
-disturbed round, steadier on a shared machine). Not a test: run from the repository root,
+disturbed round, steadier on a shared machine), and the largest differences from torch's packed
+LSTM. Not a test: run from the repository root,
 ``PYTHONPATH=$PWD python tools/ragged_timing.py [--reps 7] [--bidirectional]``.
 """
 
@@ -88,6 +89,8 @@ def main() -> None:
             "torch f+b padded": t_pad_bwd,
             "torch f+b packed": t_pack_bwd,
         }
+    if a.torch:
+        _parity(tl, xt, lt, T, fwd_len(params, x, lens), g_len(params, x, lens)[1])
     for f in runs.values():  # compile, warm up
         f()
         f()
@@ -104,6 +107,17 @@ def main() -> None:
         fwd = stat["fl fwd padded"] / stat["fl fwd seq_lengths"]
         fb = stat["fl f+b padded"] / stat["fl f+b seq_lengths"]
         print(f"speedup seq_lengths vs padded ({what}): fwd {fwd:.2f}x  f+b {fb:.2f}x")
+
+
+def _parity(tl, xt, lt, T, out, dx) -> None:
+    """Largest differences from torch's packed LSTM: the output, and the input's gradient."""
+    xg = xt.clone().requires_grad_()
+    p = torch.nn.utils.rnn.pack_padded_sequence(xg, lt, enforce_sorted=False)
+    ref, _ = torch.nn.utils.rnn.pad_packed_sequence(tl(p)[0], total_length=T)
+    ref.sum().backward()
+    d_out = np.abs(np.asarray(out) - ref.detach().numpy()).max()
+    d_dx = np.abs(np.asarray(dx) - xg.grad.numpy()).max()
+    print(f"vs torch packed: output max |diff| {d_out:.1e}, input gradient max |diff| {d_dx:.1e}")
 
 
 if __name__ == "__main__":

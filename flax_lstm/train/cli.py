@@ -108,8 +108,9 @@ def add_commands(subparsers) -> None:
         description="Train an LSTM classifier with optax on every local device. Writes a run "
         "folder with config.json, metrics.json, orbax checkpoints and PNG plots, and prints a "
         "JSON summary as the last line. Settings whose default is a rule of the data's shape "
-        "(epochs, batch size, validation fraction, patch) are derived when not given; the run "
-        "folder records the values under data.derived in config.json and metrics.json.",
+        "(epochs, batch size, validation fraction, patch, length buckets) are derived when not "
+        "given; the run folder records the values under data.derived in config.json and "
+        "metrics.json.",
     )
     _add_config_flags(t)
     _add_run_flags(t)

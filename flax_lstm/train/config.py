@@ -130,6 +130,18 @@ class TrainConfig:
         default_help="1 when the longest series has at most 40 steps, else the fewest steps "
         "that cut it to at most 20 patches",
     )
+    length_buckets: int | None = _setting(
+        None,
+        "training batches are drawn from series of similar length (each run of K batches of "
+        "the shuffled order is sorted by length) and padded to the shortest of K lengths "
+        "(quantiles of the training lengths) that holds them; 1 pads every batch to the "
+        "longest series. Each length compiles its own train step once",
+        group="opt",
+        metavar="K",
+        default_help="4 when the LSTM runs over more than 40 steps (after patching) and the "
+        "mean length is under 3/4 of the longest, else 1: over shorter recurrences the "
+        "compilations cost more than the epochs gain",
+    )
     members: int = _setting(
         8,
         "train this many independently initialised LSTM + head models side by side (one "
@@ -142,12 +154,10 @@ class TrainConfig:
         """Check every field; raise `TrainError` naming the first bad one. Returns self."""
         if (self.train is None) != (self.test is None):
             raise TrainError("give both --train and --test, or neither for the bundled data")
-        positive = (
-            "epochs", "hidden_size", "num_layers", "batch_size", "patience", "members", "patch"
-        )
-        for name in positive:
+        derivable = ("epochs", "batch_size", "patch", "length_buckets")  # None: derived
+        for name in ("hidden_size", "num_layers", "patience", "members", *derivable):
             value = getattr(self, name)
-            if name in ("epochs", "batch_size", "patch") and value is None:
+            if name in derivable and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TrainError(f"{name} must be a positive integer, got {value!r}")

@@ -1,7 +1,7 @@
 """The settings a run derives from its data when they are left unset (``None``).
 
-Every rule here is a function of the data's shape (the number of training series, the longest
-series), never of its name. `derive` is the one place that applies them: `prepare` stores the
+Every rule here is a function of the data's shape (the number of training series, their
+lengths), never of its name. `derive` is the one place that applies them: `prepare` stores the
 result in the run's data description, so ``config.json`` and ``metrics.json`` record it under
 ``"derived"``, and each field's ``--help`` text states its rule.
 """
@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from flax_lstm.train.config import TrainConfig
 
 __all__ = [
+    "LENGTH_BUCKETS",
     "MAX_UNPATCHED",
     "MIN_VALIDATION",
+    "RAGGED",
     "SERIES_BUDGET",
     "TARGET_STEPS",
     "derive",
@@ -35,6 +39,12 @@ MIN_VALIDATION = 50
 
 SERIES_BUDGET = 15_000
 """The derived ``epochs`` show the model at least this many training series (and ≥ 100 epochs)."""
+
+LENGTH_BUCKETS = 4
+"""Length buckets of long, ragged recurrences (`length_buckets_for`)."""
+
+RAGGED = 0.75
+"""Series are ragged when their mean length is under this fraction of the longest."""
 
 
 def patch_for(max_length: int) -> int:
@@ -63,17 +73,35 @@ def split_fraction(config: TrainConfig, n_train: int) -> float:
     return val_fraction_for(n_train) if config.val_fraction is None else config.val_fraction
 
 
-def derive(config: TrainConfig, *, n_train: int, n_fit: int, max_length: int) -> dict[str, Any]:
-    """``{"val_fraction", "batch_size", "epochs", "patch"}`` of a run.
+def length_buckets_for(fit_lengths: np.ndarray, patch: int) -> int:
+    """`LENGTH_BUCKETS` when the LSTM runs over more than `MAX_UNPATCHED` steps and the series
+    are ragged (the mean length under `RAGGED` of the longest); else 1.
+
+    Each padded length compiles a train step of its own (seconds); over a short recurrence
+    the epochs gain less than that (measured in ``docs/performance/learning.md``).
+    """
+    steps = -(-int(fit_lengths.max()) // patch)
+    ragged = fit_lengths.mean() < RAGGED * fit_lengths.max()
+    return LENGTH_BUCKETS if steps > MAX_UNPATCHED and ragged else 1
+
+
+def derive(
+    config: TrainConfig, *, n_train: int, n_fit: int, max_length: int, fit_lengths: np.ndarray
+) -> dict[str, Any]:
+    """``{"val_fraction", "batch_size", "epochs", "patch", "length_buckets"}`` of a run.
+
+    ``fit_lengths``: the lengths of the series the run trains on.
 
     Each is the config's value where it is set, else the rule of the data's shape above.
     """
     batch_size = config.batch_size or batch_size_for(n_fit)
+    patch = config.patch or patch_for(max_length)
     return {
         "val_fraction": split_fraction(config, n_train),
         "batch_size": batch_size,
         "epochs": config.epochs or epochs_for(n_fit),
-        "patch": config.patch or patch_for(max_length),
+        "patch": patch,
+        "length_buckets": config.length_buckets or length_buckets_for(fit_lengths, patch),
     }
 
 
@@ -86,4 +114,5 @@ def derived_of(info: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
         "batch_size": info["batch_size"],
         "epochs": config.epochs,
         "patch": 1,
+        "length_buckets": 1,
     }

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from flax_lstm.train.checkpoints import METRICS_FILE, Checkpoints, write_json
-from flax_lstm.train.pipeline import Prepared, epoch_order
+from flax_lstm.train.pipeline import Prepared
 from flax_lstm.train.plots import plot_confusion, plot_learning_curves
 from flax_lstm.train.runner import Runner
 
@@ -141,9 +141,8 @@ def _train_epoch(job: Job, carry: Carry, bar) -> tuple[dict[str, Any], int | Non
     """One epoch of train steps, then validation; the epoch's record and the devices used."""
     runner, fit = job.runner, job.data.fit
     t_epoch = time.perf_counter()
-    order = epoch_order(runner.config.seed, carry.meta.epoch, len(fit))
     stats, used_devices = [], None
-    for x, lengths, y, w in runner.batches(fit, order, runner.batch_size, runner.train_rows):
+    for x, lengths, y, w in runner.epoch_batches(fit, carry.meta.epoch):
         if used_devices is None:
             used_devices = len(x.sharding.device_set)
         carry.state, s = runner.train_step(carry.state, x, lengths, y, w)

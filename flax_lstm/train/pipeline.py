@@ -1,7 +1,8 @@
-"""The input pipeline: read the data, split, normalise, encode labels, pad; the epoch order.
+"""The input pipeline: read the data, split, normalise, encode labels, pad; each epoch's batches.
 
 Everything here is NumPy on the host and derives from the data and ``(seed, epoch)`` alone:
-the validation split, the normalisation statistics (fit examples only) and each epoch's order.
+the validation split, the normalisation statistics (fit examples only), each epoch's order and
+its batches with their padded lengths (length buckets).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from flax_lstm.train.derive import derive, split_fraction
 __all__ = [
     "Prepared",
     "RunData",
+    "bucket_steps",
     "encode",
     "encode_test",
+    "epoch_batches",
     "epoch_order",
     "padded",
     "prepare",
@@ -170,6 +173,13 @@ def prepare(config: TrainConfig) -> Prepared:
     max_length = max(train_ds.max_length, test_ds.max_length)
     train_all = encode(train_ds, classes, mean, std, max_length, "training")
     test = encode(test_ds, classes, mean, std, max_length, "test")
+    derived = derive(
+        config,
+        n_train=len(train_ds),
+        n_fit=int(fit_idx.size),
+        max_length=max_length,
+        fit_lengths=train_all.lengths[fit_idx],
+    )
     info = {
         "train": _describe_source(config.train, "train"),
         "test": _describe_source(config.test, "test"),
@@ -181,8 +191,9 @@ def prepare(config: TrainConfig) -> Prepared:
         "n_fit": int(fit_idx.size),
         "n_val": int(val_idx.size),
         "n_test": len(test_ds),
-        "derived": derive(
-            config, n_train=len(train_ds), n_fit=int(fit_idx.size), max_length=max_length
+        "derived": derived,
+        "bucket_steps": bucket_steps(
+            train_all.lengths[fit_idx], derived["length_buckets"], derived["patch"], max_length
         ),
         # One evaluation shape for validation (every epoch) and test: sized to the validation
         # set so that the per-epoch check wastes little on padding rows.
@@ -207,14 +218,55 @@ def encode_test(
     return encode(test_ds, info["classes"], mean, std, info["max_length"], "test"), source
 
 
-def padded(data: RunData, idx: np.ndarray, rows: int) -> tuple[np.ndarray, ...]:
-    """Rows ``idx`` of ``data`` padded to ``rows`` with copies of a real row of weight 0."""
+def padded(
+    data: RunData, idx: np.ndarray, rows: int, steps: int | None = None
+) -> tuple[np.ndarray, ...]:
+    """Rows ``idx`` of ``data`` padded to ``rows`` with copies of a real row of weight 0.
+
+    ``steps``: keep only the first ``steps`` time steps (at least the longest of ``idx``).
+    """
     m = idx.size
     full = np.concatenate([idx, np.full(rows - m, idx[0] if m else 0, idx.dtype)])
     w = (np.arange(rows) < m).astype(np.float32)
-    return data.x[full], data.lengths[full], data.y[full], w
+    return data.x[full, :steps], data.lengths[full], data.y[full], w
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order of the ``n`` fit examples in ``epoch`` (0-based)."""
     return np.random.default_rng([seed, 1, epoch]).permutation(n)
+
+
+def bucket_steps(lengths: np.ndarray, buckets: int, patch: int, max_steps: int) -> list[int]:
+    """The padded lengths of a run's training batches, shortest first; the last is ``max_steps``.
+
+    ``buckets`` equal-count quantiles of the fit series' ``lengths``, each rounded up to whole
+    patches (duplicates merged, so there may be fewer).
+    """
+    qs = np.quantile(lengths, np.arange(1, buckets) / buckets, method="higher")
+    steps = {min(max_steps, -(-int(q) // patch) * patch) for q in qs}
+    return sorted(steps | {max_steps})
+
+
+def epoch_batches(
+    seed: int, epoch: int, lengths: np.ndarray, batch_size: int, steps: list[int]
+) -> list[tuple[np.ndarray, int]]:
+    """``(indices, padded steps)`` of each training batch of ``epoch``, in order.
+
+    One bucket (``steps`` of one length): consecutive ``batch_size`` runs of `epoch_order`.
+    K buckets: each run of K batches of that order (at most half the epoch, so that batches
+    mix anew each epoch) is sorted by length before it is cut into batches, the batches are
+    shuffled, and each is padded to the shortest of ``steps`` that holds its longest series.
+    Either way every series comes once an epoch, and the order depends on ``(seed, epoch)``.
+    """
+    order = epoch_order(seed, epoch, lengths.size)
+    if len(steps) > 1:
+        n_batches = -(-lengths.size // batch_size)
+        pool = max(1, min(len(steps), n_batches // 2)) * batch_size
+        pools = [order[s : s + pool] for s in range(0, order.size, pool)]
+        order = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in pools])
+    batches = [order[s : s + batch_size] for s in range(0, order.size, batch_size)]
+    if len(steps) > 1:
+        shuffle = np.random.default_rng([seed, 2, epoch]).permutation(len(batches))
+        batches = [batches[i] for i in shuffle]
+    bounds = np.asarray(steps)
+    return [(idx, int(bounds[np.searchsorted(bounds, lengths[idx].max())])) for idx in batches]

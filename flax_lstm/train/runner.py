@@ -8,7 +8,7 @@ gradient all-reduce. Batches are padded to a multiple of the device count with r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 from flax_lstm.train.config import TrainConfig
 from flax_lstm.train.derive import derived_of
 from flax_lstm.train.model import init_members, lstm_config
-from flax_lstm.train.pipeline import RunData, padded
+from flax_lstm.train.pipeline import RunData, epoch_batches, padded
 from flax_lstm.train.steps import step_functions
 
 __all__ = ["Devices", "Runner"]
@@ -55,6 +55,8 @@ class Runner:
         self.patch = derived["patch"]
         self.lstm_config = lstm_config(config, data_info["num_channels"] * self.patch)
         self.batch_size = derived["batch_size"]
+        # The padded lengths of the training batches (older run folders: the longest series).
+        self.bucket_steps = data_info.get("bucket_steps", [data_info["max_length"]])
         self.train_rows = devices.round_up(self.batch_size)
         self.eval_rows = devices.round_up(data_info["eval_batch_size"])
         self.steps_per_epoch = -(-data_info["n_fit"] // self.batch_size)
@@ -94,18 +96,31 @@ class Runner:
         shapes = jax.eval_shape(self._abstract_init)
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
 
-    def batches(self, data: RunData, order: np.ndarray, size: int, rows: int) -> Iterator[tuple]:
-        """``(x, lengths, y, w)`` on the mesh for each ``size`` of ``order``, padded to ``rows``."""
-        for start in range(0, len(order), size):
-            x, lengths, y, w = padded(data, order[start : start + size], rows)
-            put = self.devices.put_batch
+    def batches(
+        self, data: RunData, plan: Iterable[tuple[np.ndarray, int | None]], rows: int
+    ) -> Iterator[tuple]:
+        """``(x, lengths, y, w)`` on the mesh for each ``(indices, steps)`` of ``plan``.
+
+        Each batch is padded to ``rows`` rows (`padded`) and cut to ``steps`` time steps.
+        """
+        put = self.devices.put_batch
+        for idx, steps in plan:
+            x, lengths, y, w = padded(data, idx, rows, steps)
             yield put(x), put(lengths), put(y), put(w)
+
+    def epoch_batches(self, data: RunData, epoch: int) -> Iterator[tuple]:
+        """The training batches of ``epoch`` (0-based) of ``data`` (`epoch_batches`)."""
+        plan = epoch_batches(
+            self.config.seed, epoch, data.lengths, self.batch_size, self.bucket_steps
+        )
+        return self.batches(data, plan, self.train_rows)
 
     def evaluate(self, params: Any, data: RunData) -> dict[str, Any]:
         """Loss, accuracy and predictions of ``params`` on ``data`` (in order)."""
         preds, ces = [], []
-        order = np.arange(len(data))
-        for x, lengths, y, _ in self.batches(data, order, self.eval_rows, self.eval_rows):
+        size = self.eval_rows
+        plan = ((np.arange(s, min(s + size, len(data))), None) for s in range(0, len(data), size))
+        for x, lengths, y, _ in self.batches(data, plan, size):
             p, ce = self.eval_step(params, x, lengths, y)
             preds.append(p)
             ces.append(ce)

@@ -25,17 +25,26 @@ def test_patch_rule_keeps_the_recurrence_short(max_length, patch):
 
 def test_given_settings_win_over_the_rules(files):
     unset = dict(batch_size=None, epochs=None, val_fraction=None, patch=None)
-    derived = D.derive(small_config(files, **unset), n_train=60, n_fit=60, max_length=500)
-    assert derived == {
+    lengths = np.arange(10, 501, 10)
+    shape = dict(n_train=60, n_fit=60, max_length=500, fit_lengths=lengths)
+    assert D.derive(small_config(files, **unset), **shape) == {
         "val_fraction": 0.0,  # 6 validation series would be too few
         "batch_size": 10,
         "epochs": D.SERIES_BUDGET // 60,
         "patch": D.patch_for(500),
+        "length_buckets": 1,  # patched to 20 steps: too short to pay for buckets
     }
-    given = dict(batch_size=7, epochs=3, val_fraction=0.5, patch=3)
-    assert D.derive(small_config(files, **given), n_train=60, n_fit=30, max_length=500) == {
-        "val_fraction": 0.5, "batch_size": 7, "epochs": 3, "patch": 3
+    given = dict(batch_size=7, epochs=3, val_fraction=0.5, patch=3, length_buckets=2)
+    assert D.derive(small_config(files, **given), **{**shape, "n_fit": 30}) == {
+        "val_fraction": 0.5,
+        "batch_size": 7,
+        "epochs": 3,
+        "patch": 3,
+        "length_buckets": 2,
     }
+    # A patch given by the user can leave a long recurrence: ragged ones get buckets.
+    patched = small_config(files, **{**unset, "patch": 3})
+    assert D.derive(patched, **shape)["length_buckets"] == D.LENGTH_BUCKETS
 
 
 def test_the_rules():
@@ -43,6 +52,10 @@ def test_the_rules():
     assert D.val_fraction_for(490) == 0 and D.val_fraction_for(500) == D.VAL_FRACTION
     assert D.epochs_for(10**4) == 100  # the 100-epoch floor
     assert D.epochs_for(36) == -(-D.SERIES_BUDGET // 36)
+    ragged, even = np.arange(1, 101), np.full(50, 100)
+    assert D.length_buckets_for(ragged, 1) == D.LENGTH_BUCKETS
+    assert D.length_buckets_for(ragged, 3) == 1  # 34 LSTM steps: short
+    assert D.length_buckets_for(even, 1) == 1  # nothing to gain: no padding
 
 
 def test_older_run_folders_read_as_unpatched(files):
@@ -53,8 +66,9 @@ def test_older_run_folders_read_as_unpatched(files):
         "batch_size": 8,
         "epochs": config.epochs,
         "patch": 1,
+        "length_buckets": 1,
     }
-    new = {"val_fraction": 0, "batch_size": 4, "epochs": 9, "patch": 5}
+    new = {"val_fraction": 0, "batch_size": 4, "epochs": 9, "patch": 5, "length_buckets": 1}
     assert D.derived_of({"derived": new}, config) == new
 
 
@@ -79,6 +93,7 @@ def test_a_patched_run_records_and_reproduces_its_settings(files, tmp_path):
         "batch_size": D.batch_size_for(48),
         "epochs": 4,
         "patch": 3,
+        "length_buckets": 1,
     }
     assert config["model"]["input_size"] == 3 * config["data"]["num_channels"]
     assert result.metrics["data"]["derived"] == config["data"]["derived"]
@@ -91,6 +106,7 @@ def test_a_run_folder_from_before_the_derived_settings_still_evaluates(files, tm
     path = out / "config.json"
     config = json.loads(path.read_text())
     derived = config["data"].pop("derived")
+    del config["data"]["bucket_steps"]
     config["data"]["batch_size"] = derived["batch_size"]  # where older versions kept it
     path.write_text(json.dumps(config))
     assert evaluate(out)["test_accuracy"] == result.metrics["test_accuracy"]

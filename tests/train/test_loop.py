@@ -64,20 +64,20 @@ def test_resume_is_bit_exact(full_run, files, tmp_path):
 
 def test_interrupted_run_resumes_exactly(full_run, files, tmp_path, monkeypatch):
     """A crash (here Ctrl-C in epoch 3) leaves the last committed checkpoint, nothing else."""
-    from flax_lstm.train import loop as T
+    from flax_lstm.train import runner as R
 
     out = tmp_path / "crashed"
-    original = T.epoch_order
+    original = R.epoch_batches
 
-    def crash_in_epoch_3(seed, epoch, n):
+    def crash_in_epoch_3(seed, epoch, *args):
         if epoch == 2:
             raise KeyboardInterrupt
-        return original(seed, epoch, n)
+        return original(seed, epoch, *args)
 
-    monkeypatch.setattr(T, "epoch_order", crash_in_epoch_3)
+    monkeypatch.setattr(R, "epoch_batches", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train(small_config(files), out=out, quiet=True, checkpoint_every_s=0)
-    monkeypatch.setattr(T, "epoch_order", original)
+    monkeypatch.setattr(R, "epoch_batches", original)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["2"]
     assert not (out / "metrics.json").exists()
     # A checkpoint that was being written when the process died is not trusted.

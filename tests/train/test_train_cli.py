@@ -145,14 +145,14 @@ def test_bad_inputs(files, tmp_path, capsys):
 
 def test_run_folder_without_checkpoint(files, tmp_path, capsys, monkeypatch):
     """A run that dies before its first checkpoint leaves nothing --resume would trust."""
-    from flax_lstm.train import loop as T
+    from flax_lstm.train import runner as R
 
     out = tmp_path / "died"
 
     def die(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(T, "epoch_order", die)
+    monkeypatch.setattr(R, "epoch_batches", die)
     argv = ["train", "--train", str(files / "train.ts"), "--test", str(files / "test.npz")]
     assert cli.main([*argv, "--out", str(out), *SMALL]) == 130
     err = capsys.readouterr().err
@@ -171,7 +171,8 @@ def test_help(capsys):
         assert flag in text
     # Each derived default states its rule, and where the run records the values.
     flat = " ".join(text.split())
-    for rule in ("15,000 training series", "at least 50 series", "at most 20 patches"):
+    rules = ("15,000 training series", "at least 50 series", "at most 20 patches")
+    for rule in (*rules, "more than 40 steps"):
         assert rule in flat
     assert "data.derived" in flat
 
@@ -187,7 +188,8 @@ def test_every_config_field_is_a_flag(monkeypatch, tmp_path):
         "train": "a.ts", "test": "b.npz", "epochs": 7, "hidden_size": 5, "num_layers": 2,
         "bidirectional": False, "dropout": 0.25, "lr": 0.125, "batch_size": 6, "seed": 9,
         "weight_decay": 0.5, "clip_norm": 2.5, "warmup": 0.0625, "val_fraction": 0.375,
-        "patience": 4, "pooling": "last", "input_noise": 0.75, "patch": 11, "members": 3,
+        "patience": 4, "pooling": "last", "input_noise": 0.75, "patch": 11, "length_buckets": 2,
+        "members": 3,
     }  # fmt: skip
     assert set(values) == {f.name for f in dataclasses.fields(TrainConfig)}
     argv = ["train", "--out", str(tmp_path / "run")]
