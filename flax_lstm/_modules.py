@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lstm import torch_io
+from flax_lstm import _random, torch_io
 from flax_lstm.cell import LSTMState
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import Params
@@ -155,6 +155,6 @@ def torch_init(hidden_size: int):
     bound = 1.0 / math.sqrt(hidden_size)
 
     def init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        return _random.uniform(key, shape, dtype, -bound, bound)
 
     return init

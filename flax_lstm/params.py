@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flax_lstm import _checks
+from flax_lstm import _checks, _random
 from flax_lstm.config import LSTMConfig
 
 Array = jax.Array
@@ -38,7 +38,7 @@ __all__ = ["cell_params", "init_cell_params", "init_params"]
 def _uniform_dict(key: Array, shapes: Mapping[str, tuple[int, ...]], bound: float, dtype: Any):
     keys = jax.random.split(key, len(shapes))
     return {
-        name: jax.random.uniform(k, shape, dtype, -bound, bound)
+        name: _random.uniform(k, shape, dtype, -bound, bound)
         for k, (name, shape) in zip(keys, shapes.items(), strict=True)
     }
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lstm import _checks
+from flax_lstm import _checks, _random
 from flax_lstm import plan as plans
 from flax_lstm.cell import LSTMState, accumulation_dtype
 from flax_lstm.config import LSTMConfig
@@ -26,7 +26,7 @@ def _dropout(key: Array, x: Array, rate: float) -> Array:
     """Inverted dropout: zero with probability ``rate``, scale the rest by 1/(1-rate)."""
     if rate >= 1.0:
         return jnp.zeros_like(x)
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    keep = _random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
@@ -275,7 +275,7 @@ def _layer_weights(layer, config: LSTMConfig, dtype: Any) -> LayerWeights:
 
 
 def _recurrent_mask(key, rate: float, shape: tuple[int, ...], dtype: Any) -> Array:
-    keep = jax.random.bernoulli(jax.random.fold_in(key, 1), 1.0 - rate, shape)
+    keep = _random.bernoulli(jax.random.fold_in(key, 1), 1.0 - rate, shape)
     return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
 
 

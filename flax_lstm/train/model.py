@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flax_lstm as fl
+from flax_lstm import _random
 from flax_lstm.train.config import TrainConfig
 
 __all__ = ["forward", "init_members", "init_model", "lstm_config"]
@@ -42,7 +43,7 @@ def init_model(
     return {
         "lstm": fl.init_params(k_lstm, lstm_config),
         "head": {
-            "w": jax.random.uniform(k_head, (features, num_classes), jnp.float32, -bound, bound),
+            "w": _random.uniform(k_head, (features, num_classes), jnp.float32, -bound, bound),
             "b": jnp.zeros((num_classes,), jnp.float32),
         },
     }
@@ -113,6 +114,6 @@ def forward(
         parts.append(jnp.concatenate(list(h_n[-d:]), axis=-1))
     feats = jnp.concatenate(parts, axis=-1)
     if feat_key is not None and dropout > 0:
-        keep = jax.random.bernoulli(feat_key, 1.0 - dropout, feats.shape)
+        keep = _random.bernoulli(feat_key, 1.0 - dropout, feats.shape)
         feats = jnp.where(keep, feats / (1.0 - dropout), 0.0)
     return feats @ params["head"]["w"] + params["head"]["b"]

@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import flax_lstm as fl
+from flax_lstm import _random
 from flax_lstm.train.config import TrainConfig
 from flax_lstm.train.model import forward
 
@@ -89,7 +90,7 @@ class Steps:
         if self.noise > 0:
             key, noise_key = jax.random.split(key)
             valid = jnp.arange(x.shape[1])[None, :, None] < lengths[:, None, None]
-            x = x + jnp.where(valid, self.noise * jax.random.normal(noise_key, x.shape), 0.0)
+            x = x + jnp.where(valid, self.noise * _random.normal(noise_key, x.shape), 0.0)
 
         def loss_fn(params):
             logp = self._member_log_probs(params, x, lengths, key)  # (K, N, C)

@@ -1,0 +1,42 @@
+"""`jax.random` draws taken over the flattened shape: the same numbers, compiled much faster.
+
+With jax's default PRNG (threefry), an n-d draw numbers its elements in row-major order, so a
+draw over ``prod(shape)`` elements reshaped to ``shape`` gives the same values bit for bit
+(tested). XLA's CPU compiler takes far longer over some n-d shapes: a normal draw of
+``(32, 29, 12)`` (the training job's input noise on Japanese Vowels) compiled in 4.3 s, flat in
+0.4 s; a uniform ``(128, 12)`` (an LSTM's input weights) 1.2 s against 0.4 s (jax 0.10.2, the
+2-core AMD EPYC, while other jobs ran).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["bernoulli", "normal", "uniform"]
+
+
+def uniform(
+    key: jax.Array,
+    shape: Sequence[int],
+    dtype: Any = jnp.float32,
+    minval: Any = 0.0,
+    maxval: Any = 1.0,
+) -> jax.Array:
+    """`jax.random.uniform` of ``shape``, drawn flat."""
+    flat = jax.random.uniform(key, (math.prod(shape),), dtype, minval, maxval)
+    return flat.reshape(shape)
+
+
+def normal(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    """`jax.random.normal` of ``shape``, drawn flat."""
+    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
+
+def bernoulli(key: jax.Array, p: Any, shape: Sequence[int]) -> jax.Array:
+    """`jax.random.bernoulli` of ``shape`` (``p`` a scalar), drawn flat."""
+    return jax.random.bernoulli(key, p, (math.prod(shape),)).reshape(shape)
