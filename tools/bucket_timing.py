@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import jax
+from learning_table import data_files  # tools/ is the script's folder, first on sys.path
 
 from flax_lstm.train import TrainConfig
 from flax_lstm.train.pipeline import bucket_steps, prepare
@@ -28,10 +29,9 @@ from flax_lstm.train.runner import Devices, Runner
 
 
 def _config(data: Path, name: str, patch: int | None) -> TrainConfig:
-    if name == "JV":
-        return TrainConfig(patch=patch)
-    stem = data / name / name
-    return TrainConfig(train=f"{stem}_TRAIN.ts", test=f"{stem}_TEST.ts", patch=patch)
+    files = data_files(data, name)
+    train, test = (None, None) if files is None else files
+    return TrainConfig(train=train, test=test, patch=patch)
 
 
 def measure(data: Path, name: str, patch: int | None, buckets: list[int], reps: int) -> dict:

@@ -29,14 +29,20 @@ from pathlib import Path
 PREVIOUS = ["--epochs", "100", "--val-fraction", "0.1", "--patch", "1"]
 
 
-def _files(data: Path, name: str) -> list[str]:
+def data_files(data: Path, name: str) -> tuple[str, str] | None:
+    """``(train, test)`` paths of the data set ``name`` under ``data``; None for ``JV``."""
     if name == "JV":
-        return []
+        return None
     for ext in ("ts", "npz"):
         train = data / name / f"{name}_TRAIN.{ext}"
         if train.exists():
-            return ["--train", str(train), "--test", str(data / name / f"{name}_TEST.{ext}")]
-    raise SystemExit(f"learning_table: no {name}_TRAIN.ts or .npz under {data / name}")
+            return str(train), str(data / name / f"{name}_TEST.{ext}")
+    raise SystemExit(f"no {name}_TRAIN.ts or .npz under {data / name}")
+
+
+def _files(data: Path, name: str) -> list[str]:
+    files = data_files(data, name)
+    return [] if files is None else ["--train", files[0], "--test", files[1]]
 
 
 def run_one(

@@ -173,12 +173,13 @@ def prepare(config: TrainConfig) -> Prepared:
     max_length = max(train_ds.max_length, test_ds.max_length)
     train_all = encode(train_ds, classes, mean, std, max_length, "training")
     test = encode(test_ds, classes, mean, std, max_length, "test")
+    fit_lengths = train_all.lengths[fit_idx]
     derived = derive(
         config,
         n_train=len(train_ds),
         n_fit=int(fit_idx.size),
         max_length=max_length,
-        fit_lengths=train_all.lengths[fit_idx],
+        fit_lengths=fit_lengths,
     )
     info = {
         "train": _describe_source(config.train, "train"),
@@ -193,7 +194,7 @@ def prepare(config: TrainConfig) -> Prepared:
         "n_test": len(test_ds),
         "derived": derived,
         "bucket_steps": bucket_steps(
-            train_all.lengths[fit_idx], derived["length_buckets"], derived["patch"], max_length
+            fit_lengths, derived["length_buckets"], derived["patch"], max_length
         ),
         # One evaluation shape for validation (every epoch) and test: sized to the validation
         # set so that the per-epoch check wastes little on padding rows.
