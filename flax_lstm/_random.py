@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["bernoulli", "normal", "uniform"]
+__all__ = ["bernoulli", "dropout", "normal", "uniform"]
 
 
 def uniform(
@@ -40,3 +40,11 @@ def normal(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> ja
 def bernoulli(key: jax.Array, p: Any, shape: Sequence[int]) -> jax.Array:
     """`jax.random.bernoulli` of ``shape`` (``p`` a scalar), drawn flat."""
     return jax.random.bernoulli(key, p, (math.prod(shape),)).reshape(shape)
+
+
+def dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout: zero with probability ``rate``, scale the rest by ``1 / (1 - rate)``."""
+    if rate >= 1.0:
+        return jnp.zeros_like(x)
+    keep = bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)

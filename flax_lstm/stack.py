@@ -22,14 +22,6 @@ Array = jax.Array
 __all__ = ["lstm", "lstm_plan"]
 
 
-def _dropout(key: Array, x: Array, rate: float) -> Array:
-    """Inverted dropout: zero with probability ``rate``, scale the rest by 1/(1-rate)."""
-    if rate >= 1.0:
-        return jnp.zeros_like(x)
-    keep = _random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
 def _check_seq_lengths(seq_lengths: Any, batch: int | None, seq_len: int) -> Array:
     lengths = jnp.asarray(seq_lengths)
     expected = () if batch is None else (batch,)
@@ -380,7 +372,7 @@ def _forward(
             all_c.append(jnp.stack(cs, axis=1))
         x = hs[0] if d == 1 else jnp.concatenate(hs, axis=-1)  # (L, N, D·H_out)
         if use_dropout and k < num_layers - 1:
-            x = _dropout(jax.random.fold_in(layer_keys[k], 0), x, config.dropout)
+            x = _random.dropout(jax.random.fold_in(layer_keys[k], 0), x, config.dropout)
 
     states = None
     if return_all_states:

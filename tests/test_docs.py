@@ -1,4 +1,5 @@
-"""The docs stay true: README size and headline tables, documented public names, benchmark index.
+"""The docs stay true: README size, examples and headline tables, documented public names,
+benchmark index, and the runnable examples of the docs pages.
 
 The Sphinx build itself (``sphinx-build -W -b html docs OUT``) runs in CI after the tests; these
 checks need no Sphinx, so the test suite catches the same mistakes earlier.
@@ -25,6 +26,23 @@ def docs_modules():
         yield importlib.import_module("flax_lstm_api"), importlib.import_module("perf_tables")
     finally:
         del sys.path[:2]
+
+
+def run_python_blocks(path: Path) -> int:
+    """Run a markdown file's ```python blocks in order, in one namespace; return how many."""
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    namespace: dict = {}
+    name = path.relative_to(ROOT)
+    for i, block in enumerate(blocks):
+        try:
+            exec(compile(block, f"{name} python block {i}", "exec"), namespace)
+        except Exception as e:
+            raise AssertionError(f"{name} python block {i} failed:\n{block}") from e
+    return len(blocks)
+
+
+def test_readme_python_blocks_run():
+    assert run_python_blocks(README) >= 5
 
 
 def test_readme_is_a_front_page():
@@ -71,11 +89,4 @@ RUNNABLE_PAGES = [
 
 @pytest.mark.parametrize("page", RUNNABLE_PAGES)
 def test_docs_examples_run(page):
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), flags=re.S)
-    assert blocks, f"docs/{page} has no Python example"
-    namespace: dict = {}
-    for i, block in enumerate(blocks):
-        try:
-            exec(compile(block, f"docs/{page} python block {i}", "exec"), namespace)
-        except Exception as e:
-            raise AssertionError(f"docs/{page} python block {i} failed:\n{block}") from e
+    assert run_python_blocks(ROOT / "docs" / page) > 0, f"docs/{page} has no Python example"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import flax_lstm as fl
-from flax_lstm.stack import _dropout
+from flax_lstm._random import dropout as _dropout
 
 X = jax.random.normal(jax.random.key(1), (6, 3, 4))
 

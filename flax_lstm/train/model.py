@@ -114,6 +114,5 @@ def forward(
         parts.append(jnp.concatenate(list(h_n[-d:]), axis=-1))
     feats = jnp.concatenate(parts, axis=-1)
     if feat_key is not None and dropout > 0:
-        keep = _random.bernoulli(feat_key, 1.0 - dropout, feats.shape)
-        feats = jnp.where(keep, feats / (1.0 - dropout), 0.0)
+        feats = _random.dropout(feat_key, feats, dropout)
     return feats @ params["head"]["w"] + params["head"]["b"]
