@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 import jax
-from learning_table import data_files  # tools/ is the script's folder, first on sys.path
+
+# tools/ is the script's folder, first on sys.path
+from learning_table import add_data_arguments, data_files
 
 from flax_lstm.train import TrainConfig
 from flax_lstm.train.pipeline import bucket_steps, prepare
@@ -75,8 +77,7 @@ def measure(data: Path, name: str, patch: int | None, buckets: list[int], reps: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("names", nargs="+", help="data set folder names under --data, or JV")
-    ap.add_argument("--data", type=Path, default=Path("."), help="folder of data set folders")
+    add_data_arguments(ap)
     ap.add_argument("--patch", type=int, default=None, help="steps per patch (default: derived)")
     ap.add_argument("--buckets", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--reps", type=int, default=7, help="timed epochs per bucket count")

@@ -40,6 +40,12 @@ def data_files(data: Path, name: str) -> tuple[str, str] | None:
     raise SystemExit(f"no {name}_TRAIN.ts or .npz under {data / name}")
 
 
+def add_data_arguments(ap: argparse.ArgumentParser) -> None:
+    """The data set arguments that `data_files` reads: ``names`` and ``--data``."""
+    ap.add_argument("names", nargs="+", help="data set folder names under --data, or JV")
+    ap.add_argument("--data", type=Path, default=Path("."), help="folder of data set folders")
+
+
 def _files(data: Path, name: str) -> list[str]:
     files = data_files(data, name)
     return [] if files is None else ["--train", files[0], "--test", files[1]]
@@ -76,8 +82,7 @@ def run_one(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("names", nargs="+", help="data set folder names under --data, or JV")
-    ap.add_argument("--data", type=Path, default=Path("."), help="folder of data set folders")
+    add_data_arguments(ap)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--previous", action="store_true", help="the defaults before derivation")
     ap.add_argument("--flags", default="", help='more train flags, e.g. "--length-buckets 4"')
