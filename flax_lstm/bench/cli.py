@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    package_doc = importlib.import_module(__package__).__doc__
+    package_doc = importlib.import_module("flax_lstm.bench").__doc__ or ""
     ap = argparse.ArgumentParser(prog="flax-lstm bench", description=package_doc.split("\n\n")[0])
     ap.add_argument(
         "--set",
