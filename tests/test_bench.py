@@ -1,16 +1,24 @@
-"""Smoke test of the benchmark command: a tiny custom shape, valid JSON out."""
+"""The benchmark command on tiny shapes: valid JSON out, with the machine's CPU (model, family,
+ISA flags, caches) and the yardstick (the best GEMM of XLA and torch); the shape sets; and the
+docs' tables generated from old and new JSON files."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from flax_lstm import bench
-from flax_lstm.bench import libraries, runner, shapes
+from flax_lstm.bench import cpu, libraries, report, runner, shapes, yardstick
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_GEMM = ("--gemm-size", "128")  # the yardstick's GEMM, small: these tests time nothing
 
 
 def run_bench(tmp_path, *args: str) -> dict:
@@ -27,6 +35,7 @@ def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
         tmp_path,
         *("--shape", "2,6,8,2,bi,in=4", "--reps", "2", "--warmup", "1"),
         *("--libs", "flax_lstm,torch,flax_rnn,jax_cudnn"),
+        *TINY_GEMM,
     )
     (entry,) = result["results"]
     assert entry["label"] == "B2 T6 H8 L2 I4 bi"
@@ -37,17 +46,19 @@ def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
     assert entry["ms_min"]["flax_lstm"]["fwd"] <= entry["ms"]["flax_lstm"]["fwd"]
     assert "jax_cudnn" in entry["notes"] or "jax_cudnn" in entry["ms"]
     assert result["versions"]["jax"] and result["machine"]["cpu_count"]
-    assert result["reference_gemm"]["gflops"] > 0
+    ref = result["reference_gemm"]
+    assert ref["n"] == 128 and ref["gflops"] == max(ref["gflops_by_library"].values())
     # conftest imported torch first: its OpenMP threads keep libgomp's default, and JSON says so
     spin = result["torch_openmp_spin"]
     assert spin == "libgomp default (torch was imported before the benchmark)"
     table = capsys.readouterr().out
     assert "| B2 T6 H8 L2 I4 bi | fwd_bwd |" in table
-    assert "large-GEMM reference (jax float32" in table
+    assert "yardstick, the best float32 128x128 GEMM" in table
 
 
 def test_bench_both_dtypes_compares_bfloat16_with_float32(tmp_path, capsys):
     args = ["--shape", "2,6,8", "--dtypes", "float32,bfloat16", "--reps", "1", "--warmup", "1"]
+    args += TINY_GEMM
     result = run_bench(tmp_path, *args, "--libs", "flax_lstm,torch")
     f32, bf16 = result["results"]
     assert (f32["label"], bf16["label"]) == ("B2 T6 H8 L1", "B2 T6 H8 L1 bfloat16")
@@ -57,7 +68,7 @@ def test_bench_both_dtypes_compares_bfloat16_with_float32(tmp_path, capsys):
     assert result["reference_gemm_by_dtype"]["bfloat16"]["gflops"] > 0
     printed = capsys.readouterr().out
     assert "B2 T6 H8 L1 bfloat16: flax_lstm bfloat16 against torch float32: fwd " in printed
-    assert "large-GEMM reference (jax bfloat16" in printed
+    assert "yardstick, the best bfloat16 128x128 GEMM" in printed
     with pytest.raises(SystemExit):
         bench.main(["--shape", "2,4,8", "--dtypes", "float16"])
 
@@ -70,6 +81,7 @@ def test_bench_ragged_lengths(tmp_path, capsys):
         *("--shape", "3,8,8,1,in=4", "--shape", "2,6,4,2,bi", "--lengths", "uniform:2:6"),
         *("--libs", "flax_lstm,torch,flax_lstm_padded,torch_packed"),
         *("--reps", "1", "--warmup", "1"),
+        *TINY_GEMM,
     )
     one, bi = result["results"]
     assert (one["label"], bi["label"]) == ("B3 T8 H8 L1 I4 len U[2,6]", "B2 T6 H4 L2 bi len U[2,6]")
@@ -162,3 +174,133 @@ def test_torch_spinning_is_limited_before_torch_loads(monkeypatch):
         libraries.limit_torch_spinning(("torch",)) == "OMP_WAIT_POLICY=ACTIVE (set by the caller)"
     )
     assert libraries.limit_torch_spinning(("flax_lstm",)) == "not applicable"
+
+
+def test_small_set_runs(tmp_path, capsys):
+    """--set small: batches of 1 to 16 at hidden sizes 128 to 512, one layer, I = H, among them
+    issue 23's B1 T128 H512, B8 T128 H256 and B16 T128 H512; each shape runs."""
+    labels = [s.label() for s in bench.SMALL_SET]
+    assert {"B1 T128 H512 L1", "B8 T128 H256 L1", "B16 T128 H512 L1"} <= set(labels)
+    assert {s.batch for s in bench.SMALL_SET} == {1, 4, 8, 16}
+    assert {s.hidden for s in bench.SMALL_SET} == {128, 256, 512}
+    assert all(s.layers == 1 and s.in_size == s.hidden for s in bench.SMALL_SET)
+    assert bench.SETS == {"cpu": bench.CPU_SET, "small": bench.SMALL_SET, "gpu": bench.GPU_SET}
+    result = run_bench(
+        tmp_path,
+        *("--set", "small", "--libs", "flax_lstm", "--modes", "fwd", "--reps", "1"),
+        *("--warmup", "0", *TINY_GEMM),
+    )
+    assert [e["label"] for e in result["results"]] == labels
+    assert all(e["ms"]["flax_lstm"]["fwd"] > 0 for e in result["results"])
+    help_text = bench.cli._parser().format_help()
+    assert "small: B1 T128 H128 L1" in " ".join(help_text.split())
+
+
+def test_json_records_the_cpu_and_the_best_gemm(tmp_path, capsys):
+    """The JSON names the CPU (model, family, the ISA flags of /proc/cpuinfo, caches); the
+    printed table's header line says the same; the yardstick is the faster of XLA's and torch's
+    GEMM, both rates recorded."""
+    result = run_bench(
+        tmp_path, "--shape", "2,4,8", "--libs", "flax_lstm", "--reps", "1", *TINY_GEMM
+    )
+    m = result["machine"]
+    assert {"cpu_model", "cpu_family", "cpu_flags", "cpu_caches", "cpu_vendor"} <= set(m)
+    try:
+        proc_flags = set(
+            Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n")[0].split()
+        )
+    except (OSError, IndexError):
+        proc_flags = set()  # not Linux: the fields stay empty
+    assert m["cpu_flags"] == [f for f in cpu.ISA_FLAGS if f in proc_flags]
+    if sys.platform == "linux" and m["cpu_vendor"] in ("AuthenticAMD", "GenuineIntel"):
+        assert m["cpu_model"] and m["cpu_family"] and m["cpu_caches"].get("L1d", 0) > 0
+    ref = result["reference_gemm_by_dtype"]["float32"]
+    rates = ref["gflops_by_library"]
+    assert set(rates) == {"xla", "torch"}  # torch is installed for the tests
+    assert ref["best"] == max(rates, key=rates.get) and ref["gflops"] == rates[ref["best"]]
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert header == report.machine_line(m) and header.startswith(f"CPU: {m['cpu_model']}")
+    assert "flags " in header and "| shape | mode |" in out.splitlines()[1]
+
+
+def test_cpu_identification_from_cpuinfo_and_sysfs(tmp_path):
+    spr = (
+        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+        "model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n"
+        "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n\n"
+        "processor\t: 1\nvendor_id\t: other\n"
+    )
+    info = cpu.parse_cpuinfo(spr)
+    assert info["cpu_family"] == "Intel Sapphire Rapids"
+    assert info["cpu_model"] == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+    assert info["cpu_flags"] == ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    assert cpu.family_name("AuthenticAMD", 0x19, 0x11) == "AMD Zen 4"
+    assert cpu.family_name("AuthenticAMD", 0x19, 0x01) == "AMD Zen 3"
+    assert cpu.family_name("AuthenticAMD", 0x1B, 1) == "AuthenticAMD family 0x1b model 0x1"
+    assert cpu.parse_cpuinfo("") == {
+        "cpu_model": "", "cpu_vendor": "", "cpu_family_number": None,
+        "cpu_model_number": None, "cpu_family": "", "cpu_flags": [],
+    }  # fmt: skip
+    for name, level, kind, size in (("index0", 1, "Data", "48K"), ("index3", 3, "Unified", "32M")):
+        (tmp_path / name).mkdir()
+        for field, value in (("level", level), ("type", kind), ("size", size)):
+            (tmp_path / name / field).write_text(f"{value}\n")
+    assert cpu.cache_sizes(tmp_path) == {"L1d": 48 << 10, "L3": 32 << 20}
+    assert cpu.cache_sizes(tmp_path / "absent") == {}
+
+
+def test_yardstick_arguments_and_older_results():
+    ref = yardstick.best_gemm("float32", n=32, reps=1, libraries=("xla",))
+    assert ref["best"] == "xla" and set(ref["gflops_by_library"]) == {"xla"}
+    with pytest.raises(ValueError, match="libraries must be a non-empty subset"):
+        yardstick.best_gemm(libraries=("mkl",))
+    old = {"n": 2048.0, "gflops": 198.4}  # a file from before the best GEMM: XLA's only
+    assert report.yardstick_text("float32", old) == "float32 2048x2048 GEMM 198 GFLOP/s (xla only)"
+    assert (
+        report.machine_line({"cpu_model": "AMD EPYC", "cpu_count": 2}) == "CPU: AMD EPYC, 2 cores"
+    )
+    with pytest.raises(SystemExit):
+        bench.main(["--shape", "2,4,8", "--gemm-size", "0"])
+
+
+@pytest.fixture
+def perf_tables(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "_scripts"))
+    return importlib.import_module("perf_tables")
+
+
+def test_perf_tables_render_old_and_new_files(tmp_path, monkeypatch, perf_tables):
+    """The docs' tables read the JSON files of every age: the committed ones (without the CPU's
+    family, flags or the best-GEMM yardstick) and one written now; CPU runs are grouped by
+    family, an old file's family taken from the index, a new one's from the JSON."""
+    text = perf_tables.render()
+    assert "## CPU: AMD Zen 4" in text and "## One table per CPU family" in text
+    assert "AMD Zen 4 (as `benchmarks/README.md` names it; not recorded in the file)" in text
+    assert "yardstick (XLA's GEMM only, before it was the best GEMM)" in text
+
+    bench_dir = tmp_path / "benchmarks"
+    bench_dir.mkdir()
+    old = "cpu_d8485b1_small_batches.json"
+    shutil.copy(ROOT / "benchmarks" / old, bench_dir / old)
+    new = bench.run(
+        [shapes.Shape(2, 4, 8)], libs=("flax_lstm", "torch"), reps=1, warmup=1, gemm_size=64
+    )
+    new["machine"]["cpu_family"] = "Intel Sapphire Rapids"  # as if it ran there
+    (bench_dir / "cpu_new_small_set.json").write_text(json.dumps(new))
+    (bench_dir / "README.md").write_text(
+        "| file | command | machine, date |\n|---|---|---|\n"
+        f"| `{old}` | `--shape 1,256,256 --reps 10` | a 2-core AMD EPYC (Zen 4), 2026-11-27 |\n"
+        "| `cpu_new_small_set.json` | `flax-lstm bench --set small --reps 1` | today |\n"
+    )
+    monkeypatch.setattr(perf_tables, "BENCH", bench_dir)
+    text = perf_tables.render()
+    assert "## CPU: AMD Zen 4" in text and "## CPU: Intel Sapphire Rapids" in text
+    assert "### Intel Sapphire Rapids: `flax-lstm bench --set small --reps 1`" in text
+    ref = new["reference_gemm_by_dtype"]["float32"]
+    assert f"({ref['best']} was faster: xla " in text
+    table = perf_tables.full_table(new)
+    assert table.splitlines()[0].endswith("| GFLOP/s | of best GEMM |")
+    share = new["results"][0]["flax_lstm_gflops"]["fwd"] / ref["gflops"]
+    assert f"| {share:.0%} |" in table.splitlines()[2]
+    assert "of best GEMM" not in perf_tables.full_table(perf_tables.load(old))

@@ -3,8 +3,15 @@
 Every JSON file that ``flax-lstm bench`` wrote into ``benchmarks/`` becomes one table, with the
 machine, library versions, date and settings that the file records, and the command that made
 it, read from the index in ``benchmarks/README.md`` (a JSON file missing from that index is an
-error). `HEADLINE` names the run shown first for each kind of machine; `headline_table` is also
-the table that the README shows (``tests/test_docs.py`` checks that they agree).
+error). CPU runs are grouped by CPU family (AMD Zen 4, Intel Sapphire Rapids, ...): the family
+that ``flax-lstm bench`` recorded in the JSON, or for a file written before it recorded one, the
+family that the index's machine column names (a row that says "same machine" takes the family
+of the row above it). `HEADLINE` names the run shown first for each kind of machine;
+`headline_table` is also the table that the README shows (``tests/test_docs.py`` checks that
+they agree).
+
+Older files lack fields that later ones have (the CPU's family, flags and caches, torch's GEMM
+in the yardstick, ``flax_lstm_impl``); every reader here takes them as optional.
 
 Run by ``docs/conf.py`` at build time; by hand: ``python docs/_scripts/perf_tables.py OUT.md``.
 """
@@ -38,12 +45,32 @@ def load(name: str) -> dict:
     return json.loads((BENCH / name).read_text())
 
 
-def machine_kind(result: dict) -> str:
-    """A heading for the machine: the accelerator, or the CPU model and its core count."""
+def machine_kind(result: dict, family: str = "") -> str:
+    """A heading for the machine: the accelerator, or the CPU family (`cpu_family`, else
+    ``family``), else the CPU model and its core count."""
     m = result["machine"]
     if m["jax_backend"] != "cpu":
         return f"{m['jax_backend'].upper()}: {m['jax_devices'][0]}"
+    family = m.get("cpu_family") or family
+    if family:
+        return f"CPU: {family}"
     return f"CPU: {m.get('cpu_model') or m['processor'] or 'unknown'}, {m['cpu_count']} cores"
+
+
+# Family names as the index's machine column may write them ("AMD EPYC (Zen 4)", "Intel Xeon
+# Sapphire Rapids"); the vendor is added where the column leaves it out.
+_FAMILY_PATTERN = re.compile(
+    r"\b(Zen \d\+?|(?:Sapphire|Emerald|Granite) Rapids|Ice Lake|Cascade Lake)"
+)
+
+
+def family_in_text(text: str) -> str:
+    """The CPU family that a line of the index names, e.g. ``"AMD Zen 4"``; "" if none."""
+    match = _FAMILY_PATTERN.search(text)
+    if not match:
+        return ""
+    name = match.group(1)
+    return ("AMD " if name.startswith("Zen") else "Intel ") + name
 
 
 def _expand(pattern: str) -> list[str]:
@@ -55,28 +82,35 @@ def _expand(pattern: str) -> list[str]:
     return [head + alt + tail for alt in match.group(1).split(",")]
 
 
-def commands() -> dict[str, tuple[str, str]]:
-    """``{file: (command, note)}`` from the table in ``benchmarks/README.md``.
+def index() -> dict[str, tuple[str, str, str]]:
+    """``{file: (command, note, CPU family)}`` from the table in ``benchmarks/README.md``.
 
-    A row that says "the same command" takes the command of the row above it.
+    A row that says "the same command" takes the command of the row above it; a row whose
+    machine column names no CPU family but says "same" takes the family of the row above it.
     """
-    out: dict[str, tuple[str, str]] = {}
-    previous = ""
+    out: dict[str, tuple[str, str, str]] = {}
+    previous, previous_family = "", ""
     for line in (BENCH / "README.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != 3 or not cells[0].startswith("`"):
             continue
-        files, text = cells[0].strip("`"), cells[1]
+        files, text, machine = cells[0].strip("`"), cells[1], cells[2]
         spans = re.findall(r"`([^`]+)`", text)
         command = spans[0] if spans else ""
         if text.startswith("the same") or not command:
             command = previous
         elif command.startswith("--"):
             command = "flax-lstm bench " + command
-        previous = command
+        family = family_in_text(machine) or (previous_family if "same" in machine else "")
+        previous, previous_family = command, family
         for name in _expand(files):
-            out[name] = (command, text)
+            out[name] = (command, text, family)
     return out
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """``{file: (command, note)}`` from the table in ``benchmarks/README.md`` (see `index`)."""
+    return {name: (command, note) for name, (command, note, _) in index().items()}
 
 
 def _ms(result: dict, lib: str, mode: str) -> str:
@@ -98,12 +132,30 @@ def _label(result: dict) -> str:
     return re.sub(r"\bbi\b", "bidirectional", result["label"])
 
 
+def yardsticks(data: dict) -> dict[str, dict]:
+    """The yardstick per dtype, ``{dtype: {"n", "gflops", ...}}``: ``reference_gemm_by_dtype``,
+    or in the oldest files ``reference_gemm`` (float32) or nothing."""
+    refs = data.get("reference_gemm_by_dtype") or (
+        {"float32": data["reference_gemm"]} if data.get("reference_gemm") else {}
+    )
+    return {dtype: ref for dtype, ref in refs.items() if ref}
+
+
+def best_gemm_yardsticks(data: dict) -> dict[str, dict]:
+    """The yardsticks that are the best GEMM of the machine (XLA's or torch's, with ``best``
+    naming the faster); older files measured XLA's only and have none."""
+    return {dtype: ref for dtype, ref in yardsticks(data).items() if "best" in ref}
+
+
 def full_table(data: dict) -> str:
-    """Every shape and mode of one run: times, ratios and flax_lstm's GFLOP/s."""
+    """Every shape and mode of one run: times, ratios and flax_lstm's GFLOP/s, and their share
+    of the machine's best GEMM where the file has that yardstick."""
     libs = _libs(data)
     peers = [lib for lib in libs if lib != "flax_lstm"]
+    best = best_gemm_yardsticks(data)
     head = ["shape", "mode"] + [f"{LIB_NAMES[lib]} ms" for lib in libs]
     head += [f"vs {LIB_NAMES[lib]}" for lib in peers] + ["GFLOP/s"]
+    head += ["of best GEMM"] if best else []
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in data["results"]:
         for mode in MODE_NAMES:
@@ -114,6 +166,10 @@ def full_table(data: dict) -> str:
             cells += [_ms(r, lib, mode) for lib in libs]
             cells += [_ratio(r, lib, mode) for lib in peers]
             cells.append("–" if gflops is None else f"{gflops:.0f}")
+            if best:
+                ref = best.get(r["shape"].get("dtype", "float32"))
+                share = None if gflops is None or ref is None else gflops / ref["gflops"]
+                cells.append("–" if share is None else f"{share:.0%}")
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -143,7 +199,51 @@ def headline_table(name: str) -> str:
     return "\n".join(rows)
 
 
-def describe(name: str, data: dict, command: str, note: str) -> str:
+def _cpu_text(m: dict, family: str) -> str:
+    """The CPU of a run: model, family (recorded, or as the index names it), ISA flags and
+    caches; what an older file did not record is said to be so."""
+    model = m.get("cpu_model") or m.get("processor") or "unknown model"
+    if m.get("cpu_family"):
+        family_text = m["cpu_family"]
+    elif family:
+        family_text = f"{family} (as `benchmarks/README.md` names it; not recorded in the file)"
+    else:
+        family_text = "family not recorded"
+    flags = m.get("cpu_flags")
+    flags_text = "ISA flags not recorded" if flags is None else f"flags {' '.join(flags) or 'none'}"
+    caches = m.get("cpu_caches") or {}
+    cache_text = ", ".join(f"{k} {v // 1024} KiB" for k, v in caches.items())
+    return f"{model}, {family_text}; {flags_text}" + (
+        f"; caches {cache_text}" if cache_text else ""
+    )
+
+
+def _yardstick_line(data: dict) -> str:
+    refs = yardsticks(data)
+    if not refs:
+        return ""
+    parts = []
+    for dtype, r in refs.items():
+        n = int(r["n"])
+        text = f"{dtype} {n}×{n} {r['gflops']:.0f} GFLOP/s"
+        if "best" in r:
+            rates = "; ".join(f"{lib} {g:.0f}" for lib, g in r.get("gflops_by_library", {}).items())
+            text += f" ({r['best']} was faster: {rates})"
+        parts.append(text)
+    if best_gemm_yardsticks(data):
+        return "- **yardstick (best GEMM, XLA's or torch's):** " + ", ".join(parts)
+    return "- **yardstick (XLA's GEMM only, before it was the best GEMM):** " + ", ".join(parts)
+
+
+def _impl_text(data: dict) -> str:
+    if data.get("flax_lstm_kwargs"):
+        return f"; flax_lstm options {data['flax_lstm_kwargs']}"
+    if data.get("flax_lstm_impl"):
+        return f"; flax_lstm implementation {data['flax_lstm_impl']}"
+    return ""
+
+
+def describe(name: str, data: dict, command: str, note: str, family: str = "") -> str:
     v = data["versions"]
     libs = ("jax", "jaxlib", "flax", "torch", "numpy")
     versions = ", ".join(f"{k} {v[k]}" for k in libs if k in v)
@@ -154,24 +254,14 @@ def describe(name: str, data: dict, command: str, note: str) -> str:
         f"- **index note:** {note}" if note and note != f"`{command}`" else "",
         f"- **machine:** {', '.join(m['jax_devices'])} ({m['jax_backend']} backend), "
         f"{m.get('cpu_model') or m['processor']}, {m['cpu_count']} CPUs, {m['platform']}",
+        f"- **CPU:** {_cpu_text(m, family)}" if m["jax_backend"] == "cpu" else "",
         f"- **date:** {data['date']}; **versions:** Python {v.get('python', '?')}, {versions}",
         f"- **settings:** {data['reps']} repetitions after {data['warmup']} warm-up, "
         f"matmul precision: {data['matmul']}"
-        + (f"; flax_lstm options {data['flax_lstm_kwargs']}" if data["flax_lstm_kwargs"] else "")
+        + _impl_text(data)
         + (f"; torch OpenMP: {data['torch_openmp_spin']}" if "torch_openmp_spin" in data else ""),
+        _yardstick_line(data),
     ]
-    refs = data.get("reference_gemm_by_dtype") or (
-        {"float32": data["reference_gemm"]} if data.get("reference_gemm") else {}
-    )
-    if refs:
-        lines.append(
-            "- **large-GEMM yardstick:** "
-            + ", ".join(
-                f"{dtype} {int(r['n'])}×{int(r['n'])} {r['gflops']:.0f} GFLOP/s"
-                for dtype, r in refs.items()
-                if r
-            )
-        )
     notes = sorted({f"{LIB_NAMES.get(lib, lib)}: {text}" for r in data["results"]
                     for lib, text in r.get("notes", {}).items()})  # fmt: skip
     if notes:
@@ -180,15 +270,15 @@ def describe(name: str, data: dict, command: str, note: str) -> str:
 
 
 def render() -> str:
-    index = commands()
+    rows = index()
     files = sorted(p.name for p in BENCH.glob("*.json"))
-    unindexed = [f for f in files if f not in index]
+    unindexed = [f for f in files if f not in rows]
     if unindexed:
         raise SystemExit(f"benchmarks/README.md does not list {unindexed}: add their commands")
     runs = {f: load(f) for f in files}
     kinds: dict[str, list[str]] = {}
     for f in sorted(files, key=lambda f: (f not in HEADLINE, runs[f]["date"]), reverse=False):
-        kinds.setdefault(machine_kind(runs[f]), []).append(f)
+        kinds.setdefault(machine_kind(runs[f], rows[f][2]), []).append(f)
     out = [
         "<!-- Generated by docs/_scripts/perf_tables.py from benchmarks/*.json; do not edit. -->",
         "",
@@ -200,23 +290,58 @@ def render() -> str:
         "every weight); a ratio is `peer time / flax_lstm time` (above 1: flax_lstm is faster).",
         '"scan path" is flax_lstm\'s own `lax.scan` path in the same run (CPU only), so',
         '"vs scan path" is what the compiled CPU kernel buys. GFLOP/s counts the GEMMs',
-        "(fwd+bwd = 3 × forward).",
+        '(fwd+bwd = 3 × forward); "of best GEMM" is its share of the yardstick, the faster of',
+        "XLA's and torch's large GEMM on the machine in that dtype (files from before that",
+        "yardstick have no such column). CPU runs are grouped by CPU family; figures measured",
+        "outside `benchmarks/` (Intel Sapphire Rapids, from issue 23) are on the Performance page.",
         "",
     ]
+    out += family_tables(kinds, runs, rows)
     for kind, names in kinds.items():
         out += [f"## {kind}", ""]
-        head = [n for n in names if n in HEADLINE]
-        rest = sorted((n for n in names if n not in HEADLINE), key=lambda n: runs[n]["date"],
-                      reverse=True)  # fmt: skip
-        for name in head + rest:
-            command, note = index[name]
+        for name in _in_order(names, runs):
+            command, note, family = rows[name]
             title = f"{name}" + (" (headline)" if name in HEADLINE else "")
-            out += [f"### {title}", "", describe(name, runs[name], command, note), ""]
+            out += [f"### {title}", "", describe(name, runs[name], command, note, family), ""]
             if name in HEADLINE:
                 out += ["Headline (as in the README):", "", headline_table(name), ""]
                 out += ["All rows:", ""]
             out += [full_table(runs[name]), ""]
     return "\n".join(out)
+
+
+def _in_order(names: list[str], runs: dict[str, dict]) -> list[str]:
+    """The headline run first, then the others, newest first."""
+    rest = [n for n in names if n not in HEADLINE]
+    return [n for n in names if n in HEADLINE] + sorted(
+        rest, key=lambda n: runs[n]["date"], reverse=True
+    )
+
+
+def family_tables(
+    kinds: dict[str, list[str]], runs: dict[str, dict], rows: dict[str, tuple[str, str, str]]
+) -> list[str]:
+    """One table per CPU family: the headline table of its headline run (else of its newest
+    ``--set cpu`` run, else of its newest run), and of its newest ``--set small`` run."""
+    out = ["## One table per CPU family", ""]
+    for kind, names in kinds.items():
+        if not kind.startswith("CPU"):
+            continue
+        ordered = _in_order(names, runs)
+        cpu_set = [n for n in ordered if "--set cpu" in rows[n][0]]
+        small_set = [n for n in ordered if "--set small" in rows[n][0]]
+        main = next((n for n in ordered if n in HEADLINE), (cpu_set or ordered)[0])
+        for name in [main, *small_set[:1]]:
+            out += [
+                f"### {kind.removeprefix('CPU: ')}: `{rows[name][0] or 'command not recorded'}`",
+                "",
+                f"`benchmarks/{name}`, {runs[name]['date']}; "
+                f"{_cpu_text(runs[name]['machine'], rows[name][2])}.",
+                "",
+                headline_table(name),
+                "",
+            ]
+    return out
 
 
 def write(path: str | Path) -> None:

@@ -10,9 +10,13 @@ weight); the table reports medians in milliseconds and the ratio ``peer time / f
 so that each follows every other one equally often. On CPU, torch's OpenMP threads are told
 to stop spinning soon after each call (``GOMP_SPINCOUNT=3000``, unless the caller set it or
 ``OMP_WAIT_POLICY``, or imported torch first), so that they do not hold a core through the
-next library's call; the JSON says which setting held. A JSON file records the machine,
-library versions and dtype, the medians (``ms``), the fastest repetition (``ms_min``, steadier
-on a shared machine) and a large-GEMM reference rate per dtype. ``--dtypes float32,bfloat16``
+next library's call; the JSON says which setting held. A JSON file records the machine (the CPU
+model and family, its ISA flags among avx2, avx512f, avx512_bf16, amx_bf16 and amx_tile, and
+its cache sizes; the printed table's header line names them too), library versions and dtype,
+the medians (``ms``), the fastest repetition (``ms_min``, steadier on a shared machine) and the
+yardstick of the GFLOP/s per dtype: the best large GEMM on the machine, the faster of XLA's and
+(when torch is installed) torch's, with both rates and which one won
+(``reference_gemm_by_dtype``). ``--dtypes float32,bfloat16``
 runs every shape in both; each bfloat16 shape is then also compared with the float32 times of
 the same run (``vs_float32``: a library's float32 time / flax_lstm's bfloat16 time).
 ``--lengths uniform:MIN:MAX`` makes every shape a ragged batch, its sequence lengths drawn
@@ -21,11 +25,16 @@ uniformly from [MIN, MAX]: flax_lstm runs with ``seq_lengths`` beside itself wit
 (``torch_packed``), in four more columns of the table; the JSON entry has the lengths
 (``seq_lengths``) and the share of valid steps (``valid_fraction``).
 
-Modules: `shapes` (`Shape`, the CPU and GPU sets, ``--shape``), `libraries` (one builder per
-library), `runner` (`run`: building, warming up and timing), `machine` (machine, versions and
-the large-GEMM reference), `report` (the table and the comparisons) and `cli` (`main`).
+The shape sets (``--set``, `SETS`): ``cpu`` (`CPU_SET`: B1 to B64, one and two layers, one
+bidirectional), ``small`` (`SMALL_SET`: batches of 1 to 16 at hidden sizes 128 to 512, one
+layer, where per-call costs weigh most) and ``gpu`` (`GPU_SET`).
 
-Example (a tiny custom shape; the shape sets are ``--set cpu`` and ``--set gpu``):
+Modules: `shapes` (`Shape`, the sets, ``--shape``), `libraries` (one builder per library),
+`runner` (`run`: building, warming up and timing), `machine` (machine and versions), `cpu`
+(the CPU's model, family, flags and caches), `yardstick` (the best large GEMM), `report` (the
+table and the comparisons) and `cli` (`main`).
+
+Example (a tiny custom shape):
   >>> from flax_lstm import bench
   >>> result = bench.run([bench.Shape(2, 8, 16, 1)], libs=("flax_lstm",), reps=2, warmup=1)
   >>> sorted(result["results"][0]["ms"]["flax_lstm"])
@@ -33,13 +42,24 @@ Example (a tiny custom shape; the shape sets are ``--set cpu`` and ``--set gpu``
 """
 
 # LIBS, MODES and format_table stay importable from here, as before the split (notebooks use
-# format_table); the public names are __all__'s.
+# format_table), and so are SETS and SMALL_SET; the public names are __all__'s (a constant
+# there needs its line in docs/_ext/flax_lstm_api.py's DATA_DOCS).
 from flax_lstm.bench.cli import main
 from flax_lstm.bench.libraries import LIBS as LIBS
 from flax_lstm.bench.libraries import MODES as MODES
-from flax_lstm.bench.machine import reference_gemm_gflops
 from flax_lstm.bench.report import format_table as format_table
 from flax_lstm.bench.runner import run
 from flax_lstm.bench.shapes import CPU_SET, GPU_SET, Shape
+from flax_lstm.bench.shapes import SETS as SETS
+from flax_lstm.bench.shapes import SMALL_SET as SMALL_SET
+from flax_lstm.bench.yardstick import best_gemm, reference_gemm_gflops
 
-__all__ = ["CPU_SET", "GPU_SET", "Shape", "main", "reference_gemm_gflops", "run"]
+__all__ = [
+    "CPU_SET",
+    "GPU_SET",
+    "Shape",
+    "best_gemm",
+    "main",
+    "reference_gemm_gflops",
+    "run",
+]

@@ -13,12 +13,11 @@ import jax
 
 import flax_lstm as fl
 from flax_lstm.bench.libraries import LIBS, MODES
-from flax_lstm.bench.report import format_table, summary_lines
+from flax_lstm.bench.report import format_table, machine_line, summary_lines
 from flax_lstm.bench.runner import run
 from flax_lstm.bench.shapes import (
-    CPU_SET,
-    GPU_SET,
     LENGTHS_SYNTAX,
+    SETS,
     SHAPE_SYNTAX,
     Shape,
     parse_lengths,
@@ -29,7 +28,7 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``flax-lstm bench [--set cpu|gpu] [--shape ...] [--lengths ...]
+    """Command line: ``flax-lstm bench [--set cpu|small|gpu] [--shape ...] [--lengths ...]
     [--json PATH]``."""
     ap = _parser()
     args = ap.parse_args(argv)
@@ -38,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         ap.error(f"--libs: unknown {sorted(unknown)}; choose from {LIBS}")
     shapes = _shapes(ap, args)
+    if args.gemm_size is not None and args.gemm_size < 1:
+        ap.error(f"--gemm-size must be a positive integer, got {args.gemm_size}")
     modes = _comma_list(args.modes)
     bad_modes = set(modes) - set(MODES)
     if bad_modes or not modes:
@@ -54,26 +55,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup=args.warmup,
         modes=modes,
         log=lambda s: print(s, file=sys.stderr, flush=True),
+        gemm_size=args.gemm_size,
     )
+    print(machine_line(result["machine"]))
     print(format_table(result["results"], modes))
     for line in summary_lines(result):
         print(line)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
-    machine = result["machine"]
-    where = machine["jax_devices"] if machine["jax_backend"] != "cpu" else machine.get("cpu_model")
-    print(f"wrote {args.json} ({where}, {machine['cpu_count']} CPUs)")
+    print(f"wrote {args.json}")
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
-    package_doc = importlib.import_module(__package__).__doc__
+    package_doc = importlib.import_module("flax_lstm.bench").__doc__ or ""
     ap = argparse.ArgumentParser(prog="flax-lstm bench", description=package_doc.split("\n\n")[0])
     ap.add_argument(
         "--set",
-        choices=("cpu", "gpu"),
+        choices=tuple(SETS),
         default=None,
-        help="shape set (default: gpu on a GPU, else cpu)",
+        help="shape set (default: gpu on a GPU, else cpu): "
+        + "; ".join(
+            f"{name}: {', '.join(s.label() for s in shapes)}" for name, shapes in SETS.items()
+        ),
     )
     ap.add_argument(
         "--shape",
@@ -104,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--modes", default="fwd,fwd_bwd", help=f"comma list from {MODES}")
     ap.add_argument("--json", default="bench.json", help="where to write the JSON result")
+    ap.add_argument(
+        "--gemm-size",
+        type=int,
+        default=None,
+        help="N of the N×N GEMM whose best rate (XLA's or torch's) is the yardstick of the "
+        "GFLOP/s (default: 2048 on CPU, 8192 on an accelerator)",
+    )
     ap.add_argument("--unroll", type=int, default=None, help="flax_lstm scan unroll")
     ap.add_argument(
         "--remat", action="store_true", help="flax_lstm with Implementation(backward='remat')"
@@ -126,8 +137,7 @@ def _shapes(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Shap
     if args.shape:
         shapes = tuple(args.shape)
     else:
-        which = args.set or ("gpu" if jax.default_backend() == "gpu" else "cpu")
-        shapes = GPU_SET if which == "gpu" else CPU_SET
+        shapes = SETS[args.set or ("gpu" if jax.default_backend() == "gpu" else "cpu")]
     if args.lengths is not None:
         try:
             shapes = tuple(dataclasses.replace(s, lengths=args.lengths) for s in shapes)

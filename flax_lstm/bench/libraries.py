@@ -225,12 +225,10 @@ def skip_reason(lib: str, shape: Shape) -> str | None:
     return None
 
 
-# torch's OpenMP threads (GNU libgomp) spin for about 300,000 rounds after each call before they
-# sleep: several milliseconds on a core that the next library's call then lacks. In the
-# interleaved loop that charged torch's idle threads to whichever call came next (B1 T256 H256:
-# flax_lstm's forward 8.4 ms median after torch's calls, 5.3 ms with 3,000 rounds; torch's own
-# times alone were no slower with 3,000 rounds than with the default on any --set cpu shape,
-# two runs each).
+# torch's OpenMP threads (GNU libgomp) spin for a while after each call before they sleep,
+# holding a core that the next library's call then lacks: in the interleaved loop that charged
+# torch's idle threads to whichever call came next. 3,000 rounds left torch's own times as they
+# were (measured in docs/performance/design.md, "How the benchmark runs on CPU").
 _TORCH_SPIN = "3000"
 
 

@@ -1,12 +1,68 @@
-"""Reading a benchmark result: the markdown table, the bfloat16-vs-float32 comparison and the
-summary lines ``flax-lstm bench`` prints under the table."""
+"""Reading a benchmark result: the machine line over the table, the markdown table, the
+bfloat16-vs-float32 comparison and the summary lines ``flax-lstm bench`` prints under the
+table."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["compare_with_float32", "format_table", "summary_lines"]
+from flax_lstm.bench.cpu import ISA_FLAGS
+
+__all__ = [
+    "compare_with_float32",
+    "format_table",
+    "machine_line",
+    "summary_lines",
+    "yardstick_text",
+]
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """One line naming what ran: the CPU model, family, ISA flags, caches and core count, and
+    the accelerator where JAX runs on one. Fields missing from an older result are left out.
+
+    >>> machine_line({"cpu_model": "AMD EPYC", "cpu_family": "AMD Zen 4", "cpu_count": 2,
+    ...               "cpu_flags": ["avx2", "avx512f"], "cpu_caches": {"L2": 1 << 20},
+    ...               "jax_backend": "cpu"})
+    'CPU: AMD EPYC (AMD Zen 4), 2 cores; flags avx2 avx512f; caches L2 1 MiB'
+    """
+    model = machine.get("cpu_model") or machine.get("processor") or "unknown CPU"
+    family = machine.get("cpu_family")
+    text = f"CPU: {model}" + (f" ({family})" if family else "")
+    text += f", {machine.get('cpu_count', '?')} cores"
+    if "cpu_flags" in machine:
+        flags = " ".join(machine["cpu_flags"]) or "none of " + "/".join(ISA_FLAGS)
+        text += f"; flags {flags}"
+    caches = machine.get("cpu_caches")
+    if caches:
+        text += "; caches " + ", ".join(f"{k} {_size(v)}" for k, v in caches.items())
+    if machine.get("jax_backend", "cpu") != "cpu":
+        text = f"{machine['jax_backend'].upper()}: {', '.join(machine['jax_devices'])}; " + text
+    return text
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def yardstick_text(dtype: str, ref: dict[str, Any]) -> str:
+    """The yardstick of one dtype in words: its rate and library, and the other library's rate
+    (a result from before the yardstick was the best GEMM: XLA's, marked so).
+
+    >>> yardstick_text("bfloat16", {"n": 2048.0, "gflops": 1900.0, "best": "torch",
+    ...                             "gflops_by_library": {"xla": 300.0, "torch": 1900.0}})
+    'bfloat16 2048x2048 GEMM 1900 GFLOP/s (torch; xla 300)'
+    """
+    n = int(ref["n"])
+    head = f"{dtype} {n}x{n} GEMM {ref['gflops']:.0f} GFLOP/s"
+    if "best" not in ref:
+        return head + " (xla only)"
+    others = [f"{lib} {g:.0f}" for lib, g in ref["gflops_by_library"].items() if lib != ref["best"]]
+    return head + f" ({'; '.join([ref['best'], *others])})"
 
 
 def compare_with_float32(results: list[dict]) -> None:
@@ -82,10 +138,11 @@ def format_table(
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
-    """What flax_lstm reached of the large-GEMM rate per dtype, flax_lstm's bfloat16 times
-    against torch's and its own float32 times, and the note on every skipped library."""
+    """What flax_lstm reached of the yardstick (the best large GEMM) per dtype, flax_lstm's
+    bfloat16 times against torch's and its own float32 times, and the note on every skipped
+    library."""
     lines = []
-    for dtype, ref in result["reference_gemm_by_dtype"].items():
+    for dtype, ref in result.get("reference_gemm_by_dtype", {}).items():
         rates = [
             g
             for e in result["results"]
@@ -94,8 +151,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         ]
         if ref and rates:
             lines.append(
-                f"large-GEMM reference (jax {dtype} {int(ref['n'])}x{int(ref['n'])}): "
-                f"{ref['gflops']:.0f} GFLOP/s; flax_lstm reached "
+                f"yardstick, the best {yardstick_text(dtype, ref)}: flax_lstm reached "
                 f"{min(rates) / ref['gflops']:.0%}-{max(rates) / ref['gflops']:.0%} of it"
             )
     for e in result["results"]:

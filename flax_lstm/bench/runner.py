@@ -19,14 +19,10 @@ from flax_lstm.bench.libraries import (
     runs_on,
     skip_reason,
 )
-from flax_lstm.bench.machine import (
-    machine_info,
-    precision_note,
-    reference_gemm_gflops,
-    versions,
-)
-from flax_lstm.bench.report import compare_with_float32, format_table
+from flax_lstm.bench.machine import machine_info, precision_note, versions
+from flax_lstm.bench.report import compare_with_float32, format_table, machine_line
 from flax_lstm.bench.shapes import Shape
+from flax_lstm.bench.yardstick import best_gemm
 
 __all__ = ["rotated", "run"]
 
@@ -43,16 +39,21 @@ def run(
     modes: Sequence[str] = MODES,
     log: Callable[[str], None] = lambda s: None,
     reference_gemm: bool = True,
+    gemm_size: int | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``libs`` on ``shapes``; returns the JSON-able result (see the docstring of
     `flax_lstm.bench`).
 
     ``impl`` is flax_lstm's `flax_lstm.Implementation` (its ``recurrence`` is "scan" for
-    ``flax_lstm_scan``)."""
+    ``flax_lstm_scan``). With ``reference_gemm``, the yardstick of the GFLOP/s is measured
+    after the timings: the faster of XLA's and torch's ``gemm_size``² GEMM per dtype
+    (`flax_lstm.bench.yardstick.best_gemm`; ``gemm_size`` None: its default)."""
     for name, given, known in (("modes", modes, MODES), ("libs", libs, LIBS)):
         if not given or set(given) - set(known):
             raise ValueError(f"{name} must be a non-empty subset of {known}, got {tuple(given)}")
     torch_threads = limit_torch_spinning(libs)
+    machine = machine_info()
+    log(machine_line(machine))
     results = []
     ragged = any(s.lengths is not None for s in shapes)
     for shape in shapes:
@@ -63,9 +64,9 @@ def run(
     compare_with_float32(results)
     # float32 always (the historical yardstick), and every dtype that ran
     dtypes = ["float32", *sorted({s.dtype for s in shapes} - {"float32"})]
-    refs = {d: reference_gemm_gflops(dtype=d) for d in dtypes} if reference_gemm else {}
+    refs = {d: best_gemm(d, gemm_size) for d in dtypes} if reference_gemm else {}
     return {
-        "machine": machine_info(),
+        "machine": machine,
         "versions": versions(),
         "reps": reps,
         "warmup": warmup,
@@ -135,9 +136,9 @@ def rotated(libs: Sequence[str], rep: int) -> list[str]:
     """The libraries in the order of repetition ``rep``: rotated by one each repetition.
 
     What a call leaves behind slows the call after it: JAX frees a computation's buffers
-    (unmapping their pages) after it returns, and flax_lstm's B32 T128 H256 L2 forward took
-    50 ms right after a Flax nn.RNN fwd+bwd call against 39 ms alone (the same 39-40 ms 10 ms
-    later). In a fixed order one library always came after the same one."""
+    (unmapping their pages) after it returns. In a fixed order one library always came after
+    the same one and paid for it (measured in docs/performance/design.md, "How the benchmark
+    runs on CPU")."""
     k = rep % len(libs) if libs else 0
     return [*libs[k:], *libs[:k]]
 

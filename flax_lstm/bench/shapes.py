@@ -1,5 +1,5 @@
-"""The benchmark's shapes: `Shape`, the CPU and GPU sets, and the ``--shape`` and
-``--lengths`` syntax."""
+"""The benchmark's shapes: `Shape`, the sets of ``--set`` (`SETS`: cpu, small, gpu), and the
+``--shape`` and ``--lengths`` syntax."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ __all__ = [
     "CPU_SET",
     "GPU_SET",
     "LENGTHS_SYNTAX",
+    "SETS",
     "SHAPE_SYNTAX",
+    "SMALL_SET",
     "Shape",
     "parse_lengths",
     "parse_shape",
@@ -91,6 +93,15 @@ CPU_SET = (
     Shape(32, 128, 256, 2, True, input_size=128),
     Shape(64, 64, 512, 2),
 )
+# Small batches and hidden sizes (B1-B16, H128-H512, one layer, I = H), where the kernel's
+# per-call costs weigh most against torch's: issue 23's small shapes and their neighbours.
+SMALL_SET = (
+    Shape(1, 128, 128, 1),
+    Shape(1, 128, 512, 1),
+    Shape(4, 128, 256, 1),
+    Shape(8, 128, 256, 1),
+    Shape(16, 128, 512, 1),
+)
 GPU_SET = (
     Shape(16, 512, 256, 1),
     Shape(64, 256, 512, 2),
@@ -98,6 +109,9 @@ GPU_SET = (
     Shape(256, 128, 1024, 2),
     Shape(16, 1024, 768, 1, dtype="bfloat16"),
 )
+
+SETS = {"cpu": CPU_SET, "small": SMALL_SET, "gpu": GPU_SET}
+"""The shape sets of ``flax-lstm bench --set``."""
 
 SHAPE_SYNTAX = "B,T,H[,L][,bi][,in=I][,bf16]"
 """What ``--shape`` takes, e.g. ``32,128,256,2,bi``."""
