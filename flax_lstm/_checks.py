@@ -6,6 +6,7 @@ TypeError eagerly and while `jax.jit` traces, before anything reaches XLA.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,13 @@ def as_float_array(name: str, value: Any) -> jax.Array:
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         raise TypeError(f"{name} must have a floating dtype, got {arr.dtype}")
     return arr
+
+
+def check_recurrent_dropout(rate: Any) -> float:
+    """``rate`` as a float in [0, 1), or a ValueError naming ``recurrent_dropout``."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= float(rate) < 1:
+        raise ValueError(f"recurrent_dropout must be in [0, 1), got {rate!r}")
+    return float(rate)
 
 
 def check_pair(name: str, value: Any) -> tuple[Any, Any]:

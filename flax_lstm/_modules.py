@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flax_lstm import _random, torch_io
+
+# The modules check their option with the functional API's own check (and error).
+from flax_lstm._checks import check_recurrent_dropout as check_recurrent_dropout
 from flax_lstm.cell import LSTMState
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import Params
-from flax_lstm.stack import lstm
+from flax_lstm.stack import lstm, zero_state
 
 Array = jax.Array
 Output = tuple[Array, tuple[Array, Array]]
@@ -32,39 +34,24 @@ OutputWithStates = tuple[Array, tuple[Array, Array], LSTMState]
 LSTM_OPTIONS = ("dtype", "recurrent_dropout", "impl")
 
 
-def check_recurrent_dropout(rate: Any) -> float:
-    """``rate`` as a float in [0, 1), with the functional API's error otherwise."""
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
-        raise ValueError(f"recurrent_dropout must be in [0, 1), got {rate}")
-    return float(rate)
-
-
 def needs_dropout_key(config: LSTMConfig, recurrent_dropout: float) -> bool:
     """Whether a forward in training mode uses a dropout key at all."""
     return (config.dropout > 0 and config.num_layers > 1) or recurrent_dropout > 0
 
 
-def batch_size_of(x: Any, batch_first: bool) -> int | Literal[False] | None:
-    """N of an input, None when unbatched, False when the input's rank is invalid.
-
-    (`flax_lstm.lstm` raises the error for an invalid input; this only decides how to
-    broadcast an initial state.)
-    """
-    ndim = np.ndim(x)
-    if ndim == 2:
+def batch_size_of(x: Any, batch_first: bool) -> int | None:
+    """N of a batched (3-D) input; None for any other, which has no batch axis to broadcast an
+    initial state to (unbatched, or a rank that `flax_lstm.lstm` rejects before it reads
+    ``hx``)."""
+    if np.ndim(x) != 3:
         return None
-    if ndim == 3:
-        return int(np.shape(x)[0 if batch_first else 1])
-    return False
+    return int(np.shape(x)[0 if batch_first else 1])
 
 
-def zero_initial_state(config: LSTMConfig, dtype: Any) -> tuple[Array, Array]:
-    """Zero ``(h0, c0)`` shared by all rows: ``(D·num_layers, H_out)``, ``(D·num_layers, H)``."""
-    rows = config.num_directions * config.num_layers
-    return (
-        jnp.zeros((rows, config.output_size), dtype),
-        jnp.zeros((rows, config.hidden_size), dtype),
-    )
+def zero_initial_state(config: LSTMConfig, dtype: Any) -> LSTMState:
+    """Zero ``(h0, c0)`` shared by all rows, both in ``dtype`` (a learnable initial state's
+    value before training): ``(D·num_layers, H_out)``, ``(D·num_layers, H)``."""
+    return zero_state(config, (), dtype, cell_dtype=dtype)
 
 
 def broadcast_initial_state(h0: Array, c0: Array, batch: int | None) -> LSTMState:
@@ -107,9 +94,7 @@ def call_lstm(
     if train and needs_dropout_key(config, module.recurrent_dropout):
         dropout_key = make_dropout_key()
     if hx is None and initial is not None:
-        batch = batch_size_of(x, config.batch_first)
-        if batch is not False:
-            hx = broadcast_initial_state(*initial, batch)
+        hx = broadcast_initial_state(*initial, batch_size_of(x, config.batch_first))
     return lstm(
         params,
         x,

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate flax_lstm sequence classifiers; benchmark the LSTM.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    train_cli.add_commands(sub)
+    train_cli.add_commands(sub, PROG)
     sub.add_parser(
         "bench",
         help="benchmark the LSTM (arguments go to flax_lstm.bench; see flax-lstm bench --help)",

@@ -40,13 +40,16 @@ class LSTMConfig:
       proj_size: if > 0, ``h`` is projected to this size after every step (``H_out``).
 
     Derived sizes: ``num_directions`` (D), ``output_size`` (H_out = proj_size or hidden_size),
-    ``layer_input_size(k)`` (input_size for k = 0, D·H_out after).
+    ``num_states`` (D·num_layers, the leading axis of ``h``/``c``), ``layer_input_size(k)``
+    (input_size for k = 0, D·H_out after).
 
     Example:
       >>> import flax_lstm as fl
       >>> config = fl.LSTMConfig(input_size=8, hidden_size=16, num_layers=2, bidirectional=True)
       >>> config.num_directions, config.output_size, config.layer_input_size(1)
       (2, 16, 32)
+      >>> config.num_states  # h_0 is (4, N, 16): row layer·D + direction
+      4
     """
 
     input_size: int
@@ -106,6 +109,12 @@ class LSTMConfig:
     def num_directions(self) -> int:
         """D: 2 if bidirectional else 1."""
         return 2 if self.bidirectional else 1
+
+    @property
+    def num_states(self) -> int:
+        """D·num_layers: one ``(h, c)`` per layer and direction, the leading axis of ``h_0``,
+        ``c_0``, ``h_n`` and ``c_n`` (row ``layer·D + direction``)."""
+        return self.num_directions * self.num_layers
 
     @property
     def output_size(self) -> int:

@@ -73,15 +73,30 @@ def _check_input(x: Array, config: LSTMConfig) -> tuple[int, int]:
     return seq_len, batch
 
 
+def zero_state(
+    config: LSTMConfig, batch_shape: tuple[int, ...], dtype: Any, *, cell_dtype: Any = None
+) -> LSTMState:
+    """The state `lstm` starts from when ``hx`` is None: zeros, ``h`` in the compute ``dtype``
+    and ``c`` in its accumulation dtype (``cell_dtype`` None) or ``cell_dtype``.
+
+    Shapes ``(D·num_layers, *batch_shape, H_out)`` and ``(D·num_layers, *batch_shape, H)``.
+    `flax_lstm.streaming.zero_state` is its public face.
+    """
+    c_dtype = accumulation_dtype(dtype) if cell_dtype is None else cell_dtype
+    return LSTMState(
+        jnp.zeros((config.num_states, *batch_shape, config.output_size), dtype),
+        jnp.zeros((config.num_states, *batch_shape, config.hidden_size), c_dtype),
+    )
+
+
 def _check_hx(hx: Any, config: LSTMConfig, batch_shape: tuple[int, ...]):
     if hx is None:
         return None, None
-    d_l = config.num_directions * config.num_layers
     h0, c0 = _checks.check_pair("hx", hx)
     h0 = _checks.as_float_array("hx[0] (h_0)", h0)
     c0 = _checks.as_float_array("hx[1] (c_0)", c0)
-    _checks.check_shape("hx[0] (h_0)", h0, (d_l, *batch_shape, config.output_size))
-    _checks.check_shape("hx[1] (c_0)", c0, (d_l, *batch_shape, config.hidden_size))
+    _checks.check_shape("hx[0] (h_0)", h0, (config.num_states, *batch_shape, config.output_size))
+    _checks.check_shape("hx[1] (c_0)", c0, (config.num_states, *batch_shape, config.hidden_size))
     return h0, c0
 
 
@@ -94,8 +109,7 @@ def _prepare(
     _checks.check_params(params, config)
     x = _checks.as_float_array("input", input)
     seq_len, batch = _check_input(x, config)
-    if not 0 <= recurrent_dropout < 1:
-        raise ValueError(f"recurrent_dropout must be in [0, 1), got {recurrent_dropout}")
+    _checks.check_recurrent_dropout(recurrent_dropout)
     batched = x.ndim == 3
     h0, c0 = _check_hx(hx, config, (batch,) if batched else ())
     lengths = None
@@ -245,15 +259,9 @@ def _time_major(x: Array, h0, c0, config: LSTMConfig, dtype: Any):
             h0, c0 = h0[:, None], c0[:, None]
     elif config.batch_first:
         x = jnp.swapaxes(x, 0, 1)
-    batch, rows = x.shape[1], config.num_directions * config.num_layers
-    acc = accumulation_dtype(dtype)
     if h0 is None:
-        return (
-            x,
-            jnp.zeros((rows, batch, config.output_size), dtype),
-            jnp.zeros((rows, batch, config.hidden_size), acc),
-        )
-    return x, h0.astype(dtype), c0.astype(acc)
+        return x, *zero_state(config, (x.shape[1],), dtype)
+    return x, h0.astype(dtype), c0.astype(accumulation_dtype(dtype))
 
 
 def _layer_weights(layer, config: LSTMConfig, dtype: Any) -> LayerWeights:

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lstm import _checks
+from flax_lstm import _checks, stack
 from flax_lstm.cell import LSTMState
 from flax_lstm.config import LSTMConfig
 
@@ -57,28 +57,26 @@ def zero_state(
     Args:
       config: the `LSTMConfig`.
       batch_size: N; None for the state of an unbatched input.
-      dtype: dtype of both arrays.
+      dtype: the compute dtype of the call (``lstm``'s ``dtype``): ``h`` is in it, ``c`` in its
+        accumulation dtype (at least float32), as `flax_lstm.lstm` keeps them.
 
     Returns:
       `LSTMState` ``(h, c)`` of shapes ``(D·num_layers, N, H_out)`` and
       ``(D·num_layers, N, H)`` (no N axis when ``batch_size`` is None).
 
     Example:
+      >>> import jax.numpy as jnp
       >>> import flax_lstm as fl
       >>> from flax_lstm import streaming
       >>> config = fl.LSTMConfig(input_size=3, hidden_size=8, num_layers=2, proj_size=4)
-      >>> h, c = streaming.zero_state(config, batch_size=5)
-      >>> h.shape, c.shape
-      ((2, 5, 4), (2, 5, 8))
+      >>> h, c = streaming.zero_state(config, batch_size=5, dtype=jnp.bfloat16)
+      >>> h.shape, h.dtype, c.shape, c.dtype
+      ((2, 5, 4), dtype(bfloat16), (2, 5, 8), dtype('float32'))
     """
     if not isinstance(config, LSTMConfig):
         raise TypeError(f"config must be an LSTMConfig, got {type(config).__name__}")
-    rows = config.num_directions * config.num_layers
-    batch = () if batch_size is None else (int(batch_size),)
-    return LSTMState(
-        jnp.zeros((rows, *batch, config.output_size), dtype),
-        jnp.zeros((rows, *batch, config.hidden_size), dtype),
-    )
+    batch_shape = () if batch_size is None else (int(batch_size),)
+    return stack.zero_state(config, batch_shape, dtype)
 
 
 def reset_state(hx: Any, reset: Any, initial: Any = None) -> LSTMState:

@@ -1,4 +1,5 @@
-"""The ``flax-lstm`` dispatcher forwards ``bench``'s arguments untouched.
+"""The ``flax-lstm`` dispatcher forwards ``bench``'s arguments untouched, and the commands it
+dispatches to do not import it back.
 
 ``train`` and ``evaluate`` are tested in tests/train/test_train_cli.py.
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import sys
 import types
+
+import python_process
 
 from flax_lstm import cli
 
@@ -21,3 +24,10 @@ def test_bench_forwards_its_arguments(monkeypatch):
     monkeypatch.setattr(flax_lstm, "bench", fake, raising=False)
     assert cli.main(["bench", "--shape", "16,512", "--help"]) == 0
     assert seen == [["--shape", "16,512", "--help"]]
+
+
+def test_train_commands_do_not_import_the_dispatcher():
+    """No cycle: `flax_lstm.cli` imports `flax_lstm.train.cli`, never the other way round."""
+    script = "import sys, flax_lstm.train.cli; print('flax_lstm.cli' in sys.modules)"
+    proc = python_process.run("-c", script)
+    assert proc.stdout.strip().splitlines()[-1] == "False", proc.stdout

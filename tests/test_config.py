@@ -29,6 +29,8 @@ def test_derived_sizes():
     cfg = fl.LSTMConfig(3, 8, num_layers=3, bidirectional=True, proj_size=2)
     assert (cfg.num_directions, cfg.output_size) == (2, 2)
     assert [cfg.layer_input_size(k) for k in range(3)] == [3, 4, 4]
+    _, (h_n, c_n) = torch.nn.LSTM(3, 8, num_layers=3, bidirectional=True)(torch.zeros(1, 1, 3))
+    assert cfg.num_states == 6 == h_n.shape[0] == c_n.shape[0]  # torch's D·num_layers
 
 
 @pytest.mark.parametrize(

@@ -63,8 +63,10 @@ def test_constructor_errors_match_config(kind, kwargs):
         {"seq_lengths": np.array([-1, 2])},  # negative
     ],
 )
-def test_call_errors_match_functional(kind, call):
-    made = mk.make_lstm(kind, 3, 4, 2)
+@pytest.mark.parametrize("learnable", [False, True])
+def test_call_errors_match_functional(kind, call, learnable):
+    """With a learnable initial state too: the module broadcasts it before `fl.lstm` checks."""
+    made = mk.make_lstm(kind, 3, 4, 2, learnable_initial_state=learnable)
     x = call.get("x", np.ones((5, 2, 3), np.float32))
     kwargs = {k: v for k, v in call.items() if k != "x"}
     hx = kwargs.pop("hx", None)

@@ -161,6 +161,22 @@ def test_reset_state_takes_the_pairs_lstm_takes():
         assert str(got.value) == str(want.value)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("batch_size", [2, None])
+def test_zero_state_is_the_state_lstm_starts_from(dtype, batch_size):
+    """Sequences of length 0 return the state `fl.lstm` starts from: the same arrays, dtypes."""
+    config = fl.LSTMConfig(3, 6, 2, bidirectional=True, proj_size=2)
+    params = fl.init_params(jax.random.key(0), config)
+    shape = (4, 3) if batch_size is None else (4, batch_size, 3)
+    lengths = jnp.zeros(() if batch_size is None else (batch_size,), jnp.int32)
+    _, start = fl.lstm(params, _x(shape), config=config, seq_lengths=lengths, dtype=dtype)
+    zero = streaming.zero_state(config, batch_size, dtype=dtype)
+    for got, want in zip(zero, start, strict=True):
+        assert (got.shape, got.dtype) == (want.shape, want.dtype)
+        np.testing.assert_array_equal(got, want)
+    assert zero.h.dtype == dtype and zero.c.dtype == jnp.float32  # c in at least float32
+
+
 def test_zero_state_and_chunk_lengths():
     config = fl.LSTMConfig(3, 6, 2, bidirectional=True, proj_size=2)
     h, c = streaming.zero_state(config, 5)

@@ -1,5 +1,7 @@
 """The ``flax-lstm train`` and ``flax-lstm evaluate`` commands (`flax_lstm.cli` dispatches here).
 
+`flax_lstm.cli` passes its program name in (`add_commands`), so this module does not import it.
+
 The ``train`` flags that set the `TrainConfig` are made from its fields: ``--hidden-size`` for
 ``hidden_size``, ``--bidirectional``/``--no-bidirectional`` for a bool, the type, help text,
 group and metavar from the field's annotation and metadata. A flag not given is None: it keeps
@@ -10,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import typing
 from pathlib import Path
 from typing import Any
 
-from flax_lstm.cli import PROG
 from flax_lstm.train.api import default_out, evaluate, train
 from flax_lstm.train.checkpoints import load_run_config
 from flax_lstm.train.config import TrainConfig, TrainError
@@ -100,8 +102,9 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
 
 
-def add_commands(subparsers) -> None:
-    """Add ``train`` and ``evaluate`` to the ``flax-lstm`` subparsers."""
+def add_commands(subparsers, prog: str) -> None:
+    """Add ``train`` and ``evaluate`` to the subparsers of the command ``prog`` (``flax-lstm``),
+    the name that ``train``'s messages give for the next command to run."""
     t = subparsers.add_parser(
         "train",
         help="train a classifier (default data: bundled Japanese Vowels)",
@@ -115,7 +118,7 @@ def add_commands(subparsers) -> None:
     _add_config_flags(t)
     _add_run_flags(t)
     _add_distributed_flags(t)
-    t.set_defaults(handler=_train)
+    t.set_defaults(handler=functools.partial(_train, prog=prog))
 
     e = subparsers.add_parser(
         "evaluate",
@@ -163,7 +166,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig | None:
     return dataclasses.replace(load_run_config(args.out), **given)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, *, prog: str) -> int:
     config = _config_from_args(args)
     if not args.resume and args.out is None:  # chosen here so that an interrupted run names it
         args.out = str(default_out())
@@ -177,23 +180,23 @@ def _train(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         checkpoint_every_s=args.checkpoint_every,
     )
-    print(json.dumps(_summary(result, args.quiet)))
+    print(json.dumps(_summary(result, args.quiet, prog)))
     return 0
 
 
-def _summary(result, quiet: bool) -> dict[str, Any]:
+def _summary(result, quiet: bool, prog: str) -> dict[str, Any]:
     """The JSON line ``train`` prints last; the human summary goes to standard error."""
     m, run = result.metrics, str(result.run_dir)
     if not result.finished:
         print(
-            f"{PROG}: stopped after epoch {m['epochs_run']} as asked; continue with: "
-            f"{PROG} train --out {run} --resume",
+            f"{prog}: stopped after epoch {m['epochs_run']} as asked; continue with: "
+            f"{prog} train --out {run} --resume",
             file=sys.stderr,
         )
         return {"run": run, "finished": False, "epochs_run": m["epochs_run"]}
     if not quiet:
         print(
-            f"{PROG}: test accuracy {m['test_accuracy']:.4f} ({m['test_correct']}/"
+            f"{prog}: test accuracy {m['test_accuracy']:.4f} ({m['test_correct']}/"
             f"{m['n_test']}), best epoch {m['best_epoch']} of {m['epochs_run']}, "
             f"{m['wall_time_s']:.1f} s on {m['device_count']} device(s); run folder {run}",
             file=sys.stderr,

@@ -2,7 +2,8 @@
 
 Each field carries its documentation as metadata (``help``, and for the command line a
 ``group`` and a ``metavar``): the class docstring's argument list and the ``flax-lstm train``
-flags are both built from it, so a new field is one edit here.
+flags are both built from it, so a new field is one edit here. A setting derived from the data
+when unset states its rule with the numbers of `flax_lstm.train.derive`, formatted in.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 import textwrap
 from pathlib import Path
 from typing import Any
+
+from flax_lstm.train import derive
 
 __all__ = ["POOLINGS", "TrainConfig", "TrainError", "resolve_paths"]
 
@@ -54,7 +57,8 @@ class TrainConfig:
         "the most epochs to train; early stopping may end sooner",
         group="opt",
         metavar="N",
-        default_help="enough epochs to show the model 15,000 training series, and at least 100",
+        default_help=f"enough epochs to show the model {derive.SERIES_BUDGET:,} training series, "
+        f"and at least {derive.MIN_EPOCHS}",
     )
     hidden_size: int = _setting(32, "LSTM hidden size per direction", group="model", metavar="H")
     num_layers: int = _setting(1, "stacked LSTM layers", group="model", metavar="L")
@@ -74,8 +78,9 @@ class TrainConfig:
         "series per optimizer step (over all devices together)",
         group="opt",
         metavar="B",
-        default_help="a sixth of the fit examples, clipped to [4, 32], so that small data "
-        "sets still get six steps an epoch",
+        default_help=f"1/{derive.BATCHES_PER_EPOCH} of the fit examples, clipped to "
+        f"[{derive.MIN_BATCH_SIZE}, {derive.MAX_BATCH_SIZE}], so that small data sets still get "
+        f"{derive.BATCHES_PER_EPOCH} steps an epoch",
     )
     seed: int = _setting(
         0,
@@ -101,8 +106,9 @@ class TrainConfig:
         "choice of the best epoch); 0 trains on everything for epochs",
         group="opt",
         metavar="F",
-        default_help="0.1 when that holds out at least 50 series, else 0: a smaller validation "
-        "set chose worse epochs than none",
+        default_help=f"{derive.VAL_FRACTION:g} when that holds out at least "
+        f"{derive.MIN_VALIDATION} series, else 0: a smaller validation set chose worse epochs "
+        "than none",
     )
     patience: int = _setting(
         30, "stop after this many epochs without a better validation loss", group="opt", metavar="N"
@@ -127,8 +133,8 @@ class TrainConfig:
         "input is the patch's values (channels x steps), shortening the recurrence",
         group="model",
         metavar="P",
-        default_help="1 when the longest series has at most 40 steps, else the fewest steps "
-        "that cut it to at most 20 patches",
+        default_help=f"1 when the longest series has at most {derive.MAX_UNPATCHED} steps, else "
+        f"the fewest steps that cut it to at most {derive.TARGET_STEPS} patches",
     )
     length_buckets: int | None = _setting(
         None,
@@ -138,9 +144,10 @@ class TrainConfig:
         "longest series. Each length compiles its own train step once",
         group="opt",
         metavar="K",
-        default_help="4 when the LSTM runs over more than 40 steps (after patching) and the "
-        "mean length is under 3/4 of the longest, else 1: over shorter recurrences the "
-        "compilations cost more than the epochs gain",
+        default_help=f"{derive.LENGTH_BUCKETS} when the LSTM runs over more than "
+        f"{derive.MAX_UNPATCHED} steps (after patching) and the mean length is under "
+        f"{derive.RAGGED:g} of the longest, else 1: over shorter recurrences the compilations "
+        "cost more than the epochs gain",
     )
     members: int = _setting(
         8,

@@ -3,24 +3,31 @@
 Every rule here is a function of the data's shape (the number of training series, their
 lengths), never of its name. `derive` is the one place that applies them: `prepare` stores the
 result in the run's data description, so ``config.json`` and ``metrics.json`` record it under
-``"derived"``, and each field's ``--help`` text states its rule.
+``"derived"``. The numbers of the rules are the constants below, stated once: each field's
+``--help`` text (`flax_lstm.train.config`) is formatted from them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flax_lstm.train.config import TrainConfig
+if TYPE_CHECKING:  # config.py formats its help text from the constants here
+    from flax_lstm.train.config import TrainConfig
 
 __all__ = [
+    "BATCHES_PER_EPOCH",
     "LENGTH_BUCKETS",
+    "MAX_BATCH_SIZE",
     "MAX_UNPATCHED",
+    "MIN_BATCH_SIZE",
+    "MIN_EPOCHS",
     "MIN_VALIDATION",
     "RAGGED",
     "SERIES_BUDGET",
     "TARGET_STEPS",
+    "VAL_FRACTION",
     "derive",
     "derived_of",
 ]
@@ -38,7 +45,19 @@ MIN_VALIDATION = 50
 """Fewer validation series than this pick epochs badly: below it, nothing is held out."""
 
 SERIES_BUDGET = 15_000
-"""The derived ``epochs`` show the model at least this many training series (and ≥ 100 epochs)."""
+"""The derived ``epochs`` show the model at least this many training series."""
+
+MIN_EPOCHS = 100
+"""The fewest derived ``epochs``."""
+
+BATCHES_PER_EPOCH = 6
+"""The derived ``batch_size`` is the fit examples over this (steps an epoch), clipped below."""
+
+MIN_BATCH_SIZE = 4
+"""The smallest derived ``batch_size``."""
+
+MAX_BATCH_SIZE = 32
+"""The largest derived ``batch_size``."""
 
 LENGTH_BUCKETS = 4
 """Length buckets of long, ragged recurrences (`length_buckets_for`)."""
@@ -59,13 +78,14 @@ def val_fraction_for(n_train: int) -> float:
 
 
 def batch_size_for(n_fit: int) -> int:
-    """A sixth of the fit examples, clipped to [4, 32]: small sets still get six steps an epoch."""
-    return min(32, max(4, n_fit // 6))
+    """The fit examples over `BATCHES_PER_EPOCH`, clipped to [`MIN_BATCH_SIZE`,
+    `MAX_BATCH_SIZE`]: small sets still get that many steps an epoch."""
+    return min(MAX_BATCH_SIZE, max(MIN_BATCH_SIZE, n_fit // BATCHES_PER_EPOCH))
 
 
 def epochs_for(n_fit: int) -> int:
-    """Enough epochs to show the model `SERIES_BUDGET` series, and at least 100."""
-    return max(100, -(-SERIES_BUDGET // n_fit))
+    """Enough epochs to show the model `SERIES_BUDGET` series, and at least `MIN_EPOCHS`."""
+    return max(MIN_EPOCHS, -(-SERIES_BUDGET // n_fit))
 
 
 def split_fraction(config: TrainConfig, n_train: int) -> float:
