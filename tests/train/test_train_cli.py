@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from flax_lstm import cli
+from flax_lstm.train import derive
 from flax_lstm.data import SequenceDataset, write_ts
 
 SMALL = [
@@ -171,8 +172,13 @@ def test_help(capsys):
         assert flag in text
     # Each derived default states its rule, and where the run records the values.
     flat = " ".join(text.split())
-    rules = ("15,000 training series", "at least 50 series", "at most 20 patches")
-    for rule in (*rules, "more than 40 steps"):
+    rules = (
+        f"{derive.SERIES_BUDGET:,} training series",
+        f"at least {derive.MIN_VALIDATION} series",
+        f"at most {derive.TARGET_STEPS} patches",
+        f"more than {derive.MAX_UNPATCHED} steps",
+    )
+    for rule in rules:
         assert rule in flat
     assert "data.derived" in flat
 
