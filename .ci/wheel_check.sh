@@ -39,7 +39,7 @@ EOF
 "$python" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q "$wheel"
 site="$("$work/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-echo "installed: $("$work/venv/bin/python" -m pip list -q --format=freeze | wc -l) distributions" \
+echo "installed: $("$work/venv/bin/python" -m pip list --format=freeze 2>/dev/null | wc -l) distributions" \
   "(pip and flax-lstm included), $(du -sh "$site" | cut -f1) in site-packages"
 
 # From outside the repository, with an empty kernel cache: the installed package, not the
