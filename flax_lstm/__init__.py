@@ -12,6 +12,7 @@ Example:
 
 # The Flax modules and streaming helpers, as ``fl.nnx``, ``fl.linen`` and ``fl.streaming``.
 from flax_lstm import kernel, linen, nnx, streaming
+from flax_lstm._kernel import export as _kernel_export
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import Params, cell_params, init_cell_params, init_params
@@ -28,6 +29,10 @@ from flax_lstm.torch_io import (
 )
 
 __version__ = "0.1.0"
+
+# A kernel built earlier on this machine is registered now (no build at import), so that a
+# process can call a deserialized `jax.export` artifact that uses it (`flax_lstm._kernel.export`).
+_kernel_export.register_if_built()
 
 __all__ = [
     "Implementation",

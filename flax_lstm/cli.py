@@ -8,6 +8,7 @@ Usage::
     flax-lstm evaluate --run DIR [--test PATH]
     flax-lstm bench ...
     flax-lstm kernel
+    flax-lstm --version
 
 ``train`` with no data arguments trains on the bundled Japanese Vowels data; ``--train`` and
 ``--test`` take UEA/UCR ``.ts`` or ``.npz`` files. Both commands print a JSON object as their
@@ -15,7 +16,9 @@ last line of standard output. Errors print ``flax-lstm: error: <message>`` on st
 and exit with status 2. This module only dispatches: ``train`` and ``evaluate`` are
 `flax_lstm.train.cli` (their flags made from `flax_lstm.train.TrainConfig`), ``bench`` is
 `flax_lstm.bench`, ``kernel`` builds the CPU kernel if need be and reports it
-(`flax_lstm.kernel.info`; exit status 1 where it is not available).
+(`flax_lstm.kernel.info`; exit status 1 where it is not available). ``--version`` prints
+``flax-lstm`` and `flax_lstm.__version__`. ``train`` and ``evaluate`` need the ``train`` extra
+(``pip install 'flax-lstm[train]'``); without it they say so and exit with status 2.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Train and evaluate flax_lstm sequence classifiers; benchmark the LSTM.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train_cli.add_commands(sub, PROG)
     sub.add_parser(
@@ -60,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.set_defaults(handler=_kernel)
     return parser
+
+
+def _version() -> str:
+    from flax_lstm import __version__
+
+    return __version__
 
 
 def _kernel(args: argparse.Namespace) -> int:

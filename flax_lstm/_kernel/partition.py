@@ -9,6 +9,8 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from flax_lstm._kernel import export
+
 # Partitioning along the batch. Under `jax.sharding` an FFI call is opaque to XLA, which gathers
 # every operand onto every device and runs the whole batch on each. The kernel's calls are
 # independent per sequence: `batched_ffi_call` declares that (a Shardy sharding rule in which
@@ -77,7 +79,7 @@ def batched_ffi_call(target, result_shapes, *, batch_axes, out_axes, summed=(), 
                 s if ax is None else _with_axis(s, ax, n)
                 for s, ax in zip(result_shapes, out_axes, strict=True)
             ]
-            return tuple(jax.ffi.ffi_call(target, shapes, **kwargs)(*arrays, **attributes))
+            return tuple(export.ffi_call(target, shapes, **kwargs)(*arrays, **attributes))
 
         return partitioned(local, args, batch_axes, result_shapes, out_axes, summed)
 

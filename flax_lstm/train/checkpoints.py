@@ -3,11 +3,15 @@
 Every file is written through a temporary file and an atomic rename, and every checkpoint is
 committed by orbax, so a run that dies leaves the last complete checkpoint and nothing else.
 orbax is imported when a checkpoint is opened, not with this module.
+
+orbax, matplotlib and tqdm are the ``train`` extra (``pip install 'flax-lstm[train]'``), not
+requirements of the library: `require_train_extra` names the extra where one is missing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import tempfile
@@ -25,12 +29,37 @@ __all__ = [
     "atomic_write",
     "load_run_config",
     "read_run_json",
+    "require_train_extra",
     "write_json",
 ]
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
+# The modules the training application imports when it needs them, and their distributions:
+# the ``train`` extra.
+TRAIN_EXTRA = {"orbax.checkpoint": "orbax-checkpoint", "matplotlib": "matplotlib", "tqdm": "tqdm"}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package, or one set to None
+        return False
+
+
+def require_train_extra() -> None:
+    """`TrainError` naming the ``train`` extra where a library of it is not installed.
+
+    Checked before a run writes anything, so that ``flax-lstm train`` stops with one line
+    rather than a traceback from deep in a run.
+    """
+    missing = [dist for module, dist in TRAIN_EXTRA.items() if not _installed(module)]
+    if missing:
+        raise TrainError(
+            f"training needs {', '.join(missing)}, which the library does not install: "
+            "pip install 'flax-lstm[train]'"
+        )
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -75,6 +104,7 @@ class Checkpoints:
     """
 
     def __init__(self, run_dir: Path, create: bool) -> None:
+        require_train_extra()
         import orbax.checkpoint as ocp
 
         self.ocp = ocp

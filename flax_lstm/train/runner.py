@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from flax_lstm.train.checkpoints import require_train_extra
 from flax_lstm.train.config import TrainConfig
 from flax_lstm.train.derive import derived_of
 from flax_lstm.train.model import init_members, lstm_config
@@ -48,6 +49,7 @@ class Runner:
     """A run's model, optimizer and jitted steps on the mesh; batching and evaluation."""
 
     def __init__(self, config: TrainConfig, data_info: dict[str, Any], devices: Devices):
+        require_train_extra()  # before a new run writes its folder
         self.config = config
         self.devices = devices
         self.num_classes = len(data_info["classes"])
