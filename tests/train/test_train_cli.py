@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from flax_lstm import cli
-from flax_lstm.train import derive
 from flax_lstm.data import SequenceDataset, write_ts
+from flax_lstm.train import derive
 
 SMALL = [
     "--epochs",

@@ -107,7 +107,9 @@ def _stated(value: float) -> str:
 
 def _states(text: str, value: float) -> bool:
     """Whether ``text`` has ``value`` as a number of its own (not a part of another)."""
-    return re.search(rf"(?<!\d)(?<!\d[.,]){re.escape(_stated(value))}(?!\d|[.,]\d)", text) is not None
+    return (
+        re.search(rf"(?<!\d)(?<!\d[.,]){re.escape(_stated(value))}(?!\d|[.,]\d)", text) is not None
+    )
 
 
 def test_every_derive_constant_is_stated_in_its_rule():
