@@ -14,7 +14,7 @@ Example:
 from flax_lstm import kernel, linen, nnx, streaming
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
-from flax_lstm.params import Params, cell_params, init_cell_params, init_params
+from flax_lstm.params import Params, cell_params, init_cell_params, init_params, torch_uniform
 from flax_lstm.plan import Implementation, Plan
 from flax_lstm.stack import lstm, lstm_plan
 from flax_lstm.torch_io import (
@@ -53,4 +53,5 @@ __all__ = [
     "nnx",
     "streaming",
     "to_torch_state_dict",
+    "torch_uniform",
 ]
