@@ -12,6 +12,7 @@ Example:
 
 # The Flax modules and streaming helpers, as ``fl.nnx``, ``fl.linen`` and ``fl.streaming``.
 from flax_lstm import kernel, linen, nnx, streaming
+from flax_lstm._flax_cell import LSTMCarry
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import Params, cell_params, init_cell_params, init_params, torch_uniform
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Implementation",
+    "LSTMCarry",
     "LSTMConfig",
     "LSTMState",
     "Params",
