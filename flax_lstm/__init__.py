@@ -12,10 +12,11 @@ Example:
 
 # The Flax modules and streaming helpers, as ``fl.nnx``, ``fl.linen`` and ``fl.streaming``.
 from flax_lstm import kernel, linen, nnx, streaming
+from flax_lstm._flax_cell import LSTMCarry
 from flax_lstm._kernel import export as _kernel_export
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
-from flax_lstm.params import Params, cell_params, init_cell_params, init_params
+from flax_lstm.params import Params, cell_params, init_cell_params, init_params, torch_uniform
 from flax_lstm.plan import Implementation, Plan
 from flax_lstm.stack import lstm, lstm_plan
 from flax_lstm.torch_io import (
@@ -36,6 +37,7 @@ _kernel_export.register_if_built()
 
 __all__ = [
     "Implementation",
+    "LSTMCarry",
     "LSTMConfig",
     "LSTMState",
     "Params",
@@ -58,4 +60,5 @@ __all__ = [
     "nnx",
     "streaming",
     "to_torch_state_dict",
+    "torch_uniform",
 ]

@@ -25,21 +25,21 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, overload
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lstm import _checks, _modules
+from flax_lstm import _flax_cell, _modules
+from flax_lstm._flax_cell import LSTMCarry
 from flax_lstm._modules import Output, OutputWithStates
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
-from flax_lstm.params import Params, init_params
+from flax_lstm.params import Initializer, Params, init_cell_params, init_params
 from flax_lstm.plan import Implementation
 from flax_lstm.torch_io import cell_to_torch_state_dict, to_torch_state_dict
 
@@ -48,24 +48,39 @@ Array = jax.Array
 __all__ = ["LSTM", "LSTMCell"]
 
 
-def _init_layer(key: Array, config: LSTMConfig, layer: int, dtype: Any) -> dict[str, Array]:
-    """Layer ``layer`` of `init_params`: a one-layer LSTM with that layer's input size."""
-    one = dataclasses.replace(
-        config, input_size=config.layer_input_size(layer), num_layers=1, dropout=0.0
-    )
-    return init_params(key, one, dtype)[0]
-
-
 def _params_collection(variables: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``params`` collection (or ``variables`` itself), partitioning boxes removed."""
     if not isinstance(variables, Mapping):
         raise TypeError(f"variables must be a mapping, got {type(variables).__name__}")
-    return variables.get("params", variables)
+    return nn.meta.unbox(variables.get("params", variables))
 
 
-def _input_size_of(x: Any) -> int:
-    """Features of a valid input; 1 for an invalid one (`flax_lstm.lstm` then raises)."""
+def _input_size(module: nn.Module, x: Any, w_ih_path: tuple[str, ...], ranks: tuple[int, ...]):
+    """The input size: that of the existing ``w_ih`` at ``w_ih_path`` in the ``params``
+    collection (apply), else ``x.shape[-1]`` (init); 1 for an ``x`` whose rank is not in
+    ``ranks``, so that the functional core raises its own error for it."""
+    first, *rest = w_ih_path
+    if module.has_variable("params", first):
+        w_ih = nn.meta.unbox(module.get_variable("params", first))
+        for name in rest:
+            w_ih = w_ih[name]
+        return int(np.shape(w_ih)[-1])
     shape = np.shape(x)
-    return int(shape[-1]) if len(shape) in (2, 3) and shape[-1] > 0 else 1
+    return int(shape[-1]) if len(shape) in ranks and shape[-1] > 0 else 1
+
+
+def _drawn_once(init_all: Callable[[Array], Any]) -> Callable[[Array, Any], Any]:
+    """A ``self.param`` initializer ``(key, name) -> init_all(key)[name]`` that calls
+    ``init_all`` once, with the key Flax gives the first parameter created
+    (``self.make_rng('params')``): all of a module's parameters come from that one key."""
+    drawn: list[Any] = []
+
+    def init(key: Array, name: Any) -> Any:
+        if not drawn:
+            drawn.append(init_all(key))
+        return drawn[0][name]
+
+    return init
 
 
 class LSTM(nn.Module):
@@ -85,6 +100,14 @@ class LSTM(nn.Module):
       learnable_initial_state: learn ``(h_0, c_0)`` as parameters ``h0`` and ``c0``, zeros at
         first and shared by every batch row (shapes: `initial_state` without N), used when a
         call gets no ``hx``; not part of torch's state dict.
+      kernel_init, recurrent_kernel_init, bias_init: Flax initializers of every layer's
+        ``w_ih`` ``(D, 4H, in_k)``, ``w_hh`` ``(D, 4H, H_out)`` and biases ``(D, 4H)``, called
+        with those shapes (see `flax_lstm.init_params`); None: torch's U(-1/√H, 1/√H)
+        (`flax_lstm.torch_uniform`). One wrapped with ``nn.with_partitioning`` stores
+        ``nn.Partitioned`` boxes, e.g. names ``(None, 'model', None)`` for the 4H gate axis.
+
+    The weights are `flax_lstm.init_params` of one key, the module's
+    ``self.make_rng('params')`` at ``init``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -109,6 +132,9 @@ class LSTM(nn.Module):
     recurrent_dropout: float = 0.0
     learnable_initial_state: bool = False
     impl: Implementation | str | None = None
+    kernel_init: Initializer | None = None
+    recurrent_kernel_init: Initializer | None = None
+    bias_init: Initializer | None = None
 
     def __post_init__(self) -> None:
         # Validate the arguments now, as torch does; the dropout warning is given at init.
@@ -192,15 +218,17 @@ class LSTM(nn.Module):
           ``(D·num_layers, N, ·)``, and with ``return_all_states`` the per-step
           `flax_lstm.LSTMState` (``(L, D·num_layers, N, ·)``).
         """
-        if self.has_variable("params", "layer_0"):  # apply: the size the params were made for
-            input_size = int(np.shape(self.get_variable("params", "layer_0")["w_ih"])[-1])
-        else:
-            input_size = _input_size_of(x)
+        input_size = _input_size(self, x, ("layer_0", "w_ih"), ranks=(2, 3))
         config = self.lstm_config(input_size, warn=self.is_initializing())
-        params = [
-            self.param(f"layer_{k}", _init_layer, config, k, self.param_dtype)
-            for k in range(config.num_layers)
-        ]
+
+        def init_all(key: Array) -> Params:  # every layer from one key, as fl.nnx.LSTM
+            return init_params(
+                key, config, self.param_dtype, kernel_init=self.kernel_init,
+                recurrent_kernel_init=self.recurrent_kernel_init, bias_init=self.bias_init,
+            )  # fmt: skip
+
+        init = _drawn_once(init_all)
+        params = [self.param(f"layer_{k}", init, k) for k in range(config.num_layers)]
         initial = None
         if self.learnable_initial_state:
             h0, c0 = _modules.zero_initial_state(config, self.param_dtype)
@@ -310,11 +338,23 @@ class LSTM(nn.Module):
         return module, {"params": collection}
 
 
-class LSTMCell(nn.Module):
+class LSTMCell(nn.RNNCellBase):
     """One LSTM step with ``torch.nn.LSTMCell`` semantics, over `flax_lstm.lstm_cell`.
 
     The input size is inferred at ``init``. Parameters: ``w_ih`` ``(4H, input_size)``,
-    ``w_hh`` ``(4H, H)``, and with ``bias`` ``b_ih``, ``b_hh`` ``(4H,)``.
+    ``w_hh`` ``(4H, H)``, and with ``bias`` ``b_ih``, ``b_hh`` ``(4H,)``: at ``init``,
+    `flax_lstm.init_cell_params` of one key, ``self.make_rng('params')``.
+
+    The cell takes two calls, told apart by the type of the first argument:
+
+    - torch's ``cell(x, hx=None) -> LSTMState(h, c)``, ``hx = (h, c)`` (zeros when None);
+    - Flax's RNN cell protocol, ``cell(carry, x) -> (carry, y)`` with the carry a
+      `flax_lstm.LSTMCarry` ``(c, h)`` (Flax's order, from `initialize_carry`) or a plain
+      ``(c, h)`` tuple, and ``y = h``; so ``nn.RNN(cell)``, ``nn.Bidirectional`` and
+      ``nn.scan`` take the cell as they take ``nn.OptimizedLSTMCell``.
+
+    A tuple first is Flax's carry, an array first is torch's input; an `flax_lstm.LSTMState`
+    as Flax's carry, or an `flax_lstm.LSTMCarry` as torch's ``hx``, is a TypeError.
 
     Attributes:
       hidden_size: H, the size of ``h`` and ``c``.
@@ -322,52 +362,109 @@ class LSTMCell(nn.Module):
       dtype: compute dtype; None: promoted from input and parameters. ``c`` is kept in at
         least float32.
       param_dtype: storage dtype of the parameters.
+      kernel_init, recurrent_kernel_init, bias_init: Flax initializers of ``w_ih``
+        ``(4H, input_size)``, ``w_hh`` ``(4H, H)`` and both biases ``(4H,)``, called with
+        those (torch's) shapes; None: torch's U(-1/√H, 1/√H) (`flax_lstm.torch_uniform`).
+        One wrapped with ``nn.with_partitioning`` stores ``nn.Partitioned`` boxes.
 
     Example:
       >>> import jax, jax.numpy as jnp
+      >>> import flax.linen as nn
       >>> import flax_lstm as fl
       >>> cell = fl.linen.LSTMCell(5)
       >>> x = jnp.ones((2, 3))
       >>> variables = cell.init(jax.random.key(0), x)
-      >>> h, c = cell.apply(variables, x)          # zero state
+      >>> h, c = cell.apply(variables, x)          # torch's call: zero state
       >>> h, c = cell.apply(variables, x, (h, c))  # next step
       >>> h.shape, c.shape
       ((2, 5), (2, 5))
+      >>> rnn = nn.RNN(cell)  # Flax's protocol
+      >>> xs = jnp.ones((2, 7, 3))  # (N, L, input_size)
+      >>> rnn.apply(rnn.init(jax.random.key(0), xs), xs).shape
+      (2, 7, 5)
     """
 
     hidden_size: int
     bias: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    kernel_init: Initializer | None = None
+    recurrent_kernel_init: Initializer | None = None
+    bias_init: Initializer | None = None
 
     def __post_init__(self) -> None:
         LSTMConfig(1, self.hidden_size, bias=self.bias)  # validate as torch
         super().__post_init__()
 
-    @nn.compact
-    def __call__(self, x: Any, hx: tuple[Any, Any] | None = None) -> LSTMState:
-        """One step of `flax_lstm.lstm_cell` from ``hx`` (zeros when None), with the cell's
-        parameters, which the first call creates for ``x``'s input size.
+    @property
+    def num_feature_axes(self) -> int:
+        """Flax's RNN protocol: ``x`` has one feature axis (the last)."""
+        return 1
+
+    @nn.nowrap
+    def initialize_carry(self, rng: Any, input_shape: tuple[int, ...]) -> LSTMCarry:
+        """Flax's RNN protocol: the zero carry (torch's initial state) for inputs of a shape.
 
         Args:
-          x: the step's input, ``(N, input_size)``, or ``(input_size,)`` for one sequence.
-          hx: the previous ``(h, c)``, both ``(N, H)`` (or ``(H,)``), or None.
+          rng: unused (the carry is zeros); in the signature of Flax's cells.
+          input_shape: the shape of one step's ``x``: batch axes, then the input size.
 
         Returns:
-          The next `flax_lstm.LSTMState`: ``h`` in the compute dtype, ``c`` in float32 or wider.
+          `flax_lstm.LSTMCarry` ``(c, h)``, each ``(*batch, H)``; ``h`` in ``dtype`` (else
+          ``param_dtype``), ``c`` in at least float32.
+
+        Example:
+          >>> import jax, flax_lstm as fl
+          >>> fl.linen.LSTMCell(5).initialize_carry(jax.random.key(0), (2, 3)).c.shape
+          (2, 5)
         """
-        if self.has_variable("params", "w_ih"):
-            input_size = int(np.shape(self.get_variable("params", "w_ih"))[-1])
-        else:
-            shape = np.shape(x)
-            input_size = int(shape[-1]) if len(shape) in (1, 2) and shape[-1] > 0 else 1
-        # Each parameter draws only itself (its own key), with torch's U(-1/√H, 1/√H).
-        shapes = _checks.expected_layer_shapes(input_size, self.hidden_size, 0, self.bias)
-        init = _modules.torch_init(self.hidden_size)
-        params = {
-            name: self.param(name, init, shape, self.param_dtype) for name, shape in shapes.items()
-        }
-        return lstm_cell(params, x, hx, dtype=self.dtype)
+        del rng
+        return _flax_cell.zero_carry(input_shape, self.hidden_size, self.dtype, self.param_dtype)
+
+    # fmt: off
+    @overload
+    def __call__(self, x: Any, hx: tuple[Any, Any] | None = None) -> LSTMState: ...
+    @overload
+    def __call__(self, x: tuple[Any, Any], hx: Any) -> tuple[LSTMCarry, Array]: ...
+    # fmt: on
+
+    @nn.compact
+    def __call__(self, x: Any, hx: Any = None) -> LSTMState | tuple[Any, Array]:
+        """One step: torch's ``cell(x, hx)`` or Flax's ``cell(carry, x)`` (see the class); the
+        first call creates the parameters for the input's size.
+
+        Args:
+          x: torch's call: ``(N, input_size)``, or ``(input_size,)`` for one sequence.
+            Flax's call: the carry, `flax_lstm.LSTMCarry` ``(c, h)`` or a ``(c, h)`` tuple.
+          hx: torch's call: the previous ``(h, c)``, both ``(N, H)`` (or ``(H,)``), or None.
+            Flax's call: the input ``(*batch, input_size)``.
+
+        Returns:
+          torch's call: the next `flax_lstm.LSTMState`, ``h`` in the compute dtype, ``c`` in
+          float32 or wider. Flax's call: ``(carry', h')``, the carry of the type and dtypes
+          it came in.
+        """
+        flax_call = _flax_cell.is_flax_call(x, hx)
+        inputs = hx if flax_call else x
+        # Flax's call takes any number of batch axes; torch's one or none.
+        ranks = tuple(range(1, np.ndim(inputs) + 1)) if flax_call else (1, 2)
+        input_size = _input_size(self, inputs, ("w_ih",), ranks=ranks)
+
+        def init_all(key: Array) -> dict[str, Array]:  # from one key, as fl.nnx.LSTMCell
+            return init_cell_params(
+                key, input_size, self.hidden_size, bias=self.bias, dtype=self.param_dtype,
+                kernel_init=self.kernel_init, recurrent_kernel_init=self.recurrent_kernel_init,
+                bias_init=self.bias_init,
+            )  # fmt: skip
+
+        init = _drawn_once(init_all)
+        names = ("w_ih", "w_hh", "b_ih", "b_hh") if self.bias else ("w_ih", "w_hh")
+        params = {name: self.param(name, init, name) for name in names}
+
+        def step(x: Any, hx: Any) -> LSTMState:
+            return lstm_cell(params, x, hx, dtype=self.dtype)
+
+        return _flax_cell.flax_step(step, x, hx) if flax_call else step(x, hx)
 
     @nn.nowrap
     def to_torch_state_dict(

@@ -14,17 +14,20 @@ forked from the ``rngs`` given to the constructor (see the example of `LSTM`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_lstm import _modules
+from flax_lstm import _flax_cell, _modules
+from flax_lstm._flax_cell import LSTMCarry
 from flax_lstm._modules import Output, OutputWithStates
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
-from flax_lstm.params import Params, init_cell_params, init_params
+from flax_lstm.params import Initializer, Params, init_cell_params, init_params
 from flax_lstm.plan import Implementation
 from flax_lstm.torch_io import cell_to_torch_state_dict, to_torch_state_dict
 
@@ -32,6 +35,18 @@ Array = jax.Array
 RngsArg = nnx.Rngs | nnx.RngStream | Array | None  # a call's dropout stream or key
 
 __all__ = ["LSTM", "LSTMCell"]
+
+
+def _check_rngs(rngs: Any) -> None:
+    if not isinstance(rngs, nnx.Rngs):
+        raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
+
+
+def _metadata(
+    kernel: Mapping[str, Any], recurrent_kernel: Mapping[str, Any], bias: Mapping[str, Any]
+) -> dict[str, Mapping[str, Any]]:
+    """Each parameter's `flax.nnx.Param` metadata, by name (``w_hr`` takes none)."""
+    return {"w_ih": kernel, "w_hh": recurrent_kernel, "b_ih": bias, "b_hh": bias, "w_hr": {}}
 
 
 def _dropout_key(rngs: Any, own: nnx.RngStream | None) -> Array:
@@ -64,8 +79,16 @@ class LSTM(nnx.Module):
       param_dtype: storage dtype of the parameters.
       deterministic: initial mode; False (default, as `flax.nnx.Dropout` and torch) applies
         dropout. ``model.train()`` / ``model.eval()`` set it.
-      rngs: `flax.nnx.Rngs`. The ``params`` stream initialises the weights as torch does
-        (U(-1/√H, 1/√H)); with dropout or recurrent dropout, a ``dropout`` stream (or
+      kernel_init, recurrent_kernel_init, bias_init: Flax initializers of every layer's
+        ``w_ih`` ``(D, 4H, in_k)``, ``w_hh`` ``(D, 4H, H_out)`` and biases ``(D, 4H)``, called
+        with those shapes (see `flax_lstm.init_params`); None: torch's U(-1/√H, 1/√H)
+        (`flax_lstm.torch_uniform`). One wrapped with ``nnx.with_partitioning`` gives the
+        parameters their sharding, e.g. ``(None, 'model', None)`` for the 4H gate axis.
+      kernel_metadata, recurrent_kernel_metadata, bias_metadata: metadata of those
+        `flax.nnx.Param` (as on Flax's layers), e.g. ``{'out_sharding': (None, 'model',
+        None)}``. ``w_hr`` keeps torch's init and no metadata.
+      rngs: `flax.nnx.Rngs`. The weights are `flax_lstm.init_params` of one key,
+        ``rngs.params()``; with dropout or recurrent dropout, a ``dropout`` stream (or
         ``default``) is forked for the module's own dropout keys.
 
     Attributes:
@@ -103,6 +126,12 @@ class LSTM(nnx.Module):
         param_dtype: Any = jnp.float32,
         impl: Implementation | str | None = None,
         deterministic: bool = False,
+        kernel_init: Initializer | None = None,
+        recurrent_kernel_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+        kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        recurrent_kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        bias_metadata: Mapping[str, Any] = MappingProxyType({}),
         rngs: nnx.Rngs,
     ) -> None:
         self.config = LSTMConfig(
@@ -113,10 +142,15 @@ class LSTM(nnx.Module):
         self.dtype, self.param_dtype = dtype, param_dtype
         self.impl = Implementation.of(impl)
         self.deterministic = deterministic
-        if not isinstance(rngs, nnx.Rngs):
-            raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
-        params = init_params(rngs.params(), self.config, param_dtype)
-        self.layers = nnx.data([{k: nnx.Param(v) for k, v in layer.items()} for layer in params])
+        _check_rngs(rngs)
+        params = init_params(
+            rngs.params(), self.config, param_dtype, kernel_init=kernel_init,
+            recurrent_kernel_init=recurrent_kernel_init, bias_init=bias_init,
+        )  # fmt: skip
+        meta = _metadata(kernel_metadata, recurrent_kernel_metadata, bias_metadata)
+        self.layers = nnx.data(
+            [{k: nnx.Param(v, **meta[k]) for k, v in layer.items()} for layer in params]
+        )
         if learnable_initial_state:
             h0, c0 = _modules.zero_initial_state(self.config, param_dtype)
             self.h0, self.c0 = nnx.Param(h0), nnx.Param(c0)
@@ -315,8 +349,7 @@ class LSTM(nnx.Module):
           (True, (1, 20, 5))
         """
         fields, params = _modules.lstm_from_torch(source, batch_first, dropout, param_dtype)
-        if not isinstance(rngs, nnx.Rngs):
-            raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
+        _check_rngs(rngs)
         # Build the structure without drawing random weights, then fill in torch's.
         model = nnx.eval_shape(lambda: cls(**fields, rngs=nnx.Rngs(0), **kwargs))
         for layer, values in zip(model.layers, params, strict=True):
@@ -329,8 +362,19 @@ class LSTM(nnx.Module):
         return model
 
 
-class LSTMCell(nnx.Module):
+class LSTMCell(nnx.RNNCellBase):
     """One LSTM step with ``torch.nn.LSTMCell`` semantics, over `flax_lstm.lstm_cell`.
+
+    The cell takes two calls, told apart by the type of the first argument:
+
+    - torch's ``cell(x, hx=None) -> LSTMState(h, c)``, ``hx = (h, c)`` (zeros when None);
+    - Flax's RNN cell protocol, ``cell(carry, x) -> (carry, y)`` with the carry a
+      `flax_lstm.LSTMCarry` ``(c, h)`` (Flax's order, from `initialize_carry`) or a plain
+      ``(c, h)`` tuple, and ``y = h``; so ``nnx.RNN(cell)``, ``nnx.Bidirectional`` and
+      ``nnx.scan`` take the cell as they take ``nnx.OptimizedLSTMCell``.
+
+    A tuple first is Flax's carry, an array first is torch's input; an `flax_lstm.LSTMState`
+    as Flax's carry, or an `flax_lstm.LSTMCarry` as torch's ``hx``, is a TypeError.
 
     Args:
       input_size: features of ``x``.
@@ -339,7 +383,15 @@ class LSTMCell(nnx.Module):
       dtype: compute dtype; None: promoted from input and parameters. ``c`` is kept in at
         least float32.
       param_dtype: storage dtype of the parameters.
-      rngs: `flax.nnx.Rngs` with a ``params`` (or ``default``) stream.
+      kernel_init, recurrent_kernel_init, bias_init: Flax initializers of ``w_ih``
+        ``(4H, input_size)``, ``w_hh`` ``(4H, H)`` and both biases ``(4H,)``, called with
+        those (torch's) shapes; None: torch's U(-1/√H, 1/√H) (`flax_lstm.torch_uniform`).
+        One wrapped with ``nnx.with_partitioning`` gives the parameter its sharding.
+      kernel_metadata, recurrent_kernel_metadata, bias_metadata: metadata of the
+        `flax.nnx.Param` of ``w_ih``, ``w_hh`` and the biases (as on Flax's layers), e.g.
+        ``{'out_sharding': ('model', None)}``.
+      rngs: `flax.nnx.Rngs`; the weights are `flax_lstm.init_cell_params` of one key,
+        ``rngs.params()``.
 
     Attributes:
       w_ih ``(4H, input_size)``, w_hh ``(4H, H)``, b_ih, b_hh ``(4H,)`` (`flax.nnx.Param`;
@@ -350,10 +402,12 @@ class LSTMCell(nnx.Module):
       >>> from flax import nnx
       >>> import flax_lstm as fl
       >>> cell = fl.nnx.LSTMCell(3, 5, rngs=nnx.Rngs(0))
-      >>> h, c = cell(jnp.ones((2, 3)))          # zero state
+      >>> h, c = cell(jnp.ones((2, 3)))          # torch's call: zero state
       >>> h, c = cell(jnp.ones((2, 3)), (h, c))  # next step
       >>> h.shape, c.shape
       ((2, 5), (2, 5))
+      >>> nnx.RNN(cell)(jnp.ones((2, 7, 3))).shape  # Flax's protocol: (N, L, H)
+      (2, 7, 5)
     """
 
     def __init__(
@@ -364,16 +418,54 @@ class LSTMCell(nnx.Module):
         *,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
+        kernel_init: Initializer | None = None,
+        recurrent_kernel_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+        kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        recurrent_kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        bias_metadata: Mapping[str, Any] = MappingProxyType({}),
         rngs: nnx.Rngs,
     ) -> None:
+        _check_rngs(rngs)
         params = init_cell_params(
-            rngs.params(), input_size, hidden_size, bias=bias, dtype=param_dtype
-        )
+            rngs.params(), input_size, hidden_size, bias=bias, dtype=param_dtype,
+            kernel_init=kernel_init, recurrent_kernel_init=recurrent_kernel_init,
+            bias_init=bias_init,
+        )  # fmt: skip
         self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bias
         self.dtype, self.param_dtype = dtype, param_dtype
         self.b_ih = self.b_hh = nnx.data(None)  # without bias
+        metadata = _metadata(kernel_metadata, recurrent_kernel_metadata, bias_metadata)
         for name, value in params.items():
-            setattr(self, name, nnx.Param(value))
+            setattr(self, name, nnx.Param(value, **metadata[name]))
+
+    @property
+    def num_feature_axes(self) -> int:
+        """Flax's RNN protocol: ``x`` has one feature axis (the last)."""
+        return 1
+
+    def initialize_carry(
+        self, input_shape: tuple[int, ...], rngs: nnx.Rngs | nnx.RngStream | None = None
+    ) -> LSTMCarry:
+        """Flax's RNN protocol: the zero carry (torch's initial state) for inputs of a shape.
+
+        Args:
+          input_shape: the shape of one step's ``x``: batch axes, then ``input_size``.
+          rngs: unused (the carry is zeros); in the signature of Flax's cells.
+
+        Returns:
+          `flax_lstm.LSTMCarry` ``(c, h)``, each ``(*batch, H)``; ``h`` in ``dtype`` (else
+          ``param_dtype``), ``c`` in at least float32.
+
+        Example:
+          >>> from flax import nnx
+          >>> import flax_lstm as fl
+          >>> cell = fl.nnx.LSTMCell(3, 5, rngs=nnx.Rngs(0))
+          >>> cell.initialize_carry((2, 3)).h.shape
+          (2, 5)
+        """
+        del rngs
+        return _flax_cell.zero_carry(input_shape, self.hidden_size, self.dtype, self.param_dtype)
 
     def cell_params(self) -> dict[str, Array]:
         """The parameters as plain arrays, in the layout `flax_lstm.lstm_cell` takes.
@@ -387,17 +479,43 @@ class LSTMCell(nnx.Module):
         names = ("w_ih", "w_hh", "b_ih", "b_hh") if self.bias else ("w_ih", "w_hh")
         return {name: getattr(self, name)[...] for name in names}
 
-    def __call__(self, x: Any, hx: tuple[Any, Any] | None = None) -> LSTMState:
-        """One step.
+    # fmt: off
+    @overload
+    def __call__(self, x: Any, hx: tuple[Any, Any] | None = None) -> LSTMState: ...
+    @overload
+    def __call__(self, x: tuple[Any, Any], hx: Any) -> tuple[LSTMCarry, Array]: ...
+    # fmt: on
+
+    def __call__(self, x: Any, hx: Any = None) -> LSTMState | tuple[Any, Array]:
+        """One step: torch's ``cell(x, hx)`` or Flax's ``cell(carry, x)`` (see the class).
 
         Args:
-          x: ``(N, input_size)`` or unbatched ``(input_size,)``.
-          hx: optional ``(h, c)``, each ``(N, H)`` (unbatched ``(H,)``); zeros when None.
+          x: torch's call: ``(N, input_size)`` or unbatched ``(input_size,)``. Flax's call:
+            the carry, `flax_lstm.LSTMCarry` ``(c, h)`` or a ``(c, h)`` tuple.
+          hx: torch's call: optional ``(h, c)``, each ``(N, H)`` (unbatched ``(H,)``); zeros
+            when None. Flax's call: the input ``(*batch, input_size)``.
 
         Returns:
-          `flax_lstm.LSTMState` ``(h', c')``: ``h'`` in the compute dtype, ``c'`` in at least
-          float32.
+          torch's call: `flax_lstm.LSTMState` ``(h', c')``, ``h'`` in the compute dtype,
+          ``c'`` in at least float32. Flax's call: ``(carry', h')``, the carry of the type and
+          dtypes it came in.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from flax import nnx
+          >>> import flax_lstm as fl
+          >>> cell = fl.nnx.LSTMCell(3, 5, rngs=nnx.Rngs(0))
+          >>> x = jnp.ones((2, 3))
+          >>> carry, y = cell(cell.initialize_carry(x.shape), x)  # Flax's (c, h)
+          >>> h, c = cell(x)                                      # torch's (h, c)
+          >>> bool((y == h).all() and (carry.c == c).all())
+          True
         """
+        if _flax_cell.is_flax_call(x, hx):
+            return _flax_cell.flax_step(self._step, x, hx)
+        return self._step(x, hx)
+
+    def _step(self, x: Any, hx: Any) -> LSTMState:
         return lstm_cell(self.cell_params(), x, hx, dtype=self.dtype)
 
     def to_torch_state_dict(self, state: Any = None, *, as_tensors: bool = False) -> dict[str, Any]:

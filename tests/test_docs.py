@@ -84,6 +84,7 @@ RUNNABLE_PAGES = [
     "guides/mixed_precision.md",
     "guides/training.md",
     "guides/parallel.md",
+    "guides/flax_idioms.md",
 ]
 
 

@@ -153,3 +153,45 @@ def test_cell_init_draws_each_parameter_once_with_torch_init(bias):
         assert 0.3 * 1 / np.sqrt(8) < np.abs(value).max() <= 1 / np.sqrt(8), name
     values = [np.asarray(v[:32]).ravel()[:32] for v in params.values()]
     assert len({v.tobytes() for v in values}) == len(values)
+
+
+def test_partitioned_boxes_apply_and_convert():
+    """``nn.with_partitioning`` initializers store ``nn.Partitioned`` boxes; the module applies
+    them, reads its input size through them and converts them to torch."""
+    import flax.linen as nn
+
+    gate_axis = (None, "model", None)  # (D, 4H, in_k): shard the 4H gate axis
+    module = fl_linen.LSTM(
+        4, num_layers=2,
+        kernel_init=nn.with_partitioning(fl.torch_uniform(4), gate_axis),
+        recurrent_kernel_init=nn.with_partitioning(fl.torch_uniform(4), gate_axis),
+        bias_init=nn.with_partitioning(fl.torch_uniform(4), (None, "model")),
+    )  # fmt: skip
+    variables = module.init(jax.random.key(0), X)
+    specs = nn.get_partition_spec(variables)["params"]
+    P = jax.sharding.PartitionSpec
+    assert specs["layer_1"]["w_hh"] == P(*gate_axis) and specs["layer_1"]["b_hh"] == P(
+        None, "model"
+    )
+    plain = BASE.init(jax.random.key(0), X)  # the same numbers as the default initializers
+    for a, b in zip(jax.tree.leaves(nn.meta.unbox(variables)), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(module.apply(variables, X)[0], BASE.apply(plain, X)[0])
+    sd = module.to_torch_state_dict(variables)
+    np.testing.assert_array_equal(
+        sd["weight_hh_l1"], BASE.to_torch_state_dict(plain)["weight_hh_l1"]
+    )
+
+    cell = fl_linen.LSTMCell(
+        4, kernel_init=nn.with_partitioning(fl.torch_uniform(4), ("model", None))
+    )
+    cell_vars = cell.init(jax.random.key(0), X[0])
+    assert nn.get_partition_spec(cell_vars)["params"]["w_ih"] == P("model", None)
+    plain_cell = fl_linen.LSTMCell(4).init(jax.random.key(0), X[0])
+    np.testing.assert_array_equal(cell.apply(cell_vars, X[0]).h, cell.apply(plain_cell, X[0]).h)
+    assert list(cell.to_torch_state_dict(cell_vars)) == [
+        "weight_ih",
+        "weight_hh",
+        "bias_ih",
+        "bias_hh",
+    ]

@@ -135,3 +135,55 @@ def test_orbax_round_trip(tmp_path):
 def test_dropout_warning_with_one_layer():
     with pytest.warns(UserWarning, match="num_layers greater than 1"):
         fl_nnx.LSTM(3, 4, dropout=0.5, rngs=nnx.Rngs(0))
+
+
+def _one_device_mesh():
+    """A ``model`` mesh axis on this process's first device (metadata only; the sharded
+    results on forced CPU devices are tests/test_sharding.py's)."""
+    return jax.make_mesh((1,), ("model",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def test_partitioning_metadata_keeps_torch_init():
+    gate_axis = (None, "model", None)  # (D, 4H, in_k): shard the 4H gate axis
+    with jax.set_mesh(_one_device_mesh()):
+        model = fl_nnx.LSTM(
+            3, 4, 2, bidirectional=True, proj_size=2, rngs=nnx.Rngs(0),
+            kernel_init=nnx.with_partitioning(fl.torch_uniform(4), gate_axis),
+            recurrent_kernel_metadata={"out_sharding": gate_axis},
+            bias_init=nnx.with_partitioning(fl.torch_uniform(4), (None, "model")),
+        )  # fmt: skip
+        cell = fl_nnx.LSTMCell(
+            3, 4, rngs=nnx.Rngs(0), kernel_metadata={"out_sharding": ("model", None)},
+            recurrent_kernel_init=nnx.with_partitioning(fl.torch_uniform(4), ("model", None)),
+        )  # fmt: skip
+    specs = nnx.get_partition_spec(nnx.state(model))["layers"]
+    P = jax.sharding.PartitionSpec
+    for k in range(2):
+        assert specs[k]["w_ih"].get_value() == specs[k]["w_hh"].get_value() == P(*gate_axis)
+        assert specs[k]["b_ih"].get_value() == specs[k]["b_hh"].get_value() == P(None, "model")
+        assert specs[k]["w_hr"].get_value() == P()  # no metadata: replicated
+    cell_specs = nnx.get_partition_spec(nnx.state(cell))
+    assert cell_specs["w_ih"].get_value() == cell_specs["w_hh"].get_value() == P("model", None)
+    assert cell_specs["b_ih"].get_value() == P()
+    # The wrapped torch_uniform draws the default's numbers, and the module runs as before.
+    plain = fl_nnx.LSTM(3, 4, 2, bidirectional=True, proj_size=2, rngs=nnx.Rngs(0))
+    got, want = jax.tree.leaves(model.lstm_params()), jax.tree.leaves(plain.lstm_params())
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = _x((5, 2, 3))
+    np.testing.assert_array_equal(model(x)[0], plain(x)[0])
+    plain_cell = fl_nnx.LSTMCell(3, 4, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(cell(x[0]).h, plain_cell(x[0]).h)
+
+
+def test_flax_initializers():
+    init = nnx.initializers.lecun_normal(in_axis=-1, out_axis=-2, batch_axis=(0,))
+    model = fl_nnx.LSTM(
+        3, 8, rngs=nnx.Rngs(0), kernel_init=init,
+        recurrent_kernel_init=nnx.initializers.orthogonal(column_axis=-2),
+        bias_init=nnx.initializers.zeros_init(),
+    )  # fmt: skip
+    w_hh = np.asarray(model.layers[0]["w_hh"][0])  # (4H, H): orthonormal columns
+    np.testing.assert_allclose(w_hh.T @ w_hh, np.eye(8), atol=1e-5)
+    assert (model.layers[0]["b_ih"][...] == 0).all()
+    assert 0.2 < np.std(model.layers[0]["w_ih"][...]) * np.sqrt(3) < 1.5  # fan-in 3

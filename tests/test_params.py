@@ -275,3 +275,99 @@ def test_cell_conversion_errors():
     params = fl.init_cell_params(jax.random.key(0), 3, 5, proj_size=2)
     with pytest.raises(ValueError, match=r"unexpected keys \['w_hr'\]"):
         fl.cell_to_torch_state_dict(params)
+
+
+def _recording(value):
+    """An initializer filling ``value`` that records the shapes and dtypes it is called with."""
+    calls = []
+
+    def init(key, shape, dtype=jnp.float32):
+        calls.append((tuple(shape), jnp.dtype(dtype)))
+        return jnp.full(shape, value, dtype)
+
+    return init, calls
+
+
+def test_initializers_get_the_stored_shapes_and_replace_torch_init():
+    cfg = fl.LSTMConfig(3, 5, num_layers=2, bidirectional=True, proj_size=2)
+    kernel, k_calls = _recording(0.5)
+    recurrent, r_calls = _recording(-0.25)
+    bias, b_calls = _recording(0.0)
+    params = fl.init_params(
+        jax.random.key(0), cfg, jnp.bfloat16,
+        kernel_init=kernel, recurrent_kernel_init=recurrent, bias_init=bias,
+    )  # fmt: skip
+    bf16 = jnp.dtype(jnp.bfloat16)
+    assert k_calls == [((2, 20, 3), bf16), ((2, 20, 4), bf16)]  # (D, 4H, in_k), torch's layout
+    assert r_calls == [((2, 20, 2), bf16)] * 2  # (D, 4H, H_out)
+    assert b_calls == [((2, 20), bf16)] * 4  # b_ih and b_hh of each layer
+    default = fl.init_params(jax.random.key(0), cfg, jnp.bfloat16)
+    for layer, torch_layer in zip(params, default, strict=True):
+        assert list(layer) == list(torch_layer)  # torch's order
+        assert (layer["w_ih"] == 0.5).all() and (layer["w_hh"] == -0.25).all()
+        assert (layer["b_ih"] == 0).all() and (layer["b_hh"] == 0).all()
+        np.testing.assert_array_equal(layer["w_hr"], torch_layer["w_hr"])  # torch's init
+    # Only the replaced initializer changes: the others draw the same numbers from their keys.
+    only_kernel = fl.init_params(jax.random.key(0), cfg, kernel_init=kernel)
+    same = fl.init_params(jax.random.key(0), cfg)
+    np.testing.assert_array_equal(only_kernel[1]["w_hh"], same[1]["w_hh"])
+    with pytest.raises(TypeError, match="bias_init must be an initializer"):
+        fl.init_params(jax.random.key(0), cfg, bias_init=0.0)
+
+
+def test_cell_initializers_and_torch_uniform():
+    kernel, calls = _recording(1.0)
+    p = fl.init_cell_params(jax.random.key(0), 3, 5, kernel_init=kernel)
+    assert calls == [((20, 3), jnp.dtype(jnp.float32))]
+    assert (p["w_ih"] == 1).all()
+    # The default is torch_uniform, drawn from one key per parameter.
+    default = fl.init_cell_params(jax.random.key(0), 3, 5)
+    keys = jax.random.split(jax.random.key(0), 4)
+    np.testing.assert_array_equal(default["w_hh"], fl.torch_uniform(5)(keys[1], (20, 5)))
+    np.testing.assert_array_equal(default["w_hh"], p["w_hh"])
+    bound = 1 / math.sqrt(5)
+    w = fl.torch_uniform(5)(jax.random.key(1), (4000,))
+    assert bound * 0.99 < np.abs(w).max() <= bound
+
+
+def _linen_first_key(key):
+    """The key a top-level Linen module's first ``self.make_rng('params')`` returns."""
+    import flax.linen as nn
+
+    class Probe(nn.Module):
+        @nn.compact
+        def __call__(self):
+            return self.make_rng("params")
+
+    return Probe().init_with_output(key)[0]
+
+
+def test_nnx_and_linen_cells_are_init_cell_params_of_one_key():
+    """One cell initialisation: both modules call `init_cell_params` with one key: NNX
+    ``rngs.params()`` (for ``nnx.Rngs(0)``, ``fold_in(key(0), 0)``), Linen
+    ``self.make_rng('params')``."""
+    from flax import nnx
+
+    key, x = jax.random.key(0), np.ones((2, 3), np.float32)
+    nnx_params = fl.nnx.LSTMCell(3, 5, rngs=nnx.Rngs(0)).cell_params()
+    linen_params = fl.linen.LSTMCell(5).init(key, x)["params"]
+    want_nnx = fl.init_cell_params(jax.random.fold_in(key, 0), 3, 5)
+    want_linen = fl.init_cell_params(_linen_first_key(key), 3, 5)
+    for got, want in ((nnx_params, want_nnx), (linen_params, want_linen)):
+        assert list(got) == list(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_nnx_and_linen_lstms_are_init_params_of_one_key():
+    from flax import nnx
+
+    key, x = jax.random.key(0), np.ones((4, 3), np.float32)
+    cfg = fl.LSTMConfig(3, 5, num_layers=2, bidirectional=True)
+    nnx_params = fl.nnx.LSTM(3, 5, 2, bidirectional=True, rngs=nnx.Rngs(0)).lstm_params()
+    module = fl.linen.LSTM(5, 2, bidirectional=True)
+    linen_params = module.lstm_params(module.init(key, x))
+    for got, k in ((nnx_params, jax.random.fold_in(key, 0)), (linen_params, _linen_first_key(key))):
+        want = fl.init_params(k, cfg)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(a, b)

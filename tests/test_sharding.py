@@ -76,3 +76,43 @@ def test_sharded_vmapped_members(sharded_cases):
     (c,) = [c for c in sharded_cases if c["impl"] == "vmapped_members"]
     assert c["collectives"]["all-gather"] == 0
     assert c["diff"] < 1e-5
+
+
+@pytest.fixture(scope="module")
+def partitioned_cases() -> list[dict]:
+    proc = python_process.run(str(HERE / "partitioned_check.py"), timeout=900, unset=("XLA_FLAGS",))
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_gate_axis_partitioned_modules_equal_the_unsharded(partitioned_cases):
+    """Tensor parallelism (issue 24): ``with_partitioning`` initializers shard the 4H gate axis
+    of the NNX and Linen modules over ``model`` (2 devices, and 2 × 2 with the batch over
+    ``data``); forward and gradient equal the unsharded module's.
+
+    The compiled collectives: the CPU kernel runs whole weight matrices, so its program
+    all-gathers ``w_ih``, ``w_hh`` and the summed biases once (three all-gathers, no loop),
+    and with a ``data`` axis all-reduces the weight gradients once. The scan keeps the gates
+    sharded and reshuffles them inside its loop (all-to-all, collective-permute and
+    all-gathers of the state), so on CPU the kernel is the cheaper tensor-parallel path.
+    """
+    kinds = {(c["kind"], c["impl"], c["mesh"]) for c in partitioned_cases}
+    scan_cases = {("nnx", "scan", "model"), ("nnx", "scan", "data_model"),
+                  ("linen", "scan", "data_model")}  # fmt: skip
+    assert scan_cases <= kinds
+    if fl.kernel.available():
+        assert len(kinds) == 6
+    for c in partitioned_cases:
+        name = f"{c['kind']} {c['impl']} {c['mesh']}"
+        fwd, grad = c["forward"]["collectives"], c["gradient"]["collectives"]
+        assert c["w_ih"] == "P(None, 'model', None)", name
+        assert c["forward"]["diff"] < 1e-6, (name, c["forward"]["diff"])
+        assert c["gradient"]["diff"] < 1e-5, (name, c["gradient"]["diff"])
+        assert fwd["all-reduce"] == 0, name  # nothing to sum in the forward
+        if c["impl"] == "kernel":
+            assert fwd == {"all-gather": 3, "all-reduce": 0, "all-to-all": 0,
+                           "collective-permute": 0}, name  # fmt: skip
+            assert grad["all-gather"] == 3 and grad["all-to-all"] == 0, name
+            assert grad["all-reduce"] == (1 if c["mesh"] == "data_model" else 0), name
+        else:
+            assert fwd["all-to-all"] >= 1 and fwd["all-gather"] >= 1, name
+            assert grad["all-reduce"] >= 1, name
