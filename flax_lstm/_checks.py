@@ -51,7 +51,10 @@ def expected_layer_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """Shapes of one direction's parameters, torch layout: ``{'w_ih': (4H, in), ...}``."""
     out = proj_size or hidden_size
-    shapes = {"w_ih": (4 * hidden_size, input_size), "w_hh": (4 * hidden_size, out)}
+    shapes: dict[str, tuple[int, ...]] = {
+        "w_ih": (4 * hidden_size, input_size),
+        "w_hh": (4 * hidden_size, out),
+    }
     if bias:
         shapes["b_ih"] = shapes["b_hh"] = (4 * hidden_size,)
     if proj_size:

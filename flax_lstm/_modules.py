@@ -24,11 +24,11 @@ from flax_lstm._checks import check_recurrent_dropout as check_recurrent_dropout
 from flax_lstm.cell import LSTMState
 from flax_lstm.config import LSTMConfig
 from flax_lstm.params import Params
+from flax_lstm.stack import Output as Output
+from flax_lstm.stack import OutputWithStates as OutputWithStates
 from flax_lstm.stack import lstm, zero_state
 
 Array = jax.Array
-Output = tuple[Array, tuple[Array, Array]]
-OutputWithStates = tuple[Array, tuple[Array, Array], LSTMState]
 
 # The module attributes `call_lstm` passes to `flax_lstm.lstm` as the keywords of the same name.
 LSTM_OPTIONS = ("dtype", "recurrent_dropout", "impl")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,9 @@ from flax_lstm.plan import Implementation, Plan
 from flax_lstm.recurrence import LayerWeights, reverse_sequences, run_layer
 
 Array = jax.Array
+# `lstm`'s results: ``(output, (h_n, c_n))``, and with ``return_all_states`` the per-step states.
+Output = tuple[Array, LSTMState]
+OutputWithStates = tuple[Array, LSTMState, LSTMState]
 
 __all__ = ["lstm", "lstm_plan"]
 
@@ -89,7 +92,9 @@ def zero_state(
     )
 
 
-def _check_hx(hx: Any, config: LSTMConfig, batch_shape: tuple[int, ...]):
+def _check_hx(
+    hx: Any, config: LSTMConfig, batch_shape: tuple[int, ...]
+) -> tuple[Array, Array] | tuple[None, None]:
     if hx is None:
         return None, None
     h0, c0 = _checks.check_pair("hx", hx)
@@ -127,6 +132,24 @@ def _prepare(
     return _Call(x, h0, c0, lengths, dtype, plan)
 
 
+# fmt: off
+@overload
+def lstm(
+    params: Params, input: Any, hx: tuple[Any, Any] | None = None, *, config: LSTMConfig,
+    seq_lengths: Any = None, dropout_key: Array | None = None, dtype: Any = None,
+    recurrent_dropout: float = 0.0, return_all_states: Literal[False] = False,
+    impl: Implementation | str | None = None,
+) -> Output: ...
+@overload
+def lstm(
+    params: Params, input: Any, hx: tuple[Any, Any] | None = None, *, config: LSTMConfig,
+    seq_lengths: Any = None, dropout_key: Array | None = None, dtype: Any = None,
+    recurrent_dropout: float = 0.0, return_all_states: Literal[True],
+    impl: Implementation | str | None = None,
+) -> OutputWithStates: ...
+# fmt: on
+
+
 def lstm(
     params: Params,
     input: Any,
@@ -139,7 +162,7 @@ def lstm(
     recurrent_dropout: float = 0.0,
     return_all_states: bool = False,
     impl: Implementation | str | None = None,
-):
+) -> Output | OutputWithStates:
     """Run a multi-layer (bidirectional) LSTM with the semantics of ``torch.nn.LSTM``.
 
     With D = 2 if bidirectional else 1, H_out = proj_size or hidden_size, H = hidden_size:
@@ -174,10 +197,10 @@ def lstm(
         `flax_lstm.lstm_plan` says which path a call takes, and why.
 
     Returns:
-      ``(output, (h_n, c_n))``: ``output`` is ``(L, N, D·H_out)`` (or batch-first, or
-      ``(L, D·H_out)`` unbatched), forward direction in ``[..., :H_out]``; ``h_n`` and ``c_n``
-      have the shapes of ``h_0``/``c_0``. ``output`` and ``h_n`` are in the compute dtype,
-      ``c_n`` in its accumulation dtype (float32 for bfloat16 compute).
+      ``(output, (h_n, c_n))``, the state an `LSTMState`: ``output`` is ``(L, N, D·H_out)``
+      (or batch-first, or ``(L, D·H_out)`` unbatched), forward direction in ``[..., :H_out]``;
+      ``h_n`` and ``c_n`` have the shapes of ``h_0``/``c_0``. ``output`` and ``h_n`` are in the
+      compute dtype, ``c_n`` in its accumulation dtype (float32 for bfloat16 compute).
       With ``return_all_states`` a third element `LSTMState` ``(h, c)`` holds the states of
       every layer and direction after every step, ``(L, D·num_layers, N, H_out)`` and
       ``(L, D·num_layers, N, H)`` (batch-first: ``(N, L, D·num_layers, ·)``; unbatched: no
@@ -250,17 +273,21 @@ def lstm_plan(
     ).plan  # fmt: skip
 
 
-def _time_major(x: Array, h0, c0, config: LSTMConfig, dtype: Any):
+def _time_major(
+    x: Array, h0: Array | None, c0: Array | None, config: LSTMConfig, dtype: Any
+) -> tuple[Array, Array, Array]:
     """Input as (L, N, F) and ``(h0, c0)`` as (D·layers, N, ·) in the compute/accumulation
     dtypes (zeros when None)."""
-    if x.ndim == 2:
+    unbatched = x.ndim == 2
+    if unbatched:
         x = x[:, None]
-        if h0 is not None:
-            h0, c0 = h0[:, None], c0[:, None]
     elif config.batch_first:
         x = jnp.swapaxes(x, 0, 1)
-    if h0 is None:
-        return x, *zero_state(config, (x.shape[1],), dtype)
+    if h0 is None or c0 is None:  # both or neither (_check_hx)
+        h, c = zero_state(config, (x.shape[1],), dtype)
+        return x, h, c
+    if unbatched:
+        h0, c0 = h0[:, None], c0[:, None]
     return x, h0.astype(dtype), c0.astype(accumulation_dtype(dtype))
 
 
@@ -279,9 +306,30 @@ def _recurrent_mask(key, rate: float, shape: tuple[int, ...], dtype: Any) -> Arr
     return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
 
 
-def _layer(x, weights, h0, c0, lengths, mask, rmask, plan: Plan, all_c: bool):
-    """One layer, every direction: per direction ``(hs, cs)`` (L, N, ·) in input time order
-    and zero past each length (cs every step's with ``all_c``), and the last cell states."""
+def _directions(weights: LayerWeights, sl: slice) -> LayerWeights:
+    """The weights of the directions ``sl`` of a layer."""
+    return LayerWeights(
+        w_ih=weights.w_ih[sl],
+        b=None if weights.b is None else weights.b[sl],
+        w_hh=weights.w_hh[sl],
+        w_hr=None if weights.w_hr is None else weights.w_hr[sl],
+    )
+
+
+def _layer(
+    x: Array,
+    weights: LayerWeights,
+    h0: Array,
+    c0: Array,
+    lengths: Array | None,
+    mask: Array | None,
+    rmask: Array | None,
+    plan: Plan,
+    all_c: bool,
+) -> tuple[list[Array], list[Array] | None, list[Array], list[Array]]:
+    """One layer, every direction: per direction ``hs`` and, with ``all_c``, ``cs`` (L, N, ·)
+    in input time order and zero past each length (``cs`` None without), and the last
+    ``h`` and ``c`` per direction."""
     d = h0.shape[0]
     # Direction 1 reads its input reversed within each sequence's length.
     inputs = [x] if d == 1 else [x, reverse_sequences(x, lengths)]
@@ -293,7 +341,7 @@ def _layer(x, weights, h0, c0, lengths, mask, rmask, plan: Plan, all_c: bool):
         parts.append(
             run_layer(
                 jnp.stack([inputs[i] for i in group], axis=1),
-                LayerWeights(*(None if w is None else w[sl] for w in weights)),
+                _directions(weights, sl),
                 h0[sl],
                 c0[sl],
                 mask,
@@ -304,24 +352,32 @@ def _layer(x, weights, h0, c0, lengths, mask, rmask, plan: Plan, all_c: bool):
         )
     # The last step holds h_n and c_n: masked steps keep the state of each sequence's end.
     hs = [h[:, j] for h, _ in parts for j in range(h.shape[1])]
+    cs: list[Array] | None = None
     if all_c:
         cs = [c[:, j] for _, c in parts for j in range(c.shape[1])]
         c_last = [c[-1] for c in cs]
     else:
-        cs, c_last = None, [c[j] for _, c in parts for j in range(c.shape[0])]
+        c_last = [c[j] for _, c in parts for j in range(c.shape[0])]
     h_last = [h[-1] for h in hs]
     for j in range(1, d):
         hs[j] = reverse_sequences(hs[j], lengths)
-        if all_c:
+        if cs is not None:
             cs[j] = reverse_sequences(cs[j], lengths)
     if mask is not None:
         hs = [jnp.where(mask[..., None], h, 0) for h in hs]
-        if all_c:
+        if cs is not None:
             cs = [jnp.where(mask[..., None], c, 0) for c in cs]
     return hs, cs, h_last, c_last
 
 
-def _batch_last_layout(output, h_n, c_n, states, batched: bool, batch_first: bool):
+def _batch_last_layout(
+    output: Array,
+    h_n: Array,
+    c_n: Array,
+    states: LSTMState | None,
+    batched: bool,
+    batch_first: bool,
+) -> tuple[Array, Array, Array, LSTMState | None]:
     """The outputs in the caller's layout: unbatched (no N), batch-first, or time-major."""
     if not batched:
         output, h_n, c_n = output[:, 0], h_n[:, 0], c_n[:, 0]
@@ -341,7 +397,7 @@ def _batch_last_layout(output, h_n, c_n, states, batched: bool, batch_first: boo
 def _forward(
     params, x, h0, c0, lengths, dropout_key, *, config, dtype, recurrent_dropout,
     return_all_states, plan,
-):  # fmt: skip
+) -> Output | OutputWithStates:  # fmt: skip
     """The computation of `lstm` on validated arguments, compiled once per configuration.
 
     Jitted so that eager calls reuse one compiled program instead of dispatching every
@@ -357,15 +413,15 @@ def _forward(
         mask = jnp.arange(seq_len)[:, None] < lengths[None, :]  # (L, N)
         # Padding never reaches the GEMMs, so NaN/inf there cannot leak into any gradient.
         x = jnp.where(mask[:, :, None], x, 0)
-    use_dropout = dropout_key is not None and num_layers > 1 and config.dropout > 0
-    use_rdrop = dropout_key is not None and recurrent_dropout > 0
     layer_keys = jax.random.split(dropout_key, num_layers) if dropout_key is not None else None
+    use_dropout = num_layers > 1 and config.dropout > 0  # both only with layer_keys
+    use_rdrop = recurrent_dropout > 0
 
     x = x.astype(dtype)
     h_n, c_n, all_h, all_c = [], [], [], []
     for k, layer in enumerate(params):
         rmask = None
-        if use_rdrop:
+        if use_rdrop and layer_keys is not None:
             shape = (d, batch, config.output_size)
             rmask = _recurrent_mask(layer_keys[k], recurrent_dropout, shape, dtype)
         rows = slice(k * d, (k + 1) * d)
@@ -375,11 +431,11 @@ def _forward(
         )  # fmt: skip
         h_n.extend(h_last)
         c_n.extend(c_last)
-        if return_all_states:
+        if cs is not None:  # every step's c: given exactly with return_all_states
             all_h.append(jnp.stack(hs, axis=1))
             all_c.append(jnp.stack(cs, axis=1))
         x = hs[0] if d == 1 else jnp.concatenate(hs, axis=-1)  # (L, N, D·H_out)
-        if use_dropout and k < num_layers - 1:
+        if use_dropout and layer_keys is not None and k < num_layers - 1:
             x = _random.dropout(jax.random.fold_in(layer_keys[k], 0), x, config.dropout)
 
     states = None
@@ -388,6 +444,6 @@ def _forward(
     output, h_n, c_n, states = _batch_last_layout(
         x, jnp.stack(h_n), jnp.stack(c_n), states, batched, config.batch_first
     )
-    if return_all_states:
-        return output, (h_n, c_n), states
-    return output, (h_n, c_n)
+    if states is not None:  # given exactly with return_all_states
+        return output, LSTMState(h_n, c_n), states
+    return output, LSTMState(h_n, c_n)

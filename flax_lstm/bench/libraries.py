@@ -18,7 +18,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -115,11 +115,16 @@ def _build_torch(shape: Shape, x: np.ndarray, packed: bool = False) -> dict[str,
     xt = torch.tensor(x, device=dev, dtype=dtype)
     xg = xt.clone().requires_grad_(True)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    lengths = torch.from_numpy(shape.seq_lengths()) if packed else None  # on CPU, as torch wants
+    lengths = None  # set only when packed: on CPU, as torch wants
+    if packed:
+        given = shape.seq_lengths()
+        if given is None:
+            raise ValueError("torch_packed needs a ragged shape (Shape.lengths)")
+        lengths = torch.from_numpy(given)
     rnn_utils = torch.nn.utils.rnn
 
     def run(x):  # padded, or packed and unpacked again to (T, N, H)
-        if not packed:
+        if lengths is None:
             return m(x)[0]
         out = m(rnn_utils.pack_padded_sequence(x, lengths, enforce_sorted=False))[0]
         return rnn_utils.pad_packed_sequence(out, total_length=shape.seq_len)[0]
@@ -160,7 +165,9 @@ def _build_flax_rnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
                     layer = nn.Bidirectional(
                         layer, nn.RNN(cell(), time_major=True), time_major=True
                     )
-                x = layer(x, seq_lengths=seq_lengths)
+                # flax types the result as output | (carry, output) whatever return_carry
+                # says; without return_carry it is the output alone.
+                x = cast(jax.Array, layer(x, seq_lengths=seq_lengths))
             return x
 
     net = Net()
@@ -187,7 +194,9 @@ def _build_jax_cudnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
     lengths = jnp.asarray(full if given is None else given)
 
     def f(w, x):
-        return rnn.lstm(
+        # jax wraps lstm in functools.partial(custom_vjp, ...), which loses its return
+        # type (y, h_n, c_n).
+        return rnn.lstm(  # pyright: ignore[reportIndexIssue]
             x,
             h0,
             h0,

@@ -81,16 +81,17 @@ def load_japanese_vowels() -> tuple[SequenceDataset, SequenceDataset]:
     """
     with _resource("japanese_vowels.npz").open("rb") as f, np.load(f) as z:
         names = tuple(z["class_names"].tolist())
-        return tuple(
-            SequenceDataset(
-                x=z[f"x_{split}"],
-                lengths=z[f"lengths_{split}"].astype(np.int64),
-                y=z[f"y_{split}"],
-                name=f"{JAPANESE_VOWELS}/{split}",
+
+        def split(name: str) -> SequenceDataset:
+            return SequenceDataset(
+                x=z[f"x_{name}"],
+                lengths=z[f"lengths_{name}"].astype(np.int64),
+                y=z[f"y_{name}"],
+                name=f"{JAPANESE_VOWELS}/{name}",
                 class_names=names,
             )
-            for split in ("train", "test")
-        )
+
+        return split("train"), split("test")
 
 
 class Sunspots(NamedTuple):

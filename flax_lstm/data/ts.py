@@ -134,9 +134,18 @@ def _is_blank_or_comment(line: str) -> bool:
     return not line or line[0] in "#%"
 
 
+@dataclasses.dataclass
+class _HeaderLines:
+    """What the header lines before ``@data`` said, each under its lower-case key."""
+
+    flags: dict[str, bool] = dataclasses.field(default_factory=dict)  # the _BOOL_KEYS
+    numbers: dict[str, int] = dataclasses.field(default_factory=dict)  # dimensions, serieslength
+    class_names: list[str] | None = None  # @classLabel true <labels>
+
+
 def _read_header(path: str, lines: list[str]) -> _TsHeader:
     """The header lines up to ``@data``; checks that the file is a classification file."""
-    meta: dict[str, object] = {}
+    meta = _HeaderLines()
     for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
         if _is_blank_or_comment(line):
@@ -149,29 +158,29 @@ def _read_header(path: str, lines: list[str]) -> _TsHeader:
         _read_header_line(path, lineno, tokens, meta)
     else:
         raise DataError(f"{path}: no @data line; not a .ts file?")
-    if meta.get("timestamps"):
+    if meta.flags.get("timestamps"):
         raise DataError(f"{path}: timestamped .ts files (@timeStamps true) are not supported")
-    if "classlabel" not in meta:
+    if meta.class_names is None:
         raise DataError(
             f"{path}: no '@classLabel true <labels>' header; only classification files are "
             "supported"
         )
-    dimensions = meta.get("dimensions")
-    if meta.get("univariate") and dimensions is None:
+    dimensions = meta.numbers.get("dimensions")
+    if meta.flags.get("univariate") and dimensions is None:
         dimensions = 1
     return _TsHeader(
         data_line=lineno,
-        class_names=meta["classlabel"],
+        class_names=meta.class_names,
         dimensions=dimensions,
-        series_length=meta.get("serieslength") if meta.get("equallength") else None,
+        series_length=meta.numbers.get("serieslength") if meta.flags.get("equallength") else None,
     )
 
 
-def _read_header_line(path: str, lineno: int, tokens: list[str], meta: dict[str, object]) -> None:
+def _read_header_line(path: str, lineno: int, tokens: list[str], meta: _HeaderLines) -> None:
     """Record one ``@key value...`` line in ``meta`` (under its lower-case key)."""
     key = tokens[0][1:].lower()
     if key in _BOOL_KEYS:
-        meta[key] = _parse_bool(path, lineno, key, tokens)
+        meta.flags[key] = _parse_bool(path, lineno, key, tokens)
     elif key == "targetlabel":
         if _parse_bool(path, lineno, key, tokens):
             raise DataError(
@@ -179,10 +188,10 @@ def _read_header_line(path: str, lineno: int, tokens: list[str], meta: dict[str,
                 "classification files (@classLabel true ...) are supported"
             )
     elif key == "classlabel":
-        meta[key] = _parse_class_labels(path, lineno, tokens)
+        meta.class_names = _parse_class_labels(path, lineno, tokens)
     elif key in ("dimensions", "serieslength"):
         try:
-            meta[key] = int(tokens[1])
+            meta.numbers[key] = int(tokens[1])
         except (IndexError, ValueError):
             raise DataError(f"{path}:{lineno}: @{tokens[0][1:]} needs an integer") from None
 

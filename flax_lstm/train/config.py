@@ -223,7 +223,7 @@ _document(TrainConfig)
 
 def resolve_paths(config: TrainConfig) -> TrainConfig:
     """``config`` with absolute data paths (a run folder must not depend on the cwd)."""
-    if config.train is None:
+    if config.train is None or config.test is None:  # both or neither (__post_init__)
         return config
     return dataclasses.replace(
         config, train=str(Path(config.train).absolute()), test=str(Path(config.test).absolute())

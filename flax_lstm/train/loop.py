@@ -148,13 +148,15 @@ def _train_epoch(job: Job, carry: Carry, bar) -> tuple[dict[str, Any], int | Non
         carry.state, s = runner.train_step(carry.state, x, lengths, y, w)
         stats.append(s)
         bar.update(1)
-    total = np.sum(np.stack(jax.device_get(stats)), axis=0, dtype=np.float64)
+    # (loss sum, correct, count) summed over the steps; asarray: numpy types the sum a scalar
+    total = np.asarray(np.sum(np.stack(jax.device_get(stats)), axis=0, dtype=np.float64))
     epoch = carry.meta.epoch + 1
     record = {
         "epoch": epoch,
         "train_loss": float(total[0] / total[2]),
         "train_accuracy": float(total[1] / total[2]),
-        "lr": float(runner.schedule(epoch * runner.steps_per_epoch - 1)),
+        # optax types a schedule's value ArrayLike (complex included): read it as an array
+        "lr": float(np.asarray(runner.schedule(epoch * runner.steps_per_epoch - 1))),
     }
     _validate(job, carry, record)
     record["time_s"] = time.perf_counter() - t_epoch

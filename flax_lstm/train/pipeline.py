@@ -143,7 +143,7 @@ def encode(
 
 
 def _load_sources(config: TrainConfig) -> tuple[fdata.SequenceDataset, fdata.SequenceDataset]:
-    if config.train is None:
+    if config.train is None or config.test is None:  # both or neither (__post_init__)
         return fdata.load_japanese_vowels()
     return fdata.read_dataset(config.train), fdata.read_dataset(config.test)
 
