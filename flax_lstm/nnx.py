@@ -212,7 +212,9 @@ class LSTM(nnx.Module):
         return _modules.initial_state(self.config, self.param_dtype, self._learned(), batch_size)
 
     def _learned(self) -> tuple[Array, Array] | None:
-        return None if self.h0 is None else (self.h0[...], self.c0[...])
+        if self.h0 is None or self.c0 is None:  # both or neither (see __init__)
+            return None
+        return self.h0[...], self.c0[...]
 
     # fmt: off
     @overload
@@ -355,9 +357,10 @@ class LSTM(nnx.Module):
         for layer, values in zip(model.layers, params, strict=True):
             for name, value in values.items():
                 layer[name].set_value(value)
-        if model.h0 is not None:
+        if model.h0 is not None and model.c0 is not None:
             h0, c0 = _modules.zero_initial_state(model.config, model.param_dtype)
-            model.h0.set_value(h0), model.c0.set_value(c0)
+            model.h0.set_value(h0)
+            model.c0.set_value(c0)
         model.rngs = model._dropout_stream(rngs)
         return model
 

@@ -17,7 +17,7 @@ def readme_examples() -> None:
     x = jnp.ones((8, 29, 12))                                 # (N, L, input_size) with batch_first
     lengths = jnp.array([29, 20, 7, 29, 1, 15, 29, 3])        # packed-sequence semantics
     output, (h_n, c_n) = fl.lstm(params, x, config=config, seq_lengths=lengths)
-    output.shape, h_n.shape                                   # (8, 29, 128), (4, 8, 64)
+    print(output.shape, h_n.shape)                            # (8, 29, 128) (4, 8, 64)
 
     # training: dropout only where a key is given, on every layer's output but the last
     loss = lambda p, x, key: fl.lstm(p, x, config=config, dropout_key=key)[0].mean()
