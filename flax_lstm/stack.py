@@ -106,7 +106,8 @@ def _prepare(
         impl,
         config=config,
         dtype=dtype,
-        rows=seq_len * batch,
+        steps=seq_len,
+        batch=batch,
         platform=plans.platform_of(input, params[0]["w_ih"]),
         recurrent_dropout=recurrent_dropout > 0 and dropout_key is not None,
     )
@@ -313,7 +314,7 @@ def _layer(x, weights, h0, c0, lengths, mask, rmask, plan: Plan, all_c: bool):
     return hs, cs, h_last, c_last
 
 
-def _batch_last_layout(output, h_n, c_n, states, batched: bool, batch_first: bool):
+def _to_caller_layout(output, h_n, c_n, states, batched: bool, batch_first: bool):
     """The outputs in the caller's layout: unbatched (no N), batch-first, or time-major."""
     if not batched:
         output, h_n, c_n = output[:, 0], h_n[:, 0], c_n[:, 0]
@@ -377,7 +378,7 @@ def _forward(
     states = None
     if return_all_states:
         states = LSTMState(jnp.concatenate(all_h, axis=1), jnp.concatenate(all_c, axis=1))
-    output, h_n, c_n, states = _batch_last_layout(
+    output, h_n, c_n, states = _to_caller_layout(
         x, jnp.stack(h_n), jnp.stack(c_n), states, batched, config.batch_first
     )
     if return_all_states:
