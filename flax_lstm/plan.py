@@ -38,11 +38,14 @@ __all__ = ["Implementation", "Plan"]
 RECURRENCES = ("auto", "kernel", "scan")
 BACKWARDS = ("custom", "autodiff", "remat")
 
-# The default (``"auto"``) runs the scan for calls below both sizes: steps × hidden units, and
-# steps × sequences × hidden units. The kernel has a fixed cost per call (packing the weights,
-# its calls forward and backward) that its work amortises, where the scan pays a cost per
-# step: a short sequence goes to the scan unless its batch is large. Measured on small shapes:
-# docs/performance/design.md, "Small calls: the kernel or the scan".
+# The size of call from which the default (``"auto"``) takes the kernel: at least
+# KERNEL_MIN_STEPS steps, and at least KERNEL_MIN_STEP_UNITS steps × hidden units or
+# KERNEL_MIN_WORK_UNITS steps × sequences × hidden units. The kernel has a fixed cost per call
+# (packing the weights, its calls forward and backward) that its work amortises, where the
+# scan pays a cost per step: a short sequence goes to the scan unless its batch is large, and
+# a single step always does (there is no recurrence to keep in cache). Measured on small
+# shapes: docs/performance/design.md, "Small calls: the kernel or the scan".
+KERNEL_MIN_STEPS = 2
 KERNEL_MIN_STEP_UNITS = 1024
 KERNEL_MIN_WORK_UNITS = 4096
 
@@ -76,7 +79,7 @@ def _dtype_blocker(f: CallFacts) -> str | None:
 
 # The kernel's reach: the calls it can take, whether asked for (``recurrence="kernel"``) or by
 # default, and the one place that states it. The default also needs a call large enough
-# (`KERNEL_MIN_STEP_UNITS`) and a built library (`flax_lstm.kernel.build_error`, which also says
+# (`KERNEL_MIN_STEPS`) and a built library (`flax_lstm.kernel.build_error`, which also says
 # whether the CPU has the bfloat16 instructions). docs/guides/implementations.md quotes the
 # texts (tests/test_plan.py checks it).
 KERNEL_REACH: tuple[Condition, ...] = (
@@ -117,7 +120,7 @@ class Implementation:
 
     Args:
       recurrence: ``"auto"`` (default): the compiled CPU kernel wherever it applies (within
-        `flax_lstm.plan.KERNEL_REACH`, a call large enough for it (``KERNEL_MIN_STEP_UNITS``),
+        `flax_lstm.plan.KERNEL_REACH`, a call large enough for it (``KERNEL_MIN_STEPS``),
         and the kernel built), else the scan. ``"kernel"`` demands the kernel (ValueError where it
         does not apply, RuntimeError if it cannot be built); ``"scan"`` never runs compiled
         code.
@@ -233,9 +236,13 @@ def kernel_blocker(facts: CallFacts) -> str | None:
 
 
 def _too_small(steps: Any, batch: Any, hidden: int) -> bool:
-    """Whether the default leaves a call to the scan (see `KERNEL_MIN_STEP_UNITS`). A symbolic
+    """Whether the default leaves a call to the scan (see `KERNEL_MIN_STEPS`). A symbolic
     length or batch (`jax.export`) counts as large: it cannot be compared with a number."""
-    if not isinstance(steps, int) or steps * hidden >= KERNEL_MIN_STEP_UNITS:
+    if not isinstance(steps, int):
+        return False
+    if steps < KERNEL_MIN_STEPS:
+        return True
+    if steps * hidden >= KERNEL_MIN_STEP_UNITS:
         return False
     return isinstance(batch, int) and steps * batch * hidden < KERNEL_MIN_WORK_UNITS
 
@@ -261,8 +268,9 @@ def _choose_recurrence(request: Implementation, blocker: str | None, facts: Call
     if _too_small(steps, facts.batch, hidden):
         return "scan", (
             f"{steps} steps × {facts.batch} sequences × {hidden} hidden units: the scan is faster "
-            f"than the kernel's fixed cost per call below {KERNEL_MIN_STEP_UNITS} steps × hidden "
-            f"units and {KERNEL_MIN_WORK_UNITS} steps × sequences × hidden units"
+            f"than the kernel's fixed cost per call below {KERNEL_MIN_STEPS} steps, or below "
+            f"both {KERNEL_MIN_STEP_UNITS} steps × hidden units and {KERNEL_MIN_WORK_UNITS} "
+            "steps × sequences × hidden units"
         )
     if not kernel.available(dtype):
         return "scan", f"the CPU kernel is not available: {kernel.build_error(dtype)}"

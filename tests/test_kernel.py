@@ -53,7 +53,7 @@ def test_without_a_compiler_the_scan_path_runs_with_a_warning(tmp_path):
     code = (
         "import warnings, jax, jax.numpy as jnp, flax_lstm as fl\n"
         "from flax_lstm import kernel\n"
-        "cfg = fl.LSTMConfig(3, 4)\n"
+        "cfg = fl.LSTMConfig(3, 64)\n"  # large enough for the kernel by default
         "p = fl.init_params(jax.random.key(0), cfg)\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
@@ -64,7 +64,7 @@ def test_without_a_compiler_the_scan_path_runs_with_a_warning(tmp_path):
     empty.mkdir()
     proc = _run_python(code, CXX="", PATH=str(empty), FLAX_LSTM_CACHE_DIR=str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["(16,", "1,", "4)", "False", "True"]
+    assert proc.stdout.split() == ["(16,", "1,", "64)", "False", "True"]
 
 
 def test_disabled_by_environment():

@@ -185,6 +185,7 @@ def test_kernel_reach_is_quoted_by_the_docs():
     quoted = re.findall(r"^- (.+?);?$", block, flags=re.M)
     assert quoted == [c.text for c in plans.KERNEL_REACH]
     text = " ".join(page_text.split())
+    assert f"at least {plans.KERNEL_MIN_STEPS} steps" in text
     assert f"{plans.KERNEL_MIN_STEP_UNITS} steps × hidden units" in text
     assert f"{plans.KERNEL_MIN_WORK_UNITS} steps × sequences × hidden units" in text
 
@@ -199,6 +200,8 @@ def test_kernel_reach_is_quoted_by_the_docs():
         (1, 16, 64, "kernel"),
         (8, 8, 64, "kernel"),  # a short sequence, but a batch large enough
         (1, 1, 256, "scan"),
+        (16, 1, 256, "scan"),  # a single step
+        (16, 2, 256, "kernel"),
         (4, 4, 256, "kernel"),
         (0, 40, 64, "scan"),  # an empty batch
     ],
