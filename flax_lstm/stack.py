@@ -228,8 +228,8 @@ def lstm_plan(
       'scan'
       >>> print(fl.lstm_plan(params, x, config=config, impl=fl.Implementation(unroll=4,
       ...     recurrence="scan", platform="gpu")))  # doctest: +NORMALIZE_WHITESPACE
-      lax.scan (custom backward, unroll 4, input projection hoisted, directions fused) on gpu:
-      recurrence='scan' was requested
+      lax.scan (custom backward, unroll 4, input projection hoisted, directions fused; no
+      compiled code) on gpu: recurrence='scan' was requested
     """
     return _prepare(
         params, input, hx, config=config, seq_lengths=seq_lengths, dropout_key=dropout_key,
