@@ -73,19 +73,20 @@ def _check_keys(name: str, params: Any, expected: Mapping[str, Any]) -> None:
         )
 
 
-def check_cell_params(cell_params: Any) -> None:
-    """Check one direction's parameters for internal consistency (sizes read off ``w_ih``)."""
-    if not isinstance(cell_params, Mapping) or "w_ih" not in cell_params:
-        raise TypeError("cell_params must be a dict with at least 'w_ih' and 'w_hh'")
-    w_ih = cell_params["w_ih"]
+def check_cell_params(params: Any, name: str = "params") -> None:
+    """Check one direction's parameters, the argument ``name``, for internal consistency
+    (sizes read off ``w_ih``)."""
+    if not isinstance(params, Mapping) or "w_ih" not in params:
+        raise TypeError(f"{name} must be a dict with at least 'w_ih' and 'w_hh'")
+    w_ih = params["w_ih"]
     if np.ndim(w_ih) != 2 or np.shape(w_ih)[0] % 4:
-        raise ValueError(f"cell_params['w_ih'] must have shape (4H, in), got {np.shape(w_ih)}")
+        raise ValueError(f"{name}['w_ih'] must have shape (4H, in), got {np.shape(w_ih)}")
     hidden, in_size = np.shape(w_ih)[0] // 4, np.shape(w_ih)[1]
-    proj = np.shape(cell_params["w_hr"])[0] if "w_hr" in cell_params else 0
-    expected = expected_layer_shapes(in_size, hidden, proj, "b_ih" in cell_params)
-    _check_keys("cell_params", cell_params, expected)
+    proj = np.shape(params["w_hr"])[0] if "w_hr" in params else 0
+    expected = expected_layer_shapes(in_size, hidden, proj, "b_ih" in params)
+    _check_keys(name, params, expected)
     for key, shape in expected.items():
-        check_shape(f"cell_params[{key!r}]", cell_params[key], shape)
+        check_shape(f"{name}[{key!r}]", params[key], shape)
 
 
 def check_params(params: Any, config: Any) -> None:

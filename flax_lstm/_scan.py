@@ -5,7 +5,7 @@ in one loop). The input projection ``x·W_ihᵀ`` is either hoisted out of the l
 over all steps (``plan.hoist_input``: the GPU default, where it turns many small GEMMs into
 one large one) or computed step by step inside it (the CPU default: there the per-step
 operands stay in cache, while the hoisted (L, N, 4H) gates make a round trip through memory;
-measured 57 vs 74-94 ms for the forward of B32 T128 H256 on one core).
+measured: docs/performance/design.md, "The scan path on CPU").
 
 The backward (`backward`) is the hand-written one of `flax_lstm.recurrence`: a reverse loop
 computes the gate gradients ``dz`` step by step, and the gradients of ``W_ih``, ``b``,
@@ -13,22 +13,29 @@ computes the gate gradients ``dz`` step by step, and the gradients of ``W_ih``, 
 each, instead of being accumulated inside the loop as autodiff of `lax.scan` does. With
 ``plan.backward == "remat"`` the loop recomputes the gates and accumulates the weight
 gradients itself, so that nothing of size (L, N, 4H) is kept.
+
+Nothing here runs compiled code: `flax_lstm.recurrence` passes in what the compiled kernel
+computed (the gate gradients, a ragged batch's weight gradients) and the transposed copy its
+bfloat16 weight gradients take.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from flax_lstm import kernel as cpu_kernel
 from flax_lstm.cell import LSTMState, activate, batched_matmul, recurrent_step
 from flax_lstm.plan import Plan
 
 Array = jax.Array
+# A row-major transposed copy, (R, …, J) → (J, R, …), for the bfloat16 weight-gradient GEMMs on
+# CPU; None: XLA's own transpose.
+Transpose = Callable[[Array], Array] | None
 
 
 class LayerWeights(NamedTuple):
@@ -64,7 +71,9 @@ def dir_matmul(a: Array, w: Array, acc: Any) -> Array:
     return out[0] if len(out) == 1 else jnp.concatenate(out, axis=1)
 
 
-def sum_outer(a: Array, bs: list[Array], dtype: Any, acc: Any, plan: Plan) -> list[Array]:
+def sum_outer(
+    a: Array, bs: list[Array], dtype: Any, acc: Any, plan: Plan, transpose: Transpose = None
+) -> list[Array]:
     """``Σ_{t,n} a[t,d,n]ᵀ b[t,d,n]`` per direction for each ``b`` in ``bs``.
 
     (T, D, N, I) and each (T, D, N, J_b) → a list of (D, I, J_b), all contracted over (T, N).
@@ -76,11 +85,13 @@ def sum_outer(a: Array, bs: list[Array], dtype: Any, acc: Any, plan: Plan) -> li
 
     On CPU the ``bs`` are concatenated, transposed into a materialised (ΣJ, T, N) copy and
     multiplied as one plain GEMM ``bᵀ·a``: XLA:CPU runs the transposed-operand form
-    ``aᵀ·b`` through a slower GEMM and transposes the large ``a`` for each ``b`` (measured
-    36.5 → 24.3 ms for the three gradient GEMMs of B32 T128 H256). In bfloat16 the copy is
-    made by the kernel library where ``plan.kernel_transpose`` (`flax_lstm.kernel.
-    transposed_copy`): XLA's own stays a column-major layout, and XLA then runs the GEMM in
-    float32 (B32 T128 H256 I128: 18.9 → 11.2 ms). Elsewhere one GEMM each.
+    ``aᵀ·b`` through a slower GEMM and transposes the large ``a`` for each ``b`` (measured:
+    docs/performance/design.md). In bfloat16 ``transpose`` makes the copy where given (the
+    compiled kernel's plan passes the kernel library's: XLA's own stays a column-major
+    layout, and XLA then runs the GEMM in float32). The (ΣJ, I) product is kept as it is
+    before it is split and transposed: XLA would otherwise fold the transpose of a single
+    ``b``'s product into the dot, and XLA:CPU has no bfloat16 GEMM with float32 output for
+    that transposed form (``UNIMPLEMENTED: ... DotThunk``). Elsewhere one GEMM each.
     """
     widths = [b.shape[-1] for b in bs]
     outs: list[list[Array]] = [[] for _ in bs]
@@ -89,11 +100,12 @@ def sum_outer(a: Array, bs: list[Array], dtype: Any, acc: Any, plan: Plan) -> li
         a3 = a[:, d].astype(dtype)
         if plan.on_cpu:
             b3 = jnp.concatenate([b[:, d].astype(dtype) for b in bs], axis=-1)  # (T, N, ΣJ)
-            if b3.dtype == jnp.bfloat16 and plan.kernel_transpose:
-                b3t = cpu_kernel.transposed_copy(b3)
+            if b3.dtype == jnp.bfloat16 and transpose is not None:
+                b3t = transpose(b3)
             else:
                 b3t = lax.optimization_barrier(jnp.moveaxis(b3, -1, 0))
             g = lax.dot_general(b3t, a3, (((1, 2), (0, 1)), ((), ())), preferred_element_type=acc)
+            g = lax.optimization_barrier(g)  # the plain GEMM, not a transposed form (above)
             parts = jnp.split(g, list(itertools.accumulate(widths))[:-1], axis=0)
             for out, part in zip(outs, parts, strict=True):
                 out.append(part.T.astype(dtype))
@@ -199,21 +211,32 @@ def _reverse_body(x, w: LayerWeights, rmask, plan: Plan, acc):
     return body
 
 
-def _weight_grads(dz, proj, x, h_in, w: LayerWeights, acc, plan: Plan):
+def _weight_grads(dz, proj, x, h_in, w: LayerWeights, acc, plan: Plan, transpose: Transpose):
     """``(dx, dw_ih, dw_hh, dw_hr)``: every weight gradient, and the input gradient, as one
     GEMM over all steps and sequences from the gate gradients ``dz`` (T, D, N, 4H)."""
     dz_c = dz.astype(w.w_hh.dtype)
     dx = dir_matmul(dz_c, w.w_ih, acc).astype(x.dtype)
-    dw_ih, dw_hh = sum_outer(dz_c, [x, h_in], w.w_ih.dtype, acc, plan)
-    dw_hr = None if w.w_hr is None else sum_outer(proj[0], [proj[1]], w.w_hr.dtype, acc, plan)[0]
+    dw_ih, dw_hh = sum_outer(dz_c, [x, h_in], w.w_ih.dtype, acc, plan, transpose)
+    dw_hr = None
+    if w.w_hr is not None:
+        dw_hr = sum_outer(proj[0], [proj[1]], w.w_hr.dtype, acc, plan, transpose)[0]
     return dx, dw_ih, dw_hh, dw_hr
 
 
-def backward(plan: Plan, all_c: bool, residuals, cotangents, kernel_dz=None, kernel_grads=None):
+def backward(
+    plan: Plan,
+    all_c: bool,
+    residuals,
+    cotangents,
+    gate_grads=None,
+    weight_grads=None,
+    transpose: Transpose = None,
+):
     """The cotangents of ``(x, w, h0, c0, mask, rmask)`` of one layer (see
-    `flax_lstm.recurrence`). ``kernel_dz``: the compiled kernel's ``(dz, db, dh0, dc0)``, which
-    replace the reverse loop; ``kernel_grads``: its ``(dx, dw_ih, dw_hh)`` (a ragged batch, no
-    projection), which replace the GEMMs after it."""
+    `flax_lstm.recurrence`). ``gate_grads``: ``(dz, db, dh0, dc0)`` computed elsewhere (the
+    compiled kernel's reverse recurrence), which replace the reverse loop; ``weight_grads``:
+    ``(dx, dw_ih, dw_hh)`` computed elsewhere (a ragged batch, no projection), which replace the
+    GEMMs after it; ``transpose``: see `sum_outer`."""
     x, w, h0, c0, mask, rmask, hs, cs, acts = residuals
     dhs, dc_out = cotangents
     # Only the last cell state is an output unless all_c: its gradient starts the reverse loop
@@ -224,12 +247,12 @@ def backward(plan: Plan, all_c: bool, residuals, cotangents, kernel_dz=None, ker
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, D, N, H_out)
     c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, D, N, H)
     h_in = h_prev if rmask is None else h_prev * rmask  # what multiplied W_hh at each step
-    if kernel_dz is not None:
-        dz, db, dh0, dc0 = kernel_dz
-        if kernel_grads is None:
-            dx, dw_ih, dw_hh, dw_hr = _weight_grads(dz, None, x, h_in, w, acc, plan)
+    if gate_grads is not None:
+        dz, db, dh0, dc0 = gate_grads
+        if weight_grads is None:
+            dx, dw_ih, dw_hh, dw_hr = _weight_grads(dz, None, x, h_in, w, acc, plan, transpose)
         else:  # float32, as everything else here (see recurrence._kernel_backward)
-            (dx, dw_ih, dw_hh), dw_hr = kernel_grads, None
+            (dx, dw_ih, dw_hh), dw_hr = weight_grads, None
     else:
         dc_last = jnp.zeros(c0.shape, acc) if all_c else dc_out.astype(acc)
         carry0 = (jnp.zeros(h0.shape, acc), dc_last)
@@ -247,7 +270,7 @@ def backward(plan: Plan, all_c: bool, residuals, cotangents, kernel_dz=None, ker
             dw_hr = None if w.w_hr is None else dw_hr.astype(w.w_hr.dtype)
         else:
             dz, proj = ys
-            dx, dw_ih, dw_hh, dw_hr = _weight_grads(dz, proj, x, h_in, w, acc, plan)
+            dx, dw_ih, dw_hh, dw_hr = _weight_grads(dz, proj, x, h_in, w, acc, plan, transpose)
             db = dz.sum(axis=(0, 2))
     db = None if w.b is None else db.astype(w.b.dtype)
     dw = LayerWeights(dw_ih, db, dw_hh, dw_hr)

@@ -35,8 +35,8 @@ def batched_matmul(a: Array, b: Array, out_dtype: Any, split_directions: bool = 
     """``a @ b`` with a leading direction axis on ``b`` (…, K, M) shared by ``a`` (…, N, K).
 
     ``split_directions`` (for CPU: see `flax_lstm.plan.Plan.on_cpu`) unrolls the direction axis
-    into plain 2-D GEMMs (XLA:CPU runs a batched dot of this size much slower than the same
-    2-D dots, measured); else it is one batched dot.
+    into plain 2-D GEMMs (XLA:CPU runs a batched dot of this size slower than the same 2-D
+    dots); else it is one batched dot.
     """
     if b.ndim == 3 and a.ndim == 3 and split_directions:
         outs = [jnp.matmul(a[d], b[d], preferred_element_type=out_dtype) for d in range(b.shape[0])]
@@ -47,8 +47,9 @@ def batched_matmul(a: Array, b: Array, out_dtype: Any, split_directions: bool = 
 def sigmoid(x: Array) -> Array:
     """``σ(x)`` as ``0.5·tanh(x/2) + 0.5``: the same function within float rounding.
 
-    XLA:CPU's vectorised tanh runs this 1.6x faster than ``jax.nn.sigmoid`` (measured
-    13.2 vs 21.7 µs per 32x1024 step), and the LSTM evaluates it at every step.
+    XLA:CPU's vectorised tanh runs this faster than ``jax.nn.sigmoid`` (measured:
+    docs/performance/design.md, "The scan path on CPU"), and the LSTM evaluates it at every
+    step.
     """
     return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
@@ -87,7 +88,7 @@ def recurrent_step(
 
     The weights come transposed (``W_hhᵀ``, ``W_hrᵀ``) so that the scan body holds no
     transpose: XLA:CPU does not hoist one out of a loop, and a transposed copy of ``W_hh`` at
-    every step cost a third of the forward time (measured).
+    every step is a large share of the forward's time.
 
     Shapes (any leading axes, e.g. a direction axis D, broadcast with the weights):
       w_hh_t (…, H_out, 4H), w_hr_t (…, H, H_out) or None, gx_t (…, N, 4H),
@@ -107,7 +108,7 @@ def recurrent_step(
 
 
 def lstm_cell(
-    cell_params: CellParams,
+    params: CellParams,
     x: Array,
     state: tuple[Array, Array] | None = None,
     *,
@@ -120,9 +121,9 @@ def lstm_cell(
     params carry ``w_hr``.
 
     Args:
-      cell_params: ``{'w_ih': (4H, in), 'w_hh': (4H, H_out), 'b_ih': (4H,), 'b_hh': (4H,),
-        'w_hr': (H_out, H)}``; the biases and ``w_hr`` are optional. `init_cell_params` makes
-        them and `cell_params` takes them out of `lstm` params.
+      params: one direction's parameters, ``{'w_ih': (4H, in), 'w_hh': (4H, H_out), 'b_ih':
+        (4H,), 'b_hh': (4H,), 'w_hr': (H_out, H)}``; the biases and ``w_hr`` are optional.
+        `init_cell_params` makes them and `cell_params` takes them out of `lstm` params.
       x: input, ``(N, in)`` or unbatched ``(in,)``.
       state: ``(h, c)`` with shapes ``(N, H_out)``, ``(N, H)`` (unbatched ``(H_out,)``,
         ``(H,)``); zeros when None.
@@ -140,9 +141,9 @@ def lstm_cell(
       >>> h.shape, c.shape
       ((2, 5), (2, 5))
     """
-    _checks.check_cell_params(cell_params)
-    w_ih, w_hh = cell_params["w_ih"], cell_params["w_hh"]
-    w_hr = cell_params.get("w_hr")
+    _checks.check_cell_params(params)
+    w_ih, w_hh = params["w_ih"], params["w_hh"]
+    w_hr = params.get("w_hr")
     hidden, out_size, in_size = w_ih.shape[0] // 4, w_hh.shape[1], w_ih.shape[1]
     x = _checks.as_float_array("x", x)
     if x.ndim not in (1, 2) or x.shape[-1] != in_size:
@@ -159,8 +160,8 @@ def lstm_cell(
         _checks.check_shape("state[1] (c)", c, (*batch_shape, hidden))
         h, c = h.astype(cd), c.astype(acc)
     gx = batched_matmul(x.astype(cd), w_ih.astype(cd).T, acc)
-    if "b_ih" in cell_params:
-        gx = gx + (cell_params["b_ih"] + cell_params["b_hh"]).astype(acc)
+    if "b_ih" in params:
+        gx = gx + (params["b_ih"] + params["b_hh"]).astype(acc)
     w_hr_t = None if w_hr is None else w_hr.astype(cd).T
     state, _ = recurrent_step(w_hh.astype(cd).T, w_hr_t, gx, LSTMState(h, c))
     return state

@@ -4,11 +4,14 @@
 turns it, with the facts of one call (platform, compute dtype, sizes, options), into a frozen,
 hashable `Plan`. The plan is the only static description of the implementation below
 `flax_lstm.lstm`, and `flax_lstm.lstm_plan` hands it to users: which path a call takes, and why.
+It alone decides every use of compiled code: a plan whose recurrence is ``"scan"`` runs none.
 
 The two recurrences:
 
 - ``"kernel"``: the compiled CPU kernel (`flax_lstm.kernel`) runs every step of a layer, forward
-  and backward, in one XLA FFI call; the weight gradients are large XLA GEMMs after it.
+  and backward, in one XLA FFI call; the weight gradients are large XLA GEMMs after it (in
+  bfloat16 over a row-major transposed copy that the kernel library makes). Which calls it
+  takes is `KERNEL_REACH`, stated once here.
 - ``"scan"``: `jax.lax.scan` of the pure step (`flax_lstm.cell`), on every backend.
 
 The backward of the scan: ``"custom"`` (a hand-written VJP: a reverse scan for the gate
@@ -21,7 +24,8 @@ there; for very long sequences). The kernel has its own backward, the ``"custom"
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +38,76 @@ __all__ = ["Implementation", "Plan"]
 RECURRENCES = ("auto", "kernel", "scan")
 BACKWARDS = ("custom", "autodiff", "remat")
 
-# Below this many (step, sequence) pairs per call the kernel's per-call packing of the weights
-# costs more than it saves (B1 H256: T1 254 vs 152 µs, T16 635 vs 785; B4 T4 367 vs 321 µs).
-KERNEL_MIN_ROWS = 16
+# The size of call from which the default (``"auto"``) takes the kernel: at least
+# KERNEL_MIN_STEPS steps, and at least KERNEL_MIN_STEP_UNITS steps × hidden units or
+# KERNEL_MIN_WORK_UNITS steps × sequences × hidden units. The kernel has a fixed cost per call
+# (packing the weights, its calls forward and backward) that its work amortises, where the
+# scan pays a cost per step: a short sequence goes to the scan unless its batch is large, and
+# a single step always does (there is no recurrence to keep in cache). Measured on small
+# shapes: docs/performance/design.md, "Small calls: the kernel or the scan".
+KERNEL_MIN_STEPS = 2
+KERNEL_MIN_STEP_UNITS = 1024
+KERNEL_MIN_WORK_UNITS = 4096
+
+
+class CallFacts(NamedTuple):
+    """What decides whether the kernel can take a call: ``batch`` is its number of sequences
+    (an int, or a symbolic dimension under `jax.export`), ``recurrent_dropout`` whether it is
+    applied."""
+
+    platform: str
+    dtype: jnp.dtype
+    config: LSTMConfig
+    recurrent_dropout: bool
+    backward: str
+    batch: Any
+
+
+class Condition(NamedTuple):
+    """One condition of the kernel's reach: ``text`` says what it requires (the docs quote
+    it), ``blocker`` the phrase for a call that fails it, or None."""
+
+    text: str
+    blocker: Callable[[CallFacts], str | None]
+
+
+def _dtype_blocker(f: CallFacts) -> str | None:
+    if f.dtype in (jnp.float32, jnp.bfloat16):
+        return None
+    return f"dtype {f.dtype.name} (it computes in float32 or bfloat16)"
+
+
+# The kernel's reach: the calls it can take, whether asked for (``recurrence="kernel"``) or by
+# default, and the one place that states it. The default also needs a call large enough
+# (`KERNEL_MIN_STEPS`) and a built library (`flax_lstm.kernel.build_error`, which also says
+# whether the CPU has the bfloat16 instructions). docs/guides/implementations.md quotes the
+# texts (tests/test_plan.py checks it).
+KERNEL_REACH: tuple[Condition, ...] = (
+    Condition(
+        "the CPU platform",
+        lambda f: (
+            None if f.platform == "cpu" else f"the {f.platform} platform (it is a CPU kernel)"
+        ),
+    ),
+    Condition("compute dtype float32, or bfloat16 on CPUs with AVX512_BF16", _dtype_blocker),
+    Condition(
+        "no projection (`proj_size=0`)", lambda f: "proj_size > 0" if f.config.proj_size else None
+    ),
+    Condition(
+        "no recurrent dropout (a `recurrent_dropout` rate with a `dropout_key`)",
+        lambda f: "recurrent_dropout" if f.recurrent_dropout else None,
+    ),
+    Condition(
+        'the custom backward (`backward="custom"`)',
+        lambda f: None if f.backward == "custom" else f"backward={f.backward!r}",
+    ),
+    Condition("a non-empty batch", lambda f: "an empty batch" if _is_int(f.batch, 0) else None),
+)
+
+
+def _is_int(dim: Any, value: int) -> bool:
+    """Whether ``dim`` is the int ``value``; a symbolic dimension (`jax.export`) is no int."""
+    return isinstance(dim, int) and dim == value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,24 +119,23 @@ class Implementation:
     to for a given call, with the reason.
 
     Args:
-      recurrence: ``"auto"`` (default): the compiled CPU kernel wherever it applies (the CPU,
-        float32 or bfloat16 on CPUs with AVX512_BF16, no ``proj_size``, no recurrent dropout,
-        ``backward="custom"``, at least 16 steps × sequences, and the kernel built), else the
-        scan. ``"kernel"`` demands the kernel (ValueError where it does not apply,
-        RuntimeError if it cannot be built); ``"scan"`` never runs compiled code.
+      recurrence: ``"auto"`` (default): the compiled CPU kernel wherever it applies (within
+        `flax_lstm.plan.KERNEL_REACH`, a call large enough for it (``KERNEL_MIN_STEPS``),
+        and the kernel built), else the scan. ``"kernel"`` demands the kernel (ValueError where it
+        does not apply, RuntimeError if it cannot be built); ``"scan"`` never runs compiled
+        code.
       backward: ``"custom"`` (default): the hand-written VJP, weight gradients as one GEMM
         after the reverse loop. ``"autodiff"``: JAX differentiates the scan (allows
         `jax.jvp`). ``"remat"``: the gates are recomputed in the backward and nothing of size
-        (L, N, 4H) is kept (B1 L100000 H64 fwd+bwd: 98 MiB of temporaries instead of 196 MiB
-        with the CPU kernel and 293 MiB on the scan path).
+        (L, N, 4H) is kept, for very long sequences (its memory: docs/guides/implementations.md).
       unroll: `jax.lax.scan`'s unroll of the scan path; default 1 on CPU, 8 on GPU/TPU.
       hoist_input: compute ``x·W_ihᵀ`` for all steps as one GEMM before the scan (default on
         GPU/TPU) instead of step by step inside it (default on CPU, where the per-step operands
-        stay in cache: 57 vs 74-94 ms, B32 T128 H256 forward on one core).
+        stay in cache; measured: docs/performance/design.md, "The scan path on CPU").
       fuse_directions: run both directions of a bidirectional layer in one loop over a
         direction axis. Default: on GPU/TPU (half the sequential steps) and in the CPU kernel
-        (one call, its threads stay up); off on the CPU scan (143 vs 108 ms fused, B32 T128
-        H256 bidirectional forward on one core).
+        (one call, its threads stay up); off on the CPU scan, where the fused step measured
+        slower (same page).
       platform: the platform the computation will run on (``"cpu"``, ``"gpu"``, ``"tpu"``),
         which picks the defaults above. Default: the platform of the input's devices when it
         is a concrete array, else (under `jax.jit`, where a tracer has no device) the default
@@ -136,7 +206,6 @@ class Plan:
     unroll: int
     hoist_input: bool
     fuse_directions: bool
-    kernel_transpose: bool = False
     reason: str = dataclasses.field(default="", compare=False)
 
     @property
@@ -151,43 +220,34 @@ class Plan:
             how = (
                 f"lax.scan ({self.backward} backward, unroll {self.unroll}, input projection "
                 f"{'hoisted' if self.hoist_input else 'per step'}, directions "
-                f"{'fused' if self.fuse_directions else 'one loop each'})"
+                f"{'fused' if self.fuse_directions else 'one loop each'}; no compiled code)"
             )
         return f"{how} on {self.platform}: {self.reason}"
 
 
-def kernel_blocker(
-    dtype: Any,
-    config: LSTMConfig,
-    *,
-    recurrent_dropout: bool,
-    backward: str,
-    rows: int,
-    platform: str,
-) -> str | None:
-    """What keeps a call from the CPU kernel, as a phrase, or None if nothing does.
-
-    The one statement of the kernel's reach: the CPU, float32 or bfloat16, no projection, no
-    recurrent dropout, the custom backward and a non-empty batch. Whether the kernel could be
-    built (and has bfloat16 instructions) is `flax_lstm.kernel.build_error`'s to say.
-    """
-    dtype = jnp.dtype(dtype)
-    if platform != "cpu":
-        return f"the {platform} platform (it is a CPU kernel)"
-    if dtype not in (jnp.float32, jnp.bfloat16):
-        return f"dtype {dtype.name} (it computes in float32 or bfloat16)"
-    if config.proj_size:
-        return "proj_size > 0"
-    if recurrent_dropout:
-        return "recurrent_dropout"
-    if backward != "custom":
-        return f"backward={backward!r}"
-    if rows == 0:
-        return "an empty batch"
+def kernel_blocker(facts: CallFacts) -> str | None:
+    """What keeps a call from the CPU kernel, as a phrase (the first of `KERNEL_REACH` that
+    fails), or None if nothing does."""
+    for condition in KERNEL_REACH:
+        blocker = condition.blocker(facts)
+        if blocker is not None:
+            return blocker
     return None
 
 
-def _choose_recurrence(request: Implementation, blocker: str | None, dtype: Any, rows: int):
+def _too_small(steps: Any, batch: Any, hidden: int) -> bool:
+    """Whether the default leaves a call to the scan (see `KERNEL_MIN_STEPS`). A symbolic
+    length or batch (`jax.export`) counts as large: it cannot be compared with a number."""
+    if not isinstance(steps, int):
+        return False
+    if steps < KERNEL_MIN_STEPS:
+        return True
+    if steps * hidden >= KERNEL_MIN_STEP_UNITS:
+        return False
+    return isinstance(batch, int) and steps * batch * hidden < KERNEL_MIN_WORK_UNITS
+
+
+def _choose_recurrence(request: Implementation, blocker: str | None, facts: CallFacts, steps):
     """``(recurrence, reason)`` for a request, given what blocks the kernel (None: nothing)."""
     if request.recurrence == "scan":
         return "scan", "recurrence='scan' was requested"
@@ -197,6 +257,7 @@ def _choose_recurrence(request: Implementation, blocker: str | None, dtype: Any,
                 f"recurrence='kernel' was requested, but the CPU kernel does not support {blocker}"
             )
         return "scan", f"the CPU kernel does not support {blocker}"
+    dtype, hidden = facts.dtype, facts.config.hidden_size
     if request.recurrence == "kernel":
         error = kernel.build_error(dtype)
         if error is not None:
@@ -204,10 +265,12 @@ def _choose_recurrence(request: Implementation, blocker: str | None, dtype: Any,
                 f"recurrence='kernel' was requested, but the CPU kernel is not available: {error}"
             )
         return "kernel", "recurrence='kernel' was requested"
-    if rows < KERNEL_MIN_ROWS:
+    if _too_small(steps, facts.batch, hidden):
         return "scan", (
-            f"{rows} steps × sequences: below {KERNEL_MIN_ROWS} the scan is faster than the "
-            "kernel's per-call weight packing"
+            f"{steps} steps × {facts.batch} sequences × {hidden} hidden units: the scan is faster "
+            f"than the kernel's fixed cost per call below {KERNEL_MIN_STEPS} steps, or below "
+            f"both {KERNEL_MIN_STEP_UNITS} steps × hidden units and {KERNEL_MIN_WORK_UNITS} "
+            "steps × sequences × hidden units"
         )
     if not kernel.available(dtype):
         return "scan", f"the CPU kernel is not available: {kernel.build_error(dtype)}"
@@ -219,24 +282,21 @@ def resolve(
     *,
     config: LSTMConfig,
     dtype: Any,
-    rows: int,
+    steps: Any,
+    batch: Any,
     platform: str,
     recurrent_dropout: bool,
 ) -> Plan:
-    """The `Plan` of one call: ``rows`` is steps × sequences, ``recurrent_dropout`` whether it
-    is applied (a rate and a key), ``platform`` where it runs (``impl.platform`` wins)."""
+    """The `Plan` of one call of ``steps`` steps over ``batch`` sequences (ints, or symbolic
+    dimensions under `jax.export`); ``recurrent_dropout`` is whether it is applied (a rate and
+    a key), ``platform`` where it runs (``impl.platform`` wins)."""
     request = Implementation.of(impl)
     platform = request.platform or platform
     on_cpu = platform == "cpu"
-    blocker = kernel_blocker(
-        dtype,
-        config,
-        recurrent_dropout=recurrent_dropout,
-        backward=request.backward,
-        rows=rows,
-        platform=platform,
+    facts = CallFacts(
+        platform, jnp.dtype(dtype), config, recurrent_dropout, request.backward, batch
     )
-    recurrence, reason = _choose_recurrence(request, blocker, dtype, rows)
+    recurrence, reason = _choose_recurrence(request, kernel_blocker(facts), facts, steps)
     use_kernel = recurrence == "kernel"
     return Plan(
         platform=platform,
@@ -248,14 +308,6 @@ def resolve(
             (not on_cpu or use_kernel)
             if request.fuse_directions is None
             else request.fuse_directions
-        ),
-        # bfloat16 weight gradients on CPU take the kernel library's row-major transposed copy
-        # (`flax_lstm.recurrence`), unless the caller asked for no compiled code at all.
-        kernel_transpose=(
-            on_cpu
-            and jnp.dtype(dtype) == jnp.bfloat16
-            and request.recurrence != "scan"
-            and (use_kernel or kernel.available())
         ),
         reason=reason,
     )

@@ -3,10 +3,12 @@
 `run_layer` is the only entry: it runs every direction of a layer (the reverse direction
 reads input that the caller has reversed within each sequence's length) and differentiates
 as the plan's ``backward`` says. The scan itself, forward and reverse, is in
-`flax_lstm._scan`; the kernel's binding in `flax_lstm.kernel`. The hand-written backward is a
-`jax.custom_vjp` over both: the gate gradients come from a reverse loop (the scan's or the
-kernel's), and the weight and input gradients after it, as one large GEMM each (for a ragged
-float32 batch on the kernel, its `weight_grads` and `input_grad` over the valid steps only).
+`flax_lstm._scan`, which runs no compiled code; the kernel's bindings in
+`flax_lstm._kernel.ffi`, called here only for a plan whose recurrence is ``"kernel"``. The
+hand-written backward is a `jax.custom_vjp` over both: the gate gradients come from a reverse
+loop (the scan's or the kernel's), and the weight and input gradients after it, as one large
+GEMM each (for a ragged float32 batch on the kernel, its `weight_grads` and `input_grad` over
+the valid steps only; in bfloat16 over the kernel library's `transposed_copy`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_lstm import _scan
-from flax_lstm import kernel as cpu_kernel
+from flax_lstm._kernel import ffi
 from flax_lstm._scan import LayerWeights
 from flax_lstm.plan import Plan
 
@@ -53,9 +55,7 @@ def _scan_plan(plan: Plan) -> Plan:
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7))
 def _kernel_forward(x, w, h0, c0, mask, plan, save_acts, all_c):
     del plan  # the scan of the same plan gives the derivatives
-    return cpu_kernel.forward(
-        x, w.w_ih, w.b, w.w_hh, h0, c0, mask, save_acts=save_acts, all_c=all_c
-    )
+    return ffi.forward(x, w.w_ih, w.b, w.w_hh, h0, c0, mask, save_acts=save_acts, all_c=all_c)
 
 
 @_kernel_forward.defjvp
@@ -75,15 +75,15 @@ def _kernel_forward_jvp(plan, save_acts, all_c, primals, tangents):
 def _kernel_backward(plan, all_c, residuals, cotangents):
     x, w, h0, c0, mask, _, hs, cs, acts = residuals
     dhs, dc_out = cotangents
-    kernel_dz = cpu_kernel.backward(dhs, dc_out, acts, cs, c0, w.w_hh, mask)
-    kernel_grads = None
+    gate_grads = ffi.backward(dhs, dc_out, acts, cs, c0, w.w_hh, mask)
+    weight_grads = None
     if mask is not None and w.w_hh.dtype == jnp.float32:
         # A ragged batch: the weight and input gradients over its valid steps only.
-        dz = kernel_dz[0]
-        dw_ih, dw_hh = cpu_kernel.weight_grads(dz, x, hs, h0, mask)
-        kernel_grads = (cpu_kernel.input_grad(dz, w.w_ih, mask), dw_ih, dw_hh)
+        dz = gate_grads[0]
+        dw_ih, dw_hh = ffi.weight_grads(dz, x, hs, h0, mask)
+        weight_grads = (ffi.input_grad(dz, w.w_ih, mask), dw_ih, dw_hh)
     return _scan.backward(
-        plan, all_c, residuals, cotangents, kernel_dz=kernel_dz, kernel_grads=kernel_grads
+        plan, all_c, residuals, cotangents, gate_grads, weight_grads, ffi.transposed_copy
     )
 
 

@@ -125,7 +125,8 @@ def _prepare(
         impl,
         config=config,
         dtype=dtype,
-        rows=seq_len * batch,
+        steps=seq_len,
+        batch=batch,
         platform=plans.platform_of(input, params[0]["w_ih"]),
         recurrent_dropout=recurrent_dropout > 0 and dropout_key is not None,
     )
@@ -264,8 +265,8 @@ def lstm_plan(
       'scan'
       >>> print(fl.lstm_plan(params, x, config=config, impl=fl.Implementation(unroll=4,
       ...     recurrence="scan", platform="gpu")))  # doctest: +NORMALIZE_WHITESPACE
-      lax.scan (custom backward, unroll 4, input projection hoisted, directions fused) on gpu:
-      recurrence='scan' was requested
+      lax.scan (custom backward, unroll 4, input projection hoisted, directions fused; no
+      compiled code) on gpu: recurrence='scan' was requested
     """
     return _prepare(
         params, input, hx, config=config, seq_lengths=seq_lengths, dropout_key=dropout_key,
@@ -370,7 +371,7 @@ def _layer(
     return hs, cs, h_last, c_last
 
 
-def _batch_last_layout(
+def _to_caller_layout(
     output: Array,
     h_n: Array,
     c_n: Array,
@@ -441,7 +442,7 @@ def _forward(
     states = None
     if return_all_states:
         states = LSTMState(jnp.concatenate(all_h, axis=1), jnp.concatenate(all_c, axis=1))
-    output, h_n, c_n, states = _batch_last_layout(
+    output, h_n, c_n, states = _to_caller_layout(
         x, jnp.stack(h_n), jnp.stack(c_n), states, batched, config.batch_first
     )
     if states is not None:  # given exactly with return_all_states

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import flax_lstm as fl
+from flax_lstm._kernel import ffi
 
 IMPLS = {
     "auto": None,
@@ -94,11 +95,11 @@ def case(impl: str, bidirectional: bool, lengths: bool, dtype: str, layers: int)
 
 
 def transposed_copy() -> dict:
-    """`flax_lstm.kernel.transposed_copy` of a (T, N, J) array sharded along N."""
+    """`flax_lstm._kernel.ffi.transposed_copy` of a (T, N, J) array sharded along N."""
     mesh = Mesh(np.array(jax.devices()), ("data",))
     a = jax.random.normal(jax.random.key(2), (12, 32, 24))
     sharded = jax.device_put(a, NamedSharding(mesh, P(None, "data")))
-    compiled = jax.jit(fl.kernel.transposed_copy).lower(sharded).compile()
+    compiled = jax.jit(ffi.transposed_copy).lower(sharded).compile()
     got = compiled(sharded)
     return {
         "impl": "transposed_copy",

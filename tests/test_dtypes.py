@@ -1,5 +1,7 @@
-"""Mixed precision in the modules: ``dtype`` computes, ``param_dtype`` stores, and bfloat16
-compute keeps the cell state in float32 and stays within the documented tolerance of float32."""
+"""Mixed precision: in the modules ``dtype`` computes, ``param_dtype`` stores, and bfloat16
+compute keeps the cell state in float32 and stays within the documented tolerance of float32;
+the functional core gives float32's numbers, within each dtype's precision, in every dtype,
+feature and implementation."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import flax_lstm as fl
 from flax_lstm import linen as fl_linen
 from flax_lstm import nnx as fl_nnx
 
@@ -101,3 +104,75 @@ def test_cell_dtypes():
     assert variables["params"]["w_hh"].dtype == jnp.bfloat16
     h, c = jax.jit(lcell.apply)(variables, x)
     assert (h.dtype, c.dtype) == (jnp.bfloat16, jnp.float32)
+
+
+# The functional core in every compute dtype × feature × implementation, forward and gradient
+# under jit, against float32 on the scan path. The tolerances, relative to the largest value
+# of each output or gradient, are a few roundings of each dtype (about 3x the worst seen).
+MATRIX_TOL = {"float32": 1e-5, "float64": 1e-5, "float16": 5e-3, "bfloat16": 3e-2}
+FEATURES = {
+    "projection": {"proj_size": 16},
+    "bidirectional": {"bidirectional": True},
+    "seq_lengths": {},
+    "all": {"proj_size": 16, "bidirectional": True},
+}
+IMPLS = {
+    "auto": None,  # the kernel where it applies: 8 steps × 128 units reach it
+    "scan": "scan",
+    "scan+autodiff": fl.Implementation(recurrence="scan", backward="autodiff"),
+    "scan+remat": fl.Implementation(recurrence="scan", backward="remat"),
+}
+
+
+@functools.cache
+def _matrix_inputs(feature: str):
+    """The config and float32 numpy inputs of a case, drawn once (with x64 enabled, jax's
+    random numbers would differ)."""
+    cfg = fl.LSTMConfig(input_size=4, hidden_size=128, **FEATURES[feature])
+    params = jax.tree.map(np.asarray, fl.init_params(jax.random.key(0), cfg))
+    x = np.asarray(jax.random.normal(jax.random.key(1), (8, 3, 4)))
+    width = cfg.num_directions * cfg.output_size
+    w_out = np.asarray(jax.random.normal(jax.random.key(2), (8, 3, width)))
+    return cfg, params, x, w_out
+
+
+def _matrix_run(dtype: str, feature: str, impl: str):
+    """Outputs and gradients (w.r.t. every weight and the input) of a loss over every output,
+    as float32 numpy arrays."""
+    cfg, params, x, w_out = _matrix_inputs(feature)
+    lengths = jnp.array([8, 3, 6]) if feature in ("seq_lengths", "all") else None
+    cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)  # noqa: E731
+
+    def loss(p, x):
+        out, (h, c) = fl.lstm(p, x, config=cfg, seq_lengths=lengths, impl=IMPLS[impl])
+        f32 = jnp.float32
+        total = (out.astype(f32) * w_out).sum() + (h.astype(f32) ** 2).sum()
+        total = total + c.astype(f32).sum()
+        return total, (out, h, c)
+
+    (_, outs), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+        cast(params), cast(x)
+    )
+    assert {a.dtype for a in jax.tree.leaves(grads)} == {jnp.dtype(dtype)}
+    assert outs[0].dtype == outs[1].dtype == jnp.dtype(dtype)
+    return [np.asarray(a, np.float32) for a in jax.tree.leaves((outs, grads))]
+
+
+@functools.cache
+def _matrix_reference(feature: str):
+    return _matrix_run("float32", feature, "scan")
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("feature", list(FEATURES))
+@pytest.mark.parametrize("dtype", list(MATRIX_TOL))
+def test_every_dtype_feature_and_implementation_against_float32(dtype, feature, impl):
+    want = _matrix_reference(feature)
+    if dtype == "float64":
+        with jax.enable_x64(True):
+            got = _matrix_run(dtype, feature, impl)
+    else:
+        got = _matrix_run(dtype, feature, impl)
+    for a, b in zip(got, want, strict=True):
+        scale = max(float(np.abs(b).max()), 1e-3)
+        assert np.abs(a - b).max() <= MATRIX_TOL[dtype] * scale, (np.abs(a - b).max(), scale)

@@ -97,7 +97,7 @@ def test_cell_errors():
         fl.lstm_cell(p, jnp.ones((2, 3)), jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"state\[1\] \(c\) must have shape \(2, 4\)"):
         fl.lstm_cell(p, jnp.ones((2, 3)), (jnp.zeros((2, 4)), jnp.zeros((3, 4))))
-    with pytest.raises(ValueError, match=r"cell_params\['w_hh'\]"):
+    with pytest.raises(ValueError, match=r"params\['w_hh'\]"):
         fl.lstm_cell({**p, "w_hh": jnp.zeros((16, 5))}, jnp.ones((2, 3)))
-    with pytest.raises(TypeError, match="cell_params"):
+    with pytest.raises(TypeError, match="params must be a dict"):
         fl.lstm_cell([p], jnp.ones((2, 3)))

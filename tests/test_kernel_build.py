@@ -131,3 +131,13 @@ def test_kernel_command_says_why_not(monkeypatch, capsys):
     state = json.loads(captured.out.strip().splitlines()[-1])
     assert state["available"] is False and "FLAX_LSTM_CPU_KERNEL" in state["error"]
     assert "not available" in captured.err
+
+
+def test_failed_build_reports_the_compiler_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLAX_LSTM_CACHE_DIR", str(tmp_path))
+    bad = tmp_path / "broken.cc"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(kernel_build, "SOURCE", bad)
+    with pytest.raises(RuntimeError, match="failed"):
+        kernel_build.build(kernel_build.compiler())
+    assert not list(tmp_path.glob("*.so"))  # no half-written library left behind

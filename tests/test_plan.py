@@ -1,20 +1,23 @@
-"""`flax_lstm.plan`: one request (`Implementation`) resolved into one `Plan` per call."""
+"""`flax_lstm.plan`: one request (`Implementation`) resolved into one `Plan` per call, which
+alone decides where compiled code runs."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import re
+from pathlib import Path
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import python_process
 from absl.testing import parameterized
 
 import flax_lstm as fl
 from flax_lstm import kernel
+from flax_lstm import plan as plans
+from flax_lstm._kernel import build as kernel_build
 
 ON_CPU = jax.default_backend() == "cpu"
 needs_kernel = pytest.mark.skipif(
@@ -23,8 +26,17 @@ needs_kernel = pytest.mark.skipif(
 
 
 def _setup(**config):
-    cfg = fl.LSTMConfig(**{"input_size": 3, "hidden_size": 20, **config})
+    cfg = fl.LSTMConfig(**{"input_size": 3, "hidden_size": 64, **config})
     return cfg, fl.init_params(jax.random.key(0), cfg)
+
+
+def _uses_kernel(cfg, x, **kwargs) -> bool:
+    """Whether the gradient of `fl.lstm` on ``x`` runs the kernel's forward and backward."""
+    dtype = kwargs.get("dtype") or jnp.float32
+    params = fl.init_params(jax.random.key(0), cfg, dtype=dtype)
+    loss = lambda p: fl.lstm(p, x, config=cfg, **kwargs)[0].astype(jnp.float32).sum()  # noqa: E731
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
+    return "flax_lstm_cpu_forward" in jaxpr and "flax_lstm_cpu_backward" in jaxpr
 
 
 def test_plan_is_static_and_hashable():
@@ -45,9 +57,10 @@ def test_auto_plans_and_their_reasons():
     )  # fmt: skip
     assert "kernel applies" in plan.reason and "compiled CPU kernel" in str(plan)
     short = fl.lstm_plan(params, jnp.ones((5, 3, 3)), config=cfg)
-    assert short.recurrence == "scan" and "15 steps × sequences" in short.reason
+    assert short.recurrence == "scan" and "5 steps × 3 sequences × 64 hidden units" in short.reason
     scan = fl.lstm_plan(params, x, config=cfg, impl="scan")
-    assert (scan.recurrence, scan.fuse_directions, scan.kernel_transpose) == ("scan", False, False)
+    assert (scan.recurrence, scan.fuse_directions) == ("scan", False)
+    assert "no compiled code" in str(scan)
     cfg_p, params_p = _setup(proj_size=4)
     assert fl.lstm_plan(params_p, x, config=cfg_p).reason == (
         "the CPU kernel does not support proj_size > 0"
@@ -132,33 +145,93 @@ def test_kernel_switch_is_read_at_every_call(monkeypatch):
     assert fl.lstm_plan(params, x, config=cfg).recurrence == "kernel"
 
 
-def test_scan_compiles_nothing(tmp_path):
-    """impl="scan" builds no library, bfloat16 weight gradients included (their transposed
-    copy is the kernel library's on the default path)."""
+@pytest.mark.parametrize(
+    ("config", "steps", "impl", "why"),
+    [
+        ("proj_size=4", 40, "None", "proj_size > 0"),
+        ("", 2, "None", "2 steps × 4 sequences × 20 hidden units"),
+        ("", 40, "'scan'", "recurrence='scan' was requested"),
+    ],
+    ids=["projection", "short", "requested"],
+)
+def test_a_scan_plan_runs_no_compiled_code(tmp_path, config, steps, impl, why):
+    """A bfloat16 gradient whose plan is "scan" builds no library and calls none: its cache
+    folder stays empty (a fresh process, so nothing is loaded yet)."""
     code = (
         "import jax, jax.numpy as jnp, flax_lstm as fl\n"
-        "cfg = fl.LSTMConfig(3, 20, bidirectional=True)\n"
+        f"cfg = fl.LSTMConfig(3, 20, bidirectional=True, {config})\n"
         "p = fl.init_params(jax.random.key(0), cfg, dtype=jnp.bfloat16)\n"
-        "x = jnp.ones((40, 4, 3), jnp.bfloat16)\n"
-        "f = lambda p: fl.lstm(p, x, config=cfg, impl='scan')[0].astype(jnp.float32).sum()\n"
-        "g = jax.jit(jax.grad(f))(p)\n"
-        "print(g[0]['w_hh'].dtype, 'transpose' in str(jax.make_jaxpr(jax.grad(f))(p)))\n"
+        f"x = jnp.ones(({steps}, 4, 3), jnp.bfloat16)\n"
+        "lengths = jnp.array([1, 2, 2, 1])\n"
+        f"plan = fl.lstm_plan(p, x, config=cfg, seq_lengths=lengths, impl={impl})\n"
+        f"f = lambda p: fl.lstm(p, x, config=cfg, seq_lengths=lengths, impl={impl})[0]\n"
+        "g = jax.jit(jax.grad(lambda p: f(p).astype(jnp.float32).sum()))(p)\n"
+        "print(g[0]['w_hh'].dtype)\n"
+        "print(plan)\n"
     )
     cache = tmp_path / "cache"
-    env = {**os.environ, "FLAX_LSTM_CACHE_DIR": str(cache)}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["bfloat16", "True"]
+    proc = python_process.run("-c", code, FLAX_LSTM_CACHE_DIR=str(cache))
+    dtype, plan = proc.stdout.strip().splitlines()
+    assert dtype == "bfloat16"
+    assert plan.startswith("lax.scan") and "no compiled code" in plan and why in plan
     assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_kernel_reach_is_quoted_by_the_docs():
+    """docs/guides/implementations.md quotes `plan.KERNEL_REACH` and the default's floor."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "guides" / "implementations.md"
+    page_text = page.read_text(encoding="utf-8")
+    _, block, _ = page_text.split("<!-- kernel-reach -->")
+    quoted = re.findall(r"^- (.+?);?$", block, flags=re.M)
+    assert quoted == [c.text for c in plans.KERNEL_REACH]
+    text = " ".join(page_text.split())
+    assert f"at least {plans.KERNEL_MIN_STEPS} steps" in text
+    assert f"{plans.KERNEL_MIN_STEP_UNITS} steps × hidden units" in text
+    assert f"{plans.KERNEL_MIN_WORK_UNITS} steps × sequences × hidden units" in text
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("batch", "steps", "hidden", "recurrence"),
+    [
+        (4, 4, 64, "scan"),  # 16 rows, where the old rule took the kernel (measured slower)
+        (2, 8, 64, "scan"),
+        (4, 8, 64, "scan"),
+        (1, 16, 64, "kernel"),
+        (8, 8, 64, "kernel"),  # a short sequence, but a batch large enough
+        (1, 1, 256, "scan"),
+        (16, 1, 256, "scan"),  # a single step
+        (16, 2, 256, "kernel"),
+        (4, 4, 256, "kernel"),
+        (0, 40, 64, "scan"),  # an empty batch
+    ],
+)
+def test_default_takes_the_kernel_from_the_measured_size(batch, steps, hidden, recurrence):
+    cfg, params = _setup(hidden_size=hidden)
+    plan = fl.lstm_plan(params, jnp.ones((steps, batch, 3)), config=cfg)
+    assert plan.recurrence == recurrence, plan
+
+
+@needs_kernel
+def test_symbolic_batch_and_length_export_the_default_path():
+    """Under `jax.export` with a symbolic batch and length the plan compares no dimension with
+    a number: a symbolic length counts as long, and the default takes the kernel."""
+    cfg, params = _setup(hidden_size=16)
+    b, t = jax.export.symbolic_shape("b, t")
+    f = jax.jit(lambda p, x: fl.lstm(p, x, config=cfg)[0])
+    exported = jax.export.export(f, disabled_checks=fl.kernel.export_checks())(
+        params, jax.ShapeDtypeStruct((t, b, 3), jnp.float32)
+    )
+    assert "flax_lstm_cpu_forward" in exported.mlir_module()
+    x = jax.random.normal(jax.random.key(1), (70, 2, 3))
+    np.testing.assert_allclose(exported.call(params, x), f(params, x), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("impl", ["auto", "scan", fl.Implementation(backward="remat")])
 def test_empty_batch_forward_and_gradient(bidirectional, impl):
     """N = 0 works end to end: empty outputs and zero gradients, on every path that takes it."""
-    cfg, params = _setup(num_layers=2, bidirectional=bidirectional)
+    cfg, params = _setup(hidden_size=20, num_layers=2, bidirectional=bidirectional)
     x = jnp.ones((6, 0, 3))
     lengths = jnp.zeros((0,), jnp.int32)
 
@@ -214,3 +287,99 @@ class JitVariantsTest(chex.TestCase):
         want = jax.value_and_grad(loss)(params, x, "scan")
         chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
         chex.assert_trees_all_equal_shapes_and_dtypes(got[1], params)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "what"),
+    [
+        ({"dtype": jnp.float16}, "dtype float16"),
+        ({"impl": fl.Implementation(recurrence="kernel", backward="remat")}, "backward='remat'"),
+        (
+            {"impl": fl.Implementation(recurrence="kernel", backward="autodiff")},
+            "backward='autodiff'",
+        ),
+    ],
+)
+def test_kernel_requested_where_it_does_not_apply(kwargs, what):
+    cfg = fl.LSTMConfig(3, 4)
+    params = fl.init_params(jax.random.key(0), cfg)
+    kwargs = {"impl": "kernel", **kwargs}
+    with pytest.raises(ValueError, match=f"recurrence='kernel'.*{what}"):
+        fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, **kwargs)
+
+
+def test_kernel_requested_with_projection_or_recurrent_dropout():
+    cfg = fl.LSTMConfig(3, 4, proj_size=2)
+    params = fl.init_params(jax.random.key(0), cfg)
+    with pytest.raises(ValueError, match="proj_size"):
+        fl.lstm(params, jnp.ones((2, 1, 3)), config=cfg, impl="kernel")
+    cfg = fl.LSTMConfig(3, 4)
+    params = fl.init_params(jax.random.key(0), cfg)
+    with pytest.raises(ValueError, match="recurrent_dropout"):
+        fl.lstm(
+            params,
+            jnp.ones((2, 1, 3)),
+            config=cfg,
+            impl="kernel",
+            dropout_key=jax.random.key(1),
+            recurrent_dropout=0.5,
+        )
+
+
+@needs_kernel
+def test_default_falls_back_where_it_does_not_apply():
+    x = jnp.ones((20, 4, 3))
+    assert not _uses_kernel(fl.LSTMConfig(3, 64, proj_size=2), x)
+    assert not _uses_kernel(fl.LSTMConfig(3, 64), x, impl="scan")
+    assert _uses_kernel(fl.LSTMConfig(3, 64), x)
+    # Under KERNEL_MIN_STEP_UNITS steps × hidden units the scan is faster.
+    assert not _uses_kernel(fl.LSTMConfig(3, 64), jnp.ones((15, 4, 3)))
+    assert not _uses_kernel(fl.LSTMConfig(3, 5), jnp.ones((1, 3)))
+    assert _uses_kernel(fl.LSTMConfig(3, 5), jnp.ones((1, 3)), impl="kernel")
+
+
+@needs_kernel
+def test_bfloat16_uses_the_kernel_by_default():
+    if not kernel.available(jnp.bfloat16):
+        pytest.skip(f"no bfloat16 kernel here: {kernel.build_error(jnp.bfloat16)}")
+    cfg = fl.LSTMConfig(3, 64, bidirectional=True)
+    x = jnp.ones((20, 4, 3), jnp.bfloat16)
+    assert _uses_kernel(cfg, x, dtype=jnp.bfloat16)
+    params = fl.init_params(jax.random.key(0), cfg, dtype=jnp.bfloat16)
+    jaxpr = str(jax.make_jaxpr(lambda p: fl.lstm(p, x, config=cfg)[0])(params))
+    assert "flax_lstm_cpu_forward_bf16" in jaxpr
+
+
+@needs_kernel
+def test_bfloat16_without_the_instructions_runs_the_scan(monkeypatch):
+    """A kernel built for a CPU without AVX512_BF16 has only the float32 entry points."""
+    monkeypatch.setattr(kernel_build, "load", lambda: frozenset({"float32"}))
+    cfg = fl.LSTMConfig(3, 64)
+    x = jnp.ones((20, 4, 3))
+    assert not _uses_kernel(cfg, x.astype(jnp.bfloat16), dtype=jnp.bfloat16)
+    assert _uses_kernel(cfg, x)  # float32 still runs the kernel
+    params = fl.init_params(jax.random.key(0), cfg)
+    with pytest.raises(RuntimeError, match=r"recurrence='kernel'.*AVX512_BF16"):
+        fl.lstm(params, x, config=cfg, dtype=jnp.bfloat16, impl="kernel")
+
+
+@needs_kernel
+def test_modules_pass_impl_through():
+    """``impl`` of the NNX and Linen modules reaches `fl.lstm`: same numbers both ways."""
+    from flax import nnx
+
+    x = jax.random.normal(jax.random.key(1), (2, 12, 3))  # batch-first, 24 steps x sequences
+    outs = {}
+    for flag in (True, False):
+        impl = "kernel" if flag else fl.Implementation(recurrence="scan")
+        model = fl.nnx.LSTM(3, 20, num_layers=2, batch_first=True, impl=impl, rngs=nnx.Rngs(0))
+        jaxpr = str(jax.make_jaxpr(lambda x, model=model: model(x)[0])(x))
+        assert ("flax_lstm_cpu_forward" in jaxpr) == flag
+        outs[("nnx", flag)] = model(x)[0]
+        module = fl.linen.LSTM(20, num_layers=2, batch_first=True, impl=impl)
+        variables = module.init(jax.random.key(0), x)
+        jaxpr = str(jax.make_jaxpr(lambda x, v=variables, m=module: m.apply(v, x)[0])(x))
+        assert ("flax_lstm_cpu_forward" in jaxpr) == flag
+        outs[("linen", flag)] = module.apply(variables, x)[0]
+    for kind in ("nnx", "linen"):
+        np.testing.assert_allclose(outs[(kind, True)], outs[(kind, False)], atol=1e-6, rtol=1e-6)

@@ -1,36 +1,57 @@
-"""Internal fast paths of `flax_lstm._scan` that the platform chooses: both forms, any host."""
+"""`flax_lstm.recurrence.run_layer`: one layer over time as its plan says, the compiled kernel
+or the scan, with the same values and gradients."""
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_lstm import _scan, kernel
+from flax_lstm import kernel
 from flax_lstm.plan import Plan
+from flax_lstm.recurrence import LayerWeights, run_layer
+
+needs_kernel = pytest.mark.skipif(
+    jax.default_backend() != "cpu" or not kernel.available(), reason="needs the CPU kernel"
+)
 
 
-@pytest.mark.parametrize("transposed_copy", [True, False])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_sum_outer_both_forms_match_einsum(transposed_copy, dtype):
-    # (T, D, N, I) against two (T, D, N, J_b): the weight-gradient GEMMs of the backward pass.
-    k = jax.random.split(jax.random.key(0), 3)
-    a = jax.random.normal(k[0], (5, 2, 3, 8))
-    bs = [jax.random.normal(k[1], (5, 2, 3, 4)), jax.random.normal(k[2], (5, 2, 3, 6))]
-    plan = Plan(
-        platform="cpu" if transposed_copy else "gpu",
-        recurrence="scan",
-        backward="custom",
-        unroll=1,
-        hoist_input=False,
-        fuse_directions=False,
-        kernel_transpose=transposed_copy and kernel.available(),
-    )
-    got = _scan.sum_outer(a.astype(dtype), [b.astype(dtype) for b in bs], dtype, jnp.float32, plan)
-    tol = 1e-5 if dtype == jnp.float32 else 5e-2
-    exact = lambda v: v.astype(dtype).astype(jnp.float32)  # noqa: E731
-    for g, b in zip(got, bs, strict=True):
-        want = jnp.einsum("tdni,tdnj->dij", exact(a), exact(b))
-        assert g.dtype == dtype and g.shape == want.shape
-        np.testing.assert_allclose(np.asarray(g, np.float32), want, rtol=tol, atol=tol)
+@needs_kernel
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("batch", [3, 10])
+def test_mask_that_is_no_prefix(batch, threads, monkeypatch):
+    """run_layer takes any (T, N) mask: one with valid steps after masked ones keeps every row
+    running in the kernel and masks step by step, as the scan does."""
+    monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
+    jax.clear_caches()
+    t, d, i, h = 9, 2, 6, 20
+    ks = jax.random.split(jax.random.key(batch), 6)
+    x = jax.random.normal(ks[0], (t, d, batch, i))
+    w_ih = jax.random.normal(ks[1], (d, 4 * h, i)) * 0.3
+    w_hh = jax.random.normal(ks[2], (d, 4 * h, h)) * 0.3
+    b = jax.random.normal(ks[3], (d, 4 * h)) * 0.1
+    h0 = jax.random.normal(ks[4], (d, batch, h))
+    c0 = jax.random.normal(ks[5], (d, batch, h))
+    mask = jax.random.bernoulli(jax.random.key(7), 0.6, (t, batch))
+
+    def run(kernel):
+        plan = Plan(
+            platform="cpu",
+            recurrence="kernel" if kernel else "scan",
+            backward="custom",
+            unroll=1,
+            hoist_input=False,
+            fuse_directions=True,
+        )
+
+        def loss(x, w_ih, b, w_hh, h0, c0):
+            weights = LayerWeights(w_ih, b, w_hh, None)
+            hs, cs = run_layer(x, weights, h0, c0, mask, None, plan=plan)
+            return (hs**2).sum() + cs.sum(), (hs, cs)
+
+        return jax.jit(jax.value_and_grad(loss, argnums=range(6), has_aux=True))(
+            x, w_ih, b, w_hh, h0, c0
+        )
+
+    for a, b_ in zip(jax.tree.leaves(run(True)), jax.tree.leaves(run(False)), strict=True):
+        np.testing.assert_allclose(a, b_, atol=2e-5, rtol=2e-5)

@@ -1,2 +1,3 @@
-"""The compiled CPU kernel's source, its build and the partitioning of its calls (private;
-the public face is `flax_lstm.kernel`)."""
+"""The compiled CPU kernel, private: its source (``lstm_cpu.cc``), its build (`build`), its XLA
+FFI bindings (`ffi`) and the partitioning of their calls (`partition`). The user's view is
+`flax_lstm.kernel`; where the kernel runs is `flax_lstm.plan`'s to decide."""

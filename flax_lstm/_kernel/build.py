@@ -3,7 +3,7 @@ cache folder, load it, and register its XLA FFI targets.
 
 The compiler, flags, cache key, file lock and environment variables are described in
 `flax_lstm.kernel`'s docstring; `load` is the one entry: the compute dtypes registered, or why
-the kernel is not available.
+the kernel is not available (`error` says it for one dtype).
 """
 
 from __future__ import annotations
@@ -39,13 +39,14 @@ TARGETS = {
         (_BACKWARD + "_bf16", "FlaxLstmBackwardBf16"),
     ),
 }
-# A transposed copy (see `transposed_copy`), per dtype: target and symbol, always compiled.
+# A transposed copy (see `flax_lstm._kernel.ffi.transposed_copy`), per dtype: target and symbol,
+# always compiled.
 TRANSPOSE = {
     "float32": ("flax_lstm_cpu_transpose", "FlaxLstmTranspose"),
     "bfloat16": ("flax_lstm_cpu_transpose_bf16", "FlaxLstmTransposeBf16"),
 }
 # The weight and the input gradients of a ragged batch over its valid steps (float32 only; see
-# `flax_lstm.kernel.weight_grads` and `input_grad`): target and symbol, always compiled.
+# `flax_lstm._kernel.ffi.weight_grads` and `input_grad`): target and symbol, always compiled.
 WEIGHT_GRADS = ("flax_lstm_cpu_weight_grads", "FlaxLstmWeightGrads")
 INPUT_GRAD = ("flax_lstm_cpu_input_grad", "FlaxLstmInputGrad")
 NO_BF16 = "bfloat16 needs a CPU with AVX512_BF16 instructions (the kernel was built without them)"
@@ -199,6 +200,17 @@ def disabled() -> bool:
 def load() -> str | frozenset[str]:
     """The compute dtypes the kernel registered (names), or why it is not available."""
     return DISABLED if disabled() else _build_and_register()
+
+
+def error(dtype_name: str) -> str | None:
+    """Why the kernel is not available for compute dtype ``dtype_name`` (building it if need
+    be), or None if it is."""
+    loaded = load()
+    if isinstance(loaded, str):
+        return loaded
+    if dtype_name in loaded:
+        return None
+    return NO_BF16 if dtype_name == "bfloat16" else f"no kernel for dtype {dtype_name}"
 
 
 @functools.cache

@@ -15,17 +15,16 @@
 // Ragged batches (seq_lengths) cost their real steps: the rows are taken in order of length,
 // longest first, once per call, and each step's GEMM and gate arithmetic run on the rows whose
 // sequence has not ended (the packed GEMM reads its rows through that order); a finished row
-// only carries its state on, as a masked step did (see Order). B32 T512 I64 H256 with lengths
-// uniform in [16, 512] (mean 0.54 T), one thread: forward 1.6-1.8x faster than the padded
-// call, the backward recurrence 1.3x. In float32 the weight and input gradients of a masked
-// batch are calls here too (weight_grads, input_grad), over the valid steps only: fwd+bwd
-// 1.39-1.55x faster than the padded call, against 1.03-1.30x with XLA's GEMMs over every step.
+// only carries its state on, as a masked step did (see Order). In float32 the weight and input
+// gradients of a masked batch are calls here too (weight_grads, input_grad), over the valid
+// steps only. What each of these saves is measured in docs/performance/design.md ("Ragged
+// batches").
 //
 // The weight and input gradients of a padded batch, single large GEMMs, stay in XLA, and so do
 // those of bfloat16. float32, and bfloat16 where the CPU has AVX512_BF16 (the GEMM operands x,
 // h, W and dz in bfloat16, products summed in float32 by vdpbf16ps; gates, cell states and
-// gradients in float32, as the lax.scan path computes bfloat16); no projection (proj_size=0)
-// and no recurrent dropout: the Python side falls back to the lax.scan path for anything else.
+// gradients in float32, as the lax.scan path computes bfloat16). Which calls come here is
+// decided on the Python side, and stated once there: KERNEL_REACH in flax_lstm/plan.py.
 //
 // Layouts (row-major), D directions run one after the other:
 //   x     (T, D, N, I)   direction 1's input reversed in time by the caller
@@ -515,9 +514,8 @@ inline void prefetch_w(const void* p, int64_t bytes) {
 constexpr int64_t kFwdUnits = 16, kBwdUnits = 32;
 // Batches of at most kSmallBatch sequences (rows of a step's GEMM) hoist the input projection
 // out of the steps in blocks of kBlock steps (see forward), and share each step's chunks among
-// the threads in fixed runs (see run_items). Both measured against the general scheme on this
-// project's 2-core machine: B1 T256 H256 I256 forward 6.9 → 5.1 ms (runs) → 3.4 ms (and the
-// hoisted projection); B2 and B4 gained, B8 and B16 lost with the projection hoisted.
+// the threads in fixed runs (see run_items). Both measured against the general scheme, which
+// stays faster from B8 on: docs/performance/design.md ("The CPU kernel", small batches).
 constexpr int64_t kSmallBatch = 4, kBlock = 64;
 
 // The `groups` argument of run_items for a batch of N: one run per thread for small batches.
