@@ -9,7 +9,6 @@ unchanged is named once, in `LSTM_OPTIONS`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lstm import _random, torch_io
+from flax_lstm import torch_io
 
 # The modules check their option with the functional API's own check (and error).
 from flax_lstm._checks import check_recurrent_dropout as check_recurrent_dropout
@@ -133,13 +132,3 @@ def cell_from_torch(source: Any, param_dtype: Any) -> tuple[dict[str, Any], dict
         "param_dtype": params["w_ih"].dtype if param_dtype is None else param_dtype,
     }
     return fields, params
-
-
-def torch_init(hidden_size: int):
-    """The initialiser ``(key, shape, dtype)`` of torch's LSTM: U(-1/√H, 1/√H)."""
-    bound = 1.0 / math.sqrt(hidden_size)
-
-    def init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-        return _random.uniform(key, shape, dtype, -bound, bound)
-
-    return init

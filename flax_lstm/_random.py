@@ -2,10 +2,8 @@
 
 With jax's default PRNG (threefry), an n-d draw numbers its elements in row-major order, so a
 draw over ``prod(shape)`` elements reshaped to ``shape`` gives the same values bit for bit
-(tested). XLA's CPU compiler takes far longer over some n-d shapes: a normal draw of
-``(32, 29, 12)`` (the training job's input noise on Japanese Vowels) compiled in 4.3 s, flat in
-0.4 s; a uniform ``(128, 12)`` (an LSTM's input weights) 1.2 s against 0.4 s (jax 0.10.2, the
-2-core AMD EPYC, while other jobs ran).
+(tested). XLA's CPU compiler takes far longer over some n-d shapes than over the same number
+of elements in one axis (measured: docs/performance/design.md, "Compile time of random draws").
 """
 
 from __future__ import annotations

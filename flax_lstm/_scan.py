@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,10 @@ def _select(mask_t: Array | None, new: Array, old: Array) -> Array:
     return new if mask_t is None else jnp.where(mask_t[:, None], new, old)
 
 
+@overload
+def _t(w: Array) -> Array: ...
+@overload
+def _t(w: None) -> None: ...
 def _t(w: Array | None) -> Array | None:
     return None if w is None else jnp.swapaxes(w, -1, -2)
 
@@ -122,7 +126,9 @@ def _gates_in(x_or_gx_t, w_ih_t, b, hoist, acc, split):
     return gx_t if b is None else gx_t + b[:, None, :]
 
 
-def forward(x, w: LayerWeights, h0, c0, mask, rmask, plan: Plan, *, save_acts, all_c):
+def forward(
+    x, w: LayerWeights, h0, c0, mask, rmask, plan: Plan, *, save_acts, all_c
+) -> tuple[Array, Array, Array | None]:
     """``(hs, c, acts)`` of one layer: every step's ``h`` (T, D, N, H_out); c is every step's
     cell state when ``all_c``, else only the last (the final carry, which equals the last
     step's since masked steps keep the state); the activated gates when ``save_acts``, else
@@ -139,7 +145,7 @@ def forward(x, w: LayerWeights, h0, c0, mask, rmask, plan: Plan, *, save_acts, a
         return new, (new.h, new.c if all_c else None, acts if save_acts else None)
 
     last, (hs, cs, acts) = lax.scan(body, LSTMState(h0, c0), (xs, mask), unroll=plan.unroll)
-    return hs, cs if all_c else last.c, acts
+    return hs, last.c if cs is None else cs, acts  # cs: every step's, with all_c
 
 
 def _cell_grads(acts_t, dh, dc, c_t, c_prev_t, w_hr_acc, acc, split):
@@ -167,8 +173,9 @@ def _reverse_body(x, w: LayerWeights, rmask, plan: Plan, acc):
     what its gradient needs), or with remat the input gradient ``dx_t``."""
     remat, split = plan.backward == "remat", plan.on_cpu
     w_hr_acc = None if w.w_hr is None else w.w_hr.astype(acc)
-    if remat:  # weights transposed once, for recomputing the gates inside the loop
-        w_ih_t, w_hh_t = _t(w.w_ih), _t(w.w_hh)
+    # Transposed once, for recomputing the gates inside the loop (remat; unused, and so
+    # dropped by the compiler, otherwise).
+    w_ih_t, w_hh_t = _t(w.w_ih), _t(w.w_hh)
 
     def body(carry, xs):
         dh, dc, *grad_acc = carry
@@ -203,7 +210,7 @@ def _reverse_body(x, w: LayerWeights, rmask, plan: Plan, acc):
         g_ih = g_ih + batched_matmul(dz_t, saved_t.astype(w.w_hh.dtype), acc, split)
         g_hh = g_hh + batched_matmul(dz_t, h_in_t.astype(w.w_hh.dtype), acc, split)
         g_b = g_b + dz.sum(axis=-2)
-        if w.w_hr is not None:
+        if h_cell is not None:  # set exactly with a projection (w_hr)
             g_hr = g_hr + batched_matmul(jnp.swapaxes(dh_new, -1, -2), h_cell, acc, split)
         dx_t = batched_matmul(dz_c, w.w_ih, acc, split).astype(x.dtype)
         return (dh_prev, dc_prev, g_ih, g_hh, g_b, g_hr), dx_t
@@ -255,7 +262,7 @@ def backward(
             (dx, dw_ih, dw_hh), dw_hr = weight_grads, None
     else:
         dc_last = jnp.zeros(c0.shape, acc) if all_c else dc_out.astype(acc)
-        carry0 = (jnp.zeros(h0.shape, acc), dc_last)
+        carry0: tuple[Any, ...] = (jnp.zeros(h0.shape, acc), dc_last)
         if remat:
             zeros = lambda a: None if a is None else jnp.zeros(a.shape, acc)  # noqa: E731
             db0 = jnp.zeros(w.w_hh.shape[:2], acc)

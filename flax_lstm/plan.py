@@ -324,7 +324,7 @@ def platform_of(*arrays: Any) -> str:
             return next(iter(a.devices())).platform
         except (jax.errors.JAXTypeError, RuntimeError, StopIteration):  # traced or deleted
             continue
-    device = jax.config.jax_default_device
+    device: Any = getattr(jax.config, "jax_default_device", None)  # set by jax.default_device
     if isinstance(device, jax.Device):
         return device.platform
     if isinstance(device, str):

@@ -402,7 +402,7 @@ def _forward(
     """The computation of `lstm` on validated arguments, compiled once per configuration.
 
     Jitted so that eager calls reuse one compiled program instead of dispatching every
-    operation (about 0.5 s per eager call before); under an outer `jax.jit` it is inlined.
+    operation; under an outer `jax.jit` it is inlined.
     """
     batched = x.ndim == 3
     x, h0, c0 = _time_major(x, h0, c0, config, dtype)

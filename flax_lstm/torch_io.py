@@ -332,12 +332,12 @@ def cell_params_from_torch(source: Any, dtype: Any = None) -> dict[str, Array]:
 
 
 def cell_to_torch_state_dict(
-    cell_params: Mapping[str, Any], *, as_tensors: bool = False
+    params: Mapping[str, Any], *, as_tensors: bool = False
 ) -> dict[str, Any]:
     """``torch.nn.LSTMCell``'s state dict of cell params, or of a pytree shaped like them.
 
     Args:
-      cell_params: ``{'w_ih': (4H, in), 'w_hh': (4H, H), 'b_ih': (4H,), 'b_hh': (4H,)}``
+      params: ``{'w_ih': (4H, in), 'w_hh': (4H, H), 'b_ih': (4H,), 'b_hh': (4H,)}``
         (biases optional), e.g. from `flax_lstm.init_cell_params` or gradients.
       as_tensors: return torch tensors (bfloat16 bit-exact) instead of NumPy arrays.
 
@@ -352,12 +352,12 @@ def cell_to_torch_state_dict(
       >>> torch.nn.LSTMCell(3, 5).load_state_dict(sd)
       <All keys matched successfully>
     """
-    if not isinstance(cell_params, Mapping):
-        raise TypeError(f"cell_params must be a dict of arrays, got {type(cell_params).__name__}")
-    unexpected = sorted(set(cell_params) - set(_CELL_KEYS))
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    unexpected = sorted(set(params) - set(_CELL_KEYS))
     if unexpected:
         raise ValueError(f"not torch.nn.LSTMCell parameters: unexpected keys {unexpected}")
-    state_dict = {_TORCH_NAMES[k]: np.array(cell_params[k]) for k in _CELL_KEYS if k in cell_params}
+    state_dict = {_TORCH_NAMES[k]: np.array(params[k]) for k in _CELL_KEYS if k in params}
     return _export(state_dict, as_tensors)
 
 

@@ -103,7 +103,7 @@ def _build_key(cxx: str, arch: tuple, extra: tuple) -> str:
         SOURCE.read_bytes(),
         " ".join(_FLAGS + sum(arch, ()) + extra).encode(),
         version.stdout.encode(),
-        jaxlib.__version__.encode(),
+        jaxlib.version.__version__.encode(),
         cpu_identity().encode() if native else b"",
     ]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]

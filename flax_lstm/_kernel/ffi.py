@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flax_lstm._kernel import build, partition
+from flax_lstm._kernel import build, export, partition
 
 Array = jax.Array
 
@@ -231,7 +231,7 @@ def transposed_copy(a: Array) -> Array:
     name = build.TRANSPOSE[jnp.dtype(a.dtype).name][0]
     out = jax.ShapeDtypeStruct(a.shape[-1:] + a.shape[:-1], a.dtype)
     if a.ndim == 2:
-        call = jax.ffi.ffi_call(name, out, vmap_method="sequential")
+        call = export.ffi_call(name, out, vmap_method="sequential")
         # A copy of fewer than 2^20 elements stays on the calling thread, as it always has.
         return call(a, threads=num_threads() if a.size >= 1 << 20 else 1)
 
