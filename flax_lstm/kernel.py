@@ -117,13 +117,13 @@ def export_checks() -> list[Any]:
 
     Example:
       >>> import jax, jax.numpy as jnp, flax_lstm as fl
-      >>> config = fl.LSTMConfig(input_size=3, hidden_size=16)
+      >>> config = fl.LSTMConfig(input_size=3, hidden_size=64)
       >>> params = fl.init_params(jax.random.key(0), config)
       >>> f = jax.jit(lambda p, x: fl.lstm(p, x, config=config)[0])
       >>> exp = jax.export.export(f, disabled_checks=fl.kernel.export_checks())(
       ...     params, jnp.ones((20, 2, 3)))
       >>> exp.out_avals
-      (ShapedArray(float32[20,2,16]),)
+      (ShapedArray(float32[20,2,64]),)
     """
     names = [t for targets in build.TARGETS.values() for t, _ in targets]
     names += [t for t, _ in build.TRANSPOSE.values()]

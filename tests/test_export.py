@@ -87,7 +87,8 @@ def test_default_export_error_names_the_options():
     says what to do (`flax_lstm._kernel.export.NOTE`)."""
     if not fl.kernel.available():
         pytest.skip("CPU kernel not built")
-    config = fl.LSTMConfig(input_size=3, hidden_size=16)
+    # Large enough for the default to take the kernel (flax_lstm.plan.KERNEL_MIN_STEP_UNITS).
+    config = fl.LSTMConfig(input_size=3, hidden_size=64)
     params = fl.init_params(jax.random.key(0), config)
     f = jax.jit(lambda p, x: fl.lstm(p, x, config=config)[0])
     with pytest.raises(ValueError, match="no compatibility guarantees") as info:
