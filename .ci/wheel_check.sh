@@ -56,14 +56,14 @@ import flax_lstm as fl
 here = pathlib.Path(fl.__file__).resolve()
 assert pathlib.Path(sys.argv[1]) not in here.parents, f"imported the checkout: {here}"
 assert "site-packages" in here.parts, here
-config = fl.LSTMConfig(input_size=3, hidden_size=16, bidirectional=True)
+config = fl.LSTMConfig(input_size=3, hidden_size=64, bidirectional=True)  # kernel-sized
 params = fl.init_params(jax.random.key(0), config)
 x = jnp.ones((20, 4, 3))
 plan = fl.lstm_plan(params, x, config=config)
 assert plan.recurrence == "kernel", plan
 out, (h_n, c_n) = fl.lstm(params, x, config=config)
 scan, _ = fl.lstm(params, x, config=config, impl="scan")
-assert out.shape == (20, 4, 32) and h_n.shape == (2, 4, 16), (out.shape, h_n.shape)
+assert out.shape == (20, 4, 128) and h_n.shape == (2, 4, 64), (out.shape, h_n.shape)
 err = float(jnp.abs(out - scan).max())
 assert err < 1e-5, err
 print(f"installed flax_lstm {fl.__version__}: {plan}; kernel vs scan max |diff| {err:.1e}")
