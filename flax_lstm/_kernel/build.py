@@ -96,13 +96,18 @@ def _arch_flags() -> tuple[tuple[str, ...], ...]:
     return ((f"-march={arch}",),)
 
 
+@functools.cache
+def _compiler_version(cxx: str) -> str:
+    """``cxx --version``'s output, asked once per process (the key and the build record)."""
+    return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
+
+
 def _build_key(cxx: str, arch: tuple, extra: tuple) -> str:
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False)
     native = any("native" in flag for flags in arch for flag in flags)
     parts = [
         SOURCE.read_bytes(),
         " ".join(_FLAGS + sum(arch, ()) + extra).encode(),
-        version.stdout.encode(),
+        _compiler_version(cxx).encode(),
         jaxlib.version.__version__.encode(),
         cpu_identity().encode() if native else b"",
     ]
@@ -143,15 +148,31 @@ def _isa(cxx: str, flags: list[str]) -> list[str]:
     return [m.strip("_") for m in _ISA_MACROS if m in defined]
 
 
+def _recipe(cxx: str) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...], str]:
+    """``(arch, extra, key)``: the candidate target flags, the extra flags and the cache key of
+    a build with ``cxx`` under the current environment variables."""
+    arch = _arch_flags()
+    extra = tuple(shlex.split(os.environ.get("FLAX_LSTM_CXXFLAGS", "")))
+    return arch, extra, _build_key(cxx, arch, extra)
+
+
+def _library(key: str) -> Path:
+    return cache_dir() / f"lstm_cpu_{key}.so"
+
+
+def library_path(cxx: str) -> Path:
+    """The library `build` makes (or finds) with ``cxx`` and the current environment
+    variables, whether or not it exists."""
+    return _library(_recipe(cxx)[2])
+
+
 def build(cxx: str) -> Path:
     """Compile the kernel (or find it built) and return the shared library's path.
 
     Next to the library, ``<name>.json`` records how it was built (`info`)."""
-    arch = _arch_flags()
-    extra = tuple(shlex.split(os.environ.get("FLAX_LSTM_CXXFLAGS", "")))
-    key = _build_key(cxx, arch, extra)
+    arch, extra, key = _recipe(cxx)
     folder = cache_dir()
-    out = folder / f"lstm_cpu_{key}.so"
+    out = _library(key)
     if out.exists():
         return out
     folder.mkdir(parents=True, exist_ok=True)
@@ -171,9 +192,8 @@ def build(cxx: str) -> Path:
                     break
             else:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
-            version = subprocess.run([cxx, "--version"], capture_output=True, text=True)
             record = {
-                "compiler": (version.stdout.splitlines() or [cxx])[0],
+                "compiler": (_compiler_version(cxx).splitlines() or [cxx])[0],
                 "flags": flags,
                 "isa": _isa(cxx, flags),
             }

@@ -20,10 +20,7 @@ nothing more: where the library is not built yet, the first call that plans the 
 from __future__ import annotations
 
 import contextlib
-import os
-import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -59,14 +56,6 @@ def ffi_call(target: str, result_shapes: Any, **kwargs: Any) -> Any:
     return noted
 
 
-def library_path(cxx: str) -> Path:
-    """The library `build.build` makes (or finds) with compiler ``cxx`` and the current
-    environment variables, whether or not it exists."""
-    extra = tuple(shlex.split(os.environ.get("FLAX_LSTM_CXXFLAGS", "")))
-    key = build._build_key(cxx, build._arch_flags(), extra)
-    return build.cache_dir() / f"lstm_cpu_{key}.so"
-
-
 def register_if_built() -> bool:
     """Register the kernel's FFI targets if this machine's library is already built; whether
     it did. Never builds, never raises (an import must not fail over a cache folder)."""
@@ -74,7 +63,7 @@ def register_if_built() -> bool:
         return False
     try:
         cxx = build.compiler()
-        if cxx is None or not library_path(cxx).exists():
+        if cxx is None or not build.library_path(cxx).exists():
             return False
         return not isinstance(build.load(), str)
     except Exception:  # anything odd here leaves it to the first kernel call
