@@ -27,7 +27,7 @@ from flax_lstm._flax_cell import LSTMCarry
 from flax_lstm._modules import Output, OutputWithStates
 from flax_lstm.cell import LSTMState, lstm_cell
 from flax_lstm.config import LSTMConfig
-from flax_lstm.params import Initializer, Params, init_cell_params, init_params
+from flax_lstm.params import Initializer, Params, by_parameter, init_cell_params, init_params
 from flax_lstm.plan import Implementation
 from flax_lstm.torch_io import cell_to_torch_state_dict, to_torch_state_dict
 
@@ -40,13 +40,6 @@ __all__ = ["LSTM", "LSTMCell"]
 def _check_rngs(rngs: Any) -> None:
     if not isinstance(rngs, nnx.Rngs):
         raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
-
-
-def _metadata(
-    kernel: Mapping[str, Any], recurrent_kernel: Mapping[str, Any], bias: Mapping[str, Any]
-) -> dict[str, Mapping[str, Any]]:
-    """Each parameter's `flax.nnx.Param` metadata, by name (``w_hr`` takes none)."""
-    return {"w_ih": kernel, "w_hh": recurrent_kernel, "b_ih": bias, "b_hh": bias, "w_hr": {}}
 
 
 def _dropout_key(rngs: Any, own: nnx.RngStream | None) -> Array:
@@ -147,7 +140,8 @@ class LSTM(nnx.Module):
             rngs.params(), self.config, param_dtype, kernel_init=kernel_init,
             recurrent_kernel_init=recurrent_kernel_init, bias_init=bias_init,
         )  # fmt: skip
-        meta = _metadata(kernel_metadata, recurrent_kernel_metadata, bias_metadata)
+        # Each parameter's `flax.nnx.Param` metadata; ``w_hr`` takes none.
+        meta = by_parameter(kernel_metadata, recurrent_kernel_metadata, bias_metadata, {})
         self.layers = nnx.data(
             [{k: nnx.Param(v, **meta[k]) for k, v in layer.items()} for layer in params]
         )
@@ -438,7 +432,7 @@ class LSTMCell(nnx.RNNCellBase):
         self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bias
         self.dtype, self.param_dtype = dtype, param_dtype
         self.b_ih = self.b_hh = nnx.data(None)  # without bias
-        metadata = _metadata(kernel_metadata, recurrent_kernel_metadata, bias_metadata)
+        metadata = by_parameter(kernel_metadata, recurrent_kernel_metadata, bias_metadata, {})
         for name, value in params.items():
             setattr(self, name, nnx.Param(value, **metadata[name]))
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -77,11 +77,27 @@ def torch_uniform(hidden_size: int) -> Initializer:
 _Inits = tuple[Initializer | None, Initializer | None, Initializer | None]
 
 
+_T = TypeVar("_T")
+
+
+def by_parameter(kernel: _T, recurrent_kernel: _T, bias: _T, projection: _T) -> dict[str, _T]:
+    """A per-role setting (an initializer, Flax metadata) for each parameter, by name: ``w_ih``
+    takes the kernel's, ``w_hh`` the recurrent kernel's, ``b_ih`` and ``b_hh`` the bias's,
+    ``w_hr`` the projection's."""
+    return {
+        "w_ih": kernel,
+        "w_hh": recurrent_kernel,
+        "b_ih": bias,
+        "b_hh": bias,
+        "w_hr": projection,
+    }
+
+
 def _initializers(hidden_size: int, inits: _Inits) -> dict[str, Initializer]:
-    """Each parameter's initializer, by name."""
-    kernel, recurrent, bias = (init or torch_uniform(hidden_size) for init in inits)
+    """Each parameter's initializer, by name (`torch_uniform` where ``inits`` has None)."""
     default = torch_uniform(hidden_size)
-    return {"w_ih": kernel, "w_hh": recurrent, "b_ih": bias, "b_hh": bias, "w_hr": default}
+    kernel, recurrent, bias = (init or default for init in inits)
+    return by_parameter(kernel, recurrent, bias, default)
 
 
 def _draw(
