@@ -26,7 +26,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
-from sharded_check import collectives  # this folder: the script's own, or pytest's rootdir
+from sharded_check import (  # this folder: the script's own, or pytest's rootdir
+    collectives,
+    largest_difference,
+)
 
 import flax_lstm as fl
 
@@ -93,12 +96,8 @@ def case(kind: str, impl: str, mesh_name: str) -> dict:
         for name, f in (("forward", forward), ("gradient", jax.grad(loss))):
             compiled = jax.jit(f).lower(params, xs).compile()
             got, want = compiled(params, xs), jax.jit(f)(plain, x)
-            diffs = []
-            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-                a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-                scale = 1.0 if name == "forward" else max(np.abs(b).max(), 1e-30)
-                diffs.append(float(np.abs(a - b).max() / scale))
-            result[name] = {"collectives": collectives(compiled.as_text()), "diff": max(diffs)}
+            diff = largest_difference(got, want, relative=name != "forward")
+            result[name] = {"collectives": collectives(compiled.as_text()), "diff": diff}
     return result
 
 

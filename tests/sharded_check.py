@@ -41,6 +41,17 @@ def collectives(text: str) -> dict[str, int]:
     }
 
 
+def largest_difference(got, want, relative: bool) -> float:
+    """The largest difference between two pytrees of arrays, leaf by leaf: absolute, or with
+    ``relative`` over each leaf of ``want``'s largest magnitude."""
+    diffs = []
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        scale = max(np.abs(b).max(), 1e-30) if relative else 1.0
+        diffs.append(float(np.abs(a - b).max() / scale))
+    return max(diffs)
+
+
 def case(impl: str, bidirectional: bool, lengths: bool, dtype: str, layers: int) -> dict:
     config = fl.LSTMConfig(
         input_size=8,
@@ -80,12 +91,8 @@ def case(impl: str, bidirectional: bool, lengths: bool, dtype: str, layers: int)
     for name, f in (("forward", fwd), ("gradient", jax.grad(loss, argnums=(0, 1)))):
         compiled = jax.jit(f).lower(*sharded).compile()
         got, want = compiled(*sharded), jax.jit(f)(*args)
-        diffs = []
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-            scale = 1.0 if name == "forward" else max(np.abs(b).max(), 1e-30)
-            diffs.append(float(np.abs(a - b).max() / scale))
-        result[name] = {"collectives": collectives(compiled.as_text()), "diff": max(diffs)}
+        diff = largest_difference(got, want, relative=name != "forward")
+        result[name] = {"collectives": collectives(compiled.as_text()), "diff": diff}
         result[name]["sharded_out"] = all(
             not o.sharding.is_fully_replicated
             for o in jax.tree.leaves(got)
