@@ -274,7 +274,8 @@ def _choose_recurrence(request: Implementation, blocker: str | None, facts: Call
         )
     if not kernel.available(dtype):
         return "scan", f"the CPU kernel is not available: {kernel.build_error(dtype)}"
-    return "kernel", "the CPU kernel applies (CPU, float32/bfloat16, no projection)"
+    # The reason points to the reach rather than restating part of it.
+    return "kernel", "the CPU kernel applies (within plan.KERNEL_REACH, and large enough)"
 
 
 def resolve(
