@@ -22,9 +22,10 @@
 //
 // The weight and input gradients of a padded batch, single large GEMMs, stay in XLA, and so do
 // those of bfloat16. float32, and bfloat16 where the CPU has AVX512_BF16 (the GEMM operands x,
-// h, W and dz in bfloat16, products summed in float32 by vdpbf16ps; gates, cell states and
-// gradients in float32, as the lax.scan path computes bfloat16). Which calls come here is
-// decided on the Python side, and stated once there: KERNEL_REACH in flax_lstm/plan.py.
+// h, W and dz in bfloat16, products summed in float32 by vdpbf16ps, or on AMX tiles by
+// tdpbf16ps where the CPU has AMX-BF16, see amx below; gates, cell states and gradients in
+// float32, as the lax.scan path computes bfloat16). Which calls come here is decided on the
+// Python side, and stated once there: KERNEL_REACH in flax_lstm/plan.py.
 //
 // Layouts (row-major), D directions run one after the other:
 //   x     (T, D, N, I)   direction 1's input reversed in time by the caller
