@@ -72,6 +72,12 @@ def _version() -> str:
     return __version__
 
 
+def _amx_line(state: dict) -> str:
+    if state["amx"] == "emulated":
+        return "emulated (a test build: the tile instructions in software)"
+    return "yes" if state["amx"] else f"no ({state['amx_reason']})"
+
+
 def _kernel(args: argparse.Namespace) -> int:
     import json
 
@@ -86,6 +92,7 @@ def _kernel(args: argparse.Namespace) -> int:
             f"flags: {' '.join(state['flags'] or [])}",
             f"instruction set: {isa}",
             f"bfloat16: {'yes' if state['bfloat16'] else 'no'}",
+            f"AMX tiles for bfloat16: {_amx_line(state)}",
             f"threads: {state['threads']}",
         ]
     else:

@@ -25,7 +25,9 @@ padded step; there, batches bucketed by length are what saves the padding.
 
 Which calls it takes is `flax_lstm.plan`'s to decide, and stated once there
 (`flax_lstm.plan.KERNEL_REACH`); `flax_lstm.lstm_plan` says it for one call. bfloat16 needs a
-CPU with AVX512_BF16 (``vdpbf16ps``; gates and cell state stay float32); everything the
+CPU with AVX512_BF16 (``vdpbf16ps``; gates and cell state stay float32), and where the CPU
+also has AMX-BF16 (checked at run time) the bfloat16 step GEMMs run on AMX tiles
+(``tdpbf16ps``, `info`'s ``amx``); everything the
 kernel does not take runs the `lax.scan` path, which runs no compiled code, and so does any
 machine where the kernel cannot be built. The FFI bindings themselves are private
 (``flax_lstm._kernel.ffi``).
@@ -61,6 +63,10 @@ Environment variables:
   or ``none`` for the compiler's default. The library is then keyed without the CPU, so
   machines with different CPUs share one build (a cluster's shared home, a container image).
   ``FLAX_LSTM_CXXFLAGS``: extra compiler flags, appended (and hashed into the file name).
+  ``-DFLAX_LSTM_AMX_EMULATE=1`` builds a test library whose AMX path runs everywhere the
+  bfloat16 kernel does, its tile instructions done in software (slowly).
+  ``FLAX_LSTM_AMX=0``: the bfloat16 step GEMMs on ``vdpbf16ps`` even where the CPU has AMX
+  (to compare the two). Read once per process, when the kernel is loaded.
 """
 
 from __future__ import annotations
@@ -136,8 +142,11 @@ def info() -> dict[str, Any]:
 
     ``available``; ``error`` (why not, or None); ``library`` (its path); ``compiler``,
     ``flags`` and ``isa`` (the instruction-set extensions it was compiled for) as recorded at
-    its build; ``bfloat16`` (whether it has the bfloat16 kernels); ``threads`` (per layer, at
-    most); ``cache_dir``.
+    its build; ``bfloat16`` (whether it has the bfloat16 kernels); ``amx``, what the bfloat16
+    step GEMMs run on: True (AMX tiles, ``tdpbf16ps``), ``"emulated"`` (a test build's software
+    tiles) or False (``vdpbf16ps``, or no bfloat16 kernel), and ``amx_reason``, why not (a
+    sentence such as ``"the CPU has no AMX-BF16"`` or ``"disabled by FLAX_LSTM_AMX"``; None
+    where ``amx`` is not False); ``threads`` (per layer, at most); ``cache_dir``.
 
     Example:
       >>> import flax_lstm.kernel
@@ -153,9 +162,13 @@ def info() -> dict[str, Any]:
         "flags": None,
         "isa": None,
         "bfloat16": error is None and build_error(jnp.bfloat16) is None,
+        "amx": False,
+        "amx_reason": error,
         "threads": ffi.num_threads(),
         "cache_dir": str(build.cache_dir()),
     }
+    if error is None:
+        state["amx"], state["amx_reason"] = build.amx()
     if state["library"]:
         with contextlib.suppress(OSError, ValueError):
             state.update(json.loads(build.LIBRARY[0].with_suffix(".json").read_text()))

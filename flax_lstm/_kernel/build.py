@@ -49,6 +49,16 @@ TRANSPOSE = {
 # `flax_lstm._kernel.ffi.weight_grads` and `input_grad`): target and symbol, always compiled.
 WEIGHT_GRADS = ("flax_lstm_cpu_weight_grads", "FlaxLstmWeightGrads")
 INPUT_GRAD = ("flax_lstm_cpu_input_grad", "FlaxLstmInputGrad")
+# What the library's FlaxLstmAmx() says the bfloat16 step GEMMs run on, where not on AMX tiles
+# (1) or their software emulation (2, a test build with -DFLAX_LSTM_AMX_EMULATE=1).
+AMX_SYMBOL = "FlaxLstmAmx"
+AMX_REASONS = {
+    0: "the CPU has no AMX-BF16",
+    -1: "disabled by FLAX_LSTM_AMX",
+    -2: "Linux refused the permission for AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM)",
+    -3: "this build has no AMX path (it needs the bfloat16 kernel, x86-64 Linux and a compiler "
+    "with the AMX intrinsics)",
+}
 NO_BF16 = "bfloat16 needs a CPU with AVX512_BF16 instructions (the kernel was built without them)"
 DISABLED = "disabled by FLAX_LSTM_CPU_KERNEL"
 
@@ -210,6 +220,7 @@ def build(cxx: str) -> Path:
 
 
 LIBRARY: list[Path] = []  # the loaded library's path, once `_build_and_register` has run
+AMX: list[int] = []  # the loaded library's FlaxLstmAmx(), once `_build_and_register` has run
 
 
 def disabled() -> bool:
@@ -248,6 +259,8 @@ def _build_and_register() -> str | frozenset[str]:
     except (OSError, RuntimeError) as e:
         return f"could not build the CPU kernel: {e}"
     LIBRARY[:] = [path]
+    # The library checks the CPU and FLAX_LSTM_AMX once, at this first call.
+    AMX[:] = [getattr(lib, AMX_SYMBOL)() if hasattr(lib, AMX_SYMBOL) else -3]
     # float32, the transposed copies and the weight gradients are always compiled; bfloat16
     # only for AVX512_BF16.
     helpers = (*TRANSPOSE.values(), WEIGHT_GRADS, INPUT_GRAD)
@@ -260,3 +273,18 @@ def _build_and_register() -> str | frozenset[str]:
     for name, symbol in (*(t for d in dtypes for t in TARGETS[d]), *helpers):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
     return frozenset(dtypes)
+
+
+def amx() -> tuple[bool | str, str | None]:
+    """What the bfloat16 kernel's step GEMMs run on, building the kernel if need be:
+    ``(True, None)`` AMX tiles, ``("emulated", None)`` their software emulation (a test build),
+    or ``(False, why not)``."""
+    reason = error("bfloat16")
+    if reason is not None:
+        return False, reason
+    code = AMX[0] if AMX else -3
+    if code == 1:
+        return True, None
+    if code == 2:
+        return "emulated", None
+    return False, AMX_REASONS.get(code, f"FlaxLstmAmx() returned {code}")

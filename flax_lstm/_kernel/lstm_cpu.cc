@@ -22,9 +22,10 @@
 //
 // The weight and input gradients of a padded batch, single large GEMMs, stay in XLA, and so do
 // those of bfloat16. float32, and bfloat16 where the CPU has AVX512_BF16 (the GEMM operands x,
-// h, W and dz in bfloat16, products summed in float32 by vdpbf16ps; gates, cell states and
-// gradients in float32, as the lax.scan path computes bfloat16). Which calls come here is
-// decided on the Python side, and stated once there: KERNEL_REACH in flax_lstm/plan.py.
+// h, W and dz in bfloat16, products summed in float32 by vdpbf16ps, or on AMX tiles by
+// tdpbf16ps where the CPU has AMX-BF16, see amx below; gates, cell states and gradients in
+// float32, as the lax.scan path computes bfloat16). Which calls come here is decided on the
+// Python side, and stated once there: KERNEL_REACH in flax_lstm/plan.py.
 //
 // Layouts (row-major), D directions run one after the other:
 //   x     (T, D, N, I)   direction 1's input reversed in time by the caller
@@ -42,17 +43,38 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <cctype>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
 #define FLAX_LSTM_BF16 1
+#endif
+
+// AMX tiles for the bfloat16 step GEMMs (see amx below): compiled with the bfloat16 kernel on
+// x86-64 Linux where the compiler has the AMX intrinsics (through target attributes: the
+// library needs no AMX -march), and used where the run-time check finds AMX-BF16. A test build
+// with -DFLAX_LSTM_AMX_EMULATE=1 runs the same code with the tile instructions done in
+// software, on any CPU that has the bfloat16 kernel.
+#if FLAX_LSTM_BF16 && defined(__x86_64__)
+#if defined(FLAX_LSTM_AMX_EMULATE) && FLAX_LSTM_AMX_EMULATE
+#define FLAX_LSTM_AMX 2
+#elif defined(__linux__) && defined(__has_include)
+#if __has_include(<amxbf16intrin.h>) || __has_include(<amxintrin.h>)
+#define FLAX_LSTM_AMX 1
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#endif
 #endif
 
 #include "xla/ffi/api/ffi.h"
@@ -85,12 +107,29 @@ inline void cpu_relax() {
 using bf16 = uint16_t;
 
 // K-steps per packed row of a panel: a float each, or a pair of bfloat16s side by side (the
-// operand of vdpbf16ps), so a panel of K rows holds round_up(K, kPair<E>) of them.
+// operand of vdpbf16ps, and the rows of an AMX tile of B).
 template <typename E>
 constexpr int kPair = sizeof(E) == 2 ? 2 : 1;
 
+// A bfloat16 panel holds K rounded up to a multiple of 32, the K of an AMX tile, zero rows past
+// K, so that the tile GEMM (see amx below) loads whole tiles of it and never reads past it; the
+// vdpbf16ps micro-kernel reads only the first K rows. A float32 panel holds K rows.
+template <typename E>
+constexpr int kPanelK = sizeof(E) == 2 ? 32 : 1;
+
+// Elements of a packed panel of K rows, and where element (k, j) of a panel goes in it: row
+// k / kPair, a pair of K-steps per column for bfloat16 (NR·kPair elements a row).
+template <typename E>
+constexpr int64_t panel_size(int64_t K) {
+  return round_up(K, kPanelK<E>) * NR;
+}
+template <typename E>
+constexpr int64_t panel_at(int64_t k, int64_t j) {
+  return (k / kPair<E>) * NR * kPair<E> + j * kPair<E> + k % kPair<E>;
+}
+
 // One product A · B of a GEMM: A is M × K with leading dimension lda, Bp holds the packed
-// panels of B (round_up(K, kPair) × NR each, one after the other). A sum of two products
+// panels of B (panel_size(K) elements each, one after the other). A sum of two products
 // shares the output. With `rows`, row i of A is row rows[i] of the matrix at A (the active
 // rows of a ragged batch, in order of length; see Order).
 template <typename E>
@@ -163,7 +202,7 @@ inline void micro(const Product<E>* prods, int nprod, int64_t i0, int64_t p, flo
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i)
       a[i] = pr.A + (pr.rows == nullptr ? i0 + i : pr.rows[i0 + i]) * pr.lda;
-    accumulate<M>(acc0, acc1, a, pr.K, pr.Bp + p * round_up(pr.K, kPair<E>) * NR);
+    accumulate<M>(acc0, acc1, a, pr.K, pr.Bp + p * panel_size<E>(pr.K));
   }
   float* c = C + i0 * ldc + p * NR;
 #pragma GCC unroll 8
@@ -182,11 +221,284 @@ inline void micro_rows(int rows, const Product<E>* prods, int nprod, int64_t i0,
   }
 }
 
+#if FLAX_LSTM_AMX
+// ---------------------------------------------------------------------------------------------
+// AMX. Where the CPU has AMX-BF16, gemm_packed<bf16> runs on tiles. A tile is 16 rows of 64
+// bytes: 32 bfloat16s (A: 16 rows × 32 K-steps; B: 16 K-pairs × 16 columns, each a pair) or 16
+// floats (C), and tdpbf16ps adds C[m][n] += Σ_p A[m][2p]·B[p][2n] + A[m][2p+1]·B[p][2n+1] in
+// float32. A bfloat16 panel's rows are K-pairs of NR = 32 columns (128 bytes), so B's tiles load
+// straight from a panel, 16 K-pairs at a time, at column 0 or 16 with a stride of 128 bytes;
+// the panel's K is a multiple of 32 (kPanelK), so no load reads past it.
+//
+// Blocks of 32 rows × one panel: C in tiles 0, 1 (rows 0-15, columns 0-15 and 16-31) and 2, 3
+// (rows 16-31), A in tiles 4 and 5, B in 6 and 7. A's rows load from the matrix where they can
+// (a Product without `rows`, a whole tile row of 16, a whole block of 32 K-steps); the rest of
+// them (ragged batches, a partial last tile row, the last K-steps past a multiple of 32) is
+// copied into a zero-padded buffer first, so no tile holds what is not A (NaN·0 is NaN) and no
+// load reads past A. A partial tile row of C goes through a buffer too.
+//
+// Tile state belongs to the thread, and XLA's pool threads run other work between items: each
+// call configures the tiles (ldtilecfg) and releases them before it returns.
+namespace amx {
+
+static_assert(NR == 32, "a bfloat16 panel row is two B tiles of 16 columns");
+constexpr int kRows = 16;       // rows of a tile
+constexpr int kK = 32;          // bfloat16 K-steps in a row of an A tile
+constexpr int kMaxProducts = 2;
+
+// The tile primitives, the one part that differs between the hardware and the emulation. Tile
+// numbers are literals (the instructions encode them).
+#if FLAX_LSTM_AMX == 2
+// The emulation: a thread's eight tiles in memory. Using them while the tiles are not
+// configured traps, as the hardware does.
+struct Tiles {
+  alignas(64) unsigned char row[8][kRows][64];
+  bool configured = false;
+};
+thread_local Tiles tiles;
+std::atomic<int64_t> emulated_dots{0};  // tdpbf16ps done, for the tests (FlaxLstmAmxDots)
+
+inline void check_configured() {
+  if (!tiles.configured) __builtin_trap();
+}
+inline void configure() {
+  if (tiles.configured) __builtin_trap();  // a call configures once and releases
+  tiles.configured = true;
+}
+inline void release() {
+  check_configured();
+  tiles.configured = false;
+}
+inline void emu_load(int t, const void* p, int64_t stride) {
+  check_configured();
+  for (int r = 0; r < kRows; ++r)
+    std::memcpy(tiles.row[t][r], static_cast<const char*>(p) + r * stride, 64);
+}
+inline void emu_store(int t, void* p, int64_t stride) {
+  check_configured();
+  for (int r = 0; r < kRows; ++r)
+    std::memcpy(static_cast<char*>(p) + r * stride, tiles.row[t][r], 64);
+}
+inline void emu_zero(int t) {
+  check_configured();
+  std::memset(tiles.row[t], 0, sizeof tiles.row[t]);
+}
+inline float widen(bf16 v) { return std::bit_cast<float>(static_cast<uint32_t>(v) << 16); }
+inline void emu_dot(int c, int a, int b) {
+  check_configured();
+  float C[kRows][kRows];
+  bf16 A[kRows][kK], B[kRows][kK];
+  std::memcpy(C, tiles.row[c], sizeof C);
+  std::memcpy(A, tiles.row[a], sizeof A);
+  std::memcpy(B, tiles.row[b], sizeof B);
+  for (int m = 0; m < kRows; ++m)
+    for (int n = 0; n < kRows; ++n)
+      for (int p = 0; p < kK / 2; ++p)
+        C[m][n] += widen(A[m][2 * p]) * widen(B[p][2 * n]) +
+                   widen(A[m][2 * p + 1]) * widen(B[p][2 * n + 1]);
+  std::memcpy(tiles.row[c], C, sizeof C);
+  emulated_dots.fetch_add(1, std::memory_order_relaxed);
+}
+#define FLAX_LSTM_AMX_TARGET
+#define FLAX_LSTM_TILE_LOAD(t, p, stride) emu_load(t, p, stride)
+#define FLAX_LSTM_TILE_STORE(t, p, stride) emu_store(t, p, stride)
+#define FLAX_LSTM_TILE_ZERO(t) emu_zero(t)
+#define FLAX_LSTM_TILE_DOT(c, a, b) emu_dot(c, a, b)
+#else
+// GCC's tile intrinsics are asm statements that tell the compiler nothing of the memory they
+// read or write: each is fenced by compiler barriers, so that the copies made for a tile load
+// are written before it and a tile store's output is read after it.
+#define FLAX_LSTM_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
+#define FLAX_LSTM_TILE_OP(op)              \
+  do {                                     \
+    __asm__ volatile("" ::: "memory");     \
+    op;                                    \
+    __asm__ volatile("" ::: "memory");     \
+  } while (0)
+#define FLAX_LSTM_TILE_LOAD(t, p, stride) FLAX_LSTM_TILE_OP(_tile_loadd(t, p, stride))
+#define FLAX_LSTM_TILE_STORE(t, p, stride) FLAX_LSTM_TILE_OP(_tile_stored(t, p, stride))
+#define FLAX_LSTM_TILE_ZERO(t) FLAX_LSTM_TILE_OP(_tile_zero(t))
+#define FLAX_LSTM_TILE_DOT(c, a, b) FLAX_LSTM_TILE_OP(_tile_dpbf16ps(c, a, b))
+
+// Palette 1, tiles 0-7 of 16 rows × 64 bytes.
+struct alignas(64) Config {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {kRows, kRows, kRows, kRows, kRows, kRows, kRows, kRows};
+};
+static_assert(sizeof(Config) == 64);
+
+FLAX_LSTM_AMX_TARGET inline void configure() {
+  static const Config config;
+  FLAX_LSTM_TILE_OP(_tile_loadconfig(&config));
+}
+FLAX_LSTM_AMX_TARGET inline void release() { FLAX_LSTM_TILE_OP(_tile_release()); }
+#endif
+
+// What the bfloat16 step GEMMs run on, decided once per process (FlaxLstmAmx reports it): 1 AMX
+// tiles, 2 the emulation, 0 the CPU (or the OS) has no AMX-BF16, -1 disabled by FLAX_LSTM_AMX,
+// -2 Linux refused the permission for tile data.
+int check() {
+  if (const char* v = std::getenv("FLAX_LSTM_AMX")) {
+    std::string s;
+    for (const char* c = v; *c; ++c)
+      if (!std::isspace(static_cast<unsigned char>(*c)))
+        s += static_cast<char>(std::tolower(static_cast<unsigned char>(*c)));
+    if (s == "0" || s == "false" || s == "no" || s == "off") return -1;
+  }
+#if FLAX_LSTM_AMX == 2
+  return 2;
+#else
+  unsigned a, b, c, d;
+  // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24)))
+    return 0;
+  // The OS saves the tile state: XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA), read by xgetbv,
+  // which OSXSAVE (CPUID leaf 1, ECX bit 27) allows.
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0;
+  uint32_t xcr0, high;
+  __asm__ volatile("xgetbv" : "=a"(xcr0), "=d"(high) : "c"(0));
+  if ((xcr0 & (3u << 17)) != (3u << 17)) return 0;
+  // Linux hands out tile data per process on request (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) != 0) return -2;
+  return 1;
+#endif
+}
+
+inline int state() {
+  static const int s = check();
+  return s;
+}
+
+// Where the rows of one tile row of A (16 rows from row i0 of the block) are read: the first
+// `direct` K-steps from the matrix (stride `lda` elements), the others from `copy` (stride
+// `width`, K-steps from `direct` on, zero-padded to a multiple of kK).
+struct Rows {
+  const bf16* a;
+  int64_t lda, direct;
+  const bf16* copy;
+  int64_t width;
+};
+
+// Copies the rows of tile row r of the block [i0, i0 + m) of product pr that do not load from
+// the matrix into `out` (kRows × width), and says where each K block is read.
+inline Rows plan_rows(const Product<bf16>& pr, int64_t i0, int64_t m, int r, bf16* out) {
+  const int64_t first = i0 + r * kRows, valid = std::clamp<int64_t>(i0 + m - first, 0, kRows);
+  const int64_t K = pr.K, Kp = round_up(K, kK);
+  const int64_t direct = pr.rows == nullptr && valid == kRows ? K / kK * kK : 0;
+  const int64_t width = Kp - direct;
+  for (int64_t i = 0; i < kRows && width > 0; ++i) {
+    bf16* o = out + i * width;
+    if (i < valid) {
+      const int64_t row = pr.rows == nullptr ? first + i : pr.rows[first + i];
+      std::memcpy(o, pr.A + row * pr.lda + direct, (K - direct) * sizeof(bf16));
+      std::fill(o + (K - direct), o + width, bf16{});
+    } else {
+      std::fill(o, o + width, bf16{});
+    }
+  }
+  return {pr.A + first * pr.lda, pr.lda, direct, out, width};
+}
+
+// The A tile of K block k (a multiple of kK) of a tile row.
+inline const bf16* a_tile(const Rows& r, int64_t k, int64_t& stride_bytes) {
+  if (k < r.direct) {
+    stride_bytes = r.lda * 2;
+    return r.a + k;
+  }
+  stride_bytes = r.width * 2;
+  return r.copy + (k - r.direct);
+}
+
+// gemm_packed's contract for bfloat16 (at most kMaxProducts products) on AMX tiles.
+FLAX_LSTM_AMX_TARGET void gemm(int64_t M, int64_t npanels, const Product<bf16>* prods, int nprod,
+                               float* C, int64_t ldc) {
+  if (M <= 0) return;
+  thread_local std::vector<bf16> copies;
+  alignas(64) float part[kRows * kRows];  // a C tile of a partial tile row
+  size_t need = 0;
+  for (int q = 0; q < nprod; ++q) need += 2 * kRows * round_up(prods[q].K, kK);
+  if (copies.size() < need) copies.resize(need);
+  const int64_t ldc_bytes = ldc * static_cast<int64_t>(sizeof(float));
+  // Stores C tiles c0, c1 (columns 0-15, 16-31) of a tile row with `rows` valid rows at c.
+#define FLAX_LSTM_TILE_STORE_ROW(c0, c1, c, rows)                                       \
+  do {                                                                                \
+    if ((rows) == kRows) {                                                            \
+      FLAX_LSTM_TILE_STORE(c0, c, ldc_bytes);                                         \
+      FLAX_LSTM_TILE_STORE(c1, (c) + kRows, ldc_bytes);                               \
+    } else {                                                                          \
+      FLAX_LSTM_TILE_STORE(c0, part, kRows * sizeof(float));                          \
+      for (int64_t i = 0; i < (rows); ++i)                                            \
+        std::memcpy((c) + i * ldc, part + i * kRows, kRows * sizeof(float));          \
+      FLAX_LSTM_TILE_STORE(c1, part, kRows * sizeof(float));                          \
+      for (int64_t i = 0; i < (rows); ++i)                                            \
+        std::memcpy((c) + i * ldc + kRows, part + i * kRows, kRows * sizeof(float));  \
+    }                                                                                 \
+  } while (0)
+  configure();
+  for (int64_t i0 = 0; i0 < M; i0 += 2 * kRows) {
+    const int64_t m = std::min<int64_t>(2 * kRows, M - i0);
+    const bool two = m > kRows;  // a second tile row
+    Rows rows[kMaxProducts][2];
+    bf16* out = copies.data();
+    for (int q = 0; q < nprod; ++q) {
+      for (int r = 0; r < 1 + two; ++r) {
+        rows[q][r] = plan_rows(prods[q], i0, m, r, out);
+        out += kRows * rows[q][r].width;
+      }
+    }
+    for (int64_t p = 0; p < npanels; ++p) {
+      FLAX_LSTM_TILE_ZERO(0);
+      FLAX_LSTM_TILE_ZERO(1);
+      if (two) {
+        FLAX_LSTM_TILE_ZERO(2);
+        FLAX_LSTM_TILE_ZERO(3);
+      }
+      for (int q = 0; q < nprod; ++q) {
+        const bf16* panel = prods[q].Bp + p * panel_size<bf16>(prods[q].K);
+        for (int64_t k = 0; k < prods[q].K; k += kK) {
+          // K-pair row k / 2 of the panel: NR pairs, 4·NR bytes.
+          const bf16* b = panel + k * NR;
+          FLAX_LSTM_TILE_LOAD(6, b, 4 * NR);
+          FLAX_LSTM_TILE_LOAD(7, b + 2 * kRows, 4 * NR);
+          int64_t stride;
+          const bf16* a = a_tile(rows[q][0], k, stride);
+          FLAX_LSTM_TILE_LOAD(4, a, stride);
+          FLAX_LSTM_TILE_DOT(0, 4, 6);
+          FLAX_LSTM_TILE_DOT(1, 4, 7);
+          if (two) {
+            a = a_tile(rows[q][1], k, stride);
+            FLAX_LSTM_TILE_LOAD(5, a, stride);
+            FLAX_LSTM_TILE_DOT(2, 5, 6);
+            FLAX_LSTM_TILE_DOT(3, 5, 7);
+          }
+        }
+      }
+      float* c = C + i0 * ldc + p * NR;
+      FLAX_LSTM_TILE_STORE_ROW(0, 1, c, std::min<int64_t>(m, kRows));
+      if (two) FLAX_LSTM_TILE_STORE_ROW(2, 3, c + kRows * ldc, m - kRows);
+    }
+  }
+  release();
+#undef FLAX_LSTM_TILE_STORE_ROW
+}
+
+}  // namespace amx
+#endif
+
 // C (M × npanels·NR, leading dimension ldc) = the sum of the products, panel by panel (a
-// panel of B stays in L1 across the row blocks).
+// panel of B stays in L1 across the row blocks). bfloat16 runs on AMX tiles where the CPU has
+// them (amx::gemm), else on the vdpbf16ps micro-kernel.
 template <typename E>
 void gemm_packed(int64_t M, int64_t npanels, const Product<E>* prods, int nprod, float* C,
                  int64_t ldc) {
+#if FLAX_LSTM_AMX
+  if constexpr (std::is_same_v<E, bf16>) {
+    if (nprod <= amx::kMaxProducts && amx::state() > 0)
+      return amx::gemm(M, npanels, prods, nprod, C, ldc);
+  }
+#endif
   for (int64_t p = 0; p < npanels; ++p) {
     int64_t i = 0;
     for (; i + MR <= M; i += MR) micro<MR>(prods, nprod, i, p, C, ldc);
@@ -194,22 +506,12 @@ void gemm_packed(int64_t M, int64_t npanels, const Product<E>* prods, int nprod,
   }
 }
 
-// Elements of a packed panel of K rows, and where element (k, j) of a panel goes in it.
-template <typename E>
-constexpr int64_t panel_size(int64_t K) {
-  return round_up(K, kPair<E>) * NR;
-}
-template <typename E>
-constexpr int64_t panel_at(int64_t k, int64_t j) {
-  return (k / kPair<E>) * NR * kPair<E> + j * kPair<E> + k % kPair<E>;
-}
-
 // Packs columns of Bᵀ for gemm_packed into `out` (round_up(cols, NR) / NR panels): column
 // `col` of the packed B, zero-padded to whole panels, is row src(col) of a row-major matrix
 // with K columns. Written panel by panel in order, reading NR rows side by side.
 template <typename E, typename Src>
 void pack_rows(const E* w, int64_t K, int64_t cols, Src src, E* out) {
-  const int64_t padded = round_up(cols, NR), Kp = round_up(K, kPair<E>);
+  const int64_t padded = round_up(cols, NR), Kp = round_up(K, kPanelK<E>);
   for (int64_t c0 = 0; c0 < padded; c0 += NR) {
     const E* rows[NR];
     for (int j = 0; j < NR; ++j) rows[j] = c0 + j < cols ? w + src(c0 + j) * K : nullptr;
@@ -224,7 +526,7 @@ void pack_rows(const E* w, int64_t K, int64_t cols, Src src, E* out) {
 // (round_up(cols, NR) / NR panels, zero-padded).
 template <typename E>
 void pack_cols(const E* w, int64_t K, int64_t ld, int64_t c0, int64_t cols, E* out) {
-  const int64_t padded = round_up(cols, NR), Kp = round_up(K, kPair<E>);
+  const int64_t padded = round_up(cols, NR), Kp = round_up(K, kPanelK<E>);
   for (int64_t p = 0; p < padded; p += NR) {
     E* panel = out + (p / NR) * panel_size<E>(K);
     const int64_t width = std::min<int64_t>(NR, cols - p);
@@ -1269,6 +1571,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmInputGrad, InputGradImpl,
       .Ret<ffi::Buffer<ffi::F32>>()  /* db */                               \
       .Ret<ffi::Buffer<ffi::F32>>()  /* dh0 */                              \
       .Ret<ffi::Buffer<ffi::F32>>()  /* dc0 */
+
+// What the bfloat16 step GEMMs run on (the Python side reports it, flax_lstm.kernel.info):
+// 1 AMX tiles, 2 their emulation (a test build), 0 the CPU has no AMX-BF16, -1 disabled by
+// FLAX_LSTM_AMX, -2 Linux refused the tile data permission, -3 no AMX path in this build.
+extern "C" __attribute__((visibility("default"))) int FlaxLstmAmx(void) {
+#if FLAX_LSTM_AMX
+  return amx::state();
+#else
+  return -3;
+#endif
+}
+
+#if FLAX_LSTM_AMX == 2
+// The emulated tile products done so far, in the whole process: the tests see that the tile
+// path ran.
+extern "C" __attribute__((visibility("default"))) int64_t FlaxLstmAmxDots(void) {
+  return amx::emulated_dots.load(std::memory_order_relaxed);
+}
+#endif
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmForward, ForwardImpl<ffi::F32>,
                               FLAX_LSTM_FORWARD_BINDING(ffi::F32));
