@@ -56,6 +56,9 @@ Environment variables:
   ``FLAX_LSTM_NUM_THREADS``: threads of the kernel (default: the CPUs this process may use, at
   most one per 16 hidden units); read when a function is traced.
   ``FLAX_LSTM_CACHE_DIR``: where the built library is kept.
+  ``FLAX_LSTM_CALIBRATE=0``: the default plan takes the kernel by the size rule alone, without
+  measuring it against the scan path on this CPU (`info`'s ``calibration``). Read at every call
+  that plans a computation.
   ``FLAX_LSTM_ARCH``: the target instruction set instead of the building machine's:
   ``x86-64-v3`` (any AVX2 machine), ``x86-64-v4``, ``sapphirerapids``… (a ``-march=`` value),
   or ``none`` for the compiler's default. The library is then keyed without the CPU, so
@@ -74,7 +77,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flax_lstm._kernel import build, ffi
+from flax_lstm._kernel import build, calibrate, ffi
 
 __all__ = ["available", "build_error", "export_checks", "info"]
 
@@ -137,7 +140,11 @@ def info() -> dict[str, Any]:
     ``available``; ``error`` (why not, or None); ``library`` (its path); ``compiler``,
     ``flags`` and ``isa`` (the instruction-set extensions it was compiled for) as recorded at
     its build; ``bfloat16`` (whether it has the bfloat16 kernels); ``threads`` (per layer, at
-    most); ``cache_dir``.
+    most); ``cache_dir``; ``calibration``: the verdicts of the measurement of the kernel
+    against the scan path on this CPU, by dtype and regime (batches of at most 4 sequences,
+    "small", or more, "large"), which the default plan follows; an empty dict before the first
+    measurement (made when a default plan would first take the kernel for a dtype, or by
+    ``flax-lstm kernel --calibrate``).
 
     Example:
       >>> import flax_lstm.kernel
@@ -155,6 +162,7 @@ def info() -> dict[str, Any]:
         "bfloat16": error is None and build_error(jnp.bfloat16) is None,
         "threads": ffi.num_threads(),
         "cache_dir": str(build.cache_dir()),
+        "calibration": calibrate.cached(),
     }
     if state["library"]:
         with contextlib.suppress(OSError, ValueError):
