@@ -74,18 +74,26 @@ def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp
     assert (small.choice, small.speedup, large.choice, large.speedup) == (
         "kernel", 1.5, "scan", 0.5
     )  # fmt: skip
-    path = tmp_path / "lstm_cpu_0123456789abcdef.calibration.json"
-    assert calibrate.cache_path() == path
+    path = calibrate.cache_path()
+    assert path.parent == tmp_path and path.name.startswith("lstm_cpu_0123456789abcdef.calib")
     record = json.loads(path.read_text())
     assert record["verdicts"]["float32"]["large"]["choice"] == "scan"
     assert calibrate.cached()["float32"]["small"]["speedup"] == 1.5
     calibrate.verdict("bfloat16", 8)  # another dtype: measured, and kept beside the first
     assert fake.calls[2:] == [("bfloat16", 4), ("bfloat16", 32)]
     assert sorted(json.loads(path.read_text())["verdicts"]) == ["bfloat16", "float32"]
-    # Another library (a new CPU, compiler, jaxlib or source) is measured anew.
+    # Another library (a new CPU, compiler, jaxlib or source) is measured anew, and so is
+    # another CPU with the same library (a portable one) or another count of threads.
     monkeypatch.setattr(build, "LIBRARY", [tmp_path / "lstm_cpu_fedcba9876543210.so"])
     calibrate.verdict("float32", 2)
-    assert len(fake.calls) == 6
+    here = calibrate._machine.__wrapped__(2)
+    monkeypatch.setattr(build, "cpu_identity", lambda: "flags: another CPU")
+    assert calibrate._machine.__wrapped__(2) != here  # (cached per process: one CPU)
+    monkeypatch.setattr(calibrate, "_machine", calibrate._machine.__wrapped__)
+    calibrate.verdict("float32", 2)
+    monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "7")
+    calibrate.verdict("float32", 2)
+    assert len(fake.calls) == 10 and len(list(tmp_path.glob("*.calibration-*.json"))) == 4
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,11 @@ The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan
 the kernel's in the two modes (above 1: the kernel is faster), and the kernel unless the scan
 is more than `TOLERANCE` faster.
 
-It is kept in ``<library>.calibration.json`` next to the built library (`cache_path`), so its
-cache key (source, flags, compiler, jaxlib, CPU: `flax_lstm._kernel.build`) keys it too: a
-change of any of them measures anew. A process measures under a file lock and writes the file
+It is kept in ``<library>.calibration-<machine>.json`` next to the built library
+(`cache_path`), so its cache key (source, flags, compiler, jaxlib, CPU:
+`flax_lstm._kernel.build`) keys it too, and ``<machine>`` hashes the CPU (for portable
+libraries, shared by other CPUs) and the kernel's threads: a change of any of them measures
+anew. A process measures under a file lock and writes the file
 atomically: processes that start together measure once. A file that cannot be read or parsed
 is measured again; one that cannot be written leaves the verdict to this process.
 
@@ -36,6 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import os
@@ -46,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flax_lstm._kernel import build
+from flax_lstm._kernel import build, ffi
 
 # The kernel's small-batch path takes batches of at most this many sequences: ``kSmallBatch``
 # in lstm_cpu.cc, which this must equal.
@@ -116,8 +120,19 @@ def regime(batch: Any) -> str:
 
 
 def cache_path() -> Path | None:
-    """The calibration file of the loaded library, or None where none is loaded."""
-    return build.LIBRARY[0].with_suffix(".calibration.json") if build.LIBRARY else None
+    """The calibration file of the loaded library on this CPU with the kernel's threads, or
+    None where no library is loaded."""
+    if not build.LIBRARY:
+        return None
+    library = build.LIBRARY[0]
+    return library.with_name(f"{library.stem}.calibration-{_machine(ffi.num_threads())}.json")
+
+
+@functools.cache
+def _machine(threads: int) -> str:
+    """What keys the calibration beyond the library: the CPU (a portable library, built with
+    ``FLAX_LSTM_ARCH``, is shared by other CPUs) and the kernel's threads."""
+    return hashlib.sha256(f"{build.cpu_identity()}\0{threads}".encode()).hexdigest()[:8]
 
 
 def verdict(dtype: str, batch: Any) -> Verdict | None:
@@ -192,7 +207,8 @@ def _write(path: Path, dtype: str, found: dict[str, Verdict]) -> bool:
     """Add ``dtype``'s verdicts to the calibration file (atomically); whether it could."""
     merged = {**_read(path), dtype: found}
     records = {d: {r: dataclasses.asdict(v) for r, v in by.items()} for d, by in merged.items()}
-    text = json.dumps({"library": path.name.split(".")[0], "verdicts": records}, indent=2)
+    record = {"library": path.name.split(".")[0], "threads": ffi.num_threads(), "verdicts": records}
+    text = json.dumps(record, indent=2)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text + "\n")
