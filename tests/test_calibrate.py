@@ -68,9 +68,10 @@ def test_verdict_is_the_geometric_mean_of_the_modes(fwd, fwd_bwd, choice):
 def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp_path):
     fake = fake_calibration.install(monkeypatch, tmp_path, small=1.5, large=0.5)
     small = calibrate.verdict("float32", 2)
-    assert fake.calls == [("float32", 4), ("float32", 32)]  # both regimes at once
+    measured = [("float32", 4), ("float32", 32), ("float32", 32)]  # the scan's verdict twice
+    assert fake.calls == measured
     large = calibrate.verdict("float32", 100)
-    assert fake.calls == [("float32", 4), ("float32", 32)]
+    assert fake.calls == measured
     assert (small.choice, small.speedup, large.choice, large.speedup) == (
         "kernel", 1.5, "scan", 0.5
     )  # fmt: skip
@@ -80,7 +81,7 @@ def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp
     assert record["verdicts"]["float32"]["large"]["choice"] == "scan"
     assert calibrate.cached()["float32"]["small"]["speedup"] == 1.5
     calibrate.verdict("bfloat16", 8)  # another dtype: measured, and kept beside the first
-    assert fake.calls[2:] == [("bfloat16", 4), ("bfloat16", 32)]
+    assert fake.calls[3:] == [("bfloat16", 4), ("bfloat16", 32), ("bfloat16", 32)]
     assert sorted(json.loads(path.read_text())["verdicts"]) == ["bfloat16", "float32"]
     # Another library (a new CPU, compiler, jaxlib or source) is measured anew, and so is
     # another CPU with the same library (a portable one) or another count of threads.
@@ -93,7 +94,24 @@ def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp
     calibrate.verdict("float32", 2)
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "7")
     calibrate.verdict("float32", 2)
-    assert len(fake.calls) == 10 and len(list(tmp_path.glob("*.calibration-*.json"))) == 4
+    assert len(fake.calls) == 5 * 3 and len(list(tmp_path.glob("*.calibration-*.json"))) == 4
+
+
+def test_a_verdict_for_the_scan_is_measured_again(monkeypatch, tmp_path):
+    """The scan 2× faster in a first run (a load that slowed the kernel), 4× slower in the
+    second: over both runs' repetitions the kernel is faster, and kept."""
+    fake = fake_calibration.install(monkeypatch, tmp_path, small=2.0, large=0.5)
+    first = fake.__call__
+
+    def then_slower(dtype, batch):
+        if len(fake.calls) == 2:
+            fake.speedup["large"] = 4.0
+        return first(dtype, batch)
+
+    monkeypatch.setattr(calibrate, "time_paths", then_slower)
+    verdict = calibrate.verdict("float32", 32)
+    assert len(fake.calls) == 3 and verdict.choice == "kernel"
+    assert verdict.scan_ms["fwd"] == pytest.approx((5.0 + 40.0) / 2)  # the median of 6
 
 
 @pytest.mark.parametrize(

@@ -167,7 +167,7 @@ def test_default_follows_the_measured_verdict_of_each_regime(monkeypatch, tmp_pa
     assert not _uses_kernel(cfg, jnp.ones((20, 8, 3)))  # under jax.grad's trace
     assert _uses_kernel(cfg, jnp.ones((20, 2, 3)))
     assert _uses_kernel(cfg, jnp.ones((20, 8, 3)), impl="kernel")  # forced: no measuring
-    assert fake.calls == [("float32", 4), ("float32", 32)]  # once, for both regimes
+    assert fake.calls == [("float32", 4), ("float32", 32), ("float32", 32)]  # once, confirmed
 
 
 @needs_kernel
