@@ -7,7 +7,7 @@ Usage::
                     [--batch-size B] [--seed S] [--out DIR] [--resume] [--quiet] ...
     flax-lstm evaluate --run DIR [--test PATH]
     flax-lstm bench ...
-    flax-lstm kernel
+    flax-lstm kernel [--calibrate]
     flax-lstm --version
 
 ``train`` with no data arguments trains on the bundled Japanese Vowels data; ``--train`` and
@@ -16,7 +16,9 @@ last line of standard output. Errors print ``flax-lstm: error: <message>`` on st
 and exit with status 2. This module only dispatches: ``train`` and ``evaluate`` are
 `flax_lstm.train.cli` (their flags made from `flax_lstm.train.TrainConfig`), ``bench`` is
 `flax_lstm.bench`, ``kernel`` builds the CPU kernel if need be and reports it
-(`flax_lstm.kernel.info`; exit status 1 where it is not available). ``--version`` prints
+(`flax_lstm.kernel.info`, with the cached measurement of the kernel against the scan path that
+the default plan follows; ``--calibrate`` measures it now; exit status 1 where the kernel is
+not available). ``--version`` prints
 ``flax-lstm`` and `flax_lstm.__version__`. ``train`` and ``evaluate`` need the ``train`` extra
 (``pip install 'flax-lstm[train]'``); without it they say so and exit with status 2.
 """
@@ -59,8 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="build the CPU kernel if need be (prebuild) and report it",
         description="Build the compiled CPU kernel into its cache folder if it is not there "
         "(FLAX_LSTM_CACHE_DIR, FLAX_LSTM_ARCH, FLAX_LSTM_CXXFLAGS as for the runs), and print "
-        "its library, instruction set, bfloat16 support and threads, or why it is not "
-        "available; a JSON object last. Exit status 1 if it is not available.",
+        "its library, instruction set, bfloat16 support, threads and the cached measurement "
+        "of the kernel against the scan path (which the default plan follows), or why it is "
+        "not available; a JSON object last. Exit status 1 if it is not available.",
+    )
+    k.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the kernel against the scan path now, for every dtype it has, and cache "
+        "the verdicts (a few seconds per dtype; to prebuild into an image or shared cache)",
     )
     k.set_defaults(handler=_kernel)
     return parser
@@ -83,6 +92,10 @@ def _kernel(args: argparse.Namespace) -> int:
 
     from flax_lstm import kernel
 
+    if args.calibrate and kernel.available():
+        from flax_lstm._kernel import calibrate
+
+        calibrate.measure_all(["float32", *(["bfloat16"] if kernel.available("bfloat16") else [])])
     state = kernel.info()
     if state["available"]:
         isa = ", ".join(state["isa"] or []) or "unknown"
@@ -94,12 +107,31 @@ def _kernel(args: argparse.Namespace) -> int:
             f"bfloat16: {'yes' if state['bfloat16'] else 'no'}",
             f"AMX tiles for bfloat16: {_amx_line(state)}",
             f"threads: {state['threads']}",
+            *_calibration_lines(state["calibration"]),
         ]
     else:
         lines = [f"not available: {state['error']}", f"cache folder: {state['cache_dir']}"]
     print("\n".join(f"{PROG} kernel: {line}" for line in lines), file=sys.stderr)
     print(json.dumps(state))
     return 0 if state["available"] else 1
+
+
+def _calibration_lines(verdicts: dict) -> list[str]:
+    """The cached verdicts of the kernel against the scan path, one line per dtype and regime."""
+    from flax_lstm._kernel import calibrate
+
+    if not verdicts:
+        return ["measured against the scan: not yet (flax-lstm kernel --calibrate measures it)"]
+    lines = [f"measured against the scan: {calibrate.cache_path()}"]
+    for dtype, by_regime in verdicts.items():
+        for v in by_regime.values():
+            lines.append(
+                f"  {dtype} {v['regime']} batches (probe batch {v['batch']}): the kernel "
+                f"{v['speedup']:.2f}× the scan, default {v['choice']}"
+            )
+    if calibrate.disabled():
+        lines.append(f"  not used: {calibrate.ENV}=0")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,6 +58,9 @@ Environment variables:
   ``FLAX_LSTM_NUM_THREADS``: threads of the kernel (default: the CPUs this process may use, at
   most one per 16 hidden units); read when a function is traced.
   ``FLAX_LSTM_CACHE_DIR``: where the built library is kept.
+  ``FLAX_LSTM_CALIBRATE=0``: the default plan takes the kernel by the size rule alone, without
+  measuring it against the scan path on this CPU (`info`'s ``calibration``). Read at every call
+  that plans a computation.
   ``FLAX_LSTM_ARCH``: the target instruction set instead of the building machine's:
   ``x86-64-v3`` (any AVX2 machine), ``x86-64-v4``, ``sapphirerapids``… (a ``-march=`` value),
   or ``none`` for the compiler's default. The library is then keyed without the CPU, so
@@ -80,7 +83,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flax_lstm._kernel import build, ffi
+from flax_lstm._kernel import build, calibrate, ffi
 
 __all__ = ["available", "build_error", "export_checks", "info"]
 
@@ -146,12 +149,18 @@ def info() -> dict[str, Any]:
     step GEMMs run on: True (AMX tiles, ``tdpbf16ps``), ``"emulated"`` (a test build's software
     tiles) or False (``vdpbf16ps``, or no bfloat16 kernel), and ``amx_reason``, why not (a
     sentence such as ``"the CPU has no AMX-BF16"`` or ``"disabled by FLAX_LSTM_AMX"``; None
-    where ``amx`` is not False); ``threads`` (per layer, at most); ``cache_dir``.
+    where ``amx`` is not False); ``threads`` (per layer, at most); ``cache_dir``;
+    ``calibration``: the verdicts of the measurement of the kernel against the scan path on
+    this CPU, by dtype and regime (batches of at most 4 sequences, "small", or more, "large"),
+    which the default plan follows; an empty dict before the first measurement (made when a
+    default plan would first take the kernel for a dtype, or by ``flax-lstm kernel
+    --calibrate``).
 
     Example:
       >>> import flax_lstm.kernel
-      >>> sorted(flax_lstm.kernel.info())[:3]
-      ['available', 'bfloat16', 'cache_dir']
+      >>> state = flax_lstm.kernel.info()
+      >>> state["available"] == (state["error"] is None), type(state["calibration"]).__name__
+      (True, 'dict')
     """
     error = build_error()
     state: dict[str, Any] = {
@@ -166,6 +175,7 @@ def info() -> dict[str, Any]:
         "amx_reason": error,
         "threads": ffi.num_threads(),
         "cache_dir": str(build.cache_dir()),
+        "calibration": calibrate.cached(),
     }
     if error is None:
         state["amx"], state["amx_reason"] = build.amx()

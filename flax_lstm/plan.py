@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_lstm import kernel
+from flax_lstm._kernel import calibrate
 from flax_lstm.config import LSTMConfig
 
 __all__ = ["Implementation", "Plan"]
@@ -79,8 +80,9 @@ def _dtype_blocker(f: CallFacts) -> str | None:
 
 # The kernel's reach: the calls it can take, whether asked for (``recurrence="kernel"``) or by
 # default, and the one place that states it. The default also needs a call large enough
-# (`KERNEL_MIN_STEPS`) and a built library (`flax_lstm.kernel.build_error`, which also says
-# whether the CPU has the bfloat16 instructions). docs/guides/implementations.md quotes the
+# (`KERNEL_MIN_STEPS`), a built library (`flax_lstm.kernel.build_error`, which also says
+# whether the CPU has the bfloat16 instructions) and a kernel not measured slower than the scan
+# on this CPU (`flax_lstm._kernel.calibrate`). docs/guides/implementations.md quotes the
 # texts (tests/test_plan.py checks it).
 KERNEL_REACH: tuple[Condition, ...] = (
     Condition(
@@ -121,9 +123,10 @@ class Implementation:
     Args:
       recurrence: ``"auto"`` (default): the compiled CPU kernel wherever it applies (within
         `flax_lstm.plan.KERNEL_REACH`, a call large enough for it (``KERNEL_MIN_STEPS``),
-        and the kernel built), else the scan. ``"kernel"`` demands the kernel (ValueError where it
-        does not apply, RuntimeError if it cannot be built); ``"scan"`` never runs compiled
-        code.
+        the kernel built, and not measured slower than the scan on this CPU: measured once
+        per CPU and dtype, and cached, see docs/guides/implementations.md), else the scan.
+        ``"kernel"`` demands the kernel (ValueError where it does not apply, RuntimeError if
+        it cannot be built); ``"scan"`` never runs compiled code. Neither measures anything.
       backward: ``"custom"`` (default): the hand-written VJP, weight gradients as one GEMM
         after the reverse loop. ``"autodiff"``: JAX differentiates the scan (allows
         `jax.jvp`). ``"remat"``: the gates are recomputed in the backward and nothing of size
@@ -275,7 +278,18 @@ def _choose_recurrence(request: Implementation, blocker: str | None, facts: Call
     if not kernel.available(dtype):
         return "scan", f"the CPU kernel is not available: {kernel.build_error(dtype)}"
     # The reason points to the reach rather than restating part of it.
-    return "kernel", "the CPU kernel applies (within plan.KERNEL_REACH, and large enough)"
+    reason = "the CPU kernel applies (within plan.KERNEL_REACH, and large enough)"
+    measured = calibrate.verdict(dtype.name, facts.batch)
+    if measured is None:
+        return "kernel", reason
+    if measured.choice == "scan":
+        return "scan", (
+            f"measured on this CPU: the scan path {1 / measured.speedup:.1f}× as fast as the "
+            f"kernel for {dtype.name} at {measured.batches} (cached in {calibrate.cache_path()}; "
+            "impl='kernel' or impl='scan' forces a path, FLAX_LSTM_CALIBRATE=0 leaves the "
+            "choice to the size rule)"
+        )
+    return "kernel", f"{reason}; measured on this CPU: the kernel {measured.speedup:.1f}× the scan"
 
 
 def resolve(

@@ -1,4 +1,7 @@
-"""Shared test settings: full float32 matmuls (TF32 on GPUs would break 1e-5 parity)."""
+"""Shared test settings: full float32 matmuls (TF32 on GPUs would break 1e-5 parity), and the
+default plan by the size rule alone."""
+
+import os
 
 import jax
 import numpy as np
@@ -9,6 +12,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.set_num_threads(1)  # the 2-core CI machine runs pytest-xdist workers side by side
+# The tests of the default plan check the size rule, whatever this CPU would measure (and
+# measuring takes seconds): tests/test_calibrate.py turns the measurement on where it is tested.
+os.environ["FLAX_LSTM_CALIBRATE"] = "0"
 
 
 @pytest.fixture

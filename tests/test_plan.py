@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import chex
+import fake_calibration
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,7 @@ import flax_lstm as fl
 from flax_lstm import kernel
 from flax_lstm import plan as plans
 from flax_lstm._kernel import build as kernel_build
+from flax_lstm._kernel import calibrate
 
 ON_CPU = jax.default_backend() == "cpu"
 needs_kernel = pytest.mark.skipif(
@@ -143,6 +145,59 @@ def test_kernel_switch_is_read_at_every_call(monkeypatch):
     assert plan.recurrence == "scan" and "disabled by FLAX_LSTM_CPU_KERNEL" in plan.reason
     monkeypatch.delenv("FLAX_LSTM_CPU_KERNEL")
     assert fl.lstm_plan(params, x, config=cfg).recurrence == "kernel"
+
+
+@needs_kernel
+def test_default_follows_the_measured_verdict_of_each_regime(monkeypatch, tmp_path):
+    """Measured (fake timings): the kernel 1.5× the scan at small batches, half as fast at
+    large ones. The default takes the scan where it won, with the reason, also under
+    `jax.jit`; later plans read the cached verdict and measure nothing."""
+    fake = fake_calibration.install(monkeypatch, tmp_path, small=1.5, large=0.5)
+    cfg, params = _setup()
+    small = fl.lstm_plan(params, jnp.ones((20, calibrate.SMALL_BATCH, 3)), config=cfg)
+    assert small.recurrence == "kernel"
+    assert small.reason.endswith("; measured on this CPU: the kernel 1.5× the scan")
+    large = fl.lstm_plan(params, jnp.ones((20, 8, 3)), config=cfg)
+    assert large.recurrence == "scan"
+    assert large.reason.startswith(
+        "measured on this CPU: the scan path 2.0× as fast as the kernel for float32 at batches "
+        "of more than 4 sequences"
+    )
+    assert str(calibrate.cache_path()) in large.reason and "impl='kernel'" in large.reason
+    assert not _uses_kernel(cfg, jnp.ones((20, 8, 3)))  # under jax.grad's trace
+    assert _uses_kernel(cfg, jnp.ones((20, 2, 3)))
+    assert _uses_kernel(cfg, jnp.ones((20, 8, 3)), impl="kernel")  # forced: no measuring
+    assert fake.calls == [("float32", 4), ("float32", 32), ("float32", 32)]  # once, confirmed
+
+
+@needs_kernel
+def test_a_symbolic_batch_follows_the_large_batches_verdict(monkeypatch, tmp_path):
+    fake_calibration.install(monkeypatch, tmp_path, small=2.0, large=0.5)
+    cfg, params = _setup()
+    (b,) = jax.export.symbolic_shape("b")
+    f = jax.jit(lambda p, x: fl.lstm(p, x, config=cfg)[0])
+    exported = jax.export.export(f, disabled_checks=fl.kernel.export_checks())(
+        params, jax.ShapeDtypeStruct((20, b, 3), jnp.float32)
+    )
+    assert "flax_lstm_cpu_forward" not in exported.mlir_module()
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("impl", "switch", "recurrence"),
+    [
+        ("kernel", "1", "kernel"),
+        ("scan", "1", "scan"),
+        (None, "0", "kernel"),  # the size rule alone
+    ],
+)
+def test_requests_and_the_switch_never_measure(monkeypatch, tmp_path, impl, switch, recurrence):
+    fake = fake_calibration.install(monkeypatch, tmp_path, small=0.5, large=0.5)
+    monkeypatch.setenv("FLAX_LSTM_CALIBRATE", switch)
+    cfg, params = _setup()
+    plan = fl.lstm_plan(params, jnp.ones((20, 8, 3)), config=cfg, impl=impl)
+    assert plan.recurrence == recurrence and "measured" not in plan.reason
+    assert fake.calls == [] and not calibrate.cache_path().exists()
 
 
 @pytest.mark.parametrize(

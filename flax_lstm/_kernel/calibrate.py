@@ -1,0 +1,290 @@
+"""The measured rule of the default plan: on this CPU, is the kernel faster than the scan path?
+
+The size rule (`flax_lstm.plan.KERNEL_MIN_STEPS`…) says where the kernel's fixed cost per call
+is amortised; it cannot say whether the kernel beats XLA's own GEMMs on a given CPU (where
+XLA's dot uses AMX, the scan path of bfloat16 was the faster one). So, as cuDNN's and XLA's
+autotuners do, the default measures both paths once per CPU and dtype, and keeps the verdict.
+
+What is measured, per compute dtype and per regime of the kernel (`REGIMES`: batches of at
+most `SMALL_BATCH` sequences take the kernel's small-batch path, larger ones the other): one
+layer, `PROBE_STEPS` steps, input = hidden = `PROBE_HIDDEN` units, batch `PROBE_BATCH` of the
+regime; forward and forward+backward (`jax.value_and_grad` of the output's sum, w.r.t.
+parameters and input), both paths jitted, warmed up (compiled) first, then `REPS` repetitions
+interleaved (kernel, scan; the order alternating) and their medians. 64 steps of 256 units sit
+in the middle of the benchmark's CPU sets (``flax-lstm bench --set cpu``, ``--set small``: H128
+to H512, T64 to T128) and are long enough for the per-step cost to dominate; batch 4 is the
+largest of the small-batch path, 32 the usual batch of the CPU set. The compilations take most
+of the few seconds a dtype costs.
+
+The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan's time over
+the kernel's in the two modes (above 1: the kernel is faster), and the kernel unless the scan
+is more than `TOLERANCE` faster (then measured once more, to confirm over both runs).
+
+It is kept in ``<library>.calibration-<machine>.json`` next to the built library
+(`cache_path`), so its cache key (source, flags, compiler, jaxlib, CPU:
+`flax_lstm._kernel.build`) keys it too, and ``<machine>`` hashes the CPU (for portable
+libraries, shared by other CPUs) and the kernel's threads: a change of any of them measures
+anew. A process measures under a file lock and writes the file
+atomically: processes that start together measure once. A file that cannot be read or parsed
+is measured again; one that cannot be written leaves the verdict to this process.
+
+`verdict` is the plan's one entry: it measures lazily, the first time the default plan would
+take the kernel for a dtype, also while `jax.jit` or `jax.grad` trace the caller (the probes
+run eagerly, under `jax.ensure_compile_time_eval`). ``FLAX_LSTM_CALIBRATE=0`` turns it off (the
+size rule alone decides); ``flax-lstm kernel --calibrate`` measures now (`measure_all`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flax_lstm._kernel import build, ffi
+
+# The kernel's small-batch path takes batches of at most this many sequences: ``kSmallBatch``
+# in lstm_cpu.cc, which this must equal.
+SMALL_BATCH = 4
+REGIMES = ("small", "large")  # batch ≤ SMALL_BATCH, batch > SMALL_BATCH (or symbolic)
+PROBE_STEPS, PROBE_HIDDEN = 64, 256
+PROBE_BATCH = {"small": SMALL_BATCH, "large": 32}
+MODES = ("fwd", "fwd_bwd")
+REPS = 7
+TOLERANCE = 1.05  # the scan must be this much faster to be chosen
+ENV = "FLAX_LSTM_CALIBRATE"
+
+Timings = dict[str, dict[str, list[float]]]  # path ("kernel", "scan") -> mode -> milliseconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The measurement of one (dtype, regime): the median milliseconds of each path and mode,
+    ``speedup`` (geometric mean over the modes of the scan's time / the kernel's) and
+    ``choice``, the path the default takes."""
+
+    dtype: str
+    regime: str
+    batch: int
+    kernel_ms: dict[str, float]
+    scan_ms: dict[str, float]
+    speedup: float
+    choice: str
+
+    @classmethod
+    def of(cls, dtype: str, regime: str, times: Timings) -> Verdict:
+        ms = {path: {m: statistics.median(times[path][m]) for m in MODES} for path in times}
+        ratios = [ms["scan"][m] / ms["kernel"][m] for m in MODES]
+        speedup = math.prod(ratios) ** (1 / len(ratios))
+        choice = "scan" if speedup * TOLERANCE < 1 else "kernel"
+        return cls(dtype, regime, PROBE_BATCH[regime], ms["kernel"], ms["scan"], speedup, choice)
+
+    @classmethod
+    def from_json(cls, record: Any) -> Verdict:
+        """A verdict from its JSON record; ValueError, KeyError or TypeError if malformed."""
+        verdict = cls(**record)
+        numbers = [*verdict.kernel_ms.values(), *verdict.scan_ms.values(), verdict.speedup]
+        if verdict.choice not in ("kernel", "scan") or not all(
+            isinstance(v, (int, float)) and v > 0 for v in numbers
+        ):
+            raise ValueError(f"not a calibration record: {record!r}")
+        return verdict
+
+    @property
+    def batches(self) -> str:
+        """The batches it decides, in words."""
+        if self.regime == "small":
+            return f"batches of at most {SMALL_BATCH} sequences"
+        return f"batches of more than {SMALL_BATCH} sequences"
+
+
+def disabled() -> bool:
+    """Whether ``FLAX_LSTM_CALIBRATE`` turns measuring off (read at every call, as
+    ``FLAX_LSTM_CPU_KERNEL`` is)."""
+    return os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def regime(batch: Any) -> str:
+    """The kernel's regime of ``batch`` sequences; a symbolic batch (`jax.export`) counts as
+    large."""
+    return "small" if isinstance(batch, int) and batch <= SMALL_BATCH else "large"
+
+
+def cache_path() -> Path | None:
+    """The calibration file of the loaded library on this CPU with the kernel's threads, or
+    None where no library is loaded."""
+    if not build.LIBRARY:
+        return None
+    library = build.LIBRARY[0]
+    return library.with_name(f"{library.stem}.calibration-{_machine(ffi.num_threads())}.json")
+
+
+@functools.cache
+def _machine(threads: int) -> str:
+    """What keys the calibration beyond the library: the CPU (a portable library, built with
+    ``FLAX_LSTM_ARCH``, is shared by other CPUs) and the kernel's threads."""
+    return hashlib.sha256(f"{build.cpu_identity()}\0{threads}".encode()).hexdigest()[:8]
+
+
+def verdict(dtype: str, batch: Any) -> Verdict | None:
+    """The verdict for a call of compute ``dtype`` over ``batch`` sequences, measured if it is
+    not cached; None where measuring is off, no library is loaded or the measurement failed."""
+    path = cache_path()
+    if disabled() or path is None:
+        return None
+    found = _verdicts(path, dtype)
+    return None if found is None else found.get(regime(batch))
+
+
+def cached() -> dict[str, dict[str, dict[str, Any]]]:
+    """The cached verdicts, by dtype and regime, as JSON records; empty before any
+    measurement (or where no library is loaded)."""
+    path = cache_path()
+    found = {} if path is None else _read(path)
+    found.update({d: v for (p, d), v in _UNSAVED.items() if p == path and d not in found})
+    return {d: {r: dataclasses.asdict(v) for r, v in by.items()} for d, by in found.items()}
+
+
+def measure_all(dtypes: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Measure ``dtypes`` now, replacing what is cached (``flax-lstm kernel --calibrate``); the
+    cached verdicts after."""
+    path = cache_path()
+    if path is not None:
+        for dtype in dtypes:
+            _verdicts(path, dtype, again=True)
+    return cached()
+
+
+# Verdicts measured by this process but not written (an unwritable cache folder), and dtypes
+# whose measurement failed here: neither is measured again by this process.
+_UNSAVED: dict[tuple[Path, str], dict[str, Verdict]] = {}
+_FAILED: set[tuple[Path, str]] = set()
+
+
+def _verdicts(path: Path, dtype: str, again: bool = False) -> dict[str, Verdict] | None:
+    """``dtype``'s verdicts by regime: cached, or measured (once, under the file lock)."""
+    found = None if again else _read(path).get(dtype) or _UNSAVED.get((path, dtype))
+    if found is not None or ((path, dtype) in _FAILED and not again):
+        return found
+    with _locked(path):
+        found = None if again else _read(path).get(dtype)  # another process may have measured
+        if found is not None:
+            return found
+        try:
+            found = {r: _measure(dtype, r) for r in REGIMES}
+        except Exception as e:  # the size rule decides; the kernel's own errors show in the call
+            _FAILED.add((path, dtype))
+            warnings.warn(f"flax_lstm: the kernel's calibration failed: {e!r}", stacklevel=4)
+            return None
+        if not _write(path, dtype, found):
+            _UNSAVED[(path, dtype)] = found
+    return found
+
+
+def _measure(dtype: str, regime: str) -> Verdict:
+    """The verdict of one regime. One that takes the scan is measured a second time, over
+    the repetitions of both: a load on the machine that slowed the kernel by chance would
+    otherwise keep the default from it until the next measurement."""
+    times = time_paths(dtype, PROBE_BATCH[regime])
+    verdict = Verdict.of(dtype, regime, times)
+    if verdict.choice == "kernel":
+        return verdict
+    again = time_paths(dtype, PROBE_BATCH[regime])
+    both = {path: {m: times[path][m] + again[path][m] for m in MODES} for path in times}
+    return Verdict.of(dtype, regime, both)
+
+
+def _read(path: Path) -> dict[str, dict[str, Verdict]]:
+    """The verdicts of the calibration file by dtype and regime; empty if it is missing,
+    unreadable or malformed (measured again)."""
+    try:
+        records = json.loads(path.read_text())["verdicts"]
+        return {
+            dtype: {r: Verdict.from_json(by_regime[r]) for r in REGIMES}
+            for dtype, by_regime in records.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _write(path: Path, dtype: str, found: dict[str, Verdict]) -> bool:
+    """Add ``dtype``'s verdicts to the calibration file (atomically); whether it could."""
+    merged = {**_read(path), dtype: found}
+    records = {d: {r: dataclasses.asdict(v) for r, v in by.items()} for d, by in merged.items()}
+    record = {"library": path.name.split(".")[0], "threads": ffi.num_threads(), "verdicts": records}
+    text = json.dumps(record, indent=2)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """The build's file lock, on the calibration file's own lock file; none where it cannot
+    be taken (a read-only cache folder: this process then measures for itself)."""
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(OSError):
+            stack.enter_context(build._lock(path.with_name(f".{path.name}.lock")))
+        yield
+
+
+def time_paths(dtype: str, batch: int) -> Timings:
+    """Milliseconds of each path and mode on the probe of ``batch`` sequences, `REPS` each
+    (the seam that tests replace with fake timings)."""
+    import jax
+
+    with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+        calls = {path: _probe_calls(dtype, batch, path) for path in ("kernel", "scan")}
+        for call in calls.values():
+            for mode in MODES:
+                call[mode]()  # compiles
+                call[mode]()
+        times: Timings = {path: {m: [] for m in MODES} for path in calls}
+        for rep in range(REPS):
+            for mode in MODES:
+                for path in ("kernel", "scan")[:: 1 if rep % 2 == 0 else -1]:
+                    t0 = time.perf_counter()
+                    calls[path][mode]()
+                    times[path][mode].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _probe_calls(dtype: str, batch: int, path: str) -> dict[str, Callable[[], Any]]:
+    """The jitted forward and forward+backward of the probe on ``path``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import flax_lstm as fl
+
+    config = fl.LSTMConfig(PROBE_HIDDEN, PROBE_HIDDEN)
+    impl = fl.Implementation(recurrence=path)  # type: ignore[arg-type]
+    params = fl.init_params(jax.random.key(0), config, dtype=jnp.dtype(dtype))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((PROBE_STEPS, batch, PROBE_HIDDEN)), dtype)
+
+    def output(p, x):
+        return fl.lstm(p, x, config=config, impl=impl)[0]
+
+    forward = jax.jit(output)
+    loss = lambda p, x: output(p, x).astype(jnp.float32).sum()  # noqa: E731
+    both = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return {
+        "fwd": lambda: jax.block_until_ready(forward(params, x)),
+        "fwd_bwd": lambda: jax.block_until_ready(both(params, x)),
+    }

@@ -1,0 +1,292 @@
+"""The measured rule of the default plan (issue 23), `flax_lstm._kernel.calibrate`: the verdict
+per dtype and regime, its cache next to the library (measured once, re-measured when corrupt,
+shared by concurrent processes), its switch, ``flax-lstm kernel --calibrate``, and one real
+measurement under `jax.jit`. What the plan does with a verdict: tests/test_plan.py.
+
+Fake timings (tests/fake_calibration.py) keep all but the real measurement to milliseconds;
+tests/conftest.py turns measuring off for every other test, and `fake_calibration.install`
+turns it on here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import fake_calibration
+import jax
+import jax.numpy as jnp
+import pytest
+import python_process
+
+from flax_lstm import cli, kernel
+from flax_lstm._kernel import build, calibrate
+
+LSTM_CPU = Path(build.__file__).with_name("lstm_cpu.cc")
+
+
+def test_small_batch_is_the_kernels():
+    """`calibrate.SMALL_BATCH` is ``kSmallBatch`` of lstm_cpu.cc, the small-batch path."""
+    match = re.search(r"constexpr int64_t kSmallBatch = (\d+)", LSTM_CPU.read_text())
+    assert match and int(match.group(1)) == calibrate.SMALL_BATCH
+
+
+def test_regimes():
+    assert [calibrate.regime(n) for n in (1, calibrate.SMALL_BATCH)] == ["small", "small"]
+    assert calibrate.regime(calibrate.SMALL_BATCH + 1) == "large"
+    (b,) = jax.export.symbolic_shape("b")
+    assert calibrate.regime(b) == "large"  # a symbolic batch counts as large
+
+
+@pytest.mark.parametrize(
+    ("fwd", "fwd_bwd", "choice"),
+    [
+        (1.0, 1.0, "kernel"),
+        (0.96, 0.96, "kernel"),  # the scan 4% faster: within the tolerance
+        (0.94, 0.94, "scan"),  # the scan 6% faster
+        (2.0, 0.4, "scan"),  # geometric mean 0.89
+        (0.5, 2.2, "kernel"),  # geometric mean 1.05
+    ],
+)
+def test_verdict_is_the_geometric_mean_of_the_modes(fwd, fwd_bwd, choice):
+    """``fwd``, ``fwd_bwd``: the scan's time / the kernel's in each mode."""
+    times = {
+        "kernel": {"fwd": [10.0, 10.0, 99.0], "fwd_bwd": [30.0, 30.0, 1.0]},  # medians 10, 30
+        "scan": {"fwd": [10.0 * fwd], "fwd_bwd": [30.0 * fwd_bwd]},
+    }
+    verdict = calibrate.Verdict.of("float32", "large", times)
+    assert verdict.speedup == pytest.approx(math.sqrt(fwd * fwd_bwd))
+    assert verdict.choice == choice and verdict.batch == calibrate.PROBE_BATCH["large"]
+    assert verdict.kernel_ms == {"fwd": 10.0, "fwd_bwd": 30.0}
+
+
+def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp_path):
+    fake = fake_calibration.install(monkeypatch, tmp_path, small=1.5, large=0.5)
+    small = calibrate.verdict("float32", 2)
+    measured = [("float32", 4), ("float32", 32), ("float32", 32)]  # the scan's verdict twice
+    assert fake.calls == measured
+    large = calibrate.verdict("float32", 100)
+    assert fake.calls == measured
+    assert (small.choice, small.speedup, large.choice, large.speedup) == (
+        "kernel", 1.5, "scan", 0.5
+    )  # fmt: skip
+    path = calibrate.cache_path()
+    assert path.parent == tmp_path and path.name.startswith("lstm_cpu_0123456789abcdef.calib")
+    record = json.loads(path.read_text())
+    assert record["verdicts"]["float32"]["large"]["choice"] == "scan"
+    assert calibrate.cached()["float32"]["small"]["speedup"] == 1.5
+    calibrate.verdict("bfloat16", 8)  # another dtype: measured, and kept beside the first
+    assert fake.calls[3:] == [("bfloat16", 4), ("bfloat16", 32), ("bfloat16", 32)]
+    assert sorted(json.loads(path.read_text())["verdicts"]) == ["bfloat16", "float32"]
+    # Another library (a new CPU, compiler, jaxlib or source) is measured anew, and so is
+    # another CPU with the same library (a portable one) or another count of threads.
+    monkeypatch.setattr(build, "LIBRARY", [tmp_path / "lstm_cpu_fedcba9876543210.so"])
+    calibrate.verdict("float32", 2)
+    here = calibrate._machine.__wrapped__(2)
+    monkeypatch.setattr(build, "cpu_identity", lambda: "flags: another CPU")
+    assert calibrate._machine.__wrapped__(2) != here  # (cached per process: one CPU)
+    monkeypatch.setattr(calibrate, "_machine", calibrate._machine.__wrapped__)
+    calibrate.verdict("float32", 2)
+    monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "7")
+    calibrate.verdict("float32", 2)
+    assert len(fake.calls) == 5 * 3 and len(list(tmp_path.glob("*.calibration-*.json"))) == 4
+
+
+def test_a_verdict_for_the_scan_is_measured_again(monkeypatch, tmp_path):
+    """The scan 2× faster in a first run (a load that slowed the kernel), 4× slower in the
+    second: over both runs' repetitions the kernel is faster, and kept."""
+    fake = fake_calibration.install(monkeypatch, tmp_path, small=2.0, large=0.5)
+    first = fake.__call__
+
+    def then_slower(dtype, batch):
+        if len(fake.calls) == 2:
+            fake.speedup["large"] = 4.0
+        return first(dtype, batch)
+
+    monkeypatch.setattr(calibrate, "time_paths", then_slower)
+    verdict = calibrate.verdict("float32", 32)
+    assert len(fake.calls) == 3 and verdict.choice == "kernel"
+    assert verdict.scan_ms["fwd"] == pytest.approx((5.0 + 40.0) / 2)  # the median of 6
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "[]",
+        '{"verdicts": {"float32": {"small": {"speedup": 2.0}}}}',
+        '{"verdicts": {"float32": "kernel"}}',
+    ],
+    ids=["syntax", "list", "partial", "wrong-type"],
+)
+def test_a_corrupt_cache_is_measured_again(monkeypatch, tmp_path, content):
+    fake = fake_calibration.install(monkeypatch, tmp_path)
+    path = calibrate.cache_path()
+    path.write_text(content)
+    assert calibrate.verdict("float32", 2).choice == "kernel"
+    assert len(fake.calls) == 2
+    assert json.loads(path.read_text())["verdicts"]["float32"]["small"]["speedup"] == 2.0
+
+
+def test_an_unwritable_cache_is_measured_once_per_process(monkeypatch, tmp_path):
+    fake = fake_calibration.install(monkeypatch, tmp_path / "missing" / "folder")
+    assert calibrate.verdict("float32", 2).choice == "kernel"
+    assert calibrate.verdict("float32", 8).choice == "kernel"
+    assert len(fake.calls) == 2 and not calibrate.cache_path().exists()
+    assert calibrate.cached()["float32"]["large"]["choice"] == "kernel"
+
+
+def test_a_failed_measurement_warns_and_leaves_the_size_rule(monkeypatch, tmp_path):
+    fake = fake_calibration.install(monkeypatch, tmp_path)
+
+    def broken(dtype, batch):
+        fake.calls.append((dtype, batch))
+        raise RuntimeError("no timer")
+
+    monkeypatch.setattr(calibrate, "time_paths", broken)
+    with pytest.warns(UserWarning, match="calibration failed.*no timer"):
+        assert calibrate.verdict("float32", 2) is None
+    assert calibrate.verdict("float32", 2) is None  # not measured again by this process
+    assert len(fake.calls) == 1 and calibrate.cached() == {}
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off"])
+def test_switched_off_it_never_measures(monkeypatch, tmp_path, value):
+    fake = fake_calibration.install(monkeypatch, tmp_path)
+    monkeypatch.setenv(calibrate.ENV, value)
+    assert calibrate.disabled() and calibrate.verdict("float32", 2) is None
+    assert fake.calls == []
+
+
+def test_no_library_no_verdict(monkeypatch, tmp_path):
+    fake = fake_calibration.install(monkeypatch, tmp_path)
+    monkeypatch.setattr(build, "LIBRARY", [])
+    assert calibrate.verdict("float32", 2) is None and calibrate.cached() == {}
+    assert fake.calls == []
+
+
+MEASURE_WITH_A_LOG = """
+import sys, time
+from pathlib import Path
+from flax_lstm._kernel import build, calibrate
+folder = Path(sys.argv[1])
+build.LIBRARY[:] = [folder / "lstm_cpu_0123456789abcdef.so"]
+def fake(dtype, batch):
+    with open(folder / "calls.log", "a") as log:
+        log.write(f"{dtype} {batch}\\n")
+    time.sleep(0.5)
+    return {p: {m: [10.0] for m in calibrate.MODES} for p in ("kernel", "scan")}
+calibrate.time_paths = fake
+print(calibrate.verdict("float32", 2).choice)
+"""
+
+
+def test_concurrent_processes_measure_once(tmp_path):
+    env = python_process.env(FLAX_LSTM_CALIBRATE="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MEASURE_WITH_A_LOG, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["kernel"] * 3
+    assert (tmp_path / "calls.log").read_text().split() == ["float32", "4", "float32", "32"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_probes_run_eagerly_under_jit_and_grad(monkeypatch):
+    """The plan is resolved while `jax.jit` or `jax.grad` trace the caller: the probes still
+    run (and are timed) on concrete arrays, not staged into the caller's computation (where
+    they would be timed tracing). Tiny probes keep it short."""
+    if not kernel.available():
+        pytest.skip("the kernel is not built")
+    monkeypatch.setattr(calibrate, "PROBE_STEPS", 4)
+    monkeypatch.setattr(calibrate, "PROBE_HIDDEN", 16)
+    monkeypatch.setattr(calibrate, "REPS", 1)
+    seen = []
+
+    def traced(x):
+        seen.append(calibrate.time_paths("float32", 2))
+        return x * 2
+
+    # Nothing of the probes is staged into the caller's computation.
+    assert [e.primitive.name for e in jax.make_jaxpr(traced)(1.0).eqns] == ["mul"]
+    assert "flax_lstm" not in str(jax.make_jaxpr(jax.grad(traced))(1.0))
+    assert len(seen) == 2
+    for times in seen:
+        ms = [v for path in times.values() for mode in path.values() for v in mode]
+        assert len(ms) == 2 * len(calibrate.MODES) and all(
+            isinstance(v, float) and v > 0 for v in ms
+        )
+
+
+def test_kernel_command_calibrates_and_prints_the_verdicts(monkeypatch, tmp_path, capsys):
+    if not kernel.available():
+        pytest.skip("the kernel is not built")
+    fake = fake_calibration.install(monkeypatch, tmp_path, small=1.25, large=0.5)
+    assert cli.main(["kernel"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.splitlines()[-1])["calibration"] == {}
+    assert "not yet" in captured.err and fake.calls == []
+    assert cli.main(["kernel", "--calibrate"]) == 0
+    captured = capsys.readouterr()
+    state = json.loads(captured.out.splitlines()[-1])
+    dtypes = ["float32", *(["bfloat16"] if kernel.available(jnp.bfloat16) else [])]
+    assert sorted(state["calibration"]) == sorted(dtypes)
+    assert state["calibration"]["float32"]["large"]["choice"] == "scan"
+    assert "float32 small batches (probe batch 4): the kernel 1.25× the scan" in captured.err
+    assert str(calibrate.cache_path()) in captured.err
+    calls = len(fake.calls)
+    cli.main(["kernel", "--calibrate"])  # measures again: "now"
+    assert len(fake.calls) == 2 * calls
+
+
+REAL_CALIBRATION_UNDER_JIT = """
+import json
+import jax, jax.numpy as jnp, flax_lstm as fl
+from flax_lstm._kernel import calibrate
+cfg = fl.LSTMConfig(3, 64)
+p = fl.init_params(jax.random.key(0), cfg)
+x = jnp.ones((20, 8, 3))
+out = jax.jit(lambda p, x: fl.lstm(p, x, config=cfg)[0])(p, x)
+want = fl.lstm(p, x, config=cfg, impl="scan")[0]
+print(json.dumps({
+    "close": bool(jnp.allclose(out, want, atol=1e-5)),
+    "reason": fl.lstm_plan(p, x, config=cfg).reason,
+    "file": str(calibrate.cache_path()),
+    "verdicts": calibrate.cached(),
+}))
+"""
+
+
+def test_a_real_calibration_under_jit_in_a_fresh_process(tmp_path):
+    """Unpatched: float32 is measured on this CPU the first time a jitted default call takes
+    the kernel. The library is copied into the fresh cache folder (the same key: no build)."""
+    if not kernel.available():
+        pytest.skip("the kernel is not built")
+    library = build.LIBRARY[0]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for path in (library, library.with_suffix(".json")):
+        shutil.copy(path, cache / path.name)
+    proc = python_process.run(
+        "-c", REAL_CALIBRATION_UNDER_JIT, FLAX_LSTM_CACHE_DIR=str(cache), FLAX_LSTM_CALIBRATE="1"
+    )
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["close"] and Path(got["file"]).parent == cache and Path(got["file"]).exists()
+    assert list(got["verdicts"]) == ["float32"]
+    for verdict in got["verdicts"]["float32"].values():
+        assert verdict["speedup"] > 0 and verdict["choice"] in ("kernel", "scan")
+        assert all(v > 0 for v in [*verdict["kernel_ms"].values(), *verdict["scan_ms"].values()])
+    assert "measured on this CPU" in got["reason"]
