@@ -7,8 +7,9 @@ allocates per-step buffers. The kernel in ``_kernel/lstm_cpu.cc`` runs all the s
 (every direction) in one XLA FFI call instead: the weights are packed once per call into
 register-blocked panels, each step is split into chunks of hidden units whose GEMM and gate
 arithmetic run back to back on one thread, and the threads, the caller plus workers of XLA's
-own pool that join whenever they are free, claim chunks in order (at batches of at most 4,
-each thread keeps to its own chunks, and the input projection is one GEMM per 64 steps).
+own pool that join whenever they are free, claim chunks in order (at small batches, of at
+most 4 sequences by default, each thread keeps to its own chunks, and the input projection is
+one GEMM per 64 steps).
 The weight and input gradients stay single large XLA GEMMs, except for ragged batches (below).
 
 Ragged batches: with ``seq_lengths`` the mask is a prefix per sequence in the kernel's order
