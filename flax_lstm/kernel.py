@@ -84,7 +84,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flax_lstm._kernel import build, calibrate, ffi
+from flax_lstm._kernel import build, calibrate, ffi, tuning
 
 __all__ = ["available", "build_error", "export_checks", "info"]
 
@@ -150,7 +150,9 @@ def info() -> dict[str, Any]:
     step GEMMs run on: True (AMX tiles, ``tdpbf16ps``), ``"emulated"`` (a test build's software
     tiles) or False (``vdpbf16ps``, or no bfloat16 kernel), and ``amx_reason``, why not (a
     sentence such as ``"the CPU has no AMX-BF16"`` or ``"disabled by FLAX_LSTM_AMX"``; None
-    where ``amx`` is not False); ``threads`` (per layer, at most); ``cache_dir``;
+    where ``amx`` is not False); ``threads`` (per layer, at most); ``small_batch``, the largest
+    batch the kernel runs with its small-batch scheme (input projection per block of steps,
+    a fixed run of hidden units per thread); ``cache_dir``;
     ``calibration``: the verdicts of the measurement of the kernel against the scan path on
     this CPU, by dtype and regime (batches of at most 4 sequences, "small", or more, "large"),
     which the default plan follows; an empty dict before the first measurement (made when a
@@ -175,6 +177,7 @@ def info() -> dict[str, Any]:
         "amx": False,
         "amx_reason": error,
         "threads": ffi.num_threads(),
+        "small_batch": tuning.small_batch(),
         "cache_dir": str(build.cache_dir()),
         "calibration": calibrate.cached(),
     }
