@@ -120,7 +120,7 @@ def regime(batch: Any) -> str:
 def probe_batch(regime: str) -> int:
     """The batch of ``regime``'s probe: the largest of the small-batch path, or
     `LARGE_PROBE_BATCH`, the usual batch of the benchmark's CPU set."""
-    return tuning.small_batch() if regime == "small" else LARGE_PROBE_BATCH
+    return max(1, tuning.small_batch()) if regime == "small" else LARGE_PROBE_BATCH
 
 
 def cache_path() -> Path | None:
