@@ -7,8 +7,9 @@ allocates per-step buffers. The kernel in ``_kernel/lstm_cpu.cc`` runs all the s
 (every direction) in one XLA FFI call instead: the weights are packed once per call into
 register-blocked panels, each step is split into chunks of hidden units whose GEMM and gate
 arithmetic run back to back on one thread, and the threads, the caller plus workers of XLA's
-own pool that join whenever they are free, claim chunks in order (at batches of at most 4,
-each thread keeps to its own chunks, and the input projection is one GEMM per 64 steps).
+own pool that join whenever they are free, claim chunks in order (at small batches, of at
+most 4 sequences by default, each thread keeps to its own chunks, and the input projection is
+one GEMM per 64 steps).
 The weight and input gradients stay single large XLA GEMMs, except for ragged batches (below).
 
 Ragged batches: with ``seq_lengths`` the mask is a prefix per sequence in the kernel's order
@@ -83,7 +84,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flax_lstm._kernel import build, calibrate, ffi
+from flax_lstm._kernel import build, calibrate, ffi, tuning
 
 __all__ = ["available", "build_error", "export_checks", "info"]
 
@@ -149,7 +150,9 @@ def info() -> dict[str, Any]:
     step GEMMs run on: True (AMX tiles, ``tdpbf16ps``), ``"emulated"`` (a test build's software
     tiles) or False (``vdpbf16ps``, or no bfloat16 kernel), and ``amx_reason``, why not (a
     sentence such as ``"the CPU has no AMX-BF16"`` or ``"disabled by FLAX_LSTM_AMX"``; None
-    where ``amx`` is not False); ``threads`` (per layer, at most); ``cache_dir``;
+    where ``amx`` is not False); ``threads`` (per layer, at most); ``small_batch``, the largest
+    batch the kernel runs with its small-batch scheme (input projection per block of steps,
+    a fixed run of hidden units per thread); ``cache_dir``;
     ``calibration``: the verdicts of the measurement of the kernel against the scan path on
     this CPU, by dtype and regime (batches of at most 4 sequences, "small", or more, "large"),
     which the default plan follows; an empty dict before the first measurement (made when a
@@ -174,6 +177,7 @@ def info() -> dict[str, Any]:
         "amx": False,
         "amx_reason": error,
         "threads": ffi.num_threads(),
+        "small_batch": tuning.small_batch(),
         "cache_dir": str(build.cache_dir()),
         "calibration": calibrate.cached(),
     }

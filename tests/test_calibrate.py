@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import subprocess
 import sys
@@ -25,20 +24,14 @@ import pytest
 import python_process
 
 from flax_lstm import cli, kernel
-from flax_lstm._kernel import build, calibrate
-
-LSTM_CPU = Path(build.__file__).with_name("lstm_cpu.cc")
-
-
-def test_small_batch_is_the_kernels():
-    """`calibrate.SMALL_BATCH` is ``kSmallBatch`` of lstm_cpu.cc, the small-batch path."""
-    match = re.search(r"constexpr int64_t kSmallBatch = (\d+)", LSTM_CPU.read_text())
-    assert match and int(match.group(1)) == calibrate.SMALL_BATCH
+from flax_lstm._kernel import build, calibrate, tuning
 
 
 def test_regimes():
-    assert [calibrate.regime(n) for n in (1, calibrate.SMALL_BATCH)] == ["small", "small"]
-    assert calibrate.regime(calibrate.SMALL_BATCH + 1) == "large"
+    small = tuning.small_batch()
+    assert [calibrate.regime(n) for n in (1, small)] == ["small", "small"]
+    assert calibrate.regime(small + 1) == "large"
+    assert calibrate.probe_batch("small") == small
     (b,) = jax.export.symbolic_shape("b")
     assert calibrate.regime(b) == "large"  # a symbolic batch counts as large
 
@@ -61,7 +54,7 @@ def test_verdict_is_the_geometric_mean_of_the_modes(fwd, fwd_bwd, choice):
     }
     verdict = calibrate.Verdict.of("float32", "large", times)
     assert verdict.speedup == pytest.approx(math.sqrt(fwd * fwd_bwd))
-    assert verdict.choice == choice and verdict.batch == calibrate.PROBE_BATCH["large"]
+    assert verdict.choice == choice and verdict.batch == calibrate.probe_batch("large")
     assert verdict.kernel_ms == {"fwd": 10.0, "fwd_bwd": 30.0}
 
 

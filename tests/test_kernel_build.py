@@ -20,6 +20,7 @@ import python_process
 
 from flax_lstm import cli, kernel
 from flax_lstm._kernel import build as kernel_build
+from flax_lstm._kernel import tuning
 
 FAKE_CXX = """#!/bin/sh
 case "$*" in
@@ -114,14 +115,17 @@ def test_portable_arch_and_extra_flags(fake_cxx, tmp_path, monkeypatch):
 
 def test_kernel_command_reports_the_library(capsys):
     status = cli.main(["kernel"])
-    state = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, err = capsys.readouterr()
+    state = json.loads(out.strip().splitlines()[-1])
     assert state.keys() >= {"available", "error", "library", "isa", "bfloat16", "threads"}
+    assert state["small_batch"] == tuning.small_batch()
     if not kernel.available():
         assert status == 1 and state["error"]
         return
     assert status == 0 and state["error"] is None
     assert Path(state["library"]).exists() and state["threads"] >= 1
     assert isinstance(state["bfloat16"], bool)
+    assert f"batches of at most {tuning.small_batch()} sequences" in err
 
 
 def test_kernel_command_says_why_not(monkeypatch, capsys):

@@ -10,6 +10,7 @@ view `flax_lstm.kernel` tests/test_kernel.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import hypothesis.strategies as st
@@ -22,7 +23,7 @@ from torch_ref import Case, compare, make_inputs, make_torch
 
 import flax_lstm as fl
 from flax_lstm import kernel
-from flax_lstm._kernel import ffi
+from flax_lstm._kernel import ffi, tuning
 
 pytestmark = pytest.mark.skipif(
     jax.default_backend() != "cpu", reason="the kernel is for the CPU backend"
@@ -242,6 +243,19 @@ def test_small_batches_with_more_runs_than_threads(case, monkeypatch):
     taken by whichever thread is free, and the result must not change."""
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "8")
     jax.clear_caches()
+    fast, scan = _kernel_and_scan(case)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(scan), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("small_batch", [0, 16])
+def test_small_batch_setting_changes_the_scheme_not_the_result(small_batch, monkeypatch):
+    """The largest batch of the small-batch scheme is the calls' ``small_batch`` attribute
+    (`flax_lstm._kernel.tuning`): 0 runs a batch of 3 on the general scheme, 16 runs a batch
+    of 8 on the small-batch one, and both equal the scan path."""
+    monkeypatch.setattr(tuning, "small_batch", lambda: small_batch)
+    jax.clear_caches()
+    case = dataclasses.replace(SCAN_CASES[-1], batch=3 if small_batch == 0 else 8, lengths=None)
     fast, scan = _kernel_and_scan(case)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(scan), strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)

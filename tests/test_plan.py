@@ -19,7 +19,7 @@ import flax_lstm as fl
 from flax_lstm import kernel
 from flax_lstm import plan as plans
 from flax_lstm._kernel import build as kernel_build
-from flax_lstm._kernel import calibrate
+from flax_lstm._kernel import calibrate, tuning
 
 ON_CPU = jax.default_backend() == "cpu"
 needs_kernel = pytest.mark.skipif(
@@ -154,7 +154,7 @@ def test_default_follows_the_measured_verdict_of_each_regime(monkeypatch, tmp_pa
     `jax.jit`; later plans read the cached verdict and measure nothing."""
     fake = fake_calibration.install(monkeypatch, tmp_path, small=1.5, large=0.5)
     cfg, params = _setup()
-    small = fl.lstm_plan(params, jnp.ones((20, calibrate.SMALL_BATCH, 3)), config=cfg)
+    small = fl.lstm_plan(params, jnp.ones((20, tuning.small_batch(), 3)), config=cfg)
     assert small.recurrence == "kernel"
     assert small.reason.endswith("; measured on this CPU: the kernel 1.5× the scan")
     large = fl.lstm_plan(params, jnp.ones((20, 8, 3)), config=cfg)

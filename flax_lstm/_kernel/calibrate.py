@@ -6,8 +6,9 @@ XLA's dot uses AMX, the scan path of bfloat16 was the faster one). So, as cuDNN'
 autotuners do, the default measures both paths once per CPU and dtype, and keeps the verdict.
 
 What is measured, per compute dtype and per regime of the kernel (`REGIMES`: batches of at
-most `SMALL_BATCH` sequences take the kernel's small-batch path, larger ones the other): one
-layer, `PROBE_STEPS` steps, input = hidden = `PROBE_HIDDEN` units, batch `PROBE_BATCH` of the
+most `flax_lstm._kernel.tuning.small_batch` sequences take the kernel's small-batch path,
+larger ones the other): one layer, `PROBE_STEPS` steps, input = hidden = `PROBE_HIDDEN` units,
+batch `probe_batch` of the
 regime; forward and forward+backward (`jax.value_and_grad` of the output's sum, w.r.t.
 parameters and input), both paths jitted, warmed up (compiled) first, then `REPS` repetitions
 interleaved (kernel, scan; the order alternating) and their medians. 64 steps of 256 units sit
@@ -50,14 +51,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flax_lstm._kernel import build, ffi
+from flax_lstm._kernel import build, ffi, tuning
 
-# The kernel's small-batch path takes batches of at most this many sequences: ``kSmallBatch``
-# in lstm_cpu.cc, which this must equal.
-SMALL_BATCH = 4
-REGIMES = ("small", "large")  # batch ≤ SMALL_BATCH, batch > SMALL_BATCH (or symbolic)
+REGIMES = ("small", "large")  # batch ≤ tuning.small_batch(), larger (or symbolic)
 PROBE_STEPS, PROBE_HIDDEN = 64, 256
-PROBE_BATCH = {"small": SMALL_BATCH, "large": 32}
+LARGE_PROBE_BATCH = 32
 MODES = ("fwd", "fwd_bwd")
 REPS = 7
 TOLERANCE = 1.05  # the scan must be this much faster to be chosen
@@ -86,7 +84,7 @@ class Verdict:
         ratios = [ms["scan"][m] / ms["kernel"][m] for m in MODES]
         speedup = math.prod(ratios) ** (1 / len(ratios))
         choice = "scan" if speedup * TOLERANCE < 1 else "kernel"
-        return cls(dtype, regime, PROBE_BATCH[regime], ms["kernel"], ms["scan"], speedup, choice)
+        return cls(dtype, regime, probe_batch(regime), ms["kernel"], ms["scan"], speedup, choice)
 
     @classmethod
     def from_json(cls, record: Any) -> Verdict:
@@ -103,8 +101,8 @@ class Verdict:
     def batches(self) -> str:
         """The batches it decides, in words."""
         if self.regime == "small":
-            return f"batches of at most {SMALL_BATCH} sequences"
-        return f"batches of more than {SMALL_BATCH} sequences"
+            return f"batches of at most {tuning.small_batch()} sequences"
+        return f"batches of more than {tuning.small_batch()} sequences"
 
 
 def disabled() -> bool:
@@ -116,7 +114,13 @@ def disabled() -> bool:
 def regime(batch: Any) -> str:
     """The kernel's regime of ``batch`` sequences; a symbolic batch (`jax.export`) counts as
     large."""
-    return "small" if isinstance(batch, int) and batch <= SMALL_BATCH else "large"
+    return "small" if isinstance(batch, int) and batch <= tuning.small_batch() else "large"
+
+
+def probe_batch(regime: str) -> int:
+    """The batch of ``regime``'s probe: the largest of the small-batch path, or
+    `LARGE_PROBE_BATCH`, the usual batch of the benchmark's CPU set."""
+    return max(1, tuning.small_batch()) if regime == "small" else LARGE_PROBE_BATCH
 
 
 def cache_path() -> Path | None:
@@ -194,11 +198,11 @@ def _measure(dtype: str, regime: str) -> Verdict:
     """The verdict of one regime. One that takes the scan is measured a second time, over
     the repetitions of both: a load on the machine that slowed the kernel by chance would
     otherwise keep the default from it until the next measurement."""
-    times = time_paths(dtype, PROBE_BATCH[regime])
+    times = time_paths(dtype, probe_batch(regime))
     verdict = Verdict.of(dtype, regime, times)
     if verdict.choice == "kernel":
         return verdict
-    again = time_paths(dtype, PROBE_BATCH[regime])
+    again = time_paths(dtype, probe_batch(regime))
     both = {path: {m: times[path][m] + again[path][m] for m in MODES} for path in times}
     return Verdict.of(dtype, regime, both)
 

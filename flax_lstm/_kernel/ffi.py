@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flax_lstm._kernel import build, export, partition
+from flax_lstm._kernel import build, export, partition, tuning
 
 Array = jax.Array
 
@@ -112,6 +112,7 @@ def forward(
         c0.astype(f32),
         _mask_arg(mask),
         threads=threads,
+        small_batch=tuning.small_batch(),
     )
     return hs, cs, acts if save_acts else None
 
@@ -168,6 +169,7 @@ def backward(
         w_hh,
         _mask_arg(mask),
         threads=threads,
+        small_batch=tuning.small_batch(),
     )
 
 

@@ -8,9 +8,10 @@
 // per call into panels for a register-blocked GEMM, each step is split into chunks of hidden
 // units whose GEMM and gate arithmetic run back to back on one thread (the gate arithmetic
 // reads the GEMM's output from cache), and a team of threads claims the chunks in order (see
-// run_team below). Batches of at most 4 sequences, where a step reads every weight for a few
-// multiply-adds, compute the input projection for blocks of 64 steps at once, and each thread
-// keeps to its own share of the chunks so that their weights stay in its core's cache.
+// run_team below). Small batches (of at most `small_batch` sequences, an attribute of the call),
+// where a step reads every weight for a few multiply-adds, compute the input projection for
+// blocks of 64 steps at once, and each thread keeps to its own share of the chunks so that their
+// weights stay in its core's cache.
 //
 // Ragged batches (seq_lengths) cost their real steps: the rows are taken in order of length,
 // longest first, once per call, and each step's GEMM and gate arithmetic run on the rows whose
@@ -814,14 +815,17 @@ inline void prefetch_w(const void* p, int64_t bytes) {
 // Forward chunks: 16 hidden units, i.e. 64 gate columns, two packed panels (a whole number of
 // vectors for the gate arithmetic). Backward chunks: 32 units, one panel of dh.
 constexpr int64_t kFwdUnits = 16, kBwdUnits = 32;
-// Batches of at most kSmallBatch sequences (rows of a step's GEMM) hoist the input projection
-// out of the steps in blocks of kBlock steps (see forward), and share each step's chunks among
-// the threads in fixed runs (see run_items). Both measured against the general scheme, which
-// stays faster from B8 on: docs/performance/design.md ("The CPU kernel", small batches).
-constexpr int64_t kSmallBatch = 4, kBlock = 64;
+// Small batches, of at most `small_batch` sequences (rows of a step's GEMM; an attribute of the
+// forward and backward calls, chosen on the Python side: flax_lstm/_kernel/tuning.py), hoist the
+// input projection out of the steps in blocks of kBlock steps (see forward), and share each
+// step's chunks among the threads in fixed runs (see run_items). Measured against the general
+// scheme: docs/performance/design.md ("The CPU kernel", small batches).
+constexpr int64_t kBlock = 64;
 
 // The `groups` argument of run_items for a batch of N: one run per thread for small batches.
-inline int runs_for_batch(int64_t N, int threads) { return N <= kSmallBatch ? threads : 1; }
+inline int runs_for_batch(int64_t N, int threads, int64_t small_batch) {
+  return N <= small_batch ? threads : 1;
+}
 
 // A thread's scratch for one chunk's GEMM output, reused across items, and for the rows of x
 // that a hoisted input projection gathers.
@@ -933,9 +937,10 @@ void run_items(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int
 // last one (D, N, H) when cs_all is false.
 
 template <typename E>
-void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vector<Span>& fresh,
-             const E* x, const E* w_ih, const float* bias, const E* w_hh, const E* h0,
-             const float* c0, const int8_t* mask, E* hs, float* cs, bool cs_all, float* acts) {
+void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_batch,
+             const std::vector<Span>& fresh, const E* x, const E* w_ih, const float* bias,
+             const E* w_hh, const E* h0, const float* c0, const int8_t* mask, E* hs, float* cs,
+             bool cs_all, float* acts) {
   const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
   const int64_t chunks = (H + kFwdUnits - 1) / kFwdUnits, cols = 4 * kFwdUnits;
   // Packed weights of every direction and chunk: chunk column g·16 + j is gate g of unit
@@ -966,7 +971,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
   // weight for a few multiply-adds each, so W_ih is then read once a block instead of once a
   // step. xp holds the block's projection, chunk by chunk: (chunks, kBlock · N, cols).
   const Order order(mask, T, N);
-  const bool hoist = N <= kSmallBatch;
+  const bool hoist = N <= small_batch;
   const int64_t blocks = hoist ? (T + kBlock - 1) / kBlock : 0, per_dir = T + blocks;
   std::vector<float> xp(hoist ? static_cast<size_t>(chunks * kBlock * N * cols) : 0);
   // Row d·per_dir + r of direction d: step r, or, hoisted, the projection of block r / (kBlock
@@ -1055,7 +1060,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
       });
       if (cs_all) std::memcpy(cs + (row0 + n) * H + u0, cn, nu * sizeof(float));
     }
-  }, runs_for_batch(N, threads));
+  }, runs_for_batch(N, threads, small_batch));
   if (!cs_all) std::memcpy(cs, c.data(), D * N * H * sizeof(float));
 }
 
@@ -1074,10 +1079,10 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vecto
 // so each adds to its own slice of db without a race.
 
 template <typename E>
-void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vector<Span>& fresh,
-              const E* dhs, const float* dcs, bool dcs_all, const float* acts, const float* cs,
-              const float* c0, const E* w_hh, const int8_t* mask, E* dz, float* db, float* dh0,
-              float* dc0) {
+void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_batch,
+              const std::vector<Span>& fresh, const E* dhs, const float* dcs, bool dcs_all,
+              const float* acts, const float* cs, const float* c0, const E* w_hh,
+              const int8_t* mask, E* dz, float* db, float* dh0, float* dc0) {
   const int64_t T = s.T, D = s.D, N = s.N, H = s.H, G4 = 4 * H;
   const int64_t chunks = (H + kBwdUnits - 1) / kBwdUnits, cols = round_up(kBwdUnits, NR);
   // dz over the saved gates: the rows of ended sequences hold the zeros the forward wrote.
@@ -1178,7 +1183,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, const std::vect
         }
       });
     }
-  }, runs_for_batch(N, threads));
+  }, runs_for_batch(N, threads, small_batch));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1390,7 +1395,8 @@ int64_t count(ffi::Result<ffi::Buffer<T>>& b) {
 
 // ET is the element type of x, the weights, h0 and hs (F32 or BF16); everything else is F32.
 template <ffi::DataType ET>
-ffi::Error ForwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> x,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, int64_t threads, int64_t small_batch,
+                       ffi::Buffer<ET> x,
                        ffi::Buffer<ET> w_ih, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ET> w_hh,
                        ffi::Buffer<ET> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S8> mask,
                        ffi::ResultBuffer<ET> hs, ffi::ResultBuffer<ffi::F32> cs,
@@ -1412,15 +1418,17 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> x,
   const std::vector<Span> fresh = {{hs->untyped_data(), count(hs) * sizeof(E)},
                                     {cs->untyped_data(), count(cs) * sizeof(float)},
                                     {acts->untyped_data(), count(acts) * sizeof(float)}};
-  forward<E>(s, pool, static_cast<int>(threads), fresh, x.typed_data(), w_ih.typed_data(),
-             bias.typed_data(), w_hh.typed_data(), h0.typed_data(), c0.typed_data(),
+  forward<E>(s, pool, static_cast<int>(threads), small_batch, fresh, x.typed_data(),
+             w_ih.typed_data(), bias.typed_data(), w_hh.typed_data(), h0.typed_data(),
+             c0.typed_data(),
              mask.element_count() ? mask.typed_data() : nullptr, hs->typed_data(),
              cs->typed_data(), cs_all, count(acts) ? acts->typed_data() : nullptr);
   return ffi::Error::Success();
 }
 
 template <ffi::DataType ET>
-ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> dhs,
+ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, int64_t small_batch,
+                        ffi::Buffer<ET> dhs,
                         ffi::Buffer<ffi::F32> dcs, ffi::Buffer<ffi::F32> acts,
                         ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ET> w_hh,
                         ffi::Buffer<ffi::S8> mask, ffi::ResultBuffer<ET> dz,
@@ -1444,10 +1452,10 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ET> d
   std::vector<Span> fresh;
   if (dz->untyped_data() != acts.untyped_data())
     fresh.push_back({dz->untyped_data(), count(dz) * sizeof(E)});
-  backward<E>(s, pool, static_cast<int>(threads), fresh, dhs.typed_data(), dcs.typed_data(),
-              dcs_all, acts.typed_data(), cs.typed_data(), c0.typed_data(), w_hh.typed_data(),
-              mask.element_count() ? mask.typed_data() : nullptr, dz->typed_data(),
-              db->typed_data(), dh0->typed_data(), dc0->typed_data());
+  backward<E>(s, pool, static_cast<int>(threads), small_batch, fresh, dhs.typed_data(),
+              dcs.typed_data(), dcs_all, acts.typed_data(), cs.typed_data(), c0.typed_data(),
+              w_hh.typed_data(), mask.element_count() ? mask.typed_data() : nullptr,
+              dz->typed_data(), db->typed_data(), dh0->typed_data(), dc0->typed_data());
   return ffi::Error::Success();
 }
 
@@ -1545,6 +1553,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmInputGrad, InputGradImpl,
   ffi::Ffi::Bind()                                                          \
       .Ctx<ffi::ThreadPool>()                                               \
       .Attr<int64_t>("threads")                                             \
+      .Attr<int64_t>("small_batch")                                         \
       .Arg<ffi::Buffer<ET>>()        /* x */                                \
       .Arg<ffi::Buffer<ET>>()        /* w_ih */                             \
       .Arg<ffi::Buffer<ffi::F32>>()  /* bias */                             \
@@ -1560,6 +1569,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmInputGrad, InputGradImpl,
   ffi::Ffi::Bind()                                                          \
       .Ctx<ffi::ThreadPool>()                                               \
       .Attr<int64_t>("threads")                                             \
+      .Attr<int64_t>("small_batch")                                         \
       .Arg<ffi::Buffer<ET>>()        /* dhs */                              \
       .Arg<ffi::Buffer<ffi::F32>>()  /* dcs */                              \
       .Arg<ffi::Buffer<ffi::F32>>()  /* acts */                             \
