@@ -488,15 +488,18 @@ FLAX_LSTM_AMX_TARGET void gemm(int64_t M, int64_t npanels, const Product<bf16>* 
 }  // namespace amx
 #endif
 
-// C (M × npanels·NR, leading dimension ldc) = the sum of the products, panel by panel (a
-// panel of B stays in L1 across the row blocks). bfloat16 runs on AMX tiles where the CPU has
-// them (amx::gemm), else on the vdpbf16ps micro-kernel.
+// C (M × npanels·NR, leading dimension ldc) = the sum of the products, panel by panel: every
+// row block of A passes over the same panel of B, which stays in L1 or L2 (blocking K to fit
+// L1 measured slower: docs/performance/design.md, "Tuning per CPU"). bfloat16 runs on AMX
+// tiles where the CPU has them (amx::gemm) and the GEMM fills at least one tile row (fewer
+// rows would leave most of each tile zeros, copied in for every call), else on the vdpbf16ps
+// micro-kernel.
 template <typename E>
 void gemm_packed(int64_t M, int64_t npanels, const Product<E>* prods, int nprod, float* C,
                  int64_t ldc) {
 #if FLAX_LSTM_AMX
   if constexpr (std::is_same_v<E, bf16>) {
-    if (nprod <= amx::kMaxProducts && amx::state() > 0)
+    if (M >= amx::kRows && nprod <= amx::kMaxProducts && amx::state() > 0)
       return amx::gemm(M, npanels, prods, nprod, C, ldc);
   }
 #endif
