@@ -95,14 +95,19 @@ def sum_outer(
     layout, and XLA then runs the GEMM in float32). The (ΣJ, I) product is kept as it is
     before it is split and transposed: XLA would otherwise fold the transpose of a single
     ``b``'s product into the dot, and XLA:CPU has no bfloat16 GEMM with float32 output for
-    that transposed form (``UNIMPLEMENTED: ... DotThunk``). Elsewhere one GEMM each.
+    that transposed form (``UNIMPLEMENTED: ... DotThunk``). Elsewhere one GEMM each, and so on
+    CPU in float32 when the rows (T·N) are no more than the columns of the ``bs`` (ΣJ): then
+    the copies above, of the (ΣJ, I) product most of all, cost more than the GEMM (measured:
+    docs/performance/design.md, "Tuning per CPU").
     """
     widths = [b.shape[-1] for b in bs]
     outs: list[list[Array]] = [[] for _ in bs]
     rows = (((0, 1), (0, 1)), ((), ()))  # contract (T, N) of both operands
+    steps = a.shape[0] * a.shape[2]  # symbolic under jax.export: not an int
+    few_rows = isinstance(steps, int) and steps <= sum(widths) and dtype == jnp.float32
     for d in range(a.shape[1]):
         a3 = a[:, d].astype(dtype)
-        if plan.on_cpu:
+        if plan.on_cpu and not few_rows:
             b3 = jnp.concatenate([b[:, d].astype(dtype) for b in bs], axis=-1)  # (T, N, ΣJ)
             if b3.dtype == jnp.bfloat16 and transpose is not None:
                 b3t = transpose(b3)
