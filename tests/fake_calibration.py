@@ -37,7 +37,7 @@ def install(
     calibration knows) and fake timings: the kernel ``small``/``large`` times the scan."""
     monkeypatch.setenv(calibrate.ENV, "1")
     monkeypatch.setattr(build, "LIBRARY", [folder / "lstm_cpu_0123456789abcdef.so"])
-    monkeypatch.setattr(calibrate, "_UNSAVED", {})
+    monkeypatch.setattr(calibrate, "_KNOWN", {})
     monkeypatch.setattr(calibrate, "_FAILED", set())
     fake = FakeTimings({"small": small, "large": large})
     monkeypatch.setattr(calibrate, "time_paths", fake)

@@ -154,7 +154,7 @@ def cached() -> dict[str, dict[str, dict[str, Any]]]:
     measurement (or where no library is loaded)."""
     path = cache_path()
     found = {} if path is None else _read(path)
-    found.update({d: v for (p, d), v in _UNSAVED.items() if p == path and d not in found})
+    found.update({d: v for (p, d), v in _KNOWN.items() if p == path and d not in found})
     return {d: {r: dataclasses.asdict(v) for r, v in by.items()} for d, by in found.items()}
 
 
@@ -168,29 +168,38 @@ def measure_all(dtypes: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     return cached()
 
 
-# Verdicts measured by this process but not written (an unwritable cache folder), and dtypes
-# whose measurement failed here: neither is measured again by this process.
-_UNSAVED: dict[tuple[Path, str], dict[str, Verdict]] = {}
+# Verdicts this process has read or measured (written or not: an unwritable cache folder),
+# and dtypes whose measurement failed here: the plan asks at every call, and neither the file
+# is read nor anything measured again by this process.
+_KNOWN: dict[tuple[Path, str], dict[str, Verdict]] = {}
 _FAILED: set[tuple[Path, str]] = set()
 
 
 def _verdicts(path: Path, dtype: str, again: bool = False) -> dict[str, Verdict] | None:
     """``dtype``'s verdicts by regime: cached, or measured (once, under the file lock)."""
-    found = None if again else _read(path).get(dtype) or _UNSAVED.get((path, dtype))
-    if found is not None or ((path, dtype) in _FAILED and not again):
-        return found
+    key = (path, dtype)
+    if not again and (key in _KNOWN or key in _FAILED):
+        return _KNOWN.get(key)
+    found = (None if again else _read(path).get(dtype)) or _measure_locked(path, dtype, again)
+    if found is not None:
+        _KNOWN[key] = found
+    return found
+
+
+def _measure_locked(path: Path, dtype: str, again: bool) -> dict[str, Verdict] | None:
+    """``dtype``'s verdicts measured under the file lock (unless another process measured them
+    meanwhile) and written to the file; None if the measurement failed."""
     with _locked(path):
-        found = None if again else _read(path).get(dtype)  # another process may have measured
+        found = None if again else _read(path).get(dtype)
         if found is not None:
             return found
         try:
             found = {r: _measure(dtype, r) for r in REGIMES}
         except Exception as e:  # the size rule decides; the kernel's own errors show in the call
             _FAILED.add((path, dtype))
-            warnings.warn(f"flax_lstm: the kernel's calibration failed: {e!r}", stacklevel=4)
+            warnings.warn(f"flax_lstm: the kernel's calibration failed: {e!r}", stacklevel=5)
             return None
-        if not _write(path, dtype, found):
-            _UNSAVED[(path, dtype)] = found
+        _write(path, dtype, found)
     return found
 
 
@@ -220,8 +229,9 @@ def _read(path: Path) -> dict[str, dict[str, Verdict]]:
         return {}
 
 
-def _write(path: Path, dtype: str, found: dict[str, Verdict]) -> bool:
-    """Add ``dtype``'s verdicts to the calibration file (atomically); whether it could."""
+def _write(path: Path, dtype: str, found: dict[str, Verdict]) -> None:
+    """Add ``dtype``'s verdicts to the calibration file (atomically), where it can be written
+    (else this process keeps them alone, in `_KNOWN`)."""
     merged = {**_read(path), dtype: found}
     records = {d: {r: dataclasses.asdict(v) for r, v in by.items()} for d, by in merged.items()}
     record = {"library": path.name.split(".")[0], "threads": ffi.num_threads(), "verdicts": records}
@@ -230,11 +240,9 @@ def _write(path: Path, dtype: str, found: dict[str, Verdict]) -> bool:
     try:
         tmp.write_text(text + "\n")
         os.replace(tmp, path)
-        return True
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        return False
 
 
 @contextlib.contextmanager
