@@ -44,3 +44,21 @@ def run(
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+def run_together(code: str, *args: str, processes: int = 3, **overrides: str) -> list[str]:
+    """``python -c code *args`` in ``processes`` processes started together (environment:
+    `env`, with ``overrides``); assert that each exited 0 and return their standard outputs."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(**overrides),
+        )
+        for _ in range(processes)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    return [out for out, _ in outs]

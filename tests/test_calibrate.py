@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import fake_calibration
@@ -180,20 +178,8 @@ print(calibrate.verdict("float32", 2).choice)
 
 
 def test_concurrent_processes_measure_once(tmp_path):
-    env = python_process.env(FLAX_LSTM_CALIBRATE="1")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", MEASURE_WITH_A_LOG, str(tmp_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(3)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
-    assert [out.strip() for out, _ in outs] == ["kernel"] * 3
+    outs = python_process.run_together(MEASURE_WITH_A_LOG, str(tmp_path), FLAX_LSTM_CALIBRATE="1")
+    assert [out.strip() for out in outs] == ["kernel"] * 3
     assert (tmp_path / "calls.log").read_text().split() == ["float32", "4", "float32", "32"]
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -54,20 +52,8 @@ def _compiles(tmp_path: Path) -> list[str]:
 
 def test_concurrent_processes_build_once(fake_cxx, tmp_path):
     code = "import sys; from flax_lstm._kernel import build; print(build.build(sys.argv[1]))"
-    env = python_process.env()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, str(fake_cxx)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(3)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
-    assert len({out.strip() for out, _ in outs}) == 1  # the same library for all
+    outs = python_process.run_together(code, str(fake_cxx))
+    assert len({out.strip() for out in outs}) == 1  # the same library for all
     assert len(_compiles(tmp_path)) == 1
     cache = tmp_path / "cache"
     assert len(list(cache.glob("*.so"))) == 1 and not list(cache.glob(".*.tmp*"))
