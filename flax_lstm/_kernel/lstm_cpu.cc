@@ -55,8 +55,10 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX2__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512BF16__)
 #define FLAX_LSTM_BF16 1
 #endif
 
@@ -555,9 +557,60 @@ void gemm_packed(int64_t M, int64_t npanels, const Product<E>* prods, int nprod,
   }
 }
 
+// dst[c·ld + i] = rows[i][k + c] for a VW × VW block (i, c < VW): a transpose in registers.
+inline void transpose_block(const float* const* rows, int64_t k, float* dst, int64_t ld) {
+#if defined(__AVX512F__)
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows[i] + k);
+  for (int i = 0; i < 8; ++i) {  // pairs of rows interleaved, within each 128-bit lane
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + m], lane l: column 4l + m of rows 4i … 4i + 3
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int m = 0; m < 4; ++m) {  // lane l of the four row groups: column 4l + m
+    const __m512 v0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x88);
+    const __m512 v1 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xdd);
+    const __m512 w0 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x88);
+    const __m512 w1 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xdd);
+    _mm512_storeu_ps(dst + m * ld, _mm512_shuffle_f32x4(v0, w0, 0x88));
+    _mm512_storeu_ps(dst + (4 + m) * ld, _mm512_shuffle_f32x4(v1, w1, 0x88));
+    _mm512_storeu_ps(dst + (8 + m) * ld, _mm512_shuffle_f32x4(v0, w0, 0xdd));
+    _mm512_storeu_ps(dst + (12 + m) * ld, _mm512_shuffle_f32x4(v1, w1, 0xdd));
+  }
+#elif defined(__AVX2__)
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows[i] + k);
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // r[4h + m], half l: column 4l + m of rows 4h … 4h + 3
+    r[4 * h] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int m = 0; m < 4; ++m) {
+    _mm256_storeu_ps(dst + m * ld, _mm256_permute2f128_ps(r[m], r[4 + m], 0x20));
+    _mm256_storeu_ps(dst + (4 + m) * ld, _mm256_permute2f128_ps(r[m], r[4 + m], 0x31));
+  }
+#else
+  for (int c = 0; c < VW; ++c)
+    for (int i = 0; i < VW; ++i) dst[c * ld + i] = rows[i][k + c];
+#endif
+}
+
 // Packs columns of Bᵀ for gemm_packed into `out` (round_up(cols, NR) / NR panels): column
 // `col` of the packed B, zero-padded to whole panels, is row src(col) of a row-major matrix
-// with K columns. Written panel by panel in order, reading NR rows side by side.
+// with K columns. Written panel by panel in order, reading NR rows side by side: in float32,
+// a whole panel in VW × VW blocks transposed in registers (transpose_block).
 template <typename E, typename Src>
 void pack_rows(const E* w, int64_t K, int64_t cols, Src src, E* out) {
   const int64_t padded = round_up(cols, NR), Kp = round_up(K, kPanelK<E>);
@@ -565,7 +618,13 @@ void pack_rows(const E* w, int64_t K, int64_t cols, Src src, E* out) {
     const E* rows[NR];
     for (int j = 0; j < NR; ++j) rows[j] = c0 + j < cols ? w + src(c0 + j) * K : nullptr;
     E* panel = out + (c0 / NR) * panel_size<E>(K);
-    for (int64_t k = 0; k < Kp; ++k)
+    int64_t k = 0;
+    if constexpr (std::is_same_v<E, float>) {
+      if (c0 + NR <= cols)
+        for (; k + VW <= K; k += VW)
+          for (int j = 0; j < NR; j += VW) transpose_block(rows + j, k, panel + k * NR + j, NR);
+    }
+    for (; k < Kp; ++k)
       for (int j = 0; j < NR; ++j)
         panel[panel_at<E>(k, j)] = rows[j] != nullptr && k < K ? rows[j][k] : E{};
   }
@@ -993,24 +1052,24 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
   const int64_t chunks = (H + kFwdUnits - 1) / kFwdUnits, cols = 4 * kFwdUnits;
   // Packed weights of every direction and chunk: chunk column g·16 + j is gate g of unit
   // 16·chunk + j (a row of W; past H, the last unit's again, computed and never stored).
-  // Packed by the calling thread before the team starts.
   // Elements per chunk of packed W_ih, W_hh.
   const int64_t wi = panel_size<E>(I) * (cols / NR), wh = panel_size<E>(H) * (cols / NR);
   std::vector<E> bi(static_cast<size_t>(D * chunks * wi));
   std::vector<E> bh(static_cast<size_t>(D * chunks * wh));
   std::vector<float> bcol(static_cast<size_t>(D * chunks * cols));
-  for (int64_t d = 0; d < D; ++d) {
-    for (int64_t k = 0; k < chunks; ++k) {
-      const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
-      const auto row_of = [&](int64_t col) {
-        return (col / kFwdUnits) * H + u0 + std::min(col % kFwdUnits, nu - 1);
-      };
-      pack_rows(w_ih + d * G4 * I, I, cols, row_of, bi.data() + (d * chunks + k) * wi);
-      pack_rows(w_hh + d * G4 * H, H, cols, row_of, bh.data() + (d * chunks + k) * wh);
-      for (int64_t col = 0; col < cols; ++col)
-        bcol[(d * chunks + k) * cols + col] = bias[d * G4 + row_of(col)];
-    }
-  }
+  // A chunk's weights are packed by the first item that uses them (its direction's first row,
+  // which every later row waits for): the team shares the packing, and with small batches a
+  // thread packs the chunks it keeps (run_groups) into its own core's cache.
+  const auto pack = [&](int64_t d, int64_t k) {
+    const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
+    const auto row_of = [&](int64_t col) {
+      return (col / kFwdUnits) * H + u0 + std::min(col % kFwdUnits, nu - 1);
+    };
+    pack_rows(w_ih + d * G4 * I, I, cols, row_of, bi.data() + (d * chunks + k) * wi);
+    pack_rows(w_hh + d * G4 * H, H, cols, row_of, bh.data() + (d * chunks + k) * wh);
+    for (int64_t col = 0; col < cols; ++col)
+      bcol[(d * chunks + k) * cols + col] = bias[d * G4 + row_of(col)];
+  };
   // The cell state of every direction, shared: each item updates its chunk's units.
   std::vector<float> c(c0, c0 + D * N * H);
   // Small batches: the input projection x_t·W_ihᵀ of a block of kBlock steps is one GEMM with
@@ -1028,6 +1087,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
                                                                     Scratch& scratch) {
     const int64_t d = row / per_dir, r = row % per_dir;
     const int64_t t = hoist ? r - r / (kBlock + 1) - 1 : r;
+    if (r == 0) pack(d, k);
     const E* pi = bi.data() + (d * chunks + k) * wi;
     if (hoist && r % (kBlock + 1) == 0) {  // the input projection of the block's steps
       // Only the steps that some row still runs (none, past the longest sequence).
@@ -1137,12 +1197,10 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
   const bool in_place = static_cast<const void*>(dz) == static_cast<const void*>(acts);
   const int64_t wc = panel_size<E>(G4) * (cols / NR);  // elements per chunk of packed W_hh
   std::vector<E> bp(static_cast<size_t>(D * chunks * wc));
-  for (int64_t d = 0; d < D; ++d) {
-    for (int64_t k = 0; k < chunks; ++k) {
-      const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
-      pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, bp.data() + (d * chunks + k) * wc);
-    }
-  }
+  const auto pack = [&](int64_t d, int64_t k) {  // by the first item that uses it (see forward)
+    const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
+    pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, bp.data() + (d * chunks + k) * wc);
+  };
   std::fill(db, db + D * G4, 0.0f);
   // Shared state per direction: the gradients w.r.t. the cell state after the current step
   // (dc), and the dh that frozen steps pass through (pass).
@@ -1156,6 +1214,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
                                                                   Scratch& scratch) {
     const int64_t d = row / steps, t = T - 1 - row % steps;
     const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
+    if (t == T - 1) pack(d, k);
     float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
     if (t >= 0) {  // what the gate arithmetic below reads, fetched while the GEMM runs
       const int64_t row0 = (t * D + d) * N, na = order.active[t];
