@@ -178,8 +178,10 @@ inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const float* const (&A)[M
   const auto step = [&](int k, int u) {
     vec b0 = *reinterpret_cast<const vec_u*>(B + k * NR);
     vec b1 = *reinterpret_cast<const vec_u*>(B + k * NR + VW);
-    in_register(b0);
-    in_register(b1);
+    if constexpr (M <= 4) {  // more rows compile as they always did
+      in_register(b0);
+      in_register(b1);
+    }
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
       const float a = A[i][k];
@@ -557,7 +559,8 @@ void gemm_packed(int64_t M, int64_t npanels, const Product<E>* prods, int nprod,
   }
 }
 
-// dst[c·ld + i] = rows[i][k + c] for a VW × VW block (i, c < VW): a transpose in registers.
+// dst[c·ld + i] = rows[i][k + c] for a VW × VW block of 32-bit words (i, c < VW): a transpose
+// in registers, bit for bit.
 inline void transpose_block(const float* const* rows, int64_t k, float* dst, int64_t ld) {
 #if defined(__AVX512F__)
   __m512 r[16], t[16];
@@ -601,16 +604,17 @@ inline void transpose_block(const float* const* rows, int64_t k, float* dst, int
     _mm256_storeu_ps(dst + m * ld, _mm256_permute2f128_ps(r[m], r[4 + m], 0x20));
     _mm256_storeu_ps(dst + (4 + m) * ld, _mm256_permute2f128_ps(r[m], r[4 + m], 0x31));
   }
-#else
+#else  // copied as bytes: the words may be pairs of bfloat16s (see pack_rows)
   for (int c = 0; c < VW; ++c)
-    for (int i = 0; i < VW; ++i) dst[c * ld + i] = rows[i][k + c];
+    for (int i = 0; i < VW; ++i) std::memcpy(dst + c * ld + i, rows[i] + k + c, sizeof(float));
 #endif
 }
 
 // Packs columns of Bᵀ for gemm_packed into `out` (round_up(cols, NR) / NR panels): column
 // `col` of the packed B, zero-padded to whole panels, is row src(col) of a row-major matrix
-// with K columns. Written panel by panel in order, reading NR rows side by side: in float32,
-// a whole panel in VW × VW blocks transposed in registers (transpose_block).
+// with K columns. Written panel by panel in order, reading NR rows side by side: a whole panel
+// in blocks of VW × VW 32-bit words transposed in registers (transpose_block), the rest element
+// by element.
 template <typename E, typename Src>
 void pack_rows(const E* w, int64_t K, int64_t cols, Src src, E* out) {
   const int64_t padded = round_up(cols, NR), Kp = round_up(K, kPanelK<E>);
@@ -618,11 +622,15 @@ void pack_rows(const E* w, int64_t K, int64_t cols, Src src, E* out) {
     const E* rows[NR];
     for (int j = 0; j < NR; ++j) rows[j] = c0 + j < cols ? w + src(c0 + j) * K : nullptr;
     E* panel = out + (c0 / NR) * panel_size<E>(K);
+    // A pair of bfloat16 K-steps is 32 bits, and a bfloat16 panel's row of pairs is the rows'
+    // pairs side by side: the same transpose of 32-bit words as a float32 panel's.
     int64_t k = 0;
-    if constexpr (std::is_same_v<E, float>) {
-      if (c0 + NR <= cols)
-        for (; k + VW <= K; k += VW)
-          for (int j = 0; j < NR; j += VW) transpose_block(rows + j, k, panel + k * NR + j, NR);
+    if (c0 + NR <= cols) {
+      const float* words[NR];
+      for (int j = 0; j < NR; ++j) words[j] = reinterpret_cast<const float*>(rows[j]);
+      float* out_words = reinterpret_cast<float*>(panel);
+      for (int64_t q = 0; (q + VW) * kPair<E> <= K; q += VW, k += VW * kPair<E>)
+        for (int j = 0; j < NR; j += VW) transpose_block(words + j, q, out_words + q * NR + j, NR);
     }
     for (; k < Kp; ++k)
       for (int j = 0; j < NR; ++j)
