@@ -304,3 +304,26 @@ def test_perf_tables_render_old_and_new_files(tmp_path, monkeypatch, perf_tables
     share = new["results"][0]["flax_lstm_gflops"]["fwd"] / ref["gflops"]
     assert f"| {share:.0%} |" in table.splitlines()[2]
     assert "of best GEMM" not in perf_tables.full_table(perf_tables.load(old))
+
+
+def test_kernel_ab_tool_compares_two_kernel_libraries(tmp_path):
+    """tools/kernel_ab.py: HEAD's kernel beside the checkout's, both traced and timed, in one
+    process (the tool checks that each variant's trace calls its own library)."""
+    from flax_lstm import kernel
+
+    repo = Path(__file__).parents[1]
+    if not kernel.available():
+        pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("needs a git checkout (the baseline is a git revision)")
+    out = tmp_path / "ab.json"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "tools" / "kernel_ab.py"), "--baseline", "HEAD",
+         "--shape", "2,16,32", "--reps", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| B2 T16 H32 L1 | fwd_bwd |" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["fwd", "fwd_bwd"]
+    assert all(r["ms"]["baseline"] > 0 and r["ms"]["current"] > 0 for r in rows)

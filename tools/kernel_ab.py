@@ -1,0 +1,207 @@
+"""Kernel A/B: this checkout's CPU kernel against another revision's, in one process.
+
+Compiles ``flax_lstm/_kernel/lstm_cpu.cc`` as of a git revision (``--baseline``, default
+HEAD) with the compiler and flags of the installed build, registers it beside the current
+library under other FFI target names, and times flax_lstm with each library, and
+torch.nn.LSTM, on the given shapes, every round in a new random order. This machine's speed
+drifts by 20-30% between processes and minutes, so a change of a few percent shows only in a
+comparison like this one (docs/performance/design.md, "Tuning per CPU"). Both variants run this
+checkout's Python side: the baseline must take the same FFI calls (a change inside the kernel).
+
+Each variant is traced with its own `flax_lstm.Implementation` (an ``unroll`` value, which the
+kernel path does not use): JAX caches the traces of the library's inner jitted functions by
+function and static arguments, and a second variant traced with the same ones would reuse the
+first one's trace. The lowered HLO of each variant is checked for its own FFI targets.
+
+Two executables of the very same code can differ by far more than the spread of their own
+calls (a null run, ``--baseline HEAD`` on an unchanged checkout with one executable each:
+B1 T128 H512 forward 8.14 against 5.47 ms, B4 T128 H256 fwd+bwd 0.89×), so each variant is
+compiled ``--copies`` times (default 3), every copy takes its turn in the random order, and a
+variant's median is over all its copies' calls. Run a null comparison first to see the spread.
+
+Not a test: from the repository root,
+``PYTHONPATH=$PWD python tools/kernel_ab.py --baseline HEAD~1 --shape 4,128,256
+--shape 64,64,512,2 [--reps 20] [--json out.json]`` (shapes as ``flax-lstm bench --shape``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import random
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("GOMP_SPINCOUNT", "3000")  # torch's idle threads (see flax_lstm.bench)
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import flax_lstm as fl
+from flax_lstm import kernel
+from flax_lstm._kernel import build, ffi
+from flax_lstm.bench.machine import machine_info
+from flax_lstm.bench.shapes import parse_shape
+
+REPO = Path(__file__).resolve().parents[1]
+PREFIX = "kernel_ab_"
+MODES = ("fwd", "fwd_bwd")
+
+
+def build_baseline(rev: str, folder: Path) -> Path:
+    """The kernel library of git revision ``rev``, compiled as the installed one was."""
+    source = folder / "lstm_cpu.cc"
+    show = ["git", "show", f"{rev}:flax_lstm/_kernel/lstm_cpu.cc"]
+    source.write_bytes(subprocess.run(show, capture_output=True, check=True, cwd=REPO).stdout)
+    cxx = build.compiler()
+    if cxx is None or not kernel.available():
+        raise SystemExit(f"no kernel to compare: {kernel.build_error()}")
+    out = folder / "baseline.so"
+    flags = [f for f in kernel.info()["flags"] if f != "-shared"]
+    cmd = [cxx, "-shared", *flags, "-isystem", jax.ffi.include_dir(), str(source), "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+def register(library: Path) -> None:
+    """Registers the baseline's forward and backward under `PREFIX` + the current names."""
+    lib = ctypes.cdll.LoadLibrary(str(library))
+    for targets in build.TARGETS.values():
+        for name, symbol in targets:
+            if hasattr(lib, symbol):
+                capsule = jax.ffi.pycapsule(getattr(lib, symbol))
+                jax.ffi.register_ffi_target(PREFIX + name, capsule, "cpu")
+
+
+@contextlib.contextmanager
+def baseline_targets():
+    """While tracing: the kernel's calls go to the baseline library."""
+    current = ffi.targets
+    ffi.targets = lambda dtype: tuple(PREFIX + t for t in current(dtype))
+    try:
+        yield
+    finally:
+        ffi.targets = current
+
+
+def variant(cfg: fl.LSTMConfig, unroll: int, mode: str, params, x, baseline: bool):
+    """A jitted call of ``mode`` on the kernel path, traced now (under the baseline's targets
+    where ``baseline``), and checked to call the library it should."""
+    impl = fl.Implementation(recurrence="kernel", unroll=unroll)
+
+    def apply(p, x):
+        return fl.lstm(p, x, config=cfg, impl=impl)[0]
+
+    def loss(p, x):
+        return apply(p, x).astype(jnp.float32).sum()
+
+    fn = jax.jit(apply) if mode == "fwd" else jax.jit(jax.grad(loss, argnums=(0, 1)))
+    with baseline_targets() if baseline else contextlib.nullcontext():
+        text = fn.lower(params, x).as_text()
+        jax.block_until_ready(fn(params, x))
+    if (PREFIX in text) != baseline or "flax_lstm_cpu_forward" not in text:
+        who = "baseline" if baseline else "current"
+        raise SystemExit(f"the {who} variant's trace calls the wrong kernel library")
+    return lambda: jax.block_until_ready(fn(params, x))
+
+
+def torch_calls(shape, x: np.ndarray):
+    """torch.nn.LSTM's forward (no grad) and fwd+bwd on the same input, or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    dtype = torch.bfloat16 if shape.dtype == "bfloat16" else torch.float32
+    m = torch.nn.LSTM(shape.in_size, shape.hidden, shape.layers, bidirectional=shape.bidirectional)
+    m = m.to(dtype)
+    xt = torch.tensor(x).to(dtype)
+    xg = xt.clone().requires_grad_(True)
+
+    def fwd():
+        with torch.no_grad():
+            m(xt)
+
+    def fwd_bwd():
+        m(xg)[0].float().sum().backward()
+
+    return {"fwd": fwd, "fwd_bwd": fwd_bwd}
+
+
+def compare(shape, reps: int, copies: int) -> list[dict]:
+    """Medians (ms) of baseline, current and torch for both modes, interleaved at random; each
+    variant compiled ``copies`` times and the times of its copies pooled."""
+    cfg = fl.LSTMConfig(
+        shape.in_size, shape.hidden, shape.layers, bidirectional=shape.bidirectional
+    )
+    dtype = jnp.dtype(shape.dtype)
+    params = fl.init_params(jax.random.key(0), cfg, dtype=dtype)
+    x_np = np.random.default_rng(0).standard_normal((shape.seq_len, shape.batch, shape.in_size))
+    x = jnp.asarray(x_np, dtype)
+    calls = {}
+    unrolls = iter(range(1, 1000))
+    for copy in range(copies):
+        for who in ("baseline", "current"):
+            for mode in MODES:
+                fn = variant(cfg, next(unrolls), mode, params, x, who == "baseline")
+                calls[who, mode, copy] = fn
+    torch_fns = torch_calls(shape, x_np.astype(np.float32))
+    if torch_fns is not None:
+        calls.update({("torch", mode, 0): fn for mode, fn in torch_fns.items()})
+    for fn in calls.values():  # warm up
+        fn()
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(reps):
+        for key in random.sample(list(calls), len(calls)):
+            start = time.perf_counter()
+            calls[key]()
+            times.setdefault(key[:2], []).append(time.perf_counter() - start)
+    rows = []
+    for mode in MODES:
+        med = {who: statistics.median(times[who, m]) * 1e3 for who, m in times if m == mode}
+        rows.append({"shape": shape.label(), "mode": mode, "ms": med})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = "| shape | mode | baseline ms | current ms | current/baseline speed | torch ms |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for r in rows:
+        ms = r["ms"]
+        torch_ms = f"{ms['torch']:.2f}" if "torch" in ms else "–"
+        speed = ms["baseline"] / ms["current"]
+        lines.append(
+            f"| {r['shape']} | {r['mode']} | {ms['baseline']:.2f} | {ms['current']:.2f} | "
+            f"{speed:.3f}× | {torch_ms} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", default="HEAD", help="git revision of the baseline kernel")
+    ap.add_argument("--shape", action="append", required=True, help="B,T,H[,L][,bi][,in=I][,bf16]")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--copies", type=int, default=3, help="executables per variant (see above)")
+    ap.add_argument("--json", help="where to write the results")
+    a = ap.parse_args()
+    shapes = [parse_shape(s) for s in a.shape]
+    with tempfile.TemporaryDirectory() as folder:
+        register(build_baseline(a.baseline, Path(folder)))
+    rows = [row for shape in shapes for row in compare(shape, a.reps, a.copies)]
+    print(table(rows))
+    if a.json:
+        record = {"baseline": a.baseline, "reps": a.reps, "copies": a.copies, "rows": rows}
+        record["machine"] = machine_info()
+        Path(a.json).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
