@@ -156,26 +156,14 @@ inline void in_register(V& v) {
 #endif
 }
 
-// Independent partial sums per accumulator of an M-row micro-kernel: with fewer than 4 rows, the
-// 2·M accumulators are too few chains to hide the latency of a multiply-add, so the K-steps are
-// dealt round-robin to kSums sets of them, added up at the end.
-template <int M>
-constexpr int kSums = M == 1 ? 4 : M <= 3 ? 2 : 1;
-
-// acc += A · B for the M rows of A at a[0], …, a[M - 1] (K elements each).
+// acc += A · B for the M rows of A at a[0], …, a[M - 1] (K elements each). Each row's sum runs
+// over k in order whatever M is, so a row's result does not depend on the rows beside it (a
+// sharded or ragged batch gives the same bits; tests/test_sharding.py): splitting K over more
+// accumulators at 1 to 3 rows was faster (docs/performance/design.md) but broke that.
 template <int M>
 inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const float* const (&A)[M], int K,
                        const float* __restrict B) {
-  constexpr int S = kSums<M>;
-  vec s0[S][M], s1[S][M];
-#pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) {
-    s0[0][i] = acc0[i];
-    s1[0][i] = acc1[i];
-#pragma GCC unroll 4
-    for (int u = 1; u < S; ++u) s0[u][i] = s1[u][i] = vec{};
-  }
-  const auto step = [&](int k, int u) {
+  for (int k = 0; k < K; ++k) {
     vec b0 = *reinterpret_cast<const vec_u*>(B + k * NR);
     vec b1 = *reinterpret_cast<const vec_u*>(B + k * NR + VW);
     if constexpr (M <= 4) {  // more rows compile as they always did
@@ -185,24 +173,8 @@ inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const float* const (&A)[M
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
       const float a = A[i][k];
-      s0[u][i] += a * b0;
-      s1[u][i] += a * b1;
-    }
-  };
-  int k = 0;
-  for (; k + S <= K; k += S) {
-#pragma GCC unroll 4
-    for (int u = 0; u < S; ++u) step(k + u, u);
-  }
-  for (; k < K; ++k) step(k, 0);
-#pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) {
-    acc0[i] = s0[0][i];
-    acc1[i] = s1[0][i];
-#pragma GCC unroll 4
-    for (int u = 1; u < S; ++u) {
-      acc0[i] += s0[u][i];
-      acc1[i] += s1[u][i];
+      acc0[i] += a * b0;
+      acc1[i] += a * b1;
     }
   }
 }
