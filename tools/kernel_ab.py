@@ -29,16 +29,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib.util
 import json
-import os
 import random
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("GOMP_SPINCOUNT", "3000")  # torch's idle threads (see flax_lstm.bench)
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +45,7 @@ import numpy as np
 import flax_lstm as fl
 from flax_lstm import kernel
 from flax_lstm._kernel import build, ffi
+from flax_lstm.bench import libraries
 from flax_lstm.bench.machine import machine_info
 from flax_lstm.bench.shapes import parse_shape
 
@@ -64,8 +63,7 @@ def build_baseline(rev: str, folder: Path) -> Path:
     if cxx is None or not kernel.available():
         raise SystemExit(f"no kernel to compare: {kernel.build_error()}")
     out = folder / "baseline.so"
-    flags = [f for f in kernel.info()["flags"] if f != "-shared"]
-    cmd = [cxx, "-shared", *flags, "-isystem", jax.ffi.include_dir(), str(source), "-o", str(out)]
+    cmd = build.compile_command(cxx, kernel.info()["flags"], source, out)
     subprocess.run(cmd, check=True, capture_output=True)
     return out
 
@@ -112,28 +110,6 @@ def variant(cfg: fl.LSTMConfig, unroll: int, mode: str, params, x, baseline: boo
     return lambda: jax.block_until_ready(fn(params, x))
 
 
-def torch_calls(shape, x: np.ndarray):
-    """torch.nn.LSTM's forward (no grad) and fwd+bwd on the same input, or None."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    dtype = torch.bfloat16 if shape.dtype == "bfloat16" else torch.float32
-    m = torch.nn.LSTM(shape.in_size, shape.hidden, shape.layers, bidirectional=shape.bidirectional)
-    m = m.to(dtype)
-    xt = torch.tensor(x).to(dtype)
-    xg = xt.clone().requires_grad_(True)
-
-    def fwd():
-        with torch.no_grad():
-            m(xt)
-
-    def fwd_bwd():
-        m(xg)[0].float().sum().backward()
-
-    return {"fwd": fwd, "fwd_bwd": fwd_bwd}
-
-
 def compare(shape, reps: int, copies: int) -> list[dict]:
     """Medians (ms) of baseline, current and torch for both modes, interleaved at random; each
     variant compiled ``copies`` times and the times of its copies pooled."""
@@ -143,6 +119,7 @@ def compare(shape, reps: int, copies: int) -> list[dict]:
     dtype = jnp.dtype(shape.dtype)
     params = fl.init_params(jax.random.key(0), cfg, dtype=dtype)
     x_np = np.random.default_rng(0).standard_normal((shape.seq_len, shape.batch, shape.in_size))
+    x_np = x_np.astype(np.float32)
     x = jnp.asarray(x_np, dtype)
     calls = {}
     unrolls = iter(range(1, 1000))
@@ -151,8 +128,8 @@ def compare(shape, reps: int, copies: int) -> list[dict]:
             for mode in MODES:
                 fn = variant(cfg, next(unrolls), mode, params, x, who == "baseline")
                 calls[who, mode, copy] = fn
-    torch_fns = torch_calls(shape, x_np.astype(np.float32))
-    if torch_fns is not None:
+    if importlib.util.find_spec("torch") is not None:  # as `flax-lstm bench` runs it
+        torch_fns = libraries.BUILDERS["torch"](shape, x_np)
         calls.update({("torch", mode, 0): fn for mode, fn in torch_fns.items()})
     for fn in calls.values():  # warm up
         fn()
@@ -192,6 +169,7 @@ def main() -> None:
     ap.add_argument("--json", help="where to write the results")
     a = ap.parse_args()
     shapes = [parse_shape(s) for s in a.shape]
+    libraries.limit_torch_spinning(["torch"])  # before torch loads: its idle threads spin
     with tempfile.TemporaryDirectory() as folder:
         register(build_baseline(a.baseline, Path(folder)))
     rows = [row for shape in shapes for row in compare(shape, a.reps, a.copies)]

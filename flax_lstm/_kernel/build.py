@@ -176,6 +176,12 @@ def library_path(cxx: str) -> Path:
     return _library(_recipe(cxx)[2])
 
 
+def compile_command(cxx: str, flags: list[str], source: Path, out: Path) -> list[str]:
+    """The command that compiles ``source`` into the library ``out`` with ``flags`` (`build`'s,
+    and tools/kernel_ab.py's for another revision of the kernel)."""
+    return [cxx, *flags, "-isystem", jax.ffi.include_dir(), str(source), "-o", str(out)]
+
+
 def build(cxx: str) -> Path:
     """Compile the kernel (or find it built) and return the shared library's path.
 
@@ -196,7 +202,7 @@ def build(cxx: str) -> Path:
         try:
             for flags in arch:
                 flags = [*_FLAGS, *flags, *extra]
-                cmd = [cxx, *flags, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", str(tmp)]
+                cmd = compile_command(cxx, flags, SOURCE, tmp)
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode == 0:
                     break
