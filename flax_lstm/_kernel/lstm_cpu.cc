@@ -804,8 +804,11 @@ void run_team(ffi::ThreadPool& pool, int threads, const Worker& worker) {
 // Faults in the pages of fresh output buffers with one system call per piece instead of one
 // trap per 4 KiB page on first write (each trap costs microseconds, more under a hypervisor:
 // the 16 MB of saved gates of B32 T128 H256 are 4096 of them); the pieces are work items, so
-// the zeroing of the pages runs on every thread of the team. Best effort: older kernels
-// refuse, and then the writes fault the pages in as usual.
+// the zeroing of the pages runs on every thread of the team. The whole 2 MiB pages inside a
+// buffer are asked to be transparent huge pages first (where the system leaves that to madvise,
+// as by default): fewer pages to fault in, and fewer TLB misses for the kernel's strided rows
+// of gates (docs/performance/design.md, "Fresh buffers"). Best effort: older kernels refuse,
+// and then the writes fault the pages in as usual.
 struct Span {
   void* data;
   size_t bytes;
@@ -813,13 +816,22 @@ struct Span {
 
 class Prefault {
  public:
-  static constexpr uintptr_t kPage = 4096, kPiece = 256 * kPage;  // 1 MiB
+  // Pieces end on 2 MiB boundaries, so that each covers whole huge pages.
+  static constexpr uintptr_t kPage = 4096, kPiece = uintptr_t{2} << 20;
   explicit Prefault(const std::vector<Span>& spans) {
     for (const Span& sp : spans) {
       const uintptr_t lo = reinterpret_cast<uintptr_t>(sp.data);
       const uintptr_t begin = (lo + kPage - 1) & ~(kPage - 1), end = (lo + sp.bytes) & ~(kPage - 1);
-      for (uintptr_t p = begin; p + 16 * kPage <= end; p += kPiece)
-        pieces_.push_back({p, std::min(p + kPiece, end)});
+      if (end < begin + 16 * kPage) continue;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+      const uintptr_t hb = (lo + kPiece - 1) & ~(kPiece - 1), he = (lo + sp.bytes) & ~(kPiece - 1);
+      if (he > hb) madvise(reinterpret_cast<void*>(hb), he - hb, MADV_HUGEPAGE);
+#endif
+      for (uintptr_t p = begin; p < end;) {
+        const uintptr_t next = std::min((p & ~(kPiece - 1)) + kPiece, end);
+        pieces_.push_back({p, next});
+        p = next;
+      }
     }
   }
   int64_t size() const { return static_cast<int64_t>(pieces_.size()); }
