@@ -75,6 +75,15 @@ def dir_matmul(a: Array, w: Array, acc: Any) -> Array:
     return out[0] if len(out) == 1 else jnp.concatenate(out, axis=1)
 
 
+def few_rows(steps: Any, columns: int, dtype: Any) -> bool:
+    """Whether a weight gradient over ``steps`` rows (T·N, symbolic under `jax.export`) and
+    ``columns`` columns of inputs (I + H) is best taken on CPU as one direct XLA GEMM per
+    weight: in float32 when the rows are no more than the columns (measured against the
+    copies of `sum_outer` and against the kernel's `weight_grads`:
+    docs/performance/design.md, "Tuning per CPU")."""
+    return isinstance(steps, int) and steps <= columns and jnp.dtype(dtype) == jnp.float32
+
+
 def sum_outer(
     a: Array, bs: list[Array], dtype: Any, acc: Any, plan: Plan, transpose: Transpose = None
 ) -> list[Array]:
@@ -103,11 +112,10 @@ def sum_outer(
     widths = [b.shape[-1] for b in bs]
     outs: list[list[Array]] = [[] for _ in bs]
     rows = (((0, 1), (0, 1)), ((), ()))  # contract (T, N) of both operands
-    steps = a.shape[0] * a.shape[2]  # symbolic under jax.export: not an int
-    few_rows = isinstance(steps, int) and steps <= sum(widths) and dtype == jnp.float32
+    direct = few_rows(a.shape[0] * a.shape[2], sum(widths), dtype)
     for d in range(a.shape[1]):
         a3 = a[:, d].astype(dtype)
-        if plan.on_cpu and not few_rows:
+        if plan.on_cpu and not direct:
             b3 = jnp.concatenate([b[:, d].astype(dtype) for b in bs], axis=-1)  # (T, N, ΣJ)
             if b3.dtype == jnp.bfloat16 and transpose is not None:
                 b3t = transpose(b3)
@@ -247,8 +255,8 @@ def backward(
     """The cotangents of ``(x, w, h0, c0, mask, rmask)`` of one layer (see
     `flax_lstm.recurrence`). ``gate_grads``: ``(dz, db, dh0, dc0)`` computed elsewhere (the
     compiled kernel's reverse recurrence), which replace the reverse loop; ``weight_grads``:
-    ``(dx, dw_ih, dw_hh)`` computed elsewhere (a ragged batch, no projection), which replace the
-    GEMMs after it; ``transpose``: see `sum_outer`."""
+    ``(dx, dw_ih, dw_hh)`` computed elsewhere (the kernel's, in float32; no projection), which
+    replace the GEMMs after it; ``transpose``: see `sum_outer`."""
     x, w, h0, c0, mask, rmask, hs, cs, acts = residuals
     dhs, dc_out = cotangents
     # Only the last cell state is an output unless all_c: its gradient starts the reverse loop

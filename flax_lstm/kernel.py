@@ -10,7 +10,10 @@ arithmetic run back to back on one thread, and the threads, the caller plus work
 own pool that join whenever they are free, claim chunks in order (at small batches, of at
 most 4 sequences by default, each thread keeps to its own chunks, and the input projection is
 one GEMM per 64 steps).
-The weight and input gradients stay single large XLA GEMMs, except for ragged batches (below).
+In float32 the weight and input gradients are calls of the kernel library too, which read x
+and h in place (XLA's GEMMs would first copy them into fresh buffers), except for a padded
+call of few rows (T·N ≤ I + H), where one direct XLA GEMM per weight is faster; in bfloat16
+they stay single large XLA GEMMs.
 
 Ragged batches: with ``seq_lengths`` the mask is a prefix per sequence in the kernel's order
 of steps, for both directions (the caller reverses direction 1 within each length). The kernel
@@ -19,10 +22,10 @@ step's GEMM and gate arithmetic, forward and backward, on the sequences that hav
 an ended one only carries its state on (backward: passes dh and dc on, dz zero), which is what
 its masked steps computed before, so the results are those of the padded computation to float
 rounding. Any other mask keeps every sequence running, masked step by step. In float32 the
-weight and input gradients of a masked batch then come from the kernel library too, over the
-valid steps only, where XLA's GEMMs would run over all T·N rows (a padded call keeps XLA's
-GEMMs; bfloat16 too). The `lax.scan` path (GPU, TPU) has static shapes and computes every
-padded step; there, batches bucketed by length are what saves the padding.
+weight and input gradients of a masked batch come from the kernel library whatever its size,
+over the valid steps only, where XLA's GEMMs would run over all T·N rows. The `lax.scan` path
+(GPU, TPU) has static shapes and computes every padded step; there, batches bucketed by length
+are what saves the padding.
 
 Which calls it takes is `flax_lstm.plan`'s to decide, and stated once there
 (`flax_lstm.plan.KERNEL_REACH`); `flax_lstm.lstm_plan` says it for one call. bfloat16 needs a

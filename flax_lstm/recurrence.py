@@ -7,8 +7,9 @@ as the plan's ``backward`` says. The scan itself, forward and reverse, is in
 `flax_lstm._kernel.ffi`, called here only for a plan whose recurrence is ``"kernel"``. The
 hand-written backward is a `jax.custom_vjp` over both: the gate gradients come from a reverse
 loop (the scan's or the kernel's), and the weight and input gradients after it, as one large
-GEMM each (for a ragged float32 batch on the kernel, its `weight_grads` and `input_grad` over
-the valid steps only; in bfloat16 over the kernel library's `transposed_copy`).
+GEMM each (in float32 on the kernel, its `weight_grads` and `input_grad` calls, over the valid
+steps only, unless the batch is padded and its rows are few, `_kernel_weight_grads`; in
+bfloat16 over the kernel library's `transposed_copy`).
 """
 
 from __future__ import annotations
@@ -71,14 +72,27 @@ def _kernel_forward_jvp(plan, save_acts, all_c, primals, tangents):
     return out, jax.jvp(scan, primals[:4], tangents[:4])[1]
 
 
+def _kernel_weight_grads(x, w, mask) -> bool:
+    """Whether the kernel library takes the weight and input gradients (`ffi.weight_grads`,
+    `ffi.input_grad`) instead of XLA's GEMMs: in float32, for a ragged batch (over its valid
+    steps only) and for a padded one unless its rows are few enough for XLA's direct GEMM
+    (`_scan.few_rows`); the kernel's GEMMs read x and h in place, where XLA's copy
+    ``[x, h_prev]`` into fresh buffers first (docs/performance/design.md, "Tuning per CPU")."""
+    if w.w_hh.dtype != jnp.float32:
+        return False
+    steps = x.shape[0] * x.shape[2]
+    return mask is not None or not _scan.few_rows(
+        steps, x.shape[-1] + w.w_hh.shape[-1], w.w_hh.dtype
+    )
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _kernel_backward(plan, all_c, residuals, cotangents):
     x, w, h0, c0, mask, _, hs, cs, acts = residuals
     dhs, dc_out = cotangents
     gate_grads = ffi.backward(dhs, dc_out, acts, cs, c0, w.w_hh, mask)
     weight_grads = None
-    if mask is not None and w.w_hh.dtype == jnp.float32:
-        # A ragged batch: the weight and input gradients over its valid steps only.
+    if _kernel_weight_grads(x, w, mask):
         dz = gate_grads[0]
         dw_ih, dw_hh = ffi.weight_grads(dz, x, hs, h0, mask)
         weight_grads = (ffi.input_grad(dz, w.w_ih, mask), dw_ih, dw_hh)

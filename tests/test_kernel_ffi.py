@@ -353,25 +353,32 @@ def test_ragged_weight_grads(t, d, n, i, h, which, monkeypatch):
         np.testing.assert_allclose(got, want, atol=2e-5 * max(1.0, np.abs(want).max()), rtol=0)
 
 
-def test_ragged_float32_uses_the_kernel_weight_grads():
-    """With seq_lengths in float32 the weight and input gradients come from the kernel's
-    weight-gradient call; a padded batch keeps XLA's GEMMs."""
+def test_float32_weight_grads_come_from_the_kernel_unless_rows_are_few():
+    """In float32 the weight and input gradients come from the kernel's calls: with
+    seq_lengths always, padded where the rows (T·N) outnumber the columns (I + H); a padded
+    call with fewer rows keeps XLA's direct GEMMs, and bfloat16 XLA's GEMMs."""
     cfg = fl.LSTMConfig(3, 16)
     params = fl.init_params(jax.random.key(0), cfg)
-    x = jnp.ones((10, 4, 3))
 
-    def jaxpr(**kwargs):
+    def jaxpr(x, params=params, **kwargs):
         loss = lambda p: fl.lstm(p, x, config=cfg, impl="kernel", **kwargs)[0].sum()  # noqa: E731
         return str(jax.make_jaxpr(jax.grad(loss))(params))
 
-    ragged = jaxpr(seq_lengths=jnp.array([10, 3, 0, 7]))
+    x = jnp.ones((10, 4, 3))  # 40 rows, 19 columns
+    ragged = jaxpr(x, seq_lengths=jnp.array([10, 3, 0, 7]))
     assert "flax_lstm_cpu_weight_grads" in ragged and "flax_lstm_cpu_input_grad" in ragged
-    assert "flax_lstm_cpu_weight_grads" not in jaxpr()
+    padded = jaxpr(x)
+    assert "flax_lstm_cpu_weight_grads" in padded and "flax_lstm_cpu_input_grad" in padded
+    assert "flax_lstm_cpu_weight_grads" not in jaxpr(jnp.ones((19, 1, 3)))  # 19 rows
+    assert "flax_lstm_cpu_weight_grads" in jaxpr(jnp.ones((20, 1, 3)))
+    if fl.kernel.available(jnp.bfloat16):
+        bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+        assert "flax_lstm_cpu_weight_grads" not in jaxpr(x.astype(jnp.bfloat16), bf16)
     # Where nothing needs the input's gradient, its call is left out of the compiled program.
-    lengths = jnp.array([10, 3, 0, 7])
-    loss = lambda p: fl.lstm(p, x, config=cfg, seq_lengths=lengths, impl="kernel")[0].sum()  # noqa: E731
-    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
-    assert "flax_lstm_cpu_weight_grads" in hlo and "flax_lstm_cpu_input_grad" not in hlo
+    for lengths in (jnp.array([10, 3, 0, 7]), None):
+        loss = lambda p: fl.lstm(p, x, config=cfg, seq_lengths=lengths, impl="kernel")[0].sum()  # noqa: B023, E731
+        hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+        assert "flax_lstm_cpu_weight_grads" in hlo and "flax_lstm_cpu_input_grad" not in hlo
 
 
 def test_kernel_check_grads():

@@ -173,14 +173,16 @@ def backward(
     )
 
 
-def weight_grads(dz: Array, x: Array, hs: Array, h0: Array, mask: Array) -> tuple[Array, Array]:
-    """The weight gradients of a ragged batch, over its valid steps only: ``(dw_ih, dw_hh)``,
-    float32.
+def weight_grads(
+    dz: Array, x: Array, hs: Array, h0: Array, mask: Array | None
+) -> tuple[Array, Array]:
+    """The weight gradients ``(dw_ih, dw_hh)``, float32, over the valid steps only.
 
     dz (T, D, N, 4H) as `backward` returns it (zero at the masked steps), x (T, D, N, I), hs
     (T, D, N, H) and h0 (D, N, H) as `forward` took and returned them, all float32; mask (T, N)
-    bool. ``dw_ih = Σ dzᵀ·x`` and ``dw_hh = Σ dzᵀ·h_prev`` over the steps where mask is set:
-    what the GEMMs over all T·N steps give, to float rounding, at the cost of the valid steps.
+    bool, or None: every step valid. ``dw_ih = Σ dzᵀ·x`` and ``dw_hh = Σ dzᵀ·h_prev`` over the
+    steps where mask is set: what the GEMMs over all T·N steps give, to float rounding, at the
+    cost of the valid steps, without the copies XLA makes of ``[x, h_prev]`` for its GEMM.
     Every sum is taken in one order whatever the number of threads.
     """
     targets(jnp.float32)  # loaded, or RuntimeError
@@ -191,20 +193,20 @@ def weight_grads(dz: Array, x: Array, hs: Array, h0: Array, mask: Array) -> tupl
     call = partition.batched_ffi_call(
         build.WEIGHT_GRADS[0],
         out,
-        batch_axes=(2, 2, 2, 1, 1),
+        batch_axes=(2, 2, 2, 1, None if mask is None else 1),
         out_axes=(None, None),
         summed=(0, 1),
         vmap_method="sequential",
     )
     args = (dz, x, hs, h0)
-    return call(*(a.astype(f32) for a in args), mask.astype(jnp.int8), threads=num_threads())
+    return call(*(a.astype(f32) for a in args), _mask_arg(mask), threads=num_threads())
 
 
-def input_grad(dz: Array, w_ih: Array, mask: Array) -> Array:
-    """The input gradient of a ragged batch, over its valid steps only: ``dz·W_ih`` where mask
-    is set and zero elsewhere, (T, D, N, I) float32; dz (T, D, N, 4H) and w_ih (D, 4H, I)
-    float32, mask (T, N) bool. A call of its own, which XLA leaves out where the input needs no
-    gradient."""
+def input_grad(dz: Array, w_ih: Array, mask: Array | None) -> Array:
+    """The input gradient over the valid steps only: ``dz·W_ih`` where mask is set and zero
+    elsewhere, (T, D, N, I) float32; dz (T, D, N, 4H) and w_ih (D, 4H, I) float32, mask (T, N)
+    bool, or None: every step valid. A call of its own, which XLA leaves out where the input
+    needs no gradient."""
     targets(jnp.float32)  # loaded, or RuntimeError
     t, d, n, _ = dz.shape
     f32 = jnp.float32
@@ -212,11 +214,11 @@ def input_grad(dz: Array, w_ih: Array, mask: Array) -> Array:
     call = partition.batched_ffi_call(
         build.INPUT_GRAD[0],
         out,
-        batch_axes=(2, None, 1),
+        batch_axes=(2, None, None if mask is None else 1),
         out_axes=(2,),
         vmap_method="sequential",
     )
-    return call(dz.astype(f32), w_ih.astype(f32), mask.astype(jnp.int8), threads=num_threads())[0]
+    return call(dz.astype(f32), w_ih.astype(f32), _mask_arg(mask), threads=num_threads())[0]
 
 
 @jax.custom_jvp

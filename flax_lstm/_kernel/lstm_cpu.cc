@@ -17,12 +17,12 @@
 // longest first, once per call, and each step's GEMM and gate arithmetic run on the rows whose
 // sequence has not ended (the packed GEMM reads its rows through that order); a finished row
 // only carries its state on, as a masked step did (see Order). In float32 the weight and input
-// gradients of a masked batch are calls here too (weight_grads, input_grad), over the valid
-// steps only. What each of these saves is measured in docs/performance/design.md ("Ragged
-// batches").
+// gradients are calls here too (weight_grads, input_grad), over the valid steps only; a padded
+// batch takes them too unless its rows are few (the Python side's rule). What each of these
+// saves is measured in docs/performance/design.md ("Ragged batches", "Tuning per CPU").
 //
-// The weight and input gradients of a padded batch, single large GEMMs, stay in XLA, and so do
-// those of bfloat16. float32, and bfloat16 where the CPU has AVX512_BF16 (the GEMM operands x,
+// The weight and input gradients of bfloat16, single large GEMMs, stay in XLA. float32, and
+// bfloat16 where the CPU has AVX512_BF16 (the GEMM operands x,
 // h, W and dz in bfloat16, products summed in float32 by vdpbf16ps, or on AMX tiles by
 // tdpbf16ps where the CPU has AMX-BF16, see amx below; gates, cell states and gradients in
 // float32, as the lax.scan path computes bfloat16). Which calls come here is decided on the
@@ -1286,10 +1286,11 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
 }
 
 // ---------------------------------------------------------------------------------------------
-// The weight and input gradients of a ragged batch (float32), over its valid steps only:
-// dW_ih = Σ dz_sᵀ·x_s, dW_hh = Σ dz_sᵀ·h_{s-1} over the steps s = (t, n) whose mask is set, and
-// dx_s = dz_s·W_ih there (zero at the others, where dz is zero). XLA's GEMMs compute the same
-// over all T·N steps, most of them padding in a ragged batch.
+// The weight and input gradients (float32), over the valid steps only: dW_ih = Σ dz_sᵀ·x_s,
+// dW_hh = Σ dz_sᵀ·h_{s-1} over the steps s = (t, n) whose mask is set (every step without a
+// mask), and dx_s = dz_s·W_ih there (zero at the others, where dz is zero). XLA's GEMMs compute
+// the same over all T·N steps, most of them padding in a ragged batch, and first copy [x, h] into
+// fresh buffers.
 //
 // The weight gradients are one GEMM, dW = Σ_s dz_sᵀ·[x_s, h_{s-1}], whose contraction runs over
 // the valid steps: blocks of kWgK of them, in order (t-major), so every sum is taken in the
@@ -1340,7 +1341,7 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
   std::vector<int64_t> valid;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t n = 0; n < N; ++n)
-      if (mask[t * N + n] != 0) valid.push_back(t * N + n);
+      if (mask == nullptr || mask[t * N + n] != 0) valid.push_back(t * N + n);
   const int64_t K = static_cast<int64_t>(valid.size());
   const int64_t PI = (I + NR - 1) / NR, PH = (H + NR - 1) / NR, P = PI + PH, ldc = P * NR;
   const int64_t G4p = round_up(G4, kWgRows), gblocks = G4p / kWgRows;
@@ -1441,7 +1442,7 @@ void input_grad(const Dims& s, ffi::ThreadPool& pool, int threads, const float* 
     for (int64_t t = t0; t < std::min(T, t0 + kDxSteps); ++t) {
       int64_t m = 0;
       for (int64_t n = 0; n < N; ++n) {
-        if (mask[t * N + n] != 0) {
+        if (mask == nullptr || mask[t * N + n] != 0) {
           rows[m++] = static_cast<int32_t>(n);
         } else {
           std::fill_n(dx + ((t * D + d) * N + n) * I, I, 0.0f);
@@ -1449,7 +1450,7 @@ void input_grad(const Dims& s, ffi::ThreadPool& pool, int threads, const float* 
       }
       if (m == 0) continue;
       const Product<float> prod{dz + (t * D + d) * N * G4, G4, static_cast<int>(G4),
-                                bw.data() + d * wp, rows};
+                                bw.data() + d * wp, mask == nullptr ? nullptr : rows};
       gemm_packed(m, PI, &prod, 1, c, PI * NR);
       for (int64_t i = 0; i < m; ++i)
         std::memcpy(dx + ((t * D + d) * N + rows[i]) * I, c + i * PI * NR, I * sizeof(float));
@@ -1569,7 +1570,7 @@ ffi::Error WeightGradsImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ff
   if (s.D < 1 || s.N < 1 || s.H < 1 || hd[0] != s.D || hd[1] != s.N ||
       count(dz) != 4 * s.T * state || count(hs) != s.T * state ||
       count(dw_ih) != s.D * 4 * s.H * s.I || count(dw_hh) != s.D * 4 * s.H * s.H ||
-      static_cast<int64_t>(mask.element_count()) != s.T * s.N)
+      (mask.element_count() != 0 && static_cast<int64_t>(mask.element_count()) != s.T * s.N))
     return invalid("operand shapes do not agree");
   if (s.T == 0 || s.I == 0) {
     std::fill_n(dw_ih->typed_data(), count(dw_ih), 0.0f);
@@ -1577,7 +1578,8 @@ ffi::Error WeightGradsImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ff
     return ffi::Error::Success();
   }
   weight_grads(s, pool, static_cast<int>(threads), dz.typed_data(), x.typed_data(),
-               hs.typed_data(), h0.typed_data(), mask.typed_data(), dw_ih->typed_data(),
+               hs.typed_data(), h0.typed_data(),
+               mask.element_count() ? mask.typed_data() : nullptr, dw_ih->typed_data(),
                dw_hh->typed_data());
   return ffi::Error::Success();
 }
@@ -1591,11 +1593,11 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ffi:
   const Dims s{zd[0], zd[1], zd[2], wd[2], zd[3] / 4};
   if (s.D < 1 || s.N < 1 || s.H < 1 || wd[0] != s.D || wd[1] != 4 * s.H ||
       count(dx) != s.T * s.D * s.N * s.I ||
-      static_cast<int64_t>(mask.element_count()) != s.T * s.N)
+      (mask.element_count() != 0 && static_cast<int64_t>(mask.element_count()) != s.T * s.N))
     return invalid("operand shapes do not agree");
   if (s.T == 0 || s.I == 0) return ffi::Error::Success();
   input_grad(s, pool, static_cast<int>(threads), dz.typed_data(), w_ih.typed_data(),
-             mask.typed_data(), dx->typed_data());
+             mask.element_count() ? mask.typed_data() : nullptr, dx->typed_data());
   return ffi::Error::Success();
 }
 
