@@ -1502,6 +1502,15 @@ int64_t count(ffi::Result<ffi::Buffer<T>>& b) {
   return static_cast<int64_t>(b->element_count());
 }
 
+// The validity mask is optional: empty means every step of every sequence is valid, otherwise
+// it holds one int8 per (t, n).
+bool mask_fits(const ffi::Buffer<ffi::S8>& mask, const Dims& s) {
+  return count(mask) == 0 || count(mask) == s.T * s.N;
+}
+const int8_t* mask_data(const ffi::Buffer<ffi::S8>& mask) {
+  return count(mask) ? mask.typed_data() : nullptr;
+}
+
 // ET is the element type of x, the weights, h0 and hs (F32 or BF16); everything else is F32.
 template <ffi::DataType ET>
 ffi::Error ForwardImpl(ffi::ThreadPool pool, int64_t threads, int64_t small_batch,
@@ -1518,8 +1527,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, int64_t threads, int64_t small_batc
       count(w_ih) != s.D * 4 * s.H * s.I || count(w_hh) != s.D * 4 * s.H * s.H ||
       count(bias) != s.D * 4 * s.H || count(hs) != steps ||
       (count(cs) != steps && count(cs) != state) ||
-      (count(acts) != 4 * steps && count(acts) != 0) ||
-      (mask.element_count() != 0 && static_cast<int64_t>(mask.element_count()) != s.T * s.N))
+      (count(acts) != 4 * steps && count(acts) != 0) || !mask_fits(mask, s))
     return invalid("operand shapes do not agree");
   if (s.T == 0) return ffi::Error::Success();
   const bool cs_all = count(cs) == steps || s.T == 1;
@@ -1529,9 +1537,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, int64_t threads, int64_t small_batc
                                     {acts->untyped_data(), count(acts) * sizeof(float)}};
   forward<E>(s, pool, static_cast<int>(threads), small_batch, fresh, x.typed_data(),
              w_ih.typed_data(), bias.typed_data(), w_hh.typed_data(), h0.typed_data(),
-             c0.typed_data(),
-             mask.element_count() ? mask.typed_data() : nullptr, hs->typed_data(),
-             cs->typed_data(), cs_all, count(acts) ? acts->typed_data() : nullptr);
+             c0.typed_data(), mask_data(mask), hs->typed_data(), cs->typed_data(), cs_all,
+             count(acts) ? acts->typed_data() : nullptr);
   return ffi::Error::Success();
 }
 
@@ -1551,7 +1558,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, int64_t small_bat
       count(c0) != state || count(w_hh) != s.D * 4 * s.H * s.H ||
       (count(dcs) != steps && count(dcs) != state) || count(dz) != 4 * steps ||
       count(db) != s.D * 4 * s.H || count(dh0) != state || count(dc0) != state ||
-      (mask.element_count() != 0 && static_cast<int64_t>(mask.element_count()) != s.T * s.N))
+      !mask_fits(mask, s))
     return invalid("operand shapes do not agree");
   if (s.T == 0) return ffi::Error::Success();
   const bool dcs_all = count(dcs) == steps && s.T > 1;
@@ -1563,7 +1570,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, int64_t threads, int64_t small_bat
     fresh.push_back({dz->untyped_data(), count(dz) * sizeof(E)});
   backward<E>(s, pool, static_cast<int>(threads), small_batch, fresh, dhs.typed_data(),
               dcs.typed_data(), dcs_all, acts.typed_data(), cs.typed_data(), c0.typed_data(),
-              w_hh.typed_data(), mask.element_count() ? mask.typed_data() : nullptr,
+              w_hh.typed_data(), mask_data(mask),
               dz->typed_data(), db->typed_data(), dh0->typed_data(), dc0->typed_data());
   return ffi::Error::Success();
 }
@@ -1579,7 +1586,7 @@ ffi::Error WeightGradsImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ff
   if (s.D < 1 || s.N < 1 || s.H < 1 || hd[0] != s.D || hd[1] != s.N ||
       count(dz) != 4 * s.T * state || count(hs) != s.T * state ||
       count(dw_ih) != s.D * 4 * s.H * s.I || count(dw_hh) != s.D * 4 * s.H * s.H ||
-      (mask.element_count() != 0 && static_cast<int64_t>(mask.element_count()) != s.T * s.N))
+      !mask_fits(mask, s))
     return invalid("operand shapes do not agree");
   if (s.T == 0 || s.I == 0) {
     std::fill_n(dw_ih->typed_data(), count(dw_ih), 0.0f);
@@ -1587,8 +1594,7 @@ ffi::Error WeightGradsImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ff
     return ffi::Error::Success();
   }
   weight_grads(s, pool, static_cast<int>(threads), dz.typed_data(), x.typed_data(),
-               hs.typed_data(), h0.typed_data(),
-               mask.element_count() ? mask.typed_data() : nullptr, dw_ih->typed_data(),
+               hs.typed_data(), h0.typed_data(), mask_data(mask), dw_ih->typed_data(),
                dw_hh->typed_data());
   return ffi::Error::Success();
 }
@@ -1601,12 +1607,11 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, int64_t threads, ffi::Buffer<ffi:
     return invalid("dz must be (T, D, N, 4H), w_ih (D, 4H, I)");
   const Dims s{zd[0], zd[1], zd[2], wd[2], zd[3] / 4};
   if (s.D < 1 || s.N < 1 || s.H < 1 || wd[0] != s.D || wd[1] != 4 * s.H ||
-      count(dx) != s.T * s.D * s.N * s.I ||
-      (mask.element_count() != 0 && static_cast<int64_t>(mask.element_count()) != s.T * s.N))
+      count(dx) != s.T * s.D * s.N * s.I || !mask_fits(mask, s))
     return invalid("operand shapes do not agree");
   if (s.T == 0 || s.I == 0) return ffi::Error::Success();
   input_grad(s, pool, static_cast<int>(threads), dz.typed_data(), w_ih.typed_data(),
-             mask.element_count() ? mask.typed_data() : nullptr, dx->typed_data());
+             mask_data(mask), dx->typed_data());
   return ffi::Error::Success();
 }
 
