@@ -47,7 +47,8 @@ def test_regimes():
 def test_verdict_is_the_geometric_mean_of_the_modes(fwd, fwd_bwd, choice):
     """``fwd``, ``fwd_bwd``: the scan's time / the kernel's in each mode."""
     times = {
-        "kernel": {"fwd": [10.0, 10.0, 99.0], "fwd_bwd": [30.0, 30.0, 1.0]},  # medians 10, 30
+        # the fastest repetitions: 10 and 30 (a load only adds time)
+        "kernel": {"fwd": [99.0, 10.0, 12.0], "fwd_bwd": [30.0, 95.0, 31.0]},
         "scan": {"fwd": [10.0 * fwd], "fwd_bwd": [30.0 * fwd_bwd]},
     }
     verdict = calibrate.Verdict.of("float32", "large", times)
@@ -89,20 +90,34 @@ def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp
 
 
 def test_a_verdict_for_the_scan_is_measured_again(monkeypatch, tmp_path):
-    """The scan 2× faster in a first run (a load that slowed the kernel), 4× slower in the
-    second: over both runs' repetitions the kernel is faster, and kept."""
-    fake = fake_calibration.install(monkeypatch, tmp_path, small=2.0, large=0.5)
-    first = fake.__call__
+    """A load that slowed every repetition of the kernel in the first run (40 ms against its
+    10; the scan 20, so 2× faster) and was gone in the second: over both runs' repetitions the
+    kernel is 2× faster, and kept."""
+    fake = fake_calibration.install(monkeypatch, tmp_path, small=2.0, large=2.0)
+    unloaded = fake.__call__
 
-    def then_slower(dtype, batch):
-        if len(fake.calls) == 2:
-            fake.speedup["large"] = 4.0
-        return first(dtype, batch)
+    def loaded_at_first(dtype, batch):
+        times = unloaded(dtype, batch)
+        if len(fake.calls) == 2:  # the first run of the large regime
+            times["kernel"] = {m: [4 * fake_calibration.KERNEL_MS] * 3 for m in calibrate.MODES}
+        return times
 
-    monkeypatch.setattr(calibrate, "time_paths", then_slower)
+    monkeypatch.setattr(calibrate, "time_paths", loaded_at_first)
     verdict = calibrate.verdict("float32", 32)
     assert len(fake.calls) == 3 and verdict.choice == "kernel"
-    assert verdict.scan_ms["fwd"] == pytest.approx((5.0 + 40.0) / 2)  # the median of 6
+    assert verdict.kernel_ms["fwd"] == fake_calibration.KERNEL_MS
+    assert verdict.speedup == pytest.approx(2.0)
+
+
+def test_a_load_during_some_repetitions_does_not_choose_the_scan():
+    """Medians would: in three of five repetitions a load made the kernel 3× slower and the
+    scan 1.2× (the kernel's two threads meet at every step); its fastest repetitions say the
+    kernel is 1.5× faster."""
+    kernel, scan = [10.0, 30.0, 30.0, 30.0, 10.0], [15.0, 18.0, 18.0, 18.0, 15.0]
+    times = {"kernel": dict.fromkeys(calibrate.MODES, kernel)}
+    times["scan"] = dict.fromkeys(calibrate.MODES, scan)
+    verdict = calibrate.Verdict.of("float32", "large", times)
+    assert verdict.choice == "kernel" and verdict.speedup == pytest.approx(1.5)
 
 
 @pytest.mark.parametrize(
@@ -110,14 +125,23 @@ def test_a_verdict_for_the_scan_is_measured_again(monkeypatch, tmp_path):
     [
         "{not json",
         "[]",
-        '{"verdicts": {"float32": {"small": {"speedup": 2.0}}}}',
-        '{"verdicts": {"float32": "kernel"}}',
+        '{"method": 2, "verdicts": {"float32": {"small": {"speedup": 2.0}}}}',
+        '{"method": 2, "verdicts": {"float32": "kernel"}}',
+        "OLD_METHOD",
     ],
-    ids=["syntax", "list", "partial", "wrong-type"],
+    ids=["syntax", "list", "partial", "wrong-type", "medians"],
 )
 def test_a_corrupt_cache_is_measured_again(monkeypatch, tmp_path, content):
     fake = fake_calibration.install(monkeypatch, tmp_path)
     path = calibrate.cache_path()
+    if content == "OLD_METHOD":  # a well-formed file of the first method, which took medians
+        calibrate.verdict("float32", 2)
+        record = json.loads(path.read_text())
+        del record["method"]
+        record["verdicts"]["float32"]["small"]["choice"] = "scan"
+        content = json.dumps(record)
+        monkeypatch.setattr(calibrate, "_KNOWN", {})
+        fake.calls.clear()
     path.write_text(content)
     assert calibrate.verdict("float32", 2).choice == "kernel"
     assert len(fake.calls) == 2

@@ -8,26 +8,29 @@ autotuners do, the default measures both paths once per CPU and dtype, and keeps
 What is measured, per compute dtype and per regime of the kernel (`REGIMES`: batches of at
 most `flax_lstm._kernel.tuning.small_batch` sequences take the kernel's small-batch path,
 larger ones the other): one layer, `PROBE_STEPS` steps, input = hidden = `PROBE_HIDDEN` units,
-batch `probe_batch` of the
-regime; forward and forward+backward (`jax.value_and_grad` of the output's sum, w.r.t.
-parameters and input), both paths jitted, warmed up (compiled) first, then `REPS` repetitions
-interleaved (kernel, scan; the order alternating) and their medians. 64 steps of 256 units sit
-in the middle of the benchmark's CPU sets (``flax-lstm bench --set cpu``, ``--set small``: H128
-to H512, T64 to T128) and are long enough for the per-step cost to dominate; batch 4 is the
-largest of the small-batch path, 32 the usual batch of the CPU set. The compilations take most
-of the few seconds a dtype costs.
+batch `probe_batch` of the regime; forward and forward+backward (`jax.value_and_grad` of the
+output's sum, w.r.t. parameters and input), both paths jitted, warmed up (compiled) first, then
+`REPS` repetitions interleaved (kernel, scan; the order alternating), and each path's fastest
+repetition. 64 steps of 256 units sit in the middle of the benchmark's CPU sets (``flax-lstm
+bench --set cpu``, ``--set small``: H128 to H512, T64 to T128) and are long enough for the
+per-step cost to dominate; batch 4 is the largest of the small-batch path, 32 the usual batch
+of the CPU set. The compilations take most of the few seconds a dtype costs.
 
 The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan's time over
 the kernel's in the two modes (above 1: the kernel is faster), and the kernel unless the scan
-is more than `TOLERANCE` faster (then measured once more, to confirm over both runs).
+is more than `TOLERANCE` faster (then measured once more, to confirm over both runs). The
+fastest repetition, not the median: other work on the machine only adds time, and adds more
+to the kernel's (two threads that meet at every step) than to the scan's, so medians taken
+under a passing load once kept the scan for good where the kernel is twice as fast
+(docs/performance/design.md, "A calibration under load").
 
 It is kept in ``<library>.calibration-<machine>.json`` next to the built library
 (`cache_path`), so its cache key (source, flags, compiler, jaxlib, CPU:
 `flax_lstm._kernel.build`) keys it too, and ``<machine>`` hashes the CPU (for portable
 libraries, shared by other CPUs) and the kernel's threads: a change of any of them measures
-anew. A process measures under a file lock and writes the file
-atomically: processes that start together measure once. A file that cannot be read or parsed
-is measured again; one that cannot be written leaves the verdict to this process.
+anew. A process measures under a file lock and writes the file atomically: processes that
+start together measure once. A file that cannot be read or parsed, or that another `METHOD`
+wrote, is measured again; one that cannot be written leaves the verdict to this process.
 
 `verdict` is the plan's one entry: it measures lazily, the first time the default plan would
 take the kernel for a dtype, also while `jax.jit` or `jax.grad` trace the caller (the probes
@@ -44,7 +47,6 @@ import hashlib
 import json
 import math
 import os
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -59,6 +61,9 @@ LARGE_PROBE_BATCH = 32
 MODES = ("fwd", "fwd_bwd")
 REPS = 7
 TOLERANCE = 1.05  # the scan must be this much faster to be chosen
+# How the verdicts are measured and judged, recorded in the file: one of another method (1:
+# medians) is measured again. Raise it with any change to what is measured or how.
+METHOD = 2
 ENV = "FLAX_LSTM_CALIBRATE"
 
 Timings = dict[str, dict[str, list[float]]]  # path ("kernel", "scan") -> mode -> milliseconds
@@ -66,9 +71,9 @@ Timings = dict[str, dict[str, list[float]]]  # path ("kernel", "scan") -> mode -
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """The measurement of one (dtype, regime): the median milliseconds of each path and mode,
-    ``speedup`` (geometric mean over the modes of the scan's time / the kernel's) and
-    ``choice``, the path the default takes."""
+    """The measurement of one (dtype, regime): the milliseconds of each path and mode (its
+    fastest repetition), ``speedup`` (geometric mean over the modes of the scan's time / the
+    kernel's) and ``choice``, the path the default takes."""
 
     dtype: str
     regime: str
@@ -80,7 +85,7 @@ class Verdict:
 
     @classmethod
     def of(cls, dtype: str, regime: str, times: Timings) -> Verdict:
-        ms = {path: {m: statistics.median(times[path][m]) for m in MODES} for path in times}
+        ms = {path: {m: min(times[path][m]) for m in MODES} for path in times}
         ratios = [ms["scan"][m] / ms["kernel"][m] for m in MODES]
         speedup = math.prod(ratios) ** (1 / len(ratios))
         choice = "scan" if speedup * TOLERANCE < 1 else "kernel"
@@ -205,8 +210,8 @@ def _measure_locked(path: Path, dtype: str, again: bool) -> dict[str, Verdict] |
 
 def _measure(dtype: str, regime: str) -> Verdict:
     """The verdict of one regime. One that takes the scan is measured a second time, over
-    the repetitions of both: a load on the machine that slowed the kernel by chance would
-    otherwise keep the default from it until the next measurement."""
+    the repetitions of both: a load on the machine that slowed every repetition of the kernel
+    by chance would otherwise keep the default from it until the next measurement."""
     times = time_paths(dtype, probe_batch(regime))
     verdict = Verdict.of(dtype, regime, times)
     if verdict.choice == "kernel":
@@ -218,9 +223,12 @@ def _measure(dtype: str, regime: str) -> Verdict:
 
 def _read(path: Path) -> dict[str, dict[str, Verdict]]:
     """The verdicts of the calibration file by dtype and regime; empty if it is missing,
-    unreadable or malformed (measured again)."""
+    unreadable, malformed or of another `METHOD` (measured again)."""
     try:
-        records = json.loads(path.read_text())["verdicts"]
+        record = json.loads(path.read_text())
+        if record["method"] != METHOD:
+            return {}
+        records = record["verdicts"]
         return {
             dtype: {r: Verdict.from_json(by_regime[r]) for r in REGIMES}
             for dtype, by_regime in records.items()
@@ -234,7 +242,12 @@ def _write(path: Path, dtype: str, found: dict[str, Verdict]) -> None:
     (else this process keeps them alone, in `_KNOWN`)."""
     merged = {**_read(path), dtype: found}
     records = {d: {r: dataclasses.asdict(v) for r, v in by.items()} for d, by in merged.items()}
-    record = {"library": path.name.split(".")[0], "threads": ffi.num_threads(), "verdicts": records}
+    record = {
+        "library": path.name.split(".")[0],
+        "threads": ffi.num_threads(),
+        "method": METHOD,
+        "verdicts": records,
+    }
     text = json.dumps(record, indent=2)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
