@@ -45,13 +45,20 @@ def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
     assert entry["speedup_vs"]["torch"]["fwd_bwd"] > 0
     assert entry["ms_min"]["flax_lstm"]["fwd"] <= entry["ms"]["flax_lstm"]["fwd"]
     assert "jax_cudnn" in entry["notes"] or "jax_cudnn" in entry["ms"]
+    # the path flax_lstm took and why (`fl.lstm_plan`): six steps of 8 units are the scan's
+    plan = entry["flax_lstm_plan"]
+    assert plan["recurrence"] == "scan" and plan["reason"]
     assert result["versions"]["jax"] and result["machine"]["cpu_count"]
     ref = result["reference_gemm"]
     assert ref["n"] == 128 and ref["gflops"] == max(ref["gflops_by_library"].values())
     # conftest imported torch first: its OpenMP threads keep libgomp's default, and JSON says so
     spin = result["torch_openmp_spin"]
     assert spin == "libgomp default (torch was imported before the benchmark)"
-    table = capsys.readouterr().out
+    printed = capsys.readouterr()
+    table = printed.out
+    assert f"B2 T6 H8 L2 I4 bi: flax_lstm ran the scan path: {plan['reason']}" in (
+        printed.out + printed.err
+    )
     assert "| B2 T6 H8 L2 I4 bi | fwd_bwd |" in table
     assert "yardstick, the best float32 128x128 GEMM" in table
 

@@ -32,6 +32,7 @@ __all__ = [
     "LIBS",
     "MODES",
     "RAGGED_LIBS",
+    "flax_lstm_plan",
     "limit_torch_spinning",
     "runs_on",
     "skip_reason",
@@ -71,23 +72,36 @@ def _jax_fns(apply: Callable, params: Any, x: jax.Array, *extra: Any) -> dict[st
     }
 
 
-def _build_flax_lstm(
-    shape: Shape, x: np.ndarray, impl: fl.Implementation | None = None, padded: bool = False
-) -> dict[str, Callable]:
+def _flax_lstm_call(
+    shape: Shape, x: np.ndarray, padded: bool = False
+) -> tuple[fl.LSTMConfig, Any, jax.Array, jax.Array | None]:
+    """flax_lstm's config, parameters, input and sequence lengths (None: padded) on ``shape``."""
     cfg = fl.LSTMConfig(
         shape.in_size, shape.hidden, shape.layers, bidirectional=shape.bidirectional
     )
     dtype = jnp.dtype(shape.dtype)
     params = fl.init_params(jax.random.key(0), cfg, dtype=dtype)
-    xj = jnp.asarray(x, dtype)
     lengths = None if padded else shape.seq_lengths()
+    return cfg, params, jnp.asarray(x, dtype), None if lengths is None else jnp.asarray(lengths)
+
+
+def flax_lstm_plan(shape: Shape, x: np.ndarray, impl: fl.Implementation | None = None) -> fl.Plan:
+    """The `flax_lstm.Plan` of flax_lstm's call on ``shape``: the path it runs, and why."""
+    cfg, params, xj, lengths = _flax_lstm_call(shape, x)
+    return fl.lstm_plan(params, xj, config=cfg, seq_lengths=lengths, impl=impl)
+
+
+def _build_flax_lstm(
+    shape: Shape, x: np.ndarray, impl: fl.Implementation | None = None, padded: bool = False
+) -> dict[str, Callable]:
+    cfg, params, xj, lengths = _flax_lstm_call(shape, x, padded)
     if lengths is None:
         return _jax_fns(lambda p, x: fl.lstm(p, x, config=cfg, impl=impl)[0], params, xj)
 
     def apply(p, x, n):
         return fl.lstm(p, x, config=cfg, seq_lengths=n, impl=impl)[0]
 
-    return _jax_fns(apply, params, xj, jnp.asarray(lengths))
+    return _jax_fns(apply, params, xj, lengths)
 
 
 def _build_flax_lstm_scan(

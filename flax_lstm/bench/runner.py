@@ -15,6 +15,7 @@ from flax_lstm.bench.libraries import (
     BUILDERS,
     LIBS,
     MODES,
+    flax_lstm_plan,
     limit_torch_spinning,
     runs_on,
     skip_reason,
@@ -59,6 +60,8 @@ def run(
     for shape in shapes:
         fns, notes = _build_and_warm(shape, libs, impl, modes, warmup, log)
         entry = _result_entry(shape, _time_interleaved(fns, modes, reps), notes, modes)
+        if "flax_lstm" in fns:
+            entry["flax_lstm_plan"] = _plan_record(shape, impl, log)
         results.append(entry)
         log(format_table([entry], modes, header=False, ragged=ragged))
     compare_with_float32(results)
@@ -90,11 +93,7 @@ def _build_and_warm(
 ) -> tuple[dict[str, dict[str, Callable]], dict[str, str]]:
     """Each library's calls for ``shape``, built and warmed up; and a note on each library
     that is skipped (it cannot run here, or building or warming it up failed)."""
-    x = (
-        np.random.default_rng(0)
-        .standard_normal((shape.seq_len, shape.batch, shape.in_size))
-        .astype(np.float32)
-    )
+    x = _input(shape)
     fns, notes = {}, {}
     for lib in libs:
         if not runs_on(lib, shape):
@@ -114,6 +113,23 @@ def _build_and_warm(
             notes[lib] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
             log(f"{shape.label()}: {lib} {notes[lib]}")
     return fns, notes
+
+
+def _input(shape: Shape) -> np.ndarray:
+    """The input of every library on ``shape``, (T, N, I) float32, the same at every run."""
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((shape.seq_len, shape.batch, shape.in_size)).astype(np.float32)
+
+
+def _plan_record(
+    shape: Shape, impl: fl.Implementation | None, log: Callable[[str], None]
+) -> dict[str, str]:
+    """The path flax_lstm took on ``shape`` and why (`flax_lstm.lstm_plan`); said in the log
+    too where it is not the compiled kernel on CPU, the path a reader of the table expects."""
+    plan = flax_lstm_plan(shape, _input(shape), impl)
+    if plan.on_cpu and plan.recurrence != "kernel":
+        log(f"{shape.label()}: flax_lstm ran the scan path: {plan.reason}")
+    return {"recurrence": plan.recurrence, "reason": plan.reason}
 
 
 def _time_interleaved(
