@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flax_lstm import bench
+from flax_lstm import bench, kernel
 from flax_lstm.bench import cpu, libraries, report, runner, shapes, yardstick
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,10 @@ def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
     # the path flax_lstm took and why (`fl.lstm_plan`): six steps of 8 units are the scan's
     plan = entry["flax_lstm_plan"]
     assert plan["recurrence"] == "scan" and plan["reason"]
+    # and the kernel's state the default followed: its instruction sets, threads, verdicts
+    state = result["flax_lstm_kernel"]
+    assert state["available"] == kernel.available() and state["threads"] >= 1
+    assert isinstance(state["calibration"], dict)
     assert result["versions"]["jax"] and result["machine"]["cpu_count"]
     ref = result["reference_gemm"]
     assert ref["n"] == 128 and ref["gflops"] == max(ref["gflops_by_library"].values())

@@ -14,7 +14,9 @@ next library's call; the JSON says which setting held. A JSON file records the m
 model and family, its ISA flags among avx2, avx512f, avx512_bf16, amx_bf16 and amx_tile, and
 its cache sizes; the printed table's header line names them too), library versions and dtype,
 the path flax_lstm's call took on each shape and why (``flax_lstm_plan``: the recurrence and the
-reason of `flax_lstm.lstm_plan`; on CPU the log says where it is not the compiled kernel),
+reason of `flax_lstm.lstm_plan`; on CPU the log says where it is not the compiled kernel) and,
+on CPU, the kernel's state after the run (``flax_lstm_kernel``: its library, instruction sets,
+AMX use, threads and the calibration verdicts the default followed, `flax_lstm.kernel.info`),
 the medians (``ms``), the fastest repetition (``ms_min``, steadier on a shared machine) and the
 yardstick of the GFLOP/s per dtype: the best large GEMM on the machine, the faster of XLA's and
 (when torch is installed) torch's, with both rates and which one won

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 import flax_lstm as fl
@@ -79,8 +80,23 @@ def run(
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "reference_gemm": refs.get("float32"),
         "reference_gemm_by_dtype": refs,
+        "flax_lstm_kernel": _kernel_state(libs),
         "results": results,
     }
+
+
+def _kernel_state(libs: Sequence[str]) -> dict[str, Any] | None:
+    """On CPU, where flax_lstm ran: the compiled kernel's state after the run
+    (`flax_lstm.kernel.info`: the library, its instruction sets and AMX use, threads,
+    small-batch size, and the calibration verdicts that the default plan followed); None
+    elsewhere."""
+    if jax.default_backend() != "cpu" or not any(lib.startswith("flax_lstm") for lib in libs):
+        return None
+    from flax_lstm import kernel
+
+    state = kernel.info()
+    keys = ("available", "error", "library", "isa", "amx", "amx_reason", "threads")
+    return {k: state[k] for k in (*keys, "small_batch", "calibration")}
 
 
 def _build_and_warm(
