@@ -127,25 +127,35 @@ def test_a_load_during_some_repetitions_does_not_choose_the_scan():
         "[]",
         '{"method": 2, "verdicts": {"float32": {"small": {"speedup": 2.0}}}}',
         '{"method": 2, "verdicts": {"float32": "kernel"}}',
-        "OLD_METHOD",
     ],
-    ids=["syntax", "list", "partial", "wrong-type", "medians"],
+    ids=["syntax", "list", "partial", "wrong-type"],
 )
 def test_a_corrupt_cache_is_measured_again(monkeypatch, tmp_path, content):
     fake = fake_calibration.install(monkeypatch, tmp_path)
     path = calibrate.cache_path()
-    if content == "OLD_METHOD":  # a well-formed file of the first method, which took medians
-        calibrate.verdict("float32", 2)
-        record = json.loads(path.read_text())
-        del record["method"]
-        record["verdicts"]["float32"]["small"]["choice"] = "scan"
-        content = json.dumps(record)
-        monkeypatch.setattr(calibrate, "_KNOWN", {})
-        fake.calls.clear()
     path.write_text(content)
     assert calibrate.verdict("float32", 2).choice == "kernel"
     assert len(fake.calls) == 2
     assert json.loads(path.read_text())["verdicts"]["float32"]["small"]["speedup"] == 2.0
+
+
+def test_a_file_of_the_first_method_is_measured_again(monkeypatch, tmp_path):
+    """A well-formed file without ``method`` (the first method, which took medians) and its
+    verdict for the scan: measured again, not followed."""
+    fake = fake_calibration.install(monkeypatch, tmp_path)
+    path = calibrate.cache_path()
+    calibrate.verdict("float32", 2)
+    record = json.loads(path.read_text())
+    del record["method"]
+    record["verdicts"]["float32"]["small"]["choice"] = "scan"
+    path.write_text(json.dumps(record))
+    monkeypatch.setattr(calibrate, "_KNOWN", {})
+    fake.calls.clear()
+    assert calibrate.verdict("float32", 2).choice == "kernel"
+    assert len(fake.calls) == 2
+    record = json.loads(path.read_text())
+    assert record["method"] == calibrate.METHOD
+    assert record["verdicts"]["float32"]["small"]["speedup"] == 2.0
 
 
 def test_an_unwritable_cache_is_measured_once_per_process(monkeypatch, tmp_path):

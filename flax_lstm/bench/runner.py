@@ -92,9 +92,7 @@ def _kernel_state(libs: Sequence[str]) -> dict[str, Any] | None:
     elsewhere."""
     if jax.default_backend() != "cpu" or not any(lib.startswith("flax_lstm") for lib in libs):
         return None
-    from flax_lstm import kernel
-
-    state = kernel.info()
+    state = fl.kernel.info()
     keys = ("available", "error", "library", "isa", "amx", "amx_reason", "threads")
     return {k: state[k] for k in (*keys, "small_batch", "calibration")}
 
