@@ -1,5 +1,6 @@
 """Determinism (issue 14): the outputs and gradients of `flax_lstm.lstm` are bitwise equal run
-to run, and on the CPU kernel across ``FLAX_LSTM_NUM_THREADS`` values.
+to run, and on the CPU kernel across ``FLAX_LSTM_NUM_THREADS`` values and when a thread
+computes a teammate's item again (a stolen item, see ``run_items`` in lstm_cpu.cc).
 
 The kernel splits each step by hidden units (every unit's arithmetic is done by one thread, in
 the same order whatever the thread count) and sums the bias gradient in a fixed order; the
@@ -19,14 +20,23 @@ import python_process
 
 import flax_lstm as fl
 
+# argv: the .npz to write, the implementation, and optionally a case of CASES (default "ragged").
 SCRIPT = """
 import sys
 import jax, jax.numpy as jnp, numpy as np
 import flax_lstm as fl
-config = fl.LSTMConfig(input_size=12, hidden_size=64, num_layers=2, bidirectional=True)
+CASES = {
+    "ragged": (dict(input_size=12, hidden_size=64, num_layers=2, bidirectional=True),
+               (30, 6, 12), [30, 21, 17, 9, 4, 1]),
+    # 3 sequences hoist the input projection (blocks of 64 steps); 16 units are one chunk a
+    # step, so the kernel shares whole rows instead of fixed runs (see run_items).
+    "hoisted": (dict(input_size=5, hidden_size=16, bidirectional=True), (70, 3, 5), [70, 64, 9]),
+}
+kwargs, shape, lens = CASES[sys.argv[3] if len(sys.argv) > 3 else "ragged"]
+config = fl.LSTMConfig(**kwargs)
 params = fl.init_params(jax.random.key(0), config)
-x = jax.random.normal(jax.random.key(1), (30, 6, 12))
-lengths = jnp.array([30, 21, 17, 9, 4, 1])
+x = jax.random.normal(jax.random.key(1), shape)
+lengths = jnp.array(lens)
 
 def loss(p, x):
     out, (h, c) = fl.lstm(p, x, config=config, seq_lengths=lengths, impl=sys.argv[2])
@@ -37,10 +47,19 @@ leaves = {f"g{i}": np.asarray(g) for i, g in enumerate(jax.tree.leaves(grads))}
 np.savez(sys.argv[1], out=np.asarray(out), **leaves)
 """
 
+# The stolen items of this process, printed after SCRIPT (the library exports the count).
+STOLEN = """
+import ctypes
+from flax_lstm._kernel import build
+print(ctypes.CDLL(str(build.LIBRARY[0])).FlaxLstmStolenItems())
+"""
 
-def _run(tmp_path: Path, impl: str, threads: str, tag: str) -> dict[str, np.ndarray]:
-    path = tmp_path / f"{impl}-{threads}-{tag}.npz"
-    python_process.run("-c", SCRIPT, str(path), impl, FLAX_LSTM_NUM_THREADS=threads)
+
+def _run(
+    tmp_path: Path, impl: str, threads: str, tag: str, case: str = "ragged"
+) -> dict[str, np.ndarray]:
+    path = tmp_path / f"{impl}-{threads}-{tag}-{case}.npz"
+    python_process.run("-c", SCRIPT, str(path), impl, case, FLAX_LSTM_NUM_THREADS=threads)
     with np.load(path) as f:
         return dict(f)
 
@@ -69,3 +88,34 @@ def test_bitwise_equal_calls_in_one_process():
     first, second = grad(params, x), grad(params, x + jnp.zeros_like(x))
     for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.fixture(scope="module")
+def steal_cache(tmp_path_factory) -> Path:
+    """One cache folder for the stealing test build, shared by its cases."""
+    return tmp_path_factory.mktemp("steal_test")
+
+
+@pytest.mark.parametrize("case", ["ragged", "hoisted"])
+def test_stolen_items_give_the_same_bits(case, steal_cache, tmp_path):
+    """A test build in which waiting threads steal at once and every 7th item's holder sleeps
+    first (``-DFLAX_LSTM_STEAL_TEST=1``): items are written by the threads that stole them, and
+    the outputs and gradients are the bits of one thread's run."""
+    if not fl.kernel.available():
+        pytest.skip("CPU kernel not built")
+    one = _run(tmp_path, "kernel", "1", "one", case)
+    path = tmp_path / "stolen.npz"
+    proc = python_process.run(
+        "-c",
+        SCRIPT + STOLEN,
+        str(path),
+        "kernel",
+        case,
+        timeout=900,
+        FLAX_LSTM_NUM_THREADS="2",
+        FLAX_LSTM_CXXFLAGS="-DFLAX_LSTM_STEAL_TEST=1",
+        FLAX_LSTM_CACHE_DIR=str(steal_cache),
+    )
+    assert int(proc.stdout.split()[-1]) > 0, "no item was stolen"
+    with np.load(path) as f:
+        assert _bitwise_equal(one, dict(f))

@@ -45,6 +45,7 @@
 #include <atomic>
 #include <bit>
 #include <cctype>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -771,11 +772,6 @@ inline void back_off(int spins) {
   }
 }
 
-// Waits until at least `n` items are finished.
-inline void wait_done(const Team& team, int64_t n) {
-  for (int spins = 0; team.done.load(std::memory_order_acquire) < n; ++spins) back_off(spins);
-}
-
 // Runs worker(team, slot) on the calling thread (slot 0) and on up to threads - 1 pool workers;
 // worker claims and runs items until none is left. Returns once every thread that joined has
 // left.
@@ -942,6 +938,34 @@ struct Scratch {
   }
 };
 
+// The right to write an item's results, for items that another thread may compute again (see
+// run_items). Such an item's body first computes into its thread's scratch what reads only the
+// rows before it, then calls claim(); only the first thread to claim the item writes results,
+// and the body says whether it did (a thread that loses discards its work). A body whose item
+// writes before it computes (it packs weights) claims first. Without a flag (run_groups, or an
+// item nobody else computes) every claim succeeds.
+struct Claim {
+  std::atomic<uint8_t>* flag = nullptr;
+  bool operator()() const {
+    return flag == nullptr || flag->exchange(1, std::memory_order_acq_rel) == 0;
+  }
+};
+
+// Runs body on an item. A body that takes a Claim says whether this thread wrote the item; any
+// other writes as it computes, and no other thread ever computes its items again.
+template <typename Body>
+constexpr bool kTakesClaim = std::is_invocable_v<const Body&, int64_t, int64_t, Scratch&, Claim>;
+
+template <typename Body>
+bool run_body(const Body& body, int64_t row, int64_t chunk, Scratch& scratch, Claim claim) {
+  if constexpr (kTakesClaim<Body>) {
+    return body(row, chunk, scratch, claim);
+  } else {
+    body(row, chunk, scratch);
+    return true;
+  }
+}
+
 // run_items with the chunks of each row in `groups` runs, a run claimed whole (see run_items).
 // Run g of row r is ready once every item before row r is done: the prefault pieces and the
 // groups runs of each earlier row, counted in `done`.
@@ -970,7 +994,7 @@ void run_groups(ffi::ThreadPool& pool, int threads, const Prefault& prefault, in
           !next[g].row.compare_exchange_strong(row, row + 1, std::memory_order_acq_rel))
         return false;
       for (int64_t k = g * chunks / groups, end = (g + 1) * chunks / groups; k < end; ++k)
-        body(row, k, scratch);
+        run_body(body, row, k, scratch, Claim{});
       team.done.fetch_add(1, std::memory_order_acq_rel);
       return true;
     };
@@ -997,8 +1021,16 @@ void run_groups(ffi::ThreadPool& pool, int threads, const Prefault& prefault, in
 }
 
 // Runs the prefault pieces, then `rows` rows of `chunks` items, claimed in order by a team of up
-// to `threads` threads: body(row, chunk, scratch) runs once every item of the rows before it
-// has finished (and, for the first row, every prefault piece).
+// to `threads` threads: body(row, chunk, scratch, claim) runs once every item of the rows before
+// it has finished (and, for the first row, every prefault piece), and returns whether this
+// thread finished the item (see Claim).
+//
+// A thread that the operating system deschedules while it holds an item (for another process,
+// or the hypervisor for another machine) would stall the whole team until it runs again: a
+// time slice of milliseconds, against items of microseconds. So a thread waiting for a row
+// that has waited four times as long as its own items take (at least kStealAfter) computes
+// an unfinished item of that row again, and whichever thread claims it first writes it. The
+// results are the same bits whoever computes them.
 //
 // With groups > 1 (small batches), each row is instead split into `groups` runs of whole chunks,
 // and a thread keeps to the run of its slot, step after step, so that the packed weights of its
@@ -1007,24 +1039,83 @@ void run_groups(ffi::ThreadPool& pool, int threads, const Prefault& prefault, in
 // A thread whose own run cannot start yet takes another run's item that is ready and that no
 // thread has claimed (a slot whose thread never came, or came late), so every item is done
 // whoever joins.
+//
+// A test build with -DFLAX_LSTM_STEAL_TEST=1 makes that happen: a waiting thread steals at once,
+// and the holder of every 7th item sleeps 200 µs before it starts, as a descheduled one would.
+using Clock = std::chrono::steady_clock;
+#if defined(FLAX_LSTM_STEAL_TEST) && FLAX_LSTM_STEAL_TEST
+constexpr bool kStealTest = true;
+#else
+constexpr bool kStealTest = false;
+#endif
+constexpr Clock::duration kStealAfter = std::chrono::microseconds(kStealTest ? 0 : 20);
+std::atomic<int64_t> stolen_items{0};  // items written by a thread that stole them, for the tests
+
 template <typename Body>
 void run_items(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int64_t rows,
                int64_t chunks, const Body& body, int groups = 1) {
   const int64_t first = prefault.size(), total = first + rows * chunks;
   groups = static_cast<int>(std::min<int64_t>({groups, threads, chunks}));
   if (groups > 1) return run_groups(pool, threads, prefault, rows, chunks, body, groups);
+  const bool stealable = kTakesClaim<Body> && threads > 1;
+  std::vector<std::atomic<uint8_t>> claimed(static_cast<size_t>(stealable ? rows * chunks : 0));
   run_team(pool, threads, [&](Team& team, int) {
     Scratch scratch;
+    // This thread's items take `item_time` on average, measured over those it ran between its
+    // last two waits (the clock is read only when it waits).
+    Clock::duration item_time = std::chrono::microseconds(100);
+    Clock::time_point woke{};
+    int64_t ran = 0;  // items since it last waited
+    // Runs an item (stolen: held by another thread), and counts it as finished if this thread
+    // wrote it.
+    const auto run = [&](int64_t item, bool stolen) {
+      const int64_t row = (item - first) / chunks, chunk = (item - first) % chunks;
+      const Claim claim{claimed.empty() ? nullptr : &claimed[item - first]};
+      if (kStealTest && stealable && !stolen && item % 7 == 3)
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      if (run_body(body, row, chunk, scratch, claim)) {
+        team.done.fetch_add(1, std::memory_order_acq_rel);
+        if (stolen) stolen_items.fetch_add(1, std::memory_order_relaxed);
+      }
+    };
+    // Computes again an item of the row in progress that some thread holds and nobody has
+    // finished, if there is one (the rows before it are finished, so its inputs are ready).
+    const auto steal = [&]() {
+      const int64_t done = team.done.load(std::memory_order_acquire);
+      if (claimed.empty() || done < first || done >= total) return;
+      const int64_t row0 = first + (done - first) / chunks * chunks;
+      const int64_t held = std::min(row0 + chunks, team.next.load(std::memory_order_acquire));
+      for (int64_t item = row0; item < held; ++item) {
+        if (claimed[item - first].load(std::memory_order_acquire) == 0) return run(item, true);
+      }
+    };
+    // Waits until `ready` items are finished, stealing where the items allow it.
+    const auto wait_for = [&](int64_t ready) {
+      if (team.done.load(std::memory_order_acquire) >= ready) return;
+      Clock::time_point since = Clock::now();
+      if (ran > 0 && woke != Clock::time_point{}) item_time = (since - woke) / ran;
+      const Clock::duration patience =
+          kStealTest ? kStealAfter : std::max(4 * item_time, kStealAfter);
+      for (int spins = 0; team.done.load(std::memory_order_acquire) < ready; ++spins) {
+        if (stealable && (kStealTest || spins % 64 == 63) && Clock::now() - since >= patience) {
+          steal();
+          since = Clock::now();
+        }
+        back_off(spins);
+      }
+      woke = Clock::now();
+      ran = 0;
+    };
     for (int64_t item = team.next.fetch_add(1, std::memory_order_acq_rel); item < total;
          item = team.next.fetch_add(1, std::memory_order_acq_rel)) {
       if (item < first) {
         prefault.run(item);
-      } else {
-        const int64_t row = (item - first) / chunks, chunk = (item - first) % chunks;
-        wait_done(team, item - chunk);
-        body(row, chunk, scratch);
+        team.done.fetch_add(1, std::memory_order_acq_rel);
+        continue;
       }
-      team.done.fetch_add(1, std::memory_order_acq_rel);
+      wait_for(item - (item - first) % chunks);  // the items before its row
+      run(item, false);
+      ++ran;
     }
   });
 }
@@ -1075,18 +1166,23 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
   std::vector<float> xp(hoist ? static_cast<size_t>(chunks * kBlock * N * cols) : 0);
   // Row d·per_dir + r of direction d: step r, or, hoisted, the projection of block r / (kBlock
   // + 1) when r % (kBlock + 1) == 0 and else step r - r / (kBlock + 1) - 1.
+  // An item's GEMM goes to the thread's scratch and its results are written once claimed (see
+  // Claim); the items that write as they go (packing, the projection) claim first.
   run_items(pool, threads, Prefault(fresh), D * per_dir, chunks, [&](int64_t row, int64_t k,
-                                                                    Scratch& scratch) {
+                                                                    Scratch& scratch,
+                                                                    Claim claim) {
     const int64_t d = row / per_dir, r = row % per_dir;
     const int64_t t = hoist ? r - r / (kBlock + 1) - 1 : r;
+    const bool projection = hoist && r % (kBlock + 1) == 0;
+    if ((r == 0 || projection) && !claim()) return false;
     if (r == 0) pack(d, k);
     const E* pi = bi.data() + (d * chunks + k) * wi;
-    if (hoist && r % (kBlock + 1) == 0) {  // the input projection of the block's steps
+    if (projection) {  // the input projection of the block's steps
       // Only the steps that some row still runs (none, past the longest sequence).
       const int64_t t0 = r / (kBlock + 1) * kBlock;
       int64_t nt = std::min(kBlock, T - t0);
       while (nt > 0 && order.active[t0 + nt - 1] == 0) --nt;
-      if (nt == 0) return;
+      if (nt == 0) return true;
       const E* a = x + (t0 * D + d) * N * I;
       if (D > 1) {  // the direction's rows are not contiguous: gather them
         E* g = scratch.get_rows<E>(static_cast<size_t>(nt * N * I));
@@ -1096,7 +1192,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
       }
       const Product<E> prod{a, I, static_cast<int>(I), pi};
       gemm_packed(nt * N, cols / NR, &prod, 1, xp.data() + k * kBlock * N * cols, cols);
-      return;
+      return true;
     }
     const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
     const int64_t row0 = (t * D + d) * N;  // first row of step t, direction d
@@ -1119,6 +1215,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
       for (int64_t i = 0; i < na; ++i)
         for (int64_t j = 0; j < cols; ++j) gate[i * cols + j] += p[order.row(i) * cols + j];
     }
+    if (r != 0 && !claim()) return false;
     for (int64_t i = na; i < N; ++i) {  // finished rows: the state stays, no gates
       const int64_t n = order.row(i);
       std::memcpy(hs + (row0 + n) * H + u0, hprev + n * H + u0, nu * sizeof(E));
@@ -1160,6 +1257,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
       });
       if (cs_all) std::memcpy(cs + (row0 + n) * H + u0, cn, nu * sizeof(float));
     }
+    return true;
   }, runs_for_batch(N, threads, small_batch));
   if (!cs_all) std::memcpy(cs, c.data(), D * N * H * sizeof(float));
 }
@@ -1202,10 +1300,13 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
   // the chunk's dh is batch row order.row(i) (see Order).
   const Order order(mask, T, N);
   const int64_t steps = T + 1;
+  // As in forward: the GEMM to scratch, the results once claimed, packing claimed first.
   run_items(pool, threads, Prefault(fresh), D * steps, chunks, [&](int64_t row, int64_t k,
-                                                                  Scratch& scratch) {
+                                                                  Scratch& scratch,
+                                                                  Claim claim) {
     const int64_t d = row / steps, t = T - 1 - row % steps;
     const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
+    if (t == T - 1 && !claim()) return false;
     if (t == T - 1) pack(d, k);
     float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
     if (t >= 0) {  // what the gate arithmetic below reads, fetched while the GEMM runs
@@ -1233,6 +1334,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
       const float* ps = pass.data() + (d * N + order.row(i)) * H + u0;
       for (int64_t j = 0; j < nu; ++j) dh[i * cols + j] += ps[j];
     }
+    if (t != T - 1 && !claim()) return false;
     if (t < 0) {  // the dh0 row: the gradients w.r.t. h_0 and c_0
       for (int64_t i = 0; i < N; ++i) {
         const int64_t n = order.row(i);
@@ -1240,7 +1342,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
         std::memcpy(dc0 + (d * N + n) * H + u0, dc.data() + (d * N + n) * H + u0,
                     nu * sizeof(float));
       }
-      return;
+      return true;
     }
     const int64_t row0 = (t * D + d) * N, na = order.active[t];
     for (int64_t i = 0; i < N; ++i) {
@@ -1282,6 +1384,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
         }
       });
     }
+    return true;
   }, runs_for_batch(N, threads, small_batch));
 }
 
@@ -1715,6 +1818,12 @@ extern "C" __attribute__((visibility("default"))) int64_t FlaxLstmAmxDots(void) 
   return amx::emulated_dots.load(std::memory_order_relaxed);
 }
 #endif
+
+// The items that a thread computed again and wrote for a teammate that held them (see run_items),
+// in the whole process: the tests see that stealing ran.
+extern "C" __attribute__((visibility("default"))) int64_t FlaxLstmStolenItems(void) {
+  return stolen_items.load(std::memory_order_relaxed);
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLstmForward, ForwardImpl<ffi::F32>,
                               FLAX_LSTM_FORWARD_BINDING(ffi::F32));
