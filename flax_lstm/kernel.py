@@ -9,7 +9,8 @@ register-blocked panels, each step is split into chunks of hidden units whose GE
 arithmetic run back to back on one thread, and the threads, the caller plus workers of XLA's
 own pool that join whenever they are free, claim chunks in order (at small batches, of at
 most 4 sequences by default, each thread keeps to its own chunks, and the input projection is
-one GEMM per 64 steps).
+one GEMM per 64 steps). A thread kept waiting by a chunk whose thread the operating system
+descheduled computes that chunk again, and the first to finish writes it (the same bits).
 In float32 the weight and input gradients are calls of the kernel library too, which read x
 and h in place (XLA's GEMMs would first copy them into fresh buffers), except for a padded
 call of few rows (T·N ≤ I + H), where one direct XLA GEMM per weight is faster; in bfloat16
