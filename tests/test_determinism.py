@@ -20,7 +20,8 @@ import python_process
 
 import flax_lstm as fl
 
-# argv: the .npz to write, the implementation, and optionally a case of CASES (default "ragged").
+# argv: the .npz to write, the implementation, and optionally a case of CASES (default "ragged"),
+# "-bfloat16" appended for its bfloat16 form.
 SCRIPT = """
 import sys
 import jax, jax.numpy as jnp, numpy as np
@@ -32,18 +33,22 @@ CASES = {
     # step, so the kernel shares whole rows instead of fixed runs (see run_items).
     "hoisted": (dict(input_size=5, hidden_size=16, bidirectional=True), (70, 3, 5), [70, 64, 9]),
 }
-kwargs, shape, lens = CASES[sys.argv[3] if len(sys.argv) > 3 else "ragged"]
+case = sys.argv[3] if len(sys.argv) > 3 else "ragged"
+kwargs, shape, lens = CASES[case.removesuffix("-bfloat16")]
+dtype = jnp.bfloat16 if case.endswith("-bfloat16") else jnp.float32
 config = fl.LSTMConfig(**kwargs)
-params = fl.init_params(jax.random.key(0), config)
-x = jax.random.normal(jax.random.key(1), shape)
+params = fl.init_params(jax.random.key(0), config, dtype=dtype)
+x = jax.random.normal(jax.random.key(1), shape).astype(dtype)
 lengths = jnp.array(lens)
 
 def loss(p, x):
     out, (h, c) = fl.lstm(p, x, config=config, seq_lengths=lengths, impl=sys.argv[2])
+    out, h, c = (a.astype(jnp.float32) for a in (out, h, c))
     return (out ** 2).sum() + h.sum() + c.sum(), out
 
 (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
-leaves = {f"g{i}": np.asarray(g) for i, g in enumerate(jax.tree.leaves(grads))}
+# float32 holds every bfloat16 exactly; .npz keeps no bfloat16
+leaves = {f"g{i}": np.asarray(g, np.float32) for i, g in enumerate(jax.tree.leaves(grads))}
 np.savez(sys.argv[1], out=np.asarray(out), **leaves)
 """
 
@@ -96,13 +101,14 @@ def steal_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("steal_test")
 
 
-@pytest.mark.parametrize("case", ["ragged", "hoisted"])
+@pytest.mark.parametrize("case", ["ragged", "hoisted", "ragged-bfloat16"])
 def test_stolen_items_give_the_same_bits(case, steal_cache, tmp_path):
     """A test build in which waiting threads steal at once and every 7th item's holder sleeps
     first (``-DFLAX_LSTM_STEAL_TEST=1``): items are written by the threads that stole them, and
     the outputs and gradients are the bits of one thread's run."""
-    if not fl.kernel.available():
-        pytest.skip("CPU kernel not built")
+    dtype = jnp.bfloat16 if case.endswith("-bfloat16") else jnp.float32
+    if not fl.kernel.available(dtype):
+        pytest.skip(f"no {jnp.dtype(dtype).name} kernel here: {fl.kernel.build_error(dtype)}")
     one = _run(tmp_path, "kernel", "1", "one", case)
     path = tmp_path / "stolen.npz"
     proc = python_process.run(
