@@ -157,25 +157,44 @@ inline void in_register(V& v) {
 #endif
 }
 
-// acc += A · B for the M rows of A at a[0], …, a[M - 1] (K elements each). Each row's sum runs
-// over k in order whatever M is, so a row's result does not depend on the rows beside it (a
-// sharded or ragged batch gives the same bits; tests/test_sharding.py): splitting K over more
-// accumulators at 1 to 3 rows was faster (docs/performance/design.md) but broke that.
-template <int M>
-inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const float* const (&A)[M], int K,
-                       const float* __restrict B) {
+// Panels of B that one micro-kernel call takes side by side for a block of M rows. A block of
+// 1 or 2 rows has 2·M sums per panel, too few chains to cover the multiply-add latency, and
+// with one row each vector of B brought from L2 feeds a single multiply-add; two panels at once
+// give each k-step twice the independent sums. Measured on AMD Zen 3 (AVX2); 3 rows with two
+// panels spill registers and ran slower (docs/performance/design.md, "Short row blocks on
+// AVX2"). AVX-512 builds keep one panel, as measured on Zen 5: the form with more panels has
+// not run on such a CPU.
+constexpr int panels_at_once(int M) {
+#if defined(__AVX512F__)
+  return (void)M, 1;
+#else
+  return M <= 2 ? 2 : 1;
+#endif
+}
+
+// acc[j] += A · B_j for the M rows of A at a[0], …, a[M - 1] (K elements each) and P panels
+// B_0 … B_{P-1}. Each row's sum runs over k in order whatever M and P are, so a row's result
+// does not depend on the rows beside it (a sharded or ragged batch gives the same bits;
+// tests/test_sharding.py): splitting K over more accumulators at 1 to 3 rows was faster
+// (docs/performance/design.md) but broke that.
+template <int M, int P>
+inline void accumulate(vec (&acc0)[P][M], vec (&acc1)[P][M], const float* const (&A)[M], int K,
+                       const float* const (&B)[P]) {
   for (int k = 0; k < K; ++k) {
-    vec b0 = *reinterpret_cast<const vec_u*>(B + k * NR);
-    vec b1 = *reinterpret_cast<const vec_u*>(B + k * NR + VW);
-    if constexpr (M <= 4) {  // more rows compile as they always did
-      in_register(b0);
-      in_register(b1);
-    }
+#pragma GCC unroll 4
+    for (int j = 0; j < P; ++j) {
+      vec b0 = *reinterpret_cast<const vec_u*>(B[j] + k * NR);
+      vec b1 = *reinterpret_cast<const vec_u*>(B[j] + k * NR + VW);
+      if constexpr (M <= 4) {  // more rows compile as they always did
+        in_register(b0);
+        in_register(b1);
+      }
 #pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) {
-      const float a = A[i][k];
-      acc0[i] += a * b0;
-      acc1[i] += a * b1;
+      for (int i = 0; i < M; ++i) {
+        const float a = A[i][k];
+        acc0[j][i] += a * b0;
+        acc1[j][i] += a * b1;
+      }
     }
   }
 }
@@ -184,17 +203,20 @@ inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const float* const (&A)[M
 // The same with bfloat16 operands: each vdpbf16ps adds the products of two K-steps (a pair of
 // A broadcast against pairs of B) to float32 accumulators. An odd last K-step pairs A's value
 // with a zero (B is zero-padded there), so A is never read past its row.
-template <int M>
-inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const bf16* const (&A)[M], int K,
-                       const bf16* __restrict B) {
+template <int M, int P>
+inline void accumulate(vec (&acc0)[P][M], vec (&acc1)[P][M], const bf16* const (&A)[M], int K,
+                       const bf16* const (&B)[P]) {
   const auto step = [&](int k, auto a_at) {
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B + k * NR);
-    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + k * NR + 2 * VW);
+#pragma GCC unroll 4
+    for (int j = 0; j < P; ++j) {
+      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B[j] + k * NR);
+      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B[j] + k * NR + 2 * VW);
 #pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(a_at(A[i] + k)));
-      acc0[i] = (vec)_mm512_dpbf16_ps((__m512)acc0[i], a, b0);
-      acc1[i] = (vec)_mm512_dpbf16_ps((__m512)acc1[i], a, b1);
+      for (int i = 0; i < M; ++i) {
+        const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(a_at(A[i] + k)));
+        acc0[j][i] = (vec)_mm512_dpbf16_ps((__m512)acc0[j][i], a, b0);
+        acc1[j][i] = (vec)_mm512_dpbf16_ps((__m512)acc1[j][i], a, b1);
+      }
     }
   };
   int k = 0;
@@ -209,15 +231,19 @@ inline void accumulate(vec (&acc0)[M], vec (&acc1)[M], const bf16* const (&A)[M]
 }
 #endif
 
-// C[i0 : i0 + M, panel p] = Σ over the products of A[i0 : i0 + M, :] · B[:, panel p].
-template <int M, typename E>
+// C[i0 : i0 + M, panels p … p + P - 1] = Σ over the products of A[i0 : i0 + M, :] · those
+// panels of B.
+template <int M, int P, typename E>
 inline void micro(const Product<E>* prods, int nprod, int64_t i0, int64_t p, float* __restrict C,
                   int64_t ldc) {
-  vec acc0[M], acc1[M];
+  vec acc0[P][M], acc1[P][M];
+#pragma GCC unroll 4
+  for (int j = 0; j < P; ++j) {
 #pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) {
-    acc0[i] = vec{};
-    acc1[i] = vec{};
+    for (int i = 0; i < M; ++i) {
+      acc0[j][i] = vec{};
+      acc1[j][i] = vec{};
+    }
   }
   for (int q = 0; q < nprod; ++q) {
     const Product<E>& pr = prods[q];
@@ -225,24 +251,58 @@ inline void micro(const Product<E>* prods, int nprod, int64_t i0, int64_t p, flo
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i)
       a[i] = pr.A + (pr.rows == nullptr ? i0 + i : pr.rows[i0 + i]) * pr.lda;
-    accumulate<M>(acc0, acc1, a, pr.K, pr.Bp + p * panel_size<E>(pr.K));
+    const E* b[P];
+#pragma GCC unroll 4
+    for (int j = 0; j < P; ++j) b[j] = pr.Bp + (p + j) * panel_size<E>(pr.K);
+    accumulate<M, P>(acc0, acc1, a, pr.K, b);
   }
-  float* c = C + i0 * ldc + p * NR;
+#pragma GCC unroll 4
+  for (int j = 0; j < P; ++j) {
+    float* c = C + i0 * ldc + (p + j) * NR;
 #pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) {
-    *reinterpret_cast<vec_u*>(c + i * ldc) = acc0[i];
-    *reinterpret_cast<vec_u*>(c + i * ldc + VW) = acc1[i];
+    for (int i = 0; i < M; ++i) {
+      *reinterpret_cast<vec_u*>(c + i * ldc) = acc0[j][i];
+      *reinterpret_cast<vec_u*>(c + i * ldc + VW) = acc1[j][i];
+    }
   }
 }
 
+// One block of M rows over panels [p0, p1): panels_at_once(M) panels a call, then one at a time.
 template <int M, typename E>
-inline void micro_rows(int rows, const Product<E>* prods, int nprod, int64_t i0, int64_t p,
-                       float* C, int64_t ldc) {
+inline void row_block(int64_t p0, int64_t p1, const Product<E>* prods, int nprod, int64_t i0,
+                      float* C, int64_t ldc) {
+  constexpr int P = panels_at_once(M);
+  int64_t p = p0;
+  if constexpr (P > 1)
+    for (; p + P <= p1; p += P) micro<M, P>(prods, nprod, i0, p, C, ldc);
+  for (; p < p1; ++p) micro<M, 1>(prods, nprod, i0, p, C, ldc);
+}
+
+// row_block for a block of `rows` rows, 1 ≤ rows ≤ M.
+template <int M, typename E>
+inline void row_block_of(int rows, int64_t p0, int64_t p1, const Product<E>* prods, int nprod,
+                         int64_t i0, float* C, int64_t ldc) {
   if constexpr (M > 0) {
-    if (rows == M) return micro<M>(prods, nprod, i0, p, C, ldc);
-    return micro_rows<M - 1>(rows, prods, nprod, i0, p, C, ldc);
+    if (rows == M) return row_block<M>(p0, p1, prods, nprod, i0, C, ldc);
+    return row_block_of<M - 1>(rows, p0, p1, prods, nprod, i0, C, ldc);
   }
 }
+
+// How gemm_packed splits its rows, per instruction set. AVX2 (measured on Zen 3): blocks as even
+// as possible, 8 rows as 4 + 4 rather than 6 + 2 (a short block runs slower even with two
+// panels at once), each block passing over a pair of panels (the most one call takes) before
+// the next pair, so that little of B is between two reads of it. AVX-512 (measured on Zen 5
+// before the AVX2 rule): blocks of MR, the rest in one block, over one panel at a time. Figures:
+// docs/performance/design.md, "Short row blocks on AVX2".
+#if defined(__AVX512F__)
+constexpr bool kEvenRowBlocks = false;
+constexpr int kPanelGroup = 1;
+#else
+constexpr bool kEvenRowBlocks = true;
+constexpr int kPanelGroup = 2;
+#endif
+static_assert(kPanelGroup % panels_at_once(1) == 0 && kPanelGroup % panels_at_once(2) == 0,
+              "a group of panels is a whole number of multi-panel calls");
 
 #if FLAX_LSTM_AMX
 // ---------------------------------------------------------------------------------------------
@@ -510,9 +570,10 @@ FLAX_LSTM_AMX_TARGET void gemm(int64_t M, int64_t npanels, const Product<bf16>* 
 }  // namespace amx
 #endif
 
-// C (M × npanels·NR, leading dimension ldc) = the sum of the products, panel by panel: every
-// row block of A passes over the same panel of B, which stays in L1 or L2 (blocking K to fit
-// L1 measured slower: docs/performance/design.md, "Tuning per CPU"). bfloat16 runs on AMX
+// C (M × npanels·NR, leading dimension ldc) = the sum of the products, a panel (or, with AVX2, a
+// pair of panels) at a time: every row block of A passes over the same panels of B, which stay
+// in L1 or L2 (blocking K to fit L1 measured slower: docs/performance/design.md, "Tuning per
+// CPU"). bfloat16 runs on AMX
 // tiles where the CPU has them (amx::gemm) and the GEMM fills at least one tile row (fewer
 // rows would leave most of each tile zeros, copied in for every call), else on the vdpbf16ps
 // micro-kernel.
@@ -525,10 +586,19 @@ void gemm_packed(int64_t M, int64_t npanels, const Product<E>* prods, int nprod,
       return amx::gemm(M, npanels, prods, nprod, C, ldc);
   }
 #endif
-  for (int64_t p = 0; p < npanels; ++p) {
-    int64_t i = 0;
-    for (; i + MR <= M; i += MR) micro<MR>(prods, nprod, i, p, C, ldc);
-    if (i < M) micro_rows<MR - 1>(static_cast<int>(M - i), prods, nprod, i, p, C, ldc);
+  for (int64_t p0 = 0; p0 < npanels; p0 += kPanelGroup) {
+    const int64_t p1 = std::min<int64_t>(npanels, p0 + kPanelGroup);
+    if constexpr (kEvenRowBlocks) {
+      const int64_t blocks = (M + MR - 1) / MR;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t i0 = M * b / blocks, i1 = M * (b + 1) / blocks;
+        row_block_of<MR>(static_cast<int>(i1 - i0), p0, p1, prods, nprod, i0, C, ldc);
+      }
+    } else {
+      int64_t i = 0;
+      for (; i + MR <= M; i += MR) row_block<MR>(p0, p1, prods, nprod, i, C, ldc);
+      if (i < M) row_block_of<MR - 1>(static_cast<int>(M - i), p0, p1, prods, nprod, i, C, ldc);
+    }
   }
 }
 
