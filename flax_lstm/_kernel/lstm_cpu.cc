@@ -288,21 +288,18 @@ inline void row_block_of(int rows, int64_t p0, int64_t p1, const Product<E>* pro
   }
 }
 
-// How gemm_packed splits its rows, per instruction set. AVX2 (measured on Zen 3): blocks as even
-// as possible, 8 rows as 4 + 4 rather than 6 + 2 (a short block runs slower even with two
-// panels at once), each block passing over a pair of panels (the most one call takes) before
-// the next pair, so that little of B is between two reads of it. AVX-512 (measured on Zen 5
-// before the AVX2 rule): blocks of MR, the rest in one block, over one panel at a time. Figures:
-// docs/performance/design.md, "Short row blocks on AVX2".
-#if defined(__AVX512F__)
-constexpr bool kEvenRowBlocks = false;
-constexpr int kPanelGroup = 1;
-#else
-constexpr bool kEvenRowBlocks = true;
-constexpr int kPanelGroup = 2;
+// Rows of gemm_packed's next row block when `left` rows remain: MR, and the rest at the end.
+// With AVX2 a rest of 1 to 3 rows (too few sums for the multiply-add latency) shares the last
+// full block instead: its MR + rest rows as two blocks of about half, 8 rows as 4 + 4 rather
+// than 6 + 2 (measured on Zen 3; docs/performance/design.md, "Short row blocks on AVX2").
+// AVX-512 keeps the rest in a block of its own, as measured on Zen 5.
+constexpr int64_t next_block(int64_t left) {
+#if !defined(__AVX512F__)
+  if (left > MR && left < MR + 4) return (left + 1) / 2;
 #endif
-static_assert(kPanelGroup % panels_at_once(1) == 0 && kPanelGroup % panels_at_once(2) == 0,
-              "a group of panels is a whole number of multi-panel calls");
+  return std::min<int64_t>(left, MR);
+}
+
 
 #if FLAX_LSTM_AMX
 // ---------------------------------------------------------------------------------------------
@@ -570,10 +567,9 @@ FLAX_LSTM_AMX_TARGET void gemm(int64_t M, int64_t npanels, const Product<bf16>* 
 }  // namespace amx
 #endif
 
-// C (M × npanels·NR, leading dimension ldc) = the sum of the products, a panel (or, with AVX2, a
-// pair of panels) at a time: every row block of A passes over the same panels of B, which stay
-// in L1 or L2 (blocking K to fit L1 measured slower: docs/performance/design.md, "Tuning per
-// CPU"). bfloat16 runs on AMX
+// C (M × npanels·NR, leading dimension ldc) = the sum of the products, panel by panel: every
+// row block of A passes over the same panel of B, which stays in L1 or L2 (blocking K to fit
+// L1 measured slower: docs/performance/design.md, "Tuning per CPU"). bfloat16 runs on AMX
 // tiles where the CPU has them (amx::gemm) and the GEMM fills at least one tile row (fewer
 // rows would leave most of each tile zeros, copied in for every call), else on the vdpbf16ps
 // micro-kernel.
@@ -586,18 +582,13 @@ void gemm_packed(int64_t M, int64_t npanels, const Product<E>* prods, int nprod,
       return amx::gemm(M, npanels, prods, nprod, C, ldc);
   }
 #endif
-  for (int64_t p0 = 0; p0 < npanels; p0 += kPanelGroup) {
-    const int64_t p1 = std::min<int64_t>(npanels, p0 + kPanelGroup);
-    if constexpr (kEvenRowBlocks) {
-      const int64_t blocks = (M + MR - 1) / MR;
-      for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t i0 = M * b / blocks, i1 = M * (b + 1) / blocks;
-        row_block_of<MR>(static_cast<int>(i1 - i0), p0, p1, prods, nprod, i0, C, ldc);
-      }
-    } else {
-      int64_t i = 0;
-      for (; i + MR <= M; i += MR) row_block<MR>(p0, p1, prods, nprod, i, C, ldc);
-      if (i < M) row_block_of<MR - 1>(static_cast<int>(M - i), p0, p1, prods, nprod, i, C, ldc);
+  // One block of 1 or 2 rows takes panels_at_once of them at a time; more rows, one panel at a
+  // time, every row block passing over it.
+  if (M <= 2) return row_block_of<2>(static_cast<int>(M), 0, npanels, prods, nprod, 0, C, ldc);
+  for (int64_t p = 0; p < npanels; ++p) {
+    for (int64_t i = 0, rows; i < M; i += rows) {
+      rows = next_block(M - i);
+      row_block_of<MR>(static_cast<int>(rows), p, p + 1, prods, nprod, i, C, ldc);
     }
   }
 }
