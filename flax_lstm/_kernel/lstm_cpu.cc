@@ -300,7 +300,6 @@ constexpr int64_t next_block(int64_t left) {
   return std::min<int64_t>(left, MR);
 }
 
-
 #if FLAX_LSTM_AMX
 // ---------------------------------------------------------------------------------------------
 // AMX. Where the CPU has AMX-BF16, gemm_packed<bf16> runs on tiles. A tile is 16 rows of 64
