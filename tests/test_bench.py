@@ -12,10 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flax_lstm import bench, kernel
-from flax_lstm.bench import cpu, libraries, report, runner, shapes, yardstick
+from flax_lstm.bench import cpu, libraries, machine, report, runner, shapes, yardstick
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GEMM = ("--gemm-size", "128")  # the yardstick's GEMM, small: these tests time nothing
@@ -185,6 +186,27 @@ def test_torch_spinning_is_limited_before_torch_loads(monkeypatch):
         libraries.limit_torch_spinning(("torch",)) == "OMP_WAIT_POLICY=ACTIVE (set by the caller)"
     )
     assert libraries.limit_torch_spinning(("flax_lstm",)) == "not applicable"
+
+
+def test_torch_runs_where_jax_computes(monkeypatch):
+    """A CUDA build of torch on a GPU machine, benchmarked with JAX on the CPU
+    (``JAX_PLATFORMS=cpu``), stays on the CPU: on the GPU it would time the GPU against
+    flax_lstm's CPU kernel."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: pytest.fail("synchronized CUDA"))
+    shape = shapes.parse_shape("2,4,8")
+    x = np.zeros((shape.seq_len, shape.batch, shape.in_size), np.float32)
+    fns = libraries.BUILDERS["torch"](shape, x)
+    fns["fwd"]()
+    fns["fwd_bwd"]()
+
+
+def test_json_records_the_cpus_allowed(monkeypatch):
+    """Under ``taskset`` the JSON says how many CPUs the benchmark could use."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    info = machine.machine_info()
+    assert info["cpus_allowed"] == 2 and info["cpu_count"] == os.cpu_count()
 
 
 def test_small_set_runs(tmp_path, capsys):

@@ -1,21 +1,42 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a lent H100/H200 (see README "Performance"): the GPU benchmark set, then
-# the GPU parity tests. Writes JSON under ${OUT:-.}. SWEEP=1 adds an unroll / autodiff sweep.
+# One-shot check for a lent GPU machine (H100/H200), in one call of about 8 minutes: the GPU
+# benchmark set and the GPU parity tests; then, where the machine's own CPU has AMX-BF16 (the
+# H200 machines' Intel Emerald Rapids did, 2026-12-04), the AMX tests and both CPU sets in float32
+# and bfloat16 on 2 of its cores (taskset), JAX on the CPU and torch with it. Writes JSON and
+# logs under ${OUT:-.}. SWEEP=1 adds an unroll / autodiff sweep on the GPU; CPU=0 skips the CPU
+# part, CPU=1 runs it without AMX too.
 set -u
 OUT=${OUT:-.}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import jax, flax, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'torch', torch.__version__)"
 git log -1 --format='commit %h %s' 2>/dev/null
-timeout "${BENCH_TIMEOUT:-300}" python3 -m flax_lstm.bench --set gpu --reps 10 --json "$OUT/bench_gpu.json" 2>/dev/null
+bench() {  # bench NAME TIMEOUT ARGS...: one `flax-lstm bench` run, its JSON as $OUT/NAME.json
+  local name=$1 limit=$2
+  shift 2
+  timeout "$limit" ${PIN:-} python3 -m flax_lstm.bench "$@" --json "$OUT/$name.json" 2>>"$OUT/stderr.log" |
+    grep -v "^note" || echo "$name: failed or timed out (see stderr.log)"
+}
+bench bench_gpu "${BENCH_TIMEOUT:-150}" --set gpu --reps 10
 if [ "${SWEEP:-0}" = 1 ]; then
   for u in 1 4 16; do
-    timeout 60 python3 -m flax_lstm.bench --libs flax_lstm --modes fwd_bwd --unroll $u --reps 10 \
-      --shape 16,512,256 --shape 64,256,512,2,bi --json "$OUT/bench_gpu_unroll$u.json" 2>/dev/null | grep "^| B"
+    bench "bench_gpu_unroll$u" 60 --libs flax_lstm --modes fwd_bwd --unroll $u --reps 10 \
+      --shape 16,512,256 --shape 64,256,512,2,bi
   done
-  timeout 60 python3 -m flax_lstm.bench --libs flax_lstm --modes fwd_bwd --autodiff --reps 10 \
-    --shape 16,512,256 --shape 64,256,512,2 --shape 256,128,1024,2 --json "$OUT/bench_gpu_autodiff.json" 2>/dev/null | grep "^| B"
+  bench bench_gpu_autodiff 60 --libs flax_lstm --modes fwd_bwd --autodiff --reps 10 \
+    --shape 16,512,256 --shape 64,256,512,2 --shape 256,128,1024,2
 fi
-# GPU parity: the torch reference runs on the CPU, flax_lstm on the GPU (highest matmul precision).
-timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -x -p no:cacheprovider \
-  tests/test_parity.py tests/test_cell.py tests/test_states.py -k "not random_configurations and not python_loop" 2>&1 | tail -4
+# GPU parity: the torch reference runs on the CPU, flax_lstm on the GPU (highest matmul
+# precision); 4 workers (one process took over 120 s, four 85 s on the H200).
+timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -x -n 4 -p no:cacheprovider \
+  tests/test_parity.py tests/test_cell.py tests/test_states.py \
+  -k "not random_configurations and not python_loop" 2>&1 | tail -4
+amx=$(grep -c -m1 amx_bf16 /proc/cpuinfo)
+if [ "${CPU:-$amx}" != 0 ]; then
+  export JAX_PLATFORMS=cpu
+  python3 -m flax_lstm.cli kernel 2>&1 | grep -E "instruction set|AMX|threads"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_kernel_amx.py -rs 2>&1 | tail -4
+  libs=(--libs flax_lstm,flax_lstm_scan,torch --dtypes float32,bfloat16 --warmup 1)
+  PIN="taskset -c 0,1" bench cpu2_cpu_set 150 "${libs[@]}" --set cpu --reps 5
+  PIN="taskset -c 0,1" bench cpu2_small_set 60 "${libs[@]}" --set small --reps 5
+fi

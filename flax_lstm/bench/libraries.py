@@ -120,7 +120,10 @@ def _build_flax_lstm_padded(
 def _build_torch(shape: Shape, x: np.ndarray, packed: bool = False) -> dict[str, Callable]:
     import torch
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    # torch runs where JAX computes: a CUDA build of torch on a GPU machine benchmarked with
+    # JAX_PLATFORMS=cpu must stay on the CPU, or it times the GPU against flax_lstm's CPU.
+    on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+    dev = "cuda" if on_gpu else "cpu"
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
     dtype = getattr(torch, shape.dtype)
     m = torch.nn.LSTM(

@@ -33,13 +33,22 @@ def precision_note() -> str:
     return "full float32"
 
 
+def _cpus_allowed() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count()
+
+
 def machine_info() -> dict[str, Any]:
-    """Platform, processor, CPU count, JAX backend and devices, and the CPU's model, family,
-    `flax_lstm.bench.cpu.ISA_FLAGS` and cache sizes (`flax_lstm.bench.cpu.cpu_info`)."""
+    """Platform, processor, CPU count (the machine's, and those this process may run on: fewer
+    under ``taskset`` or a container's CPU set), JAX backend and devices, and the CPU's model,
+    family, `flax_lstm.bench.cpu.ISA_FLAGS` and cache sizes (`flax_lstm.bench.cpu.cpu_info`)."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
+        "cpus_allowed": _cpus_allowed(),
         "jax_backend": jax.default_backend(),
         "jax_devices": [d.device_kind for d in jax.devices()],
         **cpu_info(),

@@ -26,11 +26,16 @@ def machine_line(machine: dict[str, Any]) -> str:
     ...               "cpu_flags": ["avx2", "avx512f"], "cpu_caches": {"L2": 1 << 20},
     ...               "jax_backend": "cpu"})
     'CPU: AMD EPYC (AMD Zen 4), 2 cores; flags avx2 avx512f; caches L2 1 MiB'
+    >>> machine_line({"cpu_model": "Intel Xeon", "cpu_count": 16, "cpus_allowed": 2})
+    'CPU: Intel Xeon, 16 cores (2 allowed to the benchmark)'
     """
     model = machine.get("cpu_model") or machine.get("processor") or "unknown CPU"
     family = machine.get("cpu_family")
     text = f"CPU: {model}" + (f" ({family})" if family else "")
     text += f", {machine.get('cpu_count', '?')} cores"
+    allowed = machine.get("cpus_allowed")
+    if allowed is not None and allowed != machine.get("cpu_count"):
+        text += f" ({allowed} allowed to the benchmark)"
     if "cpu_flags" in machine:
         flags = " ".join(machine["cpu_flags"]) or "none of " + "/".join(ISA_FLAGS)
         text += f"; flags {flags}"
