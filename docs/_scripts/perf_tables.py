@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
 
 # The run shown first for each kind of machine (and in the README).
-HEADLINE = ("h100_112d1b6_gpu_set.json", "cpu_782c18f_cpu_set_f32_bf16.json")
+HEADLINE = ("h200_5d9bf16_gpu_set.json", "cpu_5d9bf16_emerald_2cpu_cpu_set_f32_bf16.json")
 
 LIB_NAMES = {
     "flax_lstm": "flax_lstm",
