@@ -3,8 +3,8 @@
 # benchmark set and the GPU parity tests; then, where the machine's own CPU has AMX-BF16 (the
 # H200 machines' Intel Emerald Rapids did, 2026-12-04), the AMX tests and both CPU sets in float32
 # and bfloat16 on 2 of its cores (taskset), JAX on the CPU and torch with it. Writes JSON and
-# logs under ${OUT:-.}. SWEEP=1 adds an unroll / autodiff sweep on the GPU; CPU=0 skips the CPU
-# part, CPU=1 runs it without AMX too.
+# logs under ${OUT:-.} (at most 6 files; SWEEP=1 adds 4, over the device tool's 8). SWEEP=1 adds
+# an unroll / autodiff sweep on the GPU; CPU=0 skips the CPU part, CPU=1 runs it without AMX too.
 set -u
 OUT=${OUT:-.}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -39,4 +39,7 @@ if [ "${CPU:-$amx}" != 0 ]; then
   libs=(--libs flax_lstm,flax_lstm_scan,torch --dtypes float32,bfloat16 --warmup 1)
   PIN="taskset -c 0,1" bench cpu2_cpu_set 150 "${libs[@]}" --set cpu --reps 5
   PIN="taskset -c 0,1" bench cpu2_small_set 60 "${libs[@]}" --set small --reps 5
+  # The tiles against vdpbf16ps on the small batches (B8 reached no tile at 5d9bf16).
+  FLAX_LSTM_AMX=0 PIN="taskset -c 0,1" bench cpu2_small_set_no_amx 45 --libs flax_lstm,torch \
+    --dtypes bfloat16 --warmup 1 --set small --reps 5
 fi
