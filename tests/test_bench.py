@@ -360,3 +360,21 @@ def test_kernel_ab_tool_compares_two_kernel_libraries(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["mode"] for r in rows] == ["fwd", "fwd_bwd"]
     assert all(r["ms"]["baseline"] > 0 and r["ms"]["current"] > 0 for r in rows)
+
+
+def test_kernel_ab_baseline_from_a_source_file(tmp_path, monkeypatch):
+    """On a machine without the git history the baseline is a copy of ``lstm_cpu.cc``."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    kernel_ab = importlib.import_module("kernel_ab")
+    source = tmp_path / "baseline_lstm_cpu.cc"
+    source.write_text("// the baseline\n")
+    calls = []
+    monkeypatch.setattr(kernel_ab.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setattr(kernel_ab.build, "compiler", lambda: "c++")
+    monkeypatch.setattr(kernel_ab.kernel, "available", lambda *a: True)
+    monkeypatch.setattr(kernel_ab.kernel, "info", lambda: {"flags": ["-O3"]})
+    folder = tmp_path / "build"
+    folder.mkdir()
+    out = kernel_ab.build_baseline(str(source), folder)
+    assert (folder / "lstm_cpu.cc").read_text() == "// the baseline\n"
+    assert out == folder / "baseline.so" and len(calls) == 1 and "git" not in calls[0]

@@ -3,8 +3,13 @@
 # benchmark set and the GPU parity tests; then, where the machine's own CPU has AMX-BF16 (the
 # H200 machines' Intel Emerald Rapids did, 2026-12-04), the AMX tests and both CPU sets in float32
 # and bfloat16 on 2 of its cores (taskset), JAX on the CPU and torch with it. Writes JSON and
-# logs under ${OUT:-.} (at most 6 files; SWEEP=1 adds 4, over the device tool's 8). SWEEP=1 adds
+# logs under ${OUT:-.} (at most 7 files; SWEEP=1 adds 4, over the device tool's 8). SWEEP=1 adds
 # an unroll / autodiff sweep on the GPU; CPU=0 skips the CPU part, CPU=1 runs it without AMX too.
+# KERNEL_BASELINE=FILE.cc adds tools/kernel_ab.py, this checkout's kernel against that source, on
+# small bfloat16 batches (the device's copy of the tree has no git history: copy the baseline
+# with `git show REV:flax_lstm/_kernel/lstm_cpu.cc` into an ignored folder and carry it). That
+# makes about 10 minutes, the device tool's limit for one call: GPU=0 skips the GPU part, so the
+# two parts can go in two calls.
 set -u
 OUT=${OUT:-.}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -17,20 +22,22 @@ bench() {  # bench NAME TIMEOUT ARGS...: one `flax-lstm bench` run, its JSON as 
   timeout "$limit" ${PIN:-} python3 -m flax_lstm.bench "$@" --json "$OUT/$name.json" 2>>"$OUT/stderr.log" |
     grep -v "^note" || echo "$name: failed or timed out (see stderr.log)"
 }
-bench bench_gpu "${BENCH_TIMEOUT:-150}" --set gpu --reps 10
-if [ "${SWEEP:-0}" = 1 ]; then
-  for u in 1 4 16; do
-    bench "bench_gpu_unroll$u" 60 --libs flax_lstm --modes fwd_bwd --unroll $u --reps 10 \
-      --shape 16,512,256 --shape 64,256,512,2,bi
-  done
-  bench bench_gpu_autodiff 60 --libs flax_lstm --modes fwd_bwd --autodiff --reps 10 \
-    --shape 16,512,256 --shape 64,256,512,2 --shape 256,128,1024,2
+if [ "${GPU:-1}" != 0 ]; then
+  bench bench_gpu "${BENCH_TIMEOUT:-150}" --set gpu --reps 10
+  if [ "${SWEEP:-0}" = 1 ]; then
+    for u in 1 4 16; do
+      bench "bench_gpu_unroll$u" 60 --libs flax_lstm --modes fwd_bwd --unroll $u --reps 10 \
+        --shape 16,512,256 --shape 64,256,512,2,bi
+    done
+    bench bench_gpu_autodiff 60 --libs flax_lstm --modes fwd_bwd --autodiff --reps 10 \
+      --shape 16,512,256 --shape 64,256,512,2 --shape 256,128,1024,2
+  fi
+  # GPU parity: the torch reference runs on the CPU, flax_lstm on the GPU (highest matmul
+  # precision); 4 workers (one process took over 120 s, four 85 s on the H200).
+  timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -x -n 4 -p no:cacheprovider \
+    tests/test_parity.py tests/test_cell.py tests/test_states.py \
+    -k "not random_configurations and not python_loop" 2>&1 | tail -4
 fi
-# GPU parity: the torch reference runs on the CPU, flax_lstm on the GPU (highest matmul
-# precision); 4 workers (one process took over 120 s, four 85 s on the H200).
-timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -x -n 4 -p no:cacheprovider \
-  tests/test_parity.py tests/test_cell.py tests/test_states.py \
-  -k "not random_configurations and not python_loop" 2>&1 | tail -4
 amx=$(grep -c -m1 amx_bf16 /proc/cpuinfo)
 if [ "${CPU:-$amx}" != 0 ]; then
   export JAX_PLATFORMS=cpu
@@ -42,4 +49,10 @@ if [ "${CPU:-$amx}" != 0 ]; then
   # The tiles against vdpbf16ps on the small batches (B8 reached no tile at 5d9bf16).
   FLAX_LSTM_AMX=0 PIN="taskset -c 0,1" bench cpu2_small_set_no_amx 45 --libs flax_lstm,torch \
     --dtypes bfloat16 --warmup 1 --set small --reps 5
+  if [ -n "${KERNEL_BASELINE:-}" ]; then
+    timeout 150 taskset -c 0,1 python3 tools/kernel_ab.py --baseline "$KERNEL_BASELINE" \
+      --shape 4,128,256,bf16 --shape 8,128,256,bf16 --shape 12,128,256,bf16 \
+      --shape 16,128,256,bf16 --reps 10 --copies 2 --json "$OUT/kernel_ab_amx.json" \
+      2>>"$OUT/stderr.log" | grep -E "^\| (shape|B)" || echo "kernel_ab: failed or timed out"
+  fi
 fi

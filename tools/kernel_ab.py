@@ -56,10 +56,15 @@ MODES = ("fwd", "fwd_bwd")
 
 
 def build_baseline(rev: str, folder: Path) -> Path:
-    """The kernel library of git revision ``rev``, compiled as the installed one was."""
+    """The kernel library of git revision ``rev`` (or of the source file at path ``rev``, for a
+    machine without the history, such as a lent GPU machine), compiled as the installed one
+    was."""
     source = folder / "lstm_cpu.cc"
-    show = ["git", "show", f"{rev}:flax_lstm/_kernel/lstm_cpu.cc"]
-    source.write_bytes(subprocess.run(show, capture_output=True, check=True, cwd=REPO).stdout)
+    if rev.endswith(".cc") and Path(rev).is_file():
+        source.write_bytes(Path(rev).read_bytes())
+    else:
+        show = ["git", "show", f"{rev}:flax_lstm/_kernel/lstm_cpu.cc"]
+        source.write_bytes(subprocess.run(show, capture_output=True, check=True, cwd=REPO).stdout)
     cxx = build.compiler()
     if cxx is None or not kernel.available():
         raise SystemExit(f"no kernel to compare: {kernel.build_error()}")
@@ -167,7 +172,9 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline", default="HEAD", help="git revision of the baseline kernel")
+    ap.add_argument(
+        "--baseline", default="HEAD", help="git revision of the baseline kernel, or its .cc file"
+    )
     ap.add_argument("--shape", action="append", required=True, help="B,T,H[,L][,bi][,in=I][,bf16]")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--copies", type=int, default=3, help="executables per variant (see above)")
