@@ -37,14 +37,16 @@ def _lengths(n: int, t: int) -> tuple[int, ...]:
     return tuple(t - (i * 5) % (t + 1) for i in range(n))
 
 
-# Row blocks of the tile GEMM are 32 rows (two tile rows of 16): batches of 1, 3, 17 and 40
-# reach a partial tile row alone, one whole and one partial, and a whole block and a partial
-# one. Its K blocks are 32: input sizes 1, 7, 33 and hidden sizes 5, 40, 70 leave K tails
-# (forward K = I and H, backward K = 4H: 160 is whole), 32 and 64 none at all. Batches of at
-# most 4 with more than 64 steps hoist the input projection in blocks of 64 steps (GEMMs of up
-# to 256 rows). seq_lengths take the rows through Product::rows.
+# Row blocks of the tile GEMM are 32 rows (two tile rows of 16): batches of 1, 3, 12, 17 and
+# 40 reach a partial tile row alone (12: a step GEMM of 8 to 15 rows, on the tiles), one whole
+# and one partial, and a whole block and a partial one. Its K blocks are 32: input sizes 1, 7,
+# 9, 33 and hidden sizes 5, 24, 40, 70 leave K tails (forward K = I and H, backward K = 4H: 96
+# and 160 are whole), 32 and 64 none at all. Batches of at most 4 with more than 64 steps hoist
+# the input projection in blocks of 64 steps (GEMMs of up to 256 rows). seq_lengths take the
+# rows through Product::rows.
 CASES = [
     Case(input_size=7, hidden_size=40, seq_len=6, batch=17),
+    Case(input_size=9, hidden_size=24, seq_len=5, batch=12, with_hx=True),
     Case(input_size=33, hidden_size=70, seq_len=5, batch=40, bidirectional=True, with_hx=True),
     Case(input_size=32, hidden_size=64, seq_len=4, batch=32, num_layers=2),
     Case(input_size=1, hidden_size=5, seq_len=130, batch=3, with_hx=True),

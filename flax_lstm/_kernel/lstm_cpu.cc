@@ -324,6 +324,11 @@ static_assert(NR == 32, "a bfloat16 panel row is two B tiles of 16 columns");
 constexpr int kRows = 16;       // rows of a tile
 constexpr int kK = 32;          // bfloat16 K-steps in a row of an A tile
 constexpr int kMaxProducts = 2;
+// The fewest rows a GEMM takes to the tiles. A tile row of 8 to 16 rows costs the same tile
+// operations; below 16 its rows are copied into a zero-padded buffer. 16 left every GEMM of a
+// batch of 5 to 15 sequences on vdpbf16ps, at half the speed of a batch of 16 on the tiles
+// (docs/performance/design.md, "Intel Emerald Rapids: the first AMX run").
+constexpr int kMinRows = 8;
 
 // The tile primitives, the one part that differs between the hardware and the emulation. Tile
 // numbers are literals (the instructions encode them).
@@ -569,15 +574,15 @@ FLAX_LSTM_AMX_TARGET void gemm(int64_t M, int64_t npanels, const Product<bf16>* 
 // C (M × npanels·NR, leading dimension ldc) = the sum of the products, panel by panel: every
 // row block of A passes over the same panel of B, which stays in L1 or L2 (blocking K to fit
 // L1 measured slower: docs/performance/design.md, "Tuning per CPU"). bfloat16 runs on AMX
-// tiles where the CPU has them (amx::gemm) and the GEMM fills at least one tile row (fewer
-// rows would leave most of each tile zeros, copied in for every call), else on the vdpbf16ps
+// tiles where the CPU has them (amx::gemm) and the GEMM has at least amx::kMinRows rows (fewer
+// would leave most of each tile zeros, copied in for every call), else on the vdpbf16ps
 // micro-kernel.
 template <typename E>
 void gemm_packed(int64_t M, int64_t npanels, const Product<E>* prods, int nprod, float* C,
                  int64_t ldc) {
 #if FLAX_LSTM_AMX
   if constexpr (std::is_same_v<E, bf16>) {
-    if (M >= amx::kRows && nprod <= amx::kMaxProducts && amx::state() > 0)
+    if (M >= amx::kMinRows && nprod <= amx::kMaxProducts && amx::state() > 0)
       return amx::gemm(M, npanels, prods, nprod, C, ldc);
   }
 #endif
