@@ -27,6 +27,7 @@ __all__ = [
     "num_threads",
     "targets",
     "transposed_copy",
+    "usable_cpus",
     "weight_grads",
 ]
 
@@ -42,11 +43,17 @@ def num_threads(hidden: int | None = None) -> int:
     env = os.environ.get("FLAX_LSTM_NUM_THREADS")
     if env:
         return max(1, int(env))
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     return max(1, cpus if hidden is None else min(cpus, hidden // 16))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: fewer than the machine's under ``taskset`` or a
+    container's CPU set."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
 
 
 def targets(dtype: Any) -> tuple[str, str]:

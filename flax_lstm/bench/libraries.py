@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flax_lstm as fl
+from flax_lstm.bench.machine import torch_device
 from flax_lstm.bench.shapes import Shape
 
 __all__ = [
@@ -120,10 +121,7 @@ def _build_flax_lstm_padded(
 def _build_torch(shape: Shape, x: np.ndarray, packed: bool = False) -> dict[str, Callable]:
     import torch
 
-    # torch runs where JAX computes: a CUDA build of torch on a GPU machine benchmarked with
-    # JAX_PLATFORMS=cpu must stay on the CPU, or it times the GPU against flax_lstm's CPU.
-    on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
-    dev = "cuda" if on_gpu else "cpu"
+    dev = torch_device() or "cpu"
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
     dtype = getattr(torch, shape.dtype)
     m = torch.nn.LSTM(

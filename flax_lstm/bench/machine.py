@@ -10,9 +10,10 @@ from typing import Any
 import jax
 
 import flax_lstm as fl
+from flax_lstm._kernel.ffi import usable_cpus
 from flax_lstm.bench.cpu import cpu_info
 
-__all__ = ["machine_info", "precision_note", "versions"]
+__all__ = ["machine_info", "precision_note", "torch_device", "versions"]
 
 
 def versions() -> dict[str, str]:
@@ -26,18 +27,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+def torch_device() -> str | None:
+    """Where torch runs beside JAX, so that both compute on the same device: ``"cuda"`` on a
+    JAX GPU backend when torch sees CUDA (a CUDA build of torch with ``JAX_PLATFORMS=cpu``
+    stays on the CPU), ``"cpu"`` on JAX's CPU backend, else None. Needs torch installed."""
+    import torch
+
+    backend = jax.default_backend()
+    if backend == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if backend == "cpu" else None
+
+
 def precision_note() -> str:
     """The float32 matmul precision the libraries run at on this backend."""
     if jax.default_backend() == "gpu":
         return "float32 with TF32 allowed for every library (DESIGN.md's protocol)"
     return "full float32"
-
-
-def _cpus_allowed() -> int | None:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count()
 
 
 def machine_info() -> dict[str, Any]:
@@ -48,7 +54,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
-        "cpus_allowed": _cpus_allowed(),
+        "cpus_allowed": usable_cpus(),
         "jax_backend": jax.default_backend(),
         "jax_devices": [d.device_kind for d in jax.devices()],
         **cpu_info(),

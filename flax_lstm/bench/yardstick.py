@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from flax_lstm.bench.machine import torch_device
+
 __all__ = ["GEMM_LIBRARIES", "best_gemm", "reference_gemm_gflops", "torch_gemm_gflops"]
 
 GEMM_LIBRARIES = ("xla", "torch")
@@ -64,13 +66,10 @@ def torch_gemm_gflops(n: int | None = None, reps: int = 5, dtype: str = "float32
         import torch
     except ImportError:
         return None
-    backend = jax.default_backend()
-    if backend == "gpu" and torch.cuda.is_available():
-        device, sync = "cuda", torch.cuda.synchronize
-    elif backend == "cpu":
-        device, sync = "cpu", lambda: None
-    else:
+    device = torch_device()
+    if device is None:
         return None
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     n = n or _default_n()
     a = torch.randn(n, n, generator=torch.Generator().manual_seed(0)).to(
         device, getattr(torch, dtype)
