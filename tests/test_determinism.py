@@ -29,9 +29,13 @@ import flax_lstm as fl
 CASES = {
     "ragged": (dict(input_size=12, hidden_size=64, num_layers=2, bidirectional=True),
                (30, 6, 12), [30, 21, 17, 9, 4, 1]),
-    # 3 sequences hoist the input projection (blocks of 64 steps); 16 units are one chunk a
-    # step, so the kernel shares whole rows instead of fixed runs (see run_items).
-    "hoisted": (dict(input_size=5, hidden_size=16, bidirectional=True), (70, 3, 5), [70, 64, 9]),
+    # 3 sequences hoist the input projection (blocks of 64 steps); 16 units of one direction
+    # are one item a step, so the kernel shares whole rows instead of fixed runs (see run_items;
+    # two directions would be two items, one run per thread).
+    "hoisted": (dict(input_size=5, hidden_size=16), (70, 3, 5), [70, 64, 9]),
+    # Both directions' items of a step share one row of work, here in fixed runs.
+    "hoisted-bidirectional": (dict(input_size=5, hidden_size=16, bidirectional=True),
+                              (70, 3, 5), [70, 64, 9]),
 }
 case = sys.argv[3] if len(sys.argv) > 3 else "ragged"
 kwargs, shape, lens = CASES[case.removesuffix("-bfloat16")]
@@ -73,13 +77,16 @@ def _bitwise_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("impl", ["kernel", "scan"])
-def test_bitwise_equal_run_to_run_and_across_thread_counts(impl, tmp_path):
+@pytest.mark.parametrize(
+    ("impl", "case"),
+    [("kernel", "ragged"), ("kernel", "hoisted-bidirectional"), ("scan", "ragged")],
+)
+def test_bitwise_equal_run_to_run_and_across_thread_counts(impl, case, tmp_path):
     if impl == "kernel" and not fl.kernel.available():
         pytest.skip("CPU kernel not built")
     counts = ["1", "2", "4"] if impl == "kernel" else ["2"]
-    runs = {n: _run(tmp_path, impl, n, "a") for n in counts}
-    again = _run(tmp_path, impl, counts[-1], "b")
+    runs = {n: _run(tmp_path, impl, n, "a", case) for n in counts}
+    again = _run(tmp_path, impl, counts[-1], "b", case)
     assert _bitwise_equal(runs[counts[-1]], again)
     for n in counts[1:]:
         assert _bitwise_equal(runs[counts[0]], runs[n]), f"threads {counts[0]} vs {n}"

@@ -28,7 +28,7 @@
 // float32, as the lax.scan path computes bfloat16). Which calls come here is decided on the
 // Python side, and stated once there: KERNEL_REACH in flax_lstm/plan.py.
 //
-// Layouts (row-major), D directions run one after the other:
+// Layouts (row-major); the D directions' step t run side by side:
 //   x     (T, D, N, I)   direction 1's input reversed in time by the caller
 //   w_ih  (D, 4H, I), w_hh (D, 4H, H), bias (D, 4H) = b_ih + b_hh, as torch stores them
 //                        (gate order i, f, g, o)
@@ -1224,19 +1224,21 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
   // the steps as rows, a row of items (one per chunk) before the block's steps, and each step's
   // GEMM is only h_{t-1}·W_hhᵀ: at a batch of a few sequences the per-step GEMM reads every
   // weight for a few multiply-adds each, so W_ih is then read once a block instead of once a
-  // step. xp holds the block's projection, chunk by chunk: (chunks, kBlock · N, cols).
+  // step. xp holds the block's projection, chunk by chunk: (D, chunks, kBlock · N, cols).
   const Order order(mask, T, N);
   const bool hoist = N <= small_batch;
-  const int64_t blocks = hoist ? (T + kBlock - 1) / kBlock : 0, per_dir = T + blocks;
-  std::vector<float> xp(hoist ? static_cast<size_t>(chunks * kBlock * N * cols) : 0);
-  // Row d·per_dir + r of direction d: step r, or, hoisted, the projection of block r / (kBlock
-  // + 1) when r % (kBlock + 1) == 0 and else step r - r / (kBlock + 1) - 1.
+  const int64_t blocks = hoist ? (T + kBlock - 1) / kBlock : 0, rows = T + blocks;
+  std::vector<float> xp(hoist ? static_cast<size_t>(D * chunks * kBlock * N * cols) : 0);
+  // Row r: step r, or, hoisted, the projection of block r / (kBlock + 1) when r % (kBlock + 1)
+  // == 0 and else step r - r / (kBlock + 1) - 1; item d·chunks + k of a row is chunk k of
+  // direction d (the directions are independent, so both take the same row: a bidirectional
+  // layer waits T times, not 2T).
   // An item's GEMM goes to the thread's scratch and its results are written once claimed (see
   // Claim); the items that write as they go (packing, the projection) claim first.
-  run_items(pool, threads, Prefault(fresh), D * per_dir, chunks, [&](int64_t row, int64_t k,
+  run_items(pool, threads, Prefault(fresh), rows, D * chunks, [&](int64_t r, int64_t item,
                                                                     Scratch& scratch,
                                                                     Claim claim) {
-    const int64_t d = row / per_dir, r = row % per_dir;
+    const int64_t d = item / chunks, k = item % chunks;
     const int64_t t = hoist ? r - r / (kBlock + 1) - 1 : r;
     const bool projection = hoist && r % (kBlock + 1) == 0;
     if ((r == 0 || projection) && !claim()) return false;
@@ -1256,7 +1258,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
         a = g;
       }
       const Product<E> prod{a, I, static_cast<int>(I), pi};
-      gemm_packed(nt * N, cols / NR, &prod, 1, xp.data() + k * kBlock * N * cols, cols);
+      gemm_packed(nt * N, cols / NR, &prod, 1, xp.data() + item * kBlock * N * cols, cols);
       return true;
     }
     const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
@@ -1276,7 +1278,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
     float* gate = scratch.get(static_cast<size_t>(N * cols));
     gemm_packed(na, cols / NR, prods + hoist, hoist ? 1 : 2, gate, cols);
     if (hoist) {
-      const float* p = xp.data() + (k * kBlock + t % kBlock) * N * cols;
+      const float* p = xp.data() + (item * kBlock + t % kBlock) * N * cols;
       for (int64_t i = 0; i < na; ++i)
         for (int64_t j = 0; j < cols; ++j) gate[i * cols + j] += p[order.row(i) * cols + j];
     }
@@ -1361,15 +1363,15 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
   // (dc), and the dh that frozen steps pass through (pass).
   std::vector<float> dc(static_cast<size_t>(D * N * H), 0.0f), pass(dc.size(), 0.0f);
   if (!dcs_all) std::memcpy(dc.data(), dcs, D * N * H * sizeof(float));
-  // Row d·(T + 1) + r: step t = T - 1 - r of direction d, and r = T the dh0 row. Row i of
-  // the chunk's dh is batch row order.row(i) (see Order).
+  // Row r: step t = T - 1 - r, and r = T the dh0 row; item d·chunks + k of a row is chunk k of
+  // direction d (both directions in one row, as in forward). Row i of the chunk's dh is batch
+  // row order.row(i) (see Order).
   const Order order(mask, T, N);
-  const int64_t steps = T + 1;
   // As in forward: the GEMM to scratch, the results once claimed, packing claimed first.
-  run_items(pool, threads, Prefault(fresh), D * steps, chunks, [&](int64_t row, int64_t k,
+  run_items(pool, threads, Prefault(fresh), T + 1, D * chunks, [&](int64_t row, int64_t item,
                                                                   Scratch& scratch,
                                                                   Claim claim) {
-    const int64_t d = row / steps, t = T - 1 - row % steps;
+    const int64_t d = item / chunks, k = item % chunks, t = T - 1 - row;
     const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
     if (t == T - 1 && !claim()) return false;
     if (t == T - 1) pack(d, k);
