@@ -3,11 +3,12 @@
 # benchmark set and the GPU parity tests; then, where the machine's own CPU has AMX-BF16 (the
 # H200 machines' Intel Emerald Rapids did, 2026-12-04), the AMX tests and both CPU sets in float32
 # and bfloat16 on 2 of its cores (taskset), JAX on the CPU and torch with it. Writes JSON and
-# logs under ${OUT:-.} (at most 7 files; SWEEP=1 adds 4, over the device tool's 8). SWEEP=1 adds
+# logs under ${OUT:-.} (at most 8 files; SWEEP=1 adds 4, over the device tool's 8). SWEEP=1 adds
 # an unroll / autodiff sweep on the GPU; CPU=0 skips the CPU part, CPU=1 runs it without AMX too.
 # KERNEL_BASELINE=FILE.cc adds tools/kernel_ab.py, this checkout's kernel against that source, on
-# small bfloat16 batches (the device's copy of the tree has no git history: copy the baseline
-# with `git show REV:flax_lstm/_kernel/lstm_cpu.cc` into an ignored folder and carry it). That
+# small bfloat16 batches (2 cores) and the bidirectional B32 (every core). The device's copy of
+# the tree has no git history: copy the baseline with `git show REV:flax_lstm/_kernel/lstm_cpu.cc`
+# into an ignored folder and carry it. That
 # makes about 10 minutes, the device tool's limit for one call: GPU=0 skips the GPU part, so the
 # two parts can go in two calls.
 set -u
@@ -53,6 +54,12 @@ if [ "${CPU:-$amx}" != 0 ]; then
     timeout 150 taskset -c 0,1 python3 tools/kernel_ab.py --baseline "$KERNEL_BASELINE" \
       --shape 4,128,256,bf16 --shape 8,128,256,bf16 --shape 12,128,256,bf16 \
       --shape 16,128,256,bf16 --reps 10 --copies 2 --json "$OUT/kernel_ab_amx.json" \
+      2>>"$OUT/stderr.log" | grep -E "^\| (shape|B)" || echo "kernel_ab: failed or timed out"
+    # Every core: a bidirectional layer's two directions share each step's row of work since
+    # b5769d9 (its B32 forward took 4x the unidirectional one on 16 cores at 5d9bf16).
+    timeout 150 python3 tools/kernel_ab.py --baseline "$KERNEL_BASELINE" \
+      --shape 32,128,256,2,bi,in=128 --shape 32,128,256,2,bi,in=128,bf16 \
+      --shape 32,128,256,2,in=128 --reps 8 --copies 2 --json "$OUT/kernel_ab_all_cores.json" \
       2>>"$OUT/stderr.log" | grep -E "^\| (shape|B)" || echo "kernel_ab: failed or timed out"
   fi
 fi
