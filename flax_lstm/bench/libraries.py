@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flax_lstm as fl
-from flax_lstm.bench.machine import torch_device
+from flax_lstm.bench.machine import torch_device, torch_waiter
 from flax_lstm.bench.shapes import Shape
 
 __all__ = [
@@ -129,7 +129,7 @@ def _build_torch(shape: Shape, x: np.ndarray, packed: bool = False) -> dict[str,
     ).to(dev, dtype)
     xt = torch.tensor(x, device=dev, dtype=dtype)
     xg = xt.clone().requires_grad_(True)
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    sync = torch_waiter(dev)
     lengths = None  # set only when packed: on CPU, as torch wants
     if packed:
         given = shape.seq_lengths()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -13,7 +14,7 @@ import flax_lstm as fl
 from flax_lstm._kernel.ffi import usable_cpus
 from flax_lstm.bench.cpu import cpu_info
 
-__all__ = ["machine_info", "precision_note", "torch_device", "versions"]
+__all__ = ["machine_info", "precision_note", "torch_device", "torch_waiter", "versions"]
 
 
 def versions() -> dict[str, str]:
@@ -37,6 +38,14 @@ def torch_device() -> str | None:
     if backend == "gpu" and torch.cuda.is_available():
         return "cuda"
     return "cpu" if backend == "cpu" else None
+
+
+def torch_waiter(device: str) -> Callable[[], None]:
+    """What waits for torch's queued work on ``device`` (a `torch_device`) to finish, so that a
+    timed call includes it: CUDA runs asynchronously, the CPU does not."""
+    import torch
+
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
 def precision_note() -> str:

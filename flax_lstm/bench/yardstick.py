@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flax_lstm.bench.machine import torch_device
+from flax_lstm.bench.machine import torch_device, torch_waiter
 
 __all__ = ["GEMM_LIBRARIES", "best_gemm", "reference_gemm_gflops", "torch_gemm_gflops"]
 
@@ -69,7 +69,7 @@ def torch_gemm_gflops(n: int | None = None, reps: int = 5, dtype: str = "float32
     device = torch_device()
     if device is None:
         return None
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = torch_waiter(device)
     n = n or _default_n()
     a = torch.randn(n, n, generator=torch.Generator().manual_seed(0)).to(
         device, getattr(torch, dtype)
