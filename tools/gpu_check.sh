@@ -8,9 +8,8 @@
 # KERNEL_BASELINE=FILE.cc adds tools/kernel_ab.py, this checkout's kernel against that source, on
 # small bfloat16 batches (2 cores) and the bidirectional B32 (every core). The device's copy of
 # the tree has no git history: copy the baseline with `git show REV:flax_lstm/_kernel/lstm_cpu.cc`
-# into an ignored folder and carry it. That
-# makes about 10 minutes, the device tool's limit for one call: GPU=0 skips the GPU part, so the
-# two parts can go in two calls.
+# into an ignored folder and carry it. That makes about 10 minutes, the device tool's limit for
+# one call: GPU=0 skips the GPU part, so the two parts can go in two calls.
 set -u
 OUT=${OUT:-.}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
