@@ -362,6 +362,39 @@ def test_kernel_ab_tool_compares_two_kernel_libraries(tmp_path):
     assert all(r["ms"]["baseline"] > 0 and r["ms"]["current"] > 0 for r in rows)
 
 
+def test_kernel_ab_compares_the_weight_gradients_with_xla(tmp_path):
+    """``--baseline xla-weight-grads``: the checkout against itself with XLA's GEMMs for the
+    weight gradients; the tool checks that only the current variant's trace calls the kernel's
+    `weight_grads` (T·N = 128 rows against I + H = 64 columns: the kernel's, by the plan)."""
+    from flax_lstm import kernel
+
+    if not kernel.available():
+        pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
+    out = tmp_path / "ab.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "kernel_ab.py"), "--baseline", "xla-weight-grads",
+         "--modes", "fwd_bwd", "--shape", "8,16,32", "--reps", "2", "--copies", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert record["baseline"] == "xla-weight-grads"
+    assert [(r["shape"], r["mode"]) for r in record["rows"]] == [("B8 T16 H32 L1", "fwd_bwd")]
+    assert all(record["rows"][0]["ms"][who] > 0 for who in ("baseline", "current"))
+
+
+def test_kernel_ab_rejects_unknown_modes(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "kernel_ab.py"), "--baseline", "xla-weight-grads",
+         "--modes", "fwd,backward", "--shape", "8,16,32"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    expected = "--modes: expected a comma list from ('fwd', 'fwd_bwd'), got 'fwd,backward'"
+    assert expected in proc.stderr
+
+
 def test_kernel_ab_baseline_from_a_source_file(tmp_path, monkeypatch):
     """On a machine without the git history the baseline is a copy of ``lstm_cpu.cc``."""
     monkeypatch.syspath_prepend(str(ROOT / "tools"))

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# One-shot check for a lent GPU machine (H100/H200), in one call of about 8 minutes: the GPU
+# One-shot check for a lent GPU machine (H100/H200), in one call of about 9 minutes: the GPU
 # benchmark set and the GPU parity tests; then, where the machine's own CPU has AMX-BF16 (the
-# H200 machines' Intel Emerald Rapids did, 2026-12-04), the AMX tests and both CPU sets in float32
-# and bfloat16 on 2 of its cores (taskset), JAX on the CPU and torch with it. Writes JSON and
-# logs under ${OUT:-.} (at most 8 files; SWEEP=1 adds 4, over the device tool's 8). SWEEP=1 adds
-# an unroll / autodiff sweep on the GPU; CPU=0 skips the CPU part, CPU=1 runs it without AMX too.
-# KERNEL_BASELINE=FILE.cc adds tools/kernel_ab.py, this checkout's kernel against that source, on
-# small bfloat16 batches (2 cores) and the bidirectional B32 (every core). The device's copy of
-# the tree has no git history: copy the baseline with `git show REV:flax_lstm/_kernel/lstm_cpu.cc`
-# into an ignored folder and carry it. That makes about 10 minutes, the device tool's limit for
-# one call: GPU=0 skips the GPU part, so the two parts can go in two calls.
+# H200 machines' Intel Emerald Rapids did, 2026-12-04), the AMX tests, both CPU sets in float32
+# and bfloat16, and the kernel's float32 weight gradients against XLA's (tools/kernel_ab.py
+# --baseline xla-weight-grads), on 2 of its cores (taskset), JAX on the CPU and torch with it.
+# Writes JSON and logs under ${OUT:-.} (at most 8 files; SWEEP=1 adds 4, over the device tool's
+# 8). SWEEP=1 adds an unroll / autodiff sweep on the GPU; CPU=0 skips the CPU part, CPU=1 runs
+# it without AMX too. KERNEL_BASELINE=FILE.cc adds tools/kernel_ab.py, this checkout's kernel
+# against that source, on small bfloat16 batches (2 cores) and the bidirectional B32 (every
+# core). The device's copy of the tree has no git history: copy the baseline with `git show
+# REV:flax_lstm/_kernel/lstm_cpu.cc` into an ignored folder and carry it. That makes about 11
+# minutes, past the device tool's 10 for one call: GPU=0 skips the GPU part (and CPU=0 the CPU
+# part), so the two parts go in two calls.
 set -u
 OUT=${OUT:-.}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -49,6 +51,13 @@ if [ "${CPU:-$amx}" != 0 ]; then
   # The tiles against vdpbf16ps on the small batches (B8 reached no tile at 5d9bf16).
   FLAX_LSTM_AMX=0 PIN="taskset -c 0,1" bench cpu2_small_set_no_amx 45 --libs flax_lstm,torch \
     --dtypes bfloat16 --warmup 1 --set small --reps 5
+  # The float32 weight gradients, the kernel library's against XLA's GEMMs (about a minute; on
+  # AMD Zen 3 the kernel's fwd+bwd was 1.01-1.10x; on Intel, which trails torch at B32 and B64,
+  # not measured yet).
+  timeout 120 taskset -c 0,1 python3 tools/kernel_ab.py --baseline xla-weight-grads \
+    --modes fwd_bwd --shape 8,128,256 --shape 32,128,256,2,in=128 --shape 64,64,512,2 \
+    --reps 6 --copies 1 --json "$OUT/weight_grads_ab.json" 2>>"$OUT/stderr.log" |
+    grep -E "^\| (shape|B)" || echo "weight_grads_ab: failed or timed out"
   if [ -n "${KERNEL_BASELINE:-}" ]; then
     timeout 150 taskset -c 0,1 python3 tools/kernel_ab.py --baseline "$KERNEL_BASELINE" \
       --shape 4,128,256,bf16 --shape 8,128,256,bf16 --shape 12,128,256,bf16 \

@@ -20,6 +20,13 @@ compiled ``--copies`` times (default 3), every copy takes its turn in the random
 variant's median (and fastest call) is over all its copies' calls. Run a null comparison first
 to see the spread.
 
+``--baseline xla-weight-grads`` compares this checkout with itself, XLA's GEMMs taking the
+float32 weight and input gradients in the baseline (as they do for padded batches of few rows,
+`flax_lstm.recurrence._kernel_weight_grads`) where the kernel library's `weight_grads` and
+`input_grad` calls take them in the current variant: which of the two is faster depends on the
+CPU (docs/performance/design.md, "The kernel against its ceiling on Zen 3"). Its forward
+runs the same code in both variants, a null comparison.
+
 Not a test: from the repository root,
 ``PYTHONPATH=$PWD python tools/kernel_ab.py --baseline HEAD~1 --shape 4,128,256
 --shape 64,64,512,2 [--reps 20] [--json out.json]`` (shapes as ``flax-lstm bench --shape``).
@@ -44,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flax_lstm as fl
-from flax_lstm import kernel
+from flax_lstm import kernel, recurrence
 from flax_lstm._kernel import build, ffi
 from flax_lstm.bench import libraries
 from flax_lstm.bench.machine import machine_info
@@ -53,6 +60,8 @@ from flax_lstm.bench.shapes import parse_shape
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "kernel_ab_"
 MODES = ("fwd", "fwd_bwd")
+XLA_WEIGHT_GRADS = "xla-weight-grads"  # the --baseline of XLA's weight gradients (see above)
+WEIGHT_GRADS_TARGET = "flax_lstm_cpu_weight_grads"
 
 
 def build_baseline(rev: str, folder: Path) -> Path:
@@ -95,9 +104,35 @@ def baseline_targets():
         ffi.targets = current
 
 
-def variant(cfg: fl.LSTMConfig, unroll: int, mode: str, params, x, baseline: bool):
-    """A jitted call of ``mode`` on the kernel path, traced now (under the baseline's targets
-    where ``baseline``), and checked to call the library it should."""
+@contextlib.contextmanager
+def xla_weight_grads():
+    """While tracing: XLA's GEMMs take the weight and input gradients, never the kernel's."""
+    current = recurrence._kernel_weight_grads
+    recurrence._kernel_weight_grads = lambda x, w, mask: False
+    try:
+        yield
+    finally:
+        recurrence._kernel_weight_grads = current
+
+
+def check_trace(text: str, mode: str, baseline: bool, kind: str) -> None:
+    """Exits unless the lowered HLO ``text`` calls the kernel library its variant should."""
+    who = "baseline" if baseline else "current"
+    if "flax_lstm_cpu_forward" not in text:
+        raise SystemExit(f"the {who} variant's trace does not run the kernel")
+    if kind == XLA_WEIGHT_GRADS:
+        if baseline and WEIGHT_GRADS_TARGET in text:
+            raise SystemExit("the baseline's trace calls the kernel's weight gradients")
+        if not baseline and mode == "fwd_bwd" and WEIGHT_GRADS_TARGET not in text:
+            raise SystemExit("the current variant does not take the kernel's weight gradients here")
+    elif (PREFIX in text) != baseline:
+        raise SystemExit(f"the {who} variant's trace calls the wrong kernel library")
+
+
+def variant(cfg: fl.LSTMConfig, unroll: int, mode: str, params, x, baseline: bool, kind: str):
+    """A jitted call of ``mode`` on the kernel path, traced now (under the baseline's targets,
+    or XLA's weight gradients for ``kind`` `XLA_WEIGHT_GRADS`, where ``baseline``), and checked
+    to call the library it should."""
     impl = fl.Implementation(recurrence="kernel", unroll=unroll)
 
     def apply(p, x):
@@ -107,16 +142,17 @@ def variant(cfg: fl.LSTMConfig, unroll: int, mode: str, params, x, baseline: boo
         return apply(p, x).astype(jnp.float32).sum()
 
     fn = jax.jit(apply) if mode == "fwd" else jax.jit(jax.grad(loss, argnums=(0, 1)))
-    with baseline_targets() if baseline else contextlib.nullcontext():
+    context = contextlib.nullcontext()
+    if baseline:
+        context = xla_weight_grads() if kind == XLA_WEIGHT_GRADS else baseline_targets()
+    with context:
         text = fn.lower(params, x).as_text()
         jax.block_until_ready(fn(params, x))
-    if (PREFIX in text) != baseline or "flax_lstm_cpu_forward" not in text:
-        who = "baseline" if baseline else "current"
-        raise SystemExit(f"the {who} variant's trace calls the wrong kernel library")
+    check_trace(text, mode, baseline, kind)
     return lambda: jax.block_until_ready(fn(params, x))
 
 
-def compare(shape, reps: int, copies: int) -> list[dict]:
+def compare(shape, reps: int, copies: int, kind: str, modes=MODES) -> list[dict]:
     """Medians and minima (ms) of baseline, current and torch for both modes, interleaved at
     random; each variant compiled ``copies`` times and the times of its copies pooled."""
     cfg = fl.LSTMConfig(
@@ -131,12 +167,12 @@ def compare(shape, reps: int, copies: int) -> list[dict]:
     unrolls = iter(range(1, 1000))
     for copy in range(copies):
         for who in ("baseline", "current"):
-            for mode in MODES:
-                fn = variant(cfg, next(unrolls), mode, params, x, who == "baseline")
+            for mode in modes:
+                fn = variant(cfg, next(unrolls), mode, params, x, who == "baseline", kind)
                 calls[who, mode, copy] = fn
     if importlib.util.find_spec("torch") is not None:  # as `flax-lstm bench` runs it
         torch_fns = libraries.BUILDERS["torch"](shape, x_np)
-        calls.update({("torch", mode, 0): fn for mode, fn in torch_fns.items()})
+        calls.update({("torch", mode, 0): torch_fns[mode] for mode in modes})
     for fn in calls.values():  # warm up
         fn()
     times: dict[tuple[str, str], list[float]] = {}
@@ -146,7 +182,7 @@ def compare(shape, reps: int, copies: int) -> list[dict]:
             calls[key]()
             times.setdefault(key[:2], []).append(time.perf_counter() - start)
     rows = []
-    for mode in MODES:
+    for mode in modes:
         med = {who: statistics.median(times[who, m]) * 1e3 for who, m in times if m == mode}
         low = {who: min(times[who, m]) * 1e3 for who, m in times if m == mode}
         rows.append({"shape": shape.label(), "mode": mode, "ms": med, "ms_min": low})
@@ -173,18 +209,26 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "--baseline", default="HEAD", help="git revision of the baseline kernel, or its .cc file"
+        "--baseline",
+        default="HEAD",
+        help=f"git revision of the baseline kernel, its .cc file, or {XLA_WEIGHT_GRADS}",
     )
     ap.add_argument("--shape", action="append", required=True, help="B,T,H[,L][,bi][,in=I][,bf16]")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--copies", type=int, default=3, help="executables per variant (see above)")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma list from fwd, fwd_bwd")
     ap.add_argument("--json", help="where to write the results")
     a = ap.parse_args()
     shapes = [parse_shape(s) for s in a.shape]
+    modes = [m for m in a.modes.split(",") if m]
+    if not modes or any(m not in MODES for m in modes):
+        raise SystemExit(f"--modes: expected a comma list from {MODES}, got {a.modes!r}")
     libraries.limit_torch_spinning(["torch"])  # before torch loads: its idle threads spin
-    with tempfile.TemporaryDirectory() as folder:
-        register(build_baseline(a.baseline, Path(folder)))
-    rows = [row for shape in shapes for row in compare(shape, a.reps, a.copies)]
+    kind = XLA_WEIGHT_GRADS if a.baseline == XLA_WEIGHT_GRADS else "kernel"
+    if kind == "kernel":
+        with tempfile.TemporaryDirectory() as folder:
+            register(build_baseline(a.baseline, Path(folder)))
+    rows = [row for shape in shapes for row in compare(shape, a.reps, a.copies, kind, modes)]
     print(table(rows))
     if a.json:
         record = {"baseline": a.baseline, "reps": a.reps, "copies": a.copies, "rows": rows}
