@@ -972,6 +972,21 @@ inline void prefetch_w(const void* p, int64_t bytes) {
     __builtin_prefetch(reinterpret_cast<const void*>(line), 1);
 }
 
+// A buffer of n elements that is not zeroed, for the packed weights and the hoisted projection:
+// every element they read is written first. A std::vector would zero them before the packing
+// writes them, a pass over 8 MiB a call at H512 (docs/performance/design.md, "The kernel
+// against its ceiling on Zen 3").
+template <typename T>
+class Unzeroed {
+ public:
+  explicit Unzeroed(size_t n) : data_(new T[n]) {}
+  T* data() const { return data_.get(); }
+  T& operator[](size_t i) const { return data_[i]; }
+
+ private:
+  std::unique_ptr<T[]> data_;
+};
+
 // Forward chunks: 16 hidden units, i.e. 64 gate columns, two packed panels (a whole number of
 // vectors for the gate arithmetic). Backward chunks: 32 units, one panel of dh.
 constexpr int64_t kFwdUnits = 16, kBwdUnits = 32;
@@ -1202,9 +1217,9 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
   // 16·chunk + j (a row of W; past H, the last unit's again, computed and never stored).
   // Elements per chunk of packed W_ih, W_hh.
   const int64_t wi = panel_size<E>(I) * (cols / NR), wh = panel_size<E>(H) * (cols / NR);
-  std::vector<E> bi(static_cast<size_t>(D * chunks * wi));
-  std::vector<E> bh(static_cast<size_t>(D * chunks * wh));
-  std::vector<float> bcol(static_cast<size_t>(D * chunks * cols));
+  const Unzeroed<E> bi(static_cast<size_t>(D * chunks * wi));
+  const Unzeroed<E> bh(static_cast<size_t>(D * chunks * wh));
+  const Unzeroed<float> bcol(static_cast<size_t>(D * chunks * cols));
   // A chunk's weights are packed by the first item that uses them (its direction's first row,
   // which every later row waits for): the team shares the packing, and with small batches a
   // thread packs the chunks it keeps (run_groups) into its own core's cache.
@@ -1228,7 +1243,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
   const Order order(mask, T, N);
   const bool hoist = N <= small_batch;
   const int64_t blocks = hoist ? (T + kBlock - 1) / kBlock : 0, rows = T + blocks;
-  std::vector<float> xp(hoist ? static_cast<size_t>(D * chunks * kBlock * N * cols) : 0);
+  const Unzeroed<float> xp(hoist ? static_cast<size_t>(D * chunks * kBlock * N * cols) : 0);
   // Row r: step r, or, hoisted, the projection of block r / (kBlock + 1) when r % (kBlock + 1)
   // == 0 and else step r - r / (kBlock + 1) - 1; item d·chunks + k of a row is chunk k of
   // direction d (the directions are independent, so both take the same row: a bidirectional
@@ -1353,10 +1368,13 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
   // dz over the saved gates: the rows of ended sequences hold the zeros the forward wrote.
   const bool in_place = static_cast<const void*>(dz) == static_cast<const void*>(acts);
   const int64_t wc = panel_size<E>(G4) * (cols / NR);  // elements per chunk of packed W_hh
-  std::vector<E> bp(static_cast<size_t>(D * chunks * wc));
+  const Unzeroed<E> bp(static_cast<size_t>(D * chunks * wc));
   const auto pack = [&](int64_t d, int64_t k) {  // by the first item that uses it (see forward)
     const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
-    pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, bp.data() + (d * chunks + k) * wc);
+    E* out = bp.data() + (d * chunks + k) * wc;
+    pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, out);
+    // A last chunk of fewer units fills fewer panels; the GEMM reads all of them: zeros.
+    std::fill(out + round_up(nu, NR) / NR * panel_size<E>(G4), out + wc, E{});
   };
   std::fill(db, db + D * G4, 0.0f);
   // Shared state per direction: the gradients w.r.t. the cell state after the current step
@@ -1610,7 +1628,7 @@ void input_grad(const Dims& s, ffi::ThreadPool& pool, int threads, const float* 
   const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
   const int64_t PI = (I + NR - 1) / NR;
   const int64_t wp = panel_size<float>(G4) * PI;  // elements of packed W_ih per direction
-  std::vector<float> bw(static_cast<size_t>(D * wp));
+  const Unzeroed<float> bw(static_cast<size_t>(D * wp));
   for (int64_t d = 0; d < D; ++d) pack_cols(w_ih + d * G4 * I, G4, I, 0, I, bw.data() + d * wp);
   const int64_t groups = (T + kDxSteps - 1) / kDxSteps;
   const Prefault prefault({{dx, static_cast<size_t>(T * D * N * I) * sizeof(float)}});
