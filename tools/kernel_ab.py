@@ -54,12 +54,12 @@ import flax_lstm as fl
 from flax_lstm import kernel, recurrence
 from flax_lstm._kernel import build, ffi
 from flax_lstm.bench import libraries
+from flax_lstm.bench.libraries import MODES
 from flax_lstm.bench.machine import machine_info
 from flax_lstm.bench.shapes import parse_shape
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "kernel_ab_"
-MODES = ("fwd", "fwd_bwd")
 XLA_WEIGHT_GRADS = "xla-weight-grads"  # the --baseline of XLA's weight gradients (see above)
 WEIGHT_GRADS_TARGET = "flax_lstm_cpu_weight_grads"
 
