@@ -126,8 +126,9 @@ def _calibration_lines(verdicts: dict) -> list[str]:
     lines = [f"measured against the scan: {calibrate.cache_path()}"]
     for dtype, by_regime in verdicts.items():
         for v in by_regime.values():
+            probe = f"B{v['batch']} T{v['steps']} H{v['hidden']}"
             lines.append(
-                f"  {dtype} {v['regime']} batches (probe batch {v['batch']}): the kernel "
+                f"  {dtype} {v['regime']} (probe {probe}): the kernel "
                 f"{v['speedup']:.2f}× the scan, default {v['choice']}"
             )
     if calibrate.disabled():

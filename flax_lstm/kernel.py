@@ -158,8 +158,9 @@ def info() -> dict[str, Any]:
     batch the kernel runs with its small-batch scheme (input projection per block of steps,
     a fixed run of hidden units per thread); ``cache_dir``;
     ``calibration``: the verdicts of the measurement of the kernel against the scan path on
-    this CPU, by dtype and regime (batches of at most 4 sequences, "small", or more, "large"),
-    which the default plan follows; an empty dict before the first measurement (made when a
+    this CPU, by dtype and regime (batches of at most 4 sequences, "small", or more, "large",
+    and the short calls that the size rule leaves to the measurement, "short"), which the
+    default plan follows; an empty dict before the first measurement (made when a
     default plan would first take the kernel for a dtype, or by ``flax-lstm kernel
     --calibrate``).
 

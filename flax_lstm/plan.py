@@ -49,6 +49,14 @@ BACKWARDS = ("custom", "autodiff", "remat")
 KERNEL_MIN_STEPS = 2
 KERNEL_MIN_STEP_UNITS = 1024
 KERNEL_MIN_WORK_UNITS = 4096
+# Below those thresholds, a call of at least KERNEL_MIN_STEPS steps and KERNEL_SHORT_MIN_HIDDEN
+# hidden units is a "short" call: the default follows the kernel's measured verdict on this
+# CPU for such calls (`flax_lstm._kernel.calibrate`, regime "short"), and the scan where none
+# is measured. The thresholds above were measured on Zen 5 before the kernel's fixed cost per
+# call shrank; on Zen 3 with the current kernel every such call measured faster on the kernel,
+# forward 1.4–2.6× and fwd+bwd 1.0–1.5×, and calls of 64 units slower in fwd+bwd (0.55–0.86×):
+# docs/performance/design.md, "Small calls: the kernel or the scan".
+KERNEL_SHORT_MIN_HIDDEN = 128
 
 
 class CallFacts(NamedTuple):
@@ -238,16 +246,40 @@ def kernel_blocker(facts: CallFacts) -> str | None:
     return None
 
 
-def _too_small(steps: Any, batch: Any, hidden: int) -> bool:
-    """Whether the default leaves a call to the scan (see `KERNEL_MIN_STEPS`). A symbolic
-    length or batch (`jax.export`) counts as large: it cannot be compared with a number."""
+def _call_size(steps: Any, batch: Any, hidden: int) -> Literal["small", "short", "large"]:
+    """The size of a call for the default: ``"small"``, left to the scan; ``"short"``, the
+    measured verdict decides (see `KERNEL_SHORT_MIN_HIDDEN`); ``"large"``, enough for the
+    kernel (see `KERNEL_MIN_STEPS`). A symbolic length or batch (`jax.export`) counts as large:
+    it cannot be compared with a number."""
     if not isinstance(steps, int):
-        return False
+        return "large"
     if steps < KERNEL_MIN_STEPS:
-        return True
-    if steps * hidden >= KERNEL_MIN_STEP_UNITS:
-        return False
-    return isinstance(batch, int) and steps * batch * hidden < KERNEL_MIN_WORK_UNITS
+        return "small"
+    if steps * hidden >= KERNEL_MIN_STEP_UNITS or not isinstance(batch, int):
+        return "large"
+    if steps * batch * hidden >= KERNEL_MIN_WORK_UNITS:
+        return "large"
+    return "short" if hidden >= KERNEL_SHORT_MIN_HIDDEN else "small"
+
+
+def _size_reason(steps: Any, batch: Any, hidden: int) -> str:
+    """Why the size rule leaves a call to the scan."""
+    return (
+        f"{steps} steps × {batch} sequences × {hidden} hidden units: the scan is faster "
+        f"than the kernel's fixed cost per call below {KERNEL_MIN_STEPS} steps, or below "
+        f"both {KERNEL_MIN_STEP_UNITS} steps × hidden units and {KERNEL_MIN_WORK_UNITS} "
+        "steps × sequences × hidden units"
+    )
+
+
+def _measured_reason(measured: calibrate.Verdict, dtype: jnp.dtype) -> str:
+    """Why a measured verdict left a call to the scan."""
+    return (
+        f"measured on this CPU: the scan path {1 / measured.speedup:.1f}× as fast as the "
+        f"kernel for {dtype.name} at {measured.calls} (cached in {calibrate.cache_path()}; "
+        "impl='kernel' or impl='scan' forces a path, FLAX_LSTM_CALIBRATE=0 leaves the "
+        "choice to the size rule)"
+    )
 
 
 def _choose_recurrence(request: Implementation, blocker: str | None, facts: CallFacts, steps):
@@ -268,27 +300,31 @@ def _choose_recurrence(request: Implementation, blocker: str | None, facts: Call
                 f"recurrence='kernel' was requested, but the CPU kernel is not available: {error}"
             )
         return "kernel", "recurrence='kernel' was requested"
-    if _too_small(steps, facts.batch, hidden):
-        return "scan", (
-            f"{steps} steps × {facts.batch} sequences × {hidden} hidden units: the scan is faster "
-            f"than the kernel's fixed cost per call below {KERNEL_MIN_STEPS} steps, or below "
-            f"both {KERNEL_MIN_STEP_UNITS} steps × hidden units and {KERNEL_MIN_WORK_UNITS} "
-            "steps × sequences × hidden units"
-        )
+    size = _call_size(steps, facts.batch, hidden)
+    if size == "small":
+        return "scan", _size_reason(steps, facts.batch, hidden)
     if not kernel.available(dtype):
         return "scan", f"the CPU kernel is not available: {kernel.build_error(dtype)}"
     # The reason points to the reach rather than restating part of it.
     reason = "the CPU kernel applies (within plan.KERNEL_REACH, and large enough)"
-    measured = calibrate.verdict(dtype.name, facts.batch)
+    regime = "short" if size == "short" else calibrate.regime(facts.batch)
+    measured = calibrate.verdict(dtype.name, regime)
+    if measured is None and size == "short":  # a short call needs a verdict
+        return "scan", (
+            f"{_size_reason(steps, facts.batch, hidden)}; from {KERNEL_SHORT_MIN_HIDDEN} "
+            "hidden units a measurement on this CPU decides, and none was made "
+            f"({calibrate.ENV}=0, or it failed)"
+        )
     if measured is None:
         return "kernel", reason
     if measured.choice == "scan":
-        return "scan", (
-            f"measured on this CPU: the scan path {1 / measured.speedup:.1f}× as fast as the "
-            f"kernel for {dtype.name} at {measured.batches} (cached in {calibrate.cache_path()}; "
-            "impl='kernel' or impl='scan' forces a path, FLAX_LSTM_CALIBRATE=0 leaves the "
-            "choice to the size rule)"
+        return "scan", _measured_reason(measured, dtype)
+    if size == "short":
+        reason = (
+            f"the CPU kernel applies (within plan.KERNEL_REACH), and on this CPU it measured "
+            f"{measured.speedup:.1f}× the scan on {measured.calls} like this one"
         )
+        return "kernel", reason
     return "kernel", f"{reason}; measured on this CPU: the kernel {measured.speedup:.1f}× the scan"
 
 

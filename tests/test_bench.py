@@ -362,6 +362,33 @@ def test_kernel_ab_tool_compares_two_kernel_libraries(tmp_path):
     assert all(r["ms"]["baseline"] > 0 and r["ms"]["current"] > 0 for r in rows)
 
 
+def test_small_calls_tool_times_both_paths_and_names_the_default(tmp_path):
+    """tools/small_calls.py: the kernel and the scan on short calls, with the default's path."""
+    from flax_lstm import kernel
+
+    if not kernel.available():
+        pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
+    out = tmp_path / "small.json"
+    tool = str(ROOT / "tools" / "small_calls.py")
+    proc = subprocess.run(
+        [sys.executable, tool, "--shape", "1,2,128", "--shape", "2,1,16", "--reps", "2",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("B1 T2 H128 [default scan]: fwd ")  # measuring is off here
+    assert lines[1].startswith("B2 T1 H16 [default scan]: fwd ")
+    result = json.loads(out.read_text())
+    assert "cpu_flags" in result["machine"] and len(result["results"]) == 2
+    first = result["results"][0]
+    assert all(first[m][f"{p}_ms"] > 0 for m in ("fwd", "fwd_bwd") for p in ("kernel", "scan"))
+    bad = subprocess.run(
+        [sys.executable, tool, "--shape", "1,2"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert bad.returncode == 2 and "expected B,T,H" in bad.stderr
+
+
 def test_kernel_ab_compares_the_weight_gradients_with_xla(tmp_path):
     """``--baseline xla-weight-grads``: the checkout against itself with XLA's GEMMs for the
     weight gradients; the tool checks that only the current variant's trace calls the kernel's

@@ -22,6 +22,7 @@ import pytest
 import python_process
 
 from flax_lstm import cli, kernel
+from flax_lstm import plan as plans
 from flax_lstm._kernel import build, calibrate, tuning
 
 
@@ -29,9 +30,20 @@ def test_regimes():
     small = tuning.small_batch()
     assert [calibrate.regime(n) for n in (1, small)] == ["small", "small"]
     assert calibrate.regime(small + 1) == "large"
-    assert calibrate.probe_batch("small") == small
+    assert calibrate.probe("small") == calibrate.Probe(steps=64, hidden=256, batch=small)
+    assert calibrate.probe("large") == calibrate.Probe(steps=64, hidden=256, batch=32)
     (b,) = jax.export.symbolic_shape("b")
     assert calibrate.regime(b) == "large"  # a symbolic batch counts as large
+
+
+def test_the_short_probe_is_the_smallest_short_call():
+    """The plan's rule says which calls are short; the probe is the least work among them, so
+    a kernel that wins there wins on all of them."""
+    shortest = calibrate.probe("short")
+    assert shortest == (plans.KERNEL_MIN_STEPS, plans.KERNEL_SHORT_MIN_HIDDEN, 1)
+    assert plans._call_size(*shortest[::2], shortest.hidden) == "short"
+    assert plans._call_size(shortest.steps - 1, 1, shortest.hidden) == "small"
+    assert plans._call_size(shortest.steps, 1, shortest.hidden - 1) == "small"
 
 
 @pytest.mark.parametrize(
@@ -53,16 +65,17 @@ def test_verdict_is_the_geometric_mean_of_the_modes(fwd, fwd_bwd, choice):
     }
     verdict = calibrate.Verdict.of("float32", "large", times)
     assert verdict.speedup == pytest.approx(math.sqrt(fwd * fwd_bwd))
-    assert verdict.choice == choice and verdict.batch == calibrate.probe_batch("large")
+    assert verdict.choice == choice and verdict.batch == calibrate.probe("large").batch
     assert verdict.kernel_ms == {"fwd": 10.0, "fwd_bwd": 30.0}
 
 
 def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp_path):
     fake = fake_calibration.install(monkeypatch, tmp_path, small=1.5, large=0.5)
-    small = calibrate.verdict("float32", 2)
-    measured = [("float32", 4), ("float32", 32), ("float32", 32)]  # the scan's verdict twice
+    small = calibrate.verdict("float32", "small")
+    # every regime, the scan's verdict twice
+    measured = [("float32", r) for r in ("small", "large", "large", "short")]
     assert fake.calls == measured
-    large = calibrate.verdict("float32", 100)
+    large = calibrate.verdict("float32", "large")
     assert fake.calls == measured
     assert (small.choice, small.speedup, large.choice, large.speedup) == (
         "kernel", 1.5, "scan", 0.5
@@ -72,21 +85,21 @@ def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp
     record = json.loads(path.read_text())
     assert record["verdicts"]["float32"]["large"]["choice"] == "scan"
     assert calibrate.cached()["float32"]["small"]["speedup"] == 1.5
-    calibrate.verdict("bfloat16", 8)  # another dtype: measured, and kept beside the first
-    assert fake.calls[3:] == [("bfloat16", 4), ("bfloat16", 32), ("bfloat16", 32)]
+    calibrate.verdict("bfloat16", "large")  # another dtype: measured, kept beside the first
+    assert fake.calls[4:] == [("bfloat16", r) for r in ("small", "large", "large", "short")]
     assert sorted(json.loads(path.read_text())["verdicts"]) == ["bfloat16", "float32"]
     # Another library (a new CPU, compiler, jaxlib or source) is measured anew, and so is
     # another CPU with the same library (a portable one) or another count of threads.
     monkeypatch.setattr(build, "LIBRARY", [tmp_path / "lstm_cpu_fedcba9876543210.so"])
-    calibrate.verdict("float32", 2)
+    calibrate.verdict("float32", "small")
     here = calibrate._machine.__wrapped__(2)
     monkeypatch.setattr(build, "cpu_identity", lambda: "flags: another CPU")
     assert calibrate._machine.__wrapped__(2) != here  # (cached per process: one CPU)
     monkeypatch.setattr(calibrate, "_machine", calibrate._machine.__wrapped__)
-    calibrate.verdict("float32", 2)
+    calibrate.verdict("float32", "small")
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "7")
-    calibrate.verdict("float32", 2)
-    assert len(fake.calls) == 5 * 3 and len(list(tmp_path.glob("*.calibration-*.json"))) == 4
+    calibrate.verdict("float32", "small")
+    assert len(fake.calls) == 5 * 4 and len(list(tmp_path.glob("*.calibration-*.json"))) == 4
 
 
 def test_a_verdict_for_the_scan_is_measured_again(monkeypatch, tmp_path):
@@ -96,15 +109,15 @@ def test_a_verdict_for_the_scan_is_measured_again(monkeypatch, tmp_path):
     fake = fake_calibration.install(monkeypatch, tmp_path, small=2.0, large=2.0)
     unloaded = fake.__call__
 
-    def loaded_at_first(dtype, batch):
-        times = unloaded(dtype, batch)
+    def loaded_at_first(dtype, regime):
+        times = unloaded(dtype, regime)
         if len(fake.calls) == 2:  # the first run of the large regime
             times["kernel"] = {m: [4 * fake_calibration.KERNEL_MS] * 3 for m in calibrate.MODES}
         return times
 
     monkeypatch.setattr(calibrate, "time_paths", loaded_at_first)
-    verdict = calibrate.verdict("float32", 32)
-    assert len(fake.calls) == 3 and verdict.choice == "kernel"
+    verdict = calibrate.verdict("float32", "large")
+    assert len(fake.calls) == 4 and verdict.choice == "kernel"
     assert verdict.kernel_ms["fwd"] == fake_calibration.KERNEL_MS
     assert verdict.speedup == pytest.approx(2.0)
 
@@ -125,8 +138,10 @@ def test_a_load_during_some_repetitions_does_not_choose_the_scan():
     [
         "{not json",
         "[]",
-        '{"method": 2, "verdicts": {"float32": {"small": {"speedup": 2.0}}}}',
-        '{"method": 2, "verdicts": {"float32": "kernel"}}',
+        json.dumps(
+            {"method": calibrate.METHOD, "verdicts": {"float32": {"small": {"speedup": 2}}}}
+        ),
+        json.dumps({"method": calibrate.METHOD, "verdicts": {"float32": "kernel"}}),
     ],
     ids=["syntax", "list", "partial", "wrong-type"],
 )
@@ -134,8 +149,8 @@ def test_a_corrupt_cache_is_measured_again(monkeypatch, tmp_path, content):
     fake = fake_calibration.install(monkeypatch, tmp_path)
     path = calibrate.cache_path()
     path.write_text(content)
-    assert calibrate.verdict("float32", 2).choice == "kernel"
-    assert len(fake.calls) == 2
+    assert calibrate.verdict("float32", "small").choice == "kernel"
+    assert len(fake.calls) == len(calibrate.REGIMES)
     assert json.loads(path.read_text())["verdicts"]["float32"]["small"]["speedup"] == 2.0
 
 
@@ -144,15 +159,15 @@ def test_a_file_of_the_first_method_is_measured_again(monkeypatch, tmp_path):
     verdict for the scan: measured again, not followed."""
     fake = fake_calibration.install(monkeypatch, tmp_path)
     path = calibrate.cache_path()
-    calibrate.verdict("float32", 2)
+    calibrate.verdict("float32", "small")
     record = json.loads(path.read_text())
     del record["method"]
     record["verdicts"]["float32"]["small"]["choice"] = "scan"
     path.write_text(json.dumps(record))
     monkeypatch.setattr(calibrate, "_KNOWN", {})
     fake.calls.clear()
-    assert calibrate.verdict("float32", 2).choice == "kernel"
-    assert len(fake.calls) == 2
+    assert calibrate.verdict("float32", "small").choice == "kernel"
+    assert len(fake.calls) == len(calibrate.REGIMES)
     record = json.loads(path.read_text())
     assert record["method"] == calibrate.METHOD
     assert record["verdicts"]["float32"]["small"]["speedup"] == 2.0
@@ -160,23 +175,23 @@ def test_a_file_of_the_first_method_is_measured_again(monkeypatch, tmp_path):
 
 def test_an_unwritable_cache_is_measured_once_per_process(monkeypatch, tmp_path):
     fake = fake_calibration.install(monkeypatch, tmp_path / "missing" / "folder")
-    assert calibrate.verdict("float32", 2).choice == "kernel"
-    assert calibrate.verdict("float32", 8).choice == "kernel"
-    assert len(fake.calls) == 2 and not calibrate.cache_path().exists()
+    assert calibrate.verdict("float32", "small").choice == "kernel"
+    assert calibrate.verdict("float32", "large").choice == "kernel"
+    assert len(fake.calls) == len(calibrate.REGIMES) and not calibrate.cache_path().exists()
     assert calibrate.cached()["float32"]["large"]["choice"] == "kernel"
 
 
 def test_a_failed_measurement_warns_and_leaves_the_size_rule(monkeypatch, tmp_path):
     fake = fake_calibration.install(monkeypatch, tmp_path)
 
-    def broken(dtype, batch):
-        fake.calls.append((dtype, batch))
+    def broken(dtype, regime):
+        fake.calls.append((dtype, regime))
         raise RuntimeError("no timer")
 
     monkeypatch.setattr(calibrate, "time_paths", broken)
     with pytest.warns(UserWarning, match="calibration failed.*no timer"):
-        assert calibrate.verdict("float32", 2) is None
-    assert calibrate.verdict("float32", 2) is None  # not measured again by this process
+        assert calibrate.verdict("float32", "small") is None
+    assert calibrate.verdict("float32", "small") is None  # not measured again by this process
     assert len(fake.calls) == 1 and calibrate.cached() == {}
 
 
@@ -184,14 +199,14 @@ def test_a_failed_measurement_warns_and_leaves_the_size_rule(monkeypatch, tmp_pa
 def test_switched_off_it_never_measures(monkeypatch, tmp_path, value):
     fake = fake_calibration.install(monkeypatch, tmp_path)
     monkeypatch.setenv(calibrate.ENV, value)
-    assert calibrate.disabled() and calibrate.verdict("float32", 2) is None
+    assert calibrate.disabled() and calibrate.verdict("float32", "small") is None
     assert fake.calls == []
 
 
 def test_no_library_no_verdict(monkeypatch, tmp_path):
     fake = fake_calibration.install(monkeypatch, tmp_path)
     monkeypatch.setattr(build, "LIBRARY", [])
-    assert calibrate.verdict("float32", 2) is None and calibrate.cached() == {}
+    assert calibrate.verdict("float32", "small") is None and calibrate.cached() == {}
     assert fake.calls == []
 
 
@@ -201,20 +216,21 @@ from pathlib import Path
 from flax_lstm._kernel import build, calibrate
 folder = Path(sys.argv[1])
 build.LIBRARY[:] = [folder / "lstm_cpu_0123456789abcdef.so"]
-def fake(dtype, batch):
+def fake(dtype, regime):
     with open(folder / "calls.log", "a") as log:
-        log.write(f"{dtype} {batch}\\n")
+        log.write(f"{dtype} {regime}\\n")
     time.sleep(0.5)
     return {p: {m: [10.0] for m in calibrate.MODES} for p in ("kernel", "scan")}
 calibrate.time_paths = fake
-print(calibrate.verdict("float32", 2).choice)
+print(calibrate.verdict("float32", "small").choice)
 """
 
 
 def test_concurrent_processes_measure_once(tmp_path):
     outs = python_process.run_together(MEASURE_WITH_A_LOG, str(tmp_path), FLAX_LSTM_CALIBRATE="1")
     assert [out.strip() for out in outs] == ["kernel"] * 3
-    assert (tmp_path / "calls.log").read_text().split() == ["float32", "4", "float32", "32"]
+    logged = (tmp_path / "calls.log").read_text().split()
+    assert logged == [w for r in calibrate.REGIMES for w in ("float32", r)]
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -224,13 +240,12 @@ def test_the_probes_run_eagerly_under_jit_and_grad(monkeypatch):
     they would be timed tracing). Tiny probes keep it short."""
     if not kernel.available():
         pytest.skip("the kernel is not built")
-    monkeypatch.setattr(calibrate, "PROBE_STEPS", 4)
-    monkeypatch.setattr(calibrate, "PROBE_HIDDEN", 16)
+    monkeypatch.setattr(calibrate, "probe", lambda regime: calibrate.Probe(4, 16, 2))
     monkeypatch.setattr(calibrate, "REPS", 1)
     seen = []
 
     def traced(x):
-        seen.append(calibrate.time_paths("float32", 2))
+        seen.append(calibrate.time_paths("float32", "small"))
         return x * 2
 
     # Nothing of the probes is staged into the caller's computation.
@@ -258,7 +273,8 @@ def test_kernel_command_calibrates_and_prints_the_verdicts(monkeypatch, tmp_path
     dtypes = ["float32", *(["bfloat16"] if kernel.available(jnp.bfloat16) else [])]
     assert sorted(state["calibration"]) == sorted(dtypes)
     assert state["calibration"]["float32"]["large"]["choice"] == "scan"
-    assert "float32 small batches (probe batch 4): the kernel 1.25× the scan" in captured.err
+    assert "float32 small (probe B4 T64 H256): the kernel 1.25× the scan" in captured.err
+    assert "float32 short (probe B1 T2 H128): the kernel 2.00× the scan" in captured.err
     assert str(calibrate.cache_path()) in captured.err
     calls = len(fake.calls)
     cli.main(["kernel", "--calibrate"])  # measures again: "now"

@@ -167,7 +167,48 @@ def test_default_follows_the_measured_verdict_of_each_regime(monkeypatch, tmp_pa
     assert not _uses_kernel(cfg, jnp.ones((20, 8, 3)))  # under jax.grad's trace
     assert _uses_kernel(cfg, jnp.ones((20, 2, 3)))
     assert _uses_kernel(cfg, jnp.ones((20, 8, 3)), impl="kernel")  # forced: no measuring
-    assert fake.calls == [("float32", 4), ("float32", 32), ("float32", 32)]  # once, confirmed
+    # every regime once, the scan's verdict confirmed
+    assert fake.calls == [("float32", r) for r in ("small", "large", "large", "short")]
+
+
+@needs_kernel
+@pytest.mark.parametrize("short", [1.5, 0.5])
+def test_short_calls_follow_their_own_verdict(monkeypatch, tmp_path, short):
+    """A call under the size rule's thresholds with at least KERNEL_SHORT_MIN_HIDDEN units
+    takes the kernel only where this CPU measured it faster on such calls; one of fewer units
+    stays on the scan whatever was measured."""
+    fake_calibration.install(monkeypatch, tmp_path, small=2.0, large=2.0, short=short)
+    cfg, params = _setup(hidden_size=plans.KERNEL_SHORT_MIN_HIDDEN)
+    plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=cfg)
+    if short > 1:
+        assert plan.recurrence == "kernel"
+        assert "it measured 1.5× the scan on short calls (2 or more steps of at least 128" in (
+            plan.reason
+        )
+    else:
+        assert plan.recurrence == "scan"
+        assert plan.reason.startswith(
+            "measured on this CPU: the scan path 2.0× as fast as the kernel for float32 at "
+            "short calls"
+        )
+    assert _uses_kernel(cfg, jnp.ones((2, 1, 3))) == (short > 1)  # under jax.grad's trace
+    narrow, params = _setup(hidden_size=plans.KERNEL_SHORT_MIN_HIDDEN - 1)
+    plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=narrow)
+    assert plan.recurrence == "scan" and "measured" not in plan.reason
+    # Large enough for the size rule: the batch's verdict, not the short calls'.
+    assert fl.lstm_plan(params, jnp.ones((40, 1, 3)), config=narrow).recurrence == "kernel"
+
+
+@needs_kernel
+def test_short_calls_without_a_verdict_run_the_scan():
+    """Measuring is off in the tests (tests/conftest.py): the size rule alone leaves a short
+    call to the scan, and says that a measurement would decide."""
+    cfg, params = _setup(hidden_size=256)
+    plan = fl.lstm_plan(params, jnp.ones((2, 4, 3)), config=cfg)
+    assert plan.recurrence == "scan"
+    assert "a measurement on this CPU decides, and none was made (FLAX_LSTM_CALIBRATE=0" in (
+        plan.reason
+    )
 
 
 @needs_kernel
@@ -243,6 +284,7 @@ def test_kernel_reach_is_quoted_by_the_docs():
     assert f"at least {plans.KERNEL_MIN_STEPS} steps" in text
     assert f"{plans.KERNEL_MIN_STEP_UNITS} steps × hidden units" in text
     assert f"{plans.KERNEL_MIN_WORK_UNITS} steps × sequences × hidden units" in text
+    assert f"`KERNEL_SHORT_MIN_HIDDEN` ({plans.KERNEL_SHORT_MIN_HIDDEN})" in text
 
 
 @needs_kernel

@@ -5,16 +5,20 @@ is amortised; it cannot say whether the kernel beats XLA's own GEMMs on a given 
 XLA's dot uses AMX, the scan path of bfloat16 was the faster one). So, as cuDNN's and XLA's
 autotuners do, the default measures both paths once per CPU and dtype, and keeps the verdict.
 
-What is measured, per compute dtype and per regime of the kernel (`REGIMES`: batches of at
-most `flax_lstm._kernel.tuning.small_batch` sequences take the kernel's small-batch path,
-larger ones the other): one layer, `PROBE_STEPS` steps, input = hidden = `PROBE_HIDDEN` units,
-batch `probe_batch` of the regime; forward and forward+backward (`jax.value_and_grad` of the
-output's sum, w.r.t. parameters and input), both paths jitted, warmed up (compiled) first, then
-`REPS` repetitions interleaved (kernel, scan; the order alternating), and each path's fastest
-repetition. 64 steps of 256 units sit in the middle of the benchmark's CPU sets (``flax-lstm
-bench --set cpu``, ``--set small``: H128 to H512, T64 to T128) and are long enough for the
-per-step cost to dominate; batch 4 is the largest of the small-batch path, 32 the usual batch
-of the CPU set. The compilations take most of the few seconds a dtype costs.
+What is measured, per compute dtype and per regime (`REGIMES`): one layer, input = hidden
+units, the regime's probe (`PROBES`: steps, hidden units, batch), forward and forward+backward
+(`jax.value_and_grad` of the output's sum, w.r.t. parameters and input), both paths jitted,
+warmed up (compiled) first, then `REPS` repetitions interleaved (kernel, scan; the order
+alternating), and each path's fastest repetition. Two regimes are the kernel's own: batches
+of at most `flax_lstm._kernel.tuning.small_batch` sequences take its small-batch path
+(``"small"``, probed at that batch), larger ones the other (``"large"``, probed at batch 32,
+the usual batch of the CPU set); both at 64 steps of 256 units, the middle of the benchmark's
+CPU sets (``flax-lstm bench --set cpu``, ``--set small``: H128 to H512, T64 to T128), long
+enough for the per-step cost to dominate. The third, ``"short"``, decides the calls that the
+size rule leaves to the measurement (`flax_lstm.plan.KERNEL_SHORT_MIN_HIDDEN`): a few steps of
+at least 128 units, where the kernel's fixed cost per call weighs most; its probe is the
+smallest such call (one sequence of 2 steps of 128 units), so a kernel that wins there wins on
+every call of the regime. The compilations take most of the few seconds a dtype costs.
 
 The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan's time over
 the kernel's in the two modes (above 1: the kernel is faster), and the kernel unless the scan
@@ -51,22 +55,33 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from flax_lstm._kernel import build, ffi, tuning
 
-REGIMES = ("small", "large")  # batch ≤ tuning.small_batch(), larger (or symbolic)
-PROBE_STEPS, PROBE_HIDDEN = 64, 256
-LARGE_PROBE_BATCH = 32
+# batch ≤ tuning.small_batch(), larger (or symbolic), and the short calls of the size rule
+REGIMES = ("small", "large", "short")
 MODES = ("fwd", "fwd_bwd")
 REPS = 7
 TOLERANCE = 1.05  # the scan must be this much faster to be chosen
 # How the verdicts are measured and judged, recorded in the file: one of another method (1:
 # medians) is measured again. Raise it with any change to what is measured or how.
-METHOD = 2
+METHOD = 3
 ENV = "FLAX_LSTM_CALIBRATE"
 
 Timings = dict[str, dict[str, list[float]]]  # path ("kernel", "scan") -> mode -> milliseconds
+
+
+class Probe(NamedTuple):
+    """The call a regime is measured on: one layer of ``hidden`` units (and as many inputs)
+    over ``steps`` steps and ``batch`` sequences."""
+
+    steps: int
+    hidden: int
+    batch: int
+
+
+LARGE_PROBE_BATCH = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +92,8 @@ class Verdict:
 
     dtype: str
     regime: str
+    steps: int
+    hidden: int
     batch: int
     kernel_ms: dict[str, float]
     scan_ms: dict[str, float]
@@ -89,7 +106,8 @@ class Verdict:
         ratios = [ms["scan"][m] / ms["kernel"][m] for m in MODES]
         speedup = math.prod(ratios) ** (1 / len(ratios))
         choice = "scan" if speedup * TOLERANCE < 1 else "kernel"
-        return cls(dtype, regime, probe_batch(regime), ms["kernel"], ms["scan"], speedup, choice)
+        steps, hidden, batch = probe(regime)
+        return cls(dtype, regime, steps, hidden, batch, ms["kernel"], ms["scan"], speedup, choice)
 
     @classmethod
     def from_json(cls, record: Any) -> Verdict:
@@ -103,11 +121,17 @@ class Verdict:
         return verdict
 
     @property
-    def batches(self) -> str:
-        """The batches it decides, in words."""
+    def calls(self) -> str:
+        """The calls it decides, in words."""
         if self.regime == "small":
             return f"batches of at most {tuning.small_batch()} sequences"
-        return f"batches of more than {tuning.small_batch()} sequences"
+        if self.regime == "large":
+            return f"batches of more than {tuning.small_batch()} sequences"
+        shortest = probe("short")
+        return (
+            f"short calls ({shortest.steps} or more steps of at least {shortest.hidden} units, "
+            "too few for the size rule)"
+        )
 
 
 def disabled() -> bool:
@@ -122,10 +146,17 @@ def regime(batch: Any) -> str:
     return "small" if isinstance(batch, int) and batch <= tuning.small_batch() else "large"
 
 
-def probe_batch(regime: str) -> int:
-    """The batch of ``regime``'s probe: the largest of the small-batch path, or
-    `LARGE_PROBE_BATCH`, the usual batch of the benchmark's CPU set."""
-    return max(1, tuning.small_batch()) if regime == "small" else LARGE_PROBE_BATCH
+def probe(regime: str) -> Probe:
+    """The call ``regime`` is measured on: 64 steps of 256 units at the largest batch of the
+    small-batch path or at `LARGE_PROBE_BATCH`, the usual batch of the benchmark's CPU set; for
+    the short calls, the smallest of them (`flax_lstm.plan.KERNEL_SHORT_MIN_HIDDEN` units,
+    `flax_lstm.plan.KERNEL_MIN_STEPS` steps, one sequence)."""
+    if regime == "short":
+        from flax_lstm import plan  # which calls are short is the plan's rule
+
+        return Probe(steps=plan.KERNEL_MIN_STEPS, hidden=plan.KERNEL_SHORT_MIN_HIDDEN, batch=1)
+    batch = max(1, tuning.small_batch()) if regime == "small" else LARGE_PROBE_BATCH
+    return Probe(steps=64, hidden=256, batch=batch)
 
 
 def cache_path() -> Path | None:
@@ -144,14 +175,15 @@ def _machine(threads: int) -> str:
     return hashlib.sha256(f"{build.cpu_identity()}\0{threads}".encode()).hexdigest()[:8]
 
 
-def verdict(dtype: str, batch: Any) -> Verdict | None:
-    """The verdict for a call of compute ``dtype`` over ``batch`` sequences, measured if it is
-    not cached; None where measuring is off, no library is loaded or the measurement failed."""
+def verdict(dtype: str, regime: str) -> Verdict | None:
+    """The verdict for the calls of compute ``dtype`` in ``regime`` (one of `REGIMES`), measured
+    if it is not cached; None where measuring is off, no library is loaded or the measurement
+    failed."""
     path = cache_path()
     if disabled() or path is None:
         return None
     found = _verdicts(path, dtype)
-    return None if found is None else found.get(regime(batch))
+    return None if found is None else found.get(regime)
 
 
 def cached() -> dict[str, dict[str, dict[str, Any]]]:
@@ -212,11 +244,11 @@ def _measure(dtype: str, regime: str) -> Verdict:
     """The verdict of one regime. One that takes the scan is measured a second time, over
     the repetitions of both: a load on the machine that slowed every repetition of the kernel
     by chance would otherwise keep the default from it until the next measurement."""
-    times = time_paths(dtype, probe_batch(regime))
+    times = time_paths(dtype, regime)
     verdict = Verdict.of(dtype, regime, times)
     if verdict.choice == "kernel":
         return verdict
-    again = time_paths(dtype, probe_batch(regime))
+    again = time_paths(dtype, regime)
     both = {path: {m: times[path][m] + again[path][m] for m in MODES} for path in times}
     return Verdict.of(dtype, regime, both)
 
@@ -268,13 +300,13 @@ def _locked(path: Path):
         yield
 
 
-def time_paths(dtype: str, batch: int) -> Timings:
-    """Milliseconds of each path and mode on the probe of ``batch`` sequences, `REPS` each
-    (the seam that tests replace with fake timings)."""
+def time_paths(dtype: str, regime: str) -> Timings:
+    """Milliseconds of each path and mode on ``regime``'s probe, `REPS` each (the seam that
+    tests replace with fake timings)."""
     import jax
 
     with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
-        calls = {path: _probe_calls(dtype, batch, path) for path in ("kernel", "scan")}
+        calls = {path: _probe_calls(dtype, probe(regime), path) for path in ("kernel", "scan")}
         for call in calls.values():
             for mode in MODES:
                 call[mode]()  # compiles
@@ -289,19 +321,19 @@ def time_paths(dtype: str, batch: int) -> Timings:
     return times
 
 
-def _probe_calls(dtype: str, batch: int, path: str) -> dict[str, Callable[[], Any]]:
-    """The jitted forward and forward+backward of the probe on ``path``."""
+def _probe_calls(dtype: str, shape: Probe, path: str) -> dict[str, Callable[[], Any]]:
+    """The jitted forward and forward+backward of the probe ``shape`` on ``path``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import flax_lstm as fl
 
-    config = fl.LSTMConfig(PROBE_HIDDEN, PROBE_HIDDEN)
+    config = fl.LSTMConfig(shape.hidden, shape.hidden)
     impl = fl.Implementation(recurrence=path)  # type: ignore[arg-type]
     params = fl.init_params(jax.random.key(0), config, dtype=jnp.dtype(dtype))
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((PROBE_STEPS, batch, PROBE_HIDDEN)), dtype)
+    x = jnp.asarray(rng.standard_normal((shape.steps, shape.batch, shape.hidden)), dtype)
 
     def output(p, x):
         return fl.lstm(p, x, config=config, impl=impl)[0]

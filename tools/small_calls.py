@@ -1,0 +1,119 @@
+"""Small calls: the CPU kernel against the scan path, and which one the default takes.
+
+For each shape (one layer, input size = hidden size, float32), `flax_lstm.lstm` with
+``impl="kernel"`` and ``impl="scan"``, jitted, forward and forward+backward (gradients of every
+weight and the input), warmed up, then timed interleaved in a new random order every round.
+Prints one line per shape: the scan's time over the kernel's (above 1: the kernel is faster)
+by medians and, in parentheses, by fastest calls, and the path the default plan takes on this
+machine (with measuring on, its verdicts as cached by ``flax-lstm kernel --calibrate``). The
+evidence for `flax_lstm.plan`'s size rule: docs/performance/design.md, "Small calls: the kernel
+or the scan".
+
+Not a test: from the repository root, ``PYTHONPATH=$PWD python tools/small_calls.py
+[--shape B,T,H ...] [--reps 60] [--json out.json]``; without ``--shape``, a grid of batches
+1, 4 and 16, 1 to 8 steps and 64 to 256 hidden units.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+import jax
+import numpy as np
+
+import flax_lstm as fl
+from flax_lstm.bench.machine import machine_info, versions
+
+GRID = [(b, t, h) for h in (64, 128, 256) for b in (1, 4, 16) for t in (1, 2, 4, 8)]
+PATHS = ("kernel", "scan")
+MODES = ("fwd", "fwd_bwd")
+
+
+def shape_arg(text: str) -> tuple[int, int, int]:
+    """``B,T,H`` as three positive ints."""
+    try:
+        batch, steps, hidden = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B,T,H (three ints), got {text!r}") from None
+    if min(batch, steps, hidden) < 1:
+        raise argparse.ArgumentTypeError(f"B, T and H must be positive, got {text!r}")
+    return batch, steps, hidden
+
+
+def calls(batch: int, steps: int, hidden: int):
+    """The jitted calls of one shape by (path, mode), their arguments, and the default plan."""
+    config = fl.LSTMConfig(input_size=hidden, hidden_size=hidden)
+    params = fl.init_params(jax.random.key(0), config)
+    x = jax.random.normal(jax.random.key(1), (steps, batch, hidden))
+    fns = {}
+    for path in PATHS:
+        impl = fl.Implementation(recurrence=path)
+
+        def output(p, x, impl=impl):
+            return fl.lstm(p, x, config=config, impl=impl)[0]
+
+        def loss(p, x, output=output):
+            return output(p, x).sum()
+
+        fns[(path, "fwd")] = jax.jit(output)
+        fns[(path, "fwd_bwd")] = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return fns, (params, x), fl.lstm_plan(params, x, config=config)
+
+
+def measure(batch: int, steps: int, hidden: int, reps: int) -> dict:
+    """One shape's record: milliseconds (median, fastest) of each path and mode, the default."""
+    fns, args, plan = calls(batch, steps, hidden)
+    for fn in fns.values():
+        for _ in range(5):
+            jax.block_until_ready(fn(*args))
+    times: dict = {key: [] for key in fns}
+    for _ in range(reps):
+        for key in random.sample(list(fns), len(fns)):
+            start = time.perf_counter()
+            jax.block_until_ready(fns[key](*args))
+            times[key].append((time.perf_counter() - start) * 1e3)
+    record: dict = {"batch": batch, "steps": steps, "hidden": hidden}
+    record["default"] = plan.recurrence
+    for mode in MODES:
+        record[mode] = {f"{path}_ms": float(np.median(times[(path, mode)])) for path in PATHS} | {
+            f"{path}_min_ms": min(times[(path, mode)]) for path in PATHS
+        }
+    return record
+
+
+def line(r: dict) -> str:
+    """One shape's ratios, scan time / kernel time, by medians (by fastest calls)."""
+    parts = []
+    for mode in MODES:
+        m = r[mode]
+        ratio, fastest = m["scan_ms"] / m["kernel_ms"], m["scan_min_ms"] / m["kernel_min_ms"]
+        parts.append(f"{mode} {ratio:.2f} ({fastest:.2f})")
+    return f"B{r['batch']} T{r['steps']} H{r['hidden']} [default {r['default']}]: " + " | ".join(
+        parts
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=shape_arg, action="append", help="B,T,H (repeatable)")
+    parser.add_argument("--reps", type=int, default=60, help="timed rounds (default 60)")
+    parser.add_argument("--json", help="write the records and the machine here")
+    args = parser.parse_args()
+    if args.reps < 1:
+        parser.error(f"--reps must be positive, got {args.reps}")
+    records = []
+    for shape in args.shape or GRID:
+        records.append(measure(*shape, args.reps))
+        print(line(records[-1]), flush=True)
+    if args.json:
+        result = {"machine": machine_info(), "versions": versions(), "reps": args.reps}
+        with open(args.json, "w") as f:
+            json.dump({**result, "results": records}, f, indent=1)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
