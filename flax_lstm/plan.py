@@ -52,10 +52,10 @@ KERNEL_MIN_WORK_UNITS = 4096
 # Below those thresholds, a call of at least KERNEL_MIN_STEPS steps and KERNEL_SHORT_MIN_HIDDEN
 # hidden units is a "short" call: the default follows the kernel's measured verdict on this
 # CPU for such calls (`flax_lstm._kernel.calibrate`, regime "short"), and the scan where none
-# is measured. The thresholds above were measured on Zen 5 before the kernel's fixed cost per
-# call shrank; on Zen 3 with the current kernel every such call measured faster on the kernel,
-# forward 1.4–2.6× and fwd+bwd 1.0–1.5×, and calls of 64 units slower in fwd+bwd (0.55–0.86×):
-# docs/performance/design.md, "Small calls: the kernel or the scan".
+# is measured. The thresholds above were measured on one CPU before the kernel's fixed cost per
+# call shrank; on another, every such call then measured faster on the kernel, and calls of
+# fewer units still slower in fwd+bwd (docs/performance/design.md, "Short calls, measured per
+# CPU").
 KERNEL_SHORT_MIN_HIDDEN = 128
 
 
@@ -246,20 +246,20 @@ def kernel_blocker(facts: CallFacts) -> str | None:
     return None
 
 
-def _call_size(steps: Any, batch: Any, hidden: int) -> Literal["small", "short", "large"]:
-    """The size of a call for the default: ``"small"``, left to the scan; ``"short"``, the
+def _call_size(steps: Any, batch: Any, hidden: int) -> Literal["tiny", "short", "large"]:
+    """The size of a call for the default: ``"tiny"``, left to the scan; ``"short"``, the
     measured verdict decides (see `KERNEL_SHORT_MIN_HIDDEN`); ``"large"``, enough for the
     kernel (see `KERNEL_MIN_STEPS`). A symbolic length or batch (`jax.export`) counts as large:
     it cannot be compared with a number."""
     if not isinstance(steps, int):
         return "large"
     if steps < KERNEL_MIN_STEPS:
-        return "small"
+        return "tiny"
     if steps * hidden >= KERNEL_MIN_STEP_UNITS or not isinstance(batch, int):
         return "large"
     if steps * batch * hidden >= KERNEL_MIN_WORK_UNITS:
         return "large"
-    return "short" if hidden >= KERNEL_SHORT_MIN_HIDDEN else "small"
+    return "short" if hidden >= KERNEL_SHORT_MIN_HIDDEN else "tiny"
 
 
 def _size_reason(steps: Any, batch: Any, hidden: int) -> str:
@@ -301,7 +301,7 @@ def _choose_recurrence(request: Implementation, blocker: str | None, facts: Call
             )
         return "kernel", "recurrence='kernel' was requested"
     size = _call_size(steps, facts.batch, hidden)
-    if size == "small":
+    if size == "tiny":
         return "scan", _size_reason(steps, facts.batch, hidden)
     if not kernel.available(dtype):
         return "scan", f"the CPU kernel is not available: {kernel.build_error(dtype)}"

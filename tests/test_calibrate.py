@@ -41,9 +41,9 @@ def test_the_short_probe_is_the_smallest_short_call():
     a kernel that wins there wins on all of them."""
     shortest = calibrate.probe("short")
     assert shortest == (plans.KERNEL_MIN_STEPS, plans.KERNEL_SHORT_MIN_HIDDEN, 1)
-    assert plans._call_size(*shortest[::2], shortest.hidden) == "short"
-    assert plans._call_size(shortest.steps - 1, 1, shortest.hidden) == "small"
-    assert plans._call_size(shortest.steps, 1, shortest.hidden - 1) == "small"
+    assert plans._call_size(shortest.steps, shortest.batch, shortest.hidden) == "short"
+    assert plans._call_size(shortest.steps - 1, 1, shortest.hidden) == "tiny"
+    assert plans._call_size(shortest.steps, 1, shortest.hidden - 1) == "tiny"
 
 
 @pytest.mark.parametrize(
