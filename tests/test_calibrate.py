@@ -37,8 +37,7 @@ def test_regimes():
 
 
 def test_the_short_probe_is_the_smallest_short_call():
-    """The plan's rule says which calls are short; the probe is the least work among them, so
-    a kernel that wins there wins on all of them."""
+    """The plan's rule says which calls are short; the probe is the least work among them."""
     shortest = calibrate.probe("short")
     assert shortest == (plans.KERNEL_MIN_STEPS, plans.KERNEL_SHORT_MIN_HIDDEN, 1)
     assert plans._call_size(shortest.steps, shortest.batch, shortest.hidden) == "short"

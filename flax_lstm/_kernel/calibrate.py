@@ -17,8 +17,8 @@ CPU sets (``flax-lstm bench --set cpu``, ``--set small``: H128 to H512, T64 to T
 enough for the per-step cost to dominate. The third, ``"short"``, decides the calls that the
 size rule leaves to the measurement (`flax_lstm.plan.KERNEL_SHORT_MIN_HIDDEN`): a few steps of
 at least 128 units, where the kernel's fixed cost per call weighs most; its probe is the
-smallest such call (one sequence of 2 steps of 128 units), so a kernel that wins there wins on
-every call of the regime. The compilations take most of the few seconds a dtype costs.
+smallest such call (one sequence of 2 steps of 128 units), the least work over which the
+kernel's fixed cost must pay. The compilations take most of the few seconds a dtype costs.
 
 The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan's time over
 the kernel's in the two modes (above 1: the kernel is faster), and the kernel unless the scan
