@@ -309,13 +309,13 @@ def _choose_recurrence(request: Implementation, blocker: str | None, facts: Call
     reason = "the CPU kernel applies (within plan.KERNEL_REACH, and large enough)"
     regime = "short" if size == "short" else calibrate.regime(facts.batch)
     measured = calibrate.verdict(dtype.name, regime)
-    if measured is None and size == "short":  # a short call needs a verdict
-        return "scan", (
-            f"{_size_reason(steps, facts.batch, hidden)}; from {KERNEL_SHORT_MIN_HIDDEN} "
-            "hidden units a measurement on this CPU decides, and none was made "
-            f"({calibrate.ENV}=0, or it failed)"
-        )
     if measured is None:
+        if size == "short":  # a short call needs a verdict
+            return "scan", (
+                f"{_size_reason(steps, facts.batch, hidden)}; from {KERNEL_SHORT_MIN_HIDDEN} "
+                "hidden units a measurement on this CPU decides, and none was made "
+                f"({calibrate.ENV}=0, or it failed)"
+            )
         return "kernel", reason
     if measured.choice == "scan":
         return "scan", _measured_reason(measured, dtype)

@@ -1,8 +1,9 @@
 """Small calls: the CPU kernel against the scan path, and which one the default takes.
 
-For each shape (one layer, input size = hidden size, float32), `flax_lstm.lstm` with
-``impl="kernel"`` and ``impl="scan"``, jitted, forward and forward+backward (gradients of every
-weight and the input), warmed up, then timed interleaved in a new random order every round.
+For each shape (one layer, input size = hidden size, float32), the calibration's own probe
+calls (`flax_lstm._kernel.calibrate`: `flax_lstm.lstm` with ``impl="kernel"`` and
+``impl="scan"``, jitted, forward and forward+backward, the gradients of every weight and the
+input), warmed up, then timed interleaved in a new random order every round.
 Prints one line per shape: the scan's time over the kernel's (above 1: the kernel is faster)
 by medians and, in parentheses, by fastest calls, and the path the default plan takes on this
 machine (with measuring on, its verdicts as cached by ``flax-lstm kernel --calibrate``). The
@@ -22,14 +23,15 @@ import random
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import flax_lstm as fl
+from flax_lstm._kernel import calibrate
 from flax_lstm.bench.machine import machine_info, versions
 
 GRID = [(b, t, h) for h in (64, 128, 256) for b in (1, 4, 16) for t in (1, 2, 4, 8)]
 PATHS = ("kernel", "scan")
-MODES = ("fwd", "fwd_bwd")
 
 
 def shape_arg(text: str) -> tuple[int, int, int]:
@@ -43,41 +45,32 @@ def shape_arg(text: str) -> tuple[int, int, int]:
     return batch, steps, hidden
 
 
-def calls(batch: int, steps: int, hidden: int):
-    """The jitted calls of one shape by (path, mode), their arguments, and the default plan."""
+def default_path(batch: int, steps: int, hidden: int) -> str:
+    """The recurrence that the default plan takes for the shape on this machine."""
     config = fl.LSTMConfig(input_size=hidden, hidden_size=hidden)
     params = fl.init_params(jax.random.key(0), config)
-    x = jax.random.normal(jax.random.key(1), (steps, batch, hidden))
-    fns = {}
-    for path in PATHS:
-        impl = fl.Implementation(recurrence=path)
-
-        def output(p, x, impl=impl):
-            return fl.lstm(p, x, config=config, impl=impl)[0]
-
-        def loss(p, x, output=output):
-            return output(p, x).sum()
-
-        fns[(path, "fwd")] = jax.jit(output)
-        fns[(path, "fwd_bwd")] = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    return fns, (params, x), fl.lstm_plan(params, x, config=config)
+    return fl.lstm_plan(params, jnp.ones((steps, batch, hidden)), config=config).recurrence
 
 
 def measure(batch: int, steps: int, hidden: int, reps: int) -> dict:
     """One shape's record: milliseconds (median, fastest) of each path and mode, the default."""
-    fns, args, plan = calls(batch, steps, hidden)
+    shape = calibrate.Probe(steps=steps, hidden=hidden, batch=batch)
+    fns = {}
+    for path in PATHS:
+        probe = calibrate._probe_calls("float32", shape, path)
+        fns.update({(path, mode): probe[mode] for mode in calibrate.MODES})
     for fn in fns.values():
         for _ in range(5):
-            jax.block_until_ready(fn(*args))
+            fn()  # each call blocks until its result is ready
     times: dict = {key: [] for key in fns}
     for _ in range(reps):
         for key in random.sample(list(fns), len(fns)):
             start = time.perf_counter()
-            jax.block_until_ready(fns[key](*args))
+            fns[key]()
             times[key].append((time.perf_counter() - start) * 1e3)
     record: dict = {"batch": batch, "steps": steps, "hidden": hidden}
-    record["default"] = plan.recurrence
-    for mode in MODES:
+    record["default"] = default_path(batch, steps, hidden)
+    for mode in calibrate.MODES:
         record[mode] = {f"{path}_ms": float(np.median(times[(path, mode)])) for path in PATHS} | {
             f"{path}_min_ms": min(times[(path, mode)]) for path in PATHS
         }
@@ -87,7 +80,7 @@ def measure(batch: int, steps: int, hidden: int, reps: int) -> dict:
 def line(r: dict) -> str:
     """One shape's ratios, scan time / kernel time, by medians (by fastest calls)."""
     parts = []
-    for mode in MODES:
+    for mode in calibrate.MODES:
         m = r[mode]
         ratio, fastest = m["scan_ms"] / m["kernel_ms"], m["scan_min_ms"] / m["kernel_min_ms"]
         parts.append(f"{mode} {ratio:.2f} ({fastest:.2f})")

@@ -6,7 +6,7 @@ XLA's dot uses AMX, the scan path of bfloat16 was the faster one). So, as cuDNN'
 autotuners do, the default measures both paths once per CPU and dtype, and keeps the verdict.
 
 What is measured, per compute dtype and per regime (`REGIMES`): one layer, input = hidden
-units, the regime's probe (`PROBES`: steps, hidden units, batch), forward and forward+backward
+units, the regime's probe (`probe`: steps, hidden units, batch), forward and forward+backward
 (`jax.value_and_grad` of the output's sum, w.r.t. parameters and input), both paths jitted,
 warmed up (compiled) first, then `REPS` repetitions interleaved (kernel, scan; the order
 alternating), and each path's fastest repetition. Two regimes are the kernel's own: batches
