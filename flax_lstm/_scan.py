@@ -133,9 +133,9 @@ def sum_outer(
     return [jnp.stack(out) for out in outs]
 
 
-def _gates_in(x_or_gx_t, w_ih_t, b, hoist, acc, split):
+def _gates_in(x_or_gx_t, w_ih_t, b, hoist, acc):
     """Input part of the gates at one step: precomputed (hoisted) or ``x_t·W_ihᵀ`` now."""
-    gx_t = x_or_gx_t if hoist else batched_matmul(x_or_gx_t, w_ih_t, acc, split)
+    gx_t = x_or_gx_t if hoist else batched_matmul(x_or_gx_t, w_ih_t, acc)
     return gx_t if b is None else gx_t + b[:, None, :]
 
 
@@ -146,14 +146,14 @@ def forward(
     cell state when ``all_c``, else only the last (the final carry, which equals the last
     step's since masked steps keep the state); the activated gates when ``save_acts``, else
     None. See `flax_lstm.recurrence.run_layer` for the operands."""
-    acc, hoist, split = c0.dtype, plan.hoist_input, plan.on_cpu
+    acc, hoist = c0.dtype, plan.hoist_input
     w_ih_t, w_hh_t, w_hr_t = _t(w.w_ih), _t(w.w_hh), _t(w.w_hr)  # transposed once, outside
     xs = dir_matmul(x, w_ih_t, acc) if hoist else x
 
     def body(state, xs_t):
         in_t, m_t = xs_t
-        gx_t = _gates_in(in_t, w_ih_t, w.b, hoist, acc, split)
-        new, acts = recurrent_step(w_hh_t, w_hr_t, gx_t, state, rmask, split)
+        gx_t = _gates_in(in_t, w_ih_t, w.b, hoist, acc)
+        new, acts = recurrent_step(w_hh_t, w_hr_t, gx_t, state, rmask)
         new = LSTMState(_select(m_t, new.h, state.h), _select(m_t, new.c, state.c))
         return new, (new.h, new.c if all_c else None, acts if save_acts else None)
 
@@ -161,11 +161,11 @@ def forward(
     return hs, last.c if cs is None else cs, acts  # cs: every step's, with all_c
 
 
-def _cell_grads(acts_t, dh, dc, c_t, c_prev_t, w_hr_acc, acc, split):
+def _cell_grads(acts_t, dh, dc, c_t, c_prev_t, w_hr_acc, acc):
     """One step back through the cell: ``(dz, dc_prev, h_cell)`` from the gradients ``dh``,
     ``dc`` of the state after the step; ``h_cell`` (before projection) only with ``w_hr``."""
     i, f, g, o = jnp.split(acts_t, 4, axis=-1)
-    dh_cell = dh if w_hr_acc is None else batched_matmul(dh, w_hr_acc, acc, split)
+    dh_cell = dh if w_hr_acc is None else batched_matmul(dh, w_hr_acc, acc)
     tanh_c = jnp.tanh(c_t.astype(acc))
     dc_total = dc + dh_cell * o * (1 - tanh_c * tanh_c)
     dz = jnp.concatenate(
@@ -184,7 +184,7 @@ def _reverse_body(x, w: LayerWeights, rmask, plan: Plan, acc):
     """The body of the reverse loop: carry ``(dh, dc)`` (with remat also the running weight
     gradients), per step the saved or recomputed gates; yields ``dz`` (and, with a projection,
     what its gradient needs), or with remat the input gradient ``dx_t``."""
-    remat, split = plan.backward == "remat", plan.on_cpu
+    remat = plan.backward == "remat"
     w_hr_acc = None if w.w_hr is None else w.w_hr.astype(acc)
     # Transposed once, for recomputing the gates inside the loop (remat; unused, and so
     # dropped by the compiler, otherwise).
@@ -202,15 +202,13 @@ def _reverse_body(x, w: LayerWeights, rmask, plan: Plan, acc):
             m = m_t[:, None]
             dh_new, dc_new = jnp.where(m, dh, 0), jnp.where(m, dc, 0)
         if remat:  # the activated gates, recomputed from x_t; else stored by the forward
-            gx_t = _gates_in(saved_t, w_ih_t, w.b, False, acc, split)
-            acts_t = activate(gx_t + batched_matmul(h_in_t, w_hh_t, acc, split))
+            gx_t = _gates_in(saved_t, w_ih_t, w.b, False, acc)
+            acts_t = activate(gx_t + batched_matmul(h_in_t, w_hh_t, acc))
         else:
             acts_t = saved_t
-        dz, dc_prev, h_cell = _cell_grads(
-            acts_t, dh_new, dc_new, c_t, c_prev_t, w_hr_acc, acc, split
-        )
+        dz, dc_prev, h_cell = _cell_grads(acts_t, dh_new, dc_new, c_t, c_prev_t, w_hr_acc, acc)
         dz_c = dz.astype(w.w_hh.dtype)
-        dh_prev = batched_matmul(dz_c, w.w_hh, acc, split)
+        dh_prev = batched_matmul(dz_c, w.w_hh, acc)
         if rmask is not None:
             dh_prev = dh_prev * rmask
         if m_t is not None:
@@ -220,12 +218,12 @@ def _reverse_body(x, w: LayerWeights, rmask, plan: Plan, acc):
             return (dh_prev, dc_prev), (dz, None if w.w_hr is None else (dh_new, h_cell))
         dz_t = jnp.swapaxes(dz_c, -1, -2)
         g_ih, g_hh, g_b, g_hr = grad_acc
-        g_ih = g_ih + batched_matmul(dz_t, saved_t.astype(w.w_hh.dtype), acc, split)
-        g_hh = g_hh + batched_matmul(dz_t, h_in_t.astype(w.w_hh.dtype), acc, split)
+        g_ih = g_ih + batched_matmul(dz_t, saved_t.astype(w.w_hh.dtype), acc)
+        g_hh = g_hh + batched_matmul(dz_t, h_in_t.astype(w.w_hh.dtype), acc)
         g_b = g_b + dz.sum(axis=-2)
         if h_cell is not None:  # set exactly with a projection (w_hr)
-            g_hr = g_hr + batched_matmul(jnp.swapaxes(dh_new, -1, -2), h_cell, acc, split)
-        dx_t = batched_matmul(dz_c, w.w_ih, acc, split).astype(x.dtype)
+            g_hr = g_hr + batched_matmul(jnp.swapaxes(dh_new, -1, -2), h_cell, acc)
+        dx_t = batched_matmul(dz_c, w.w_ih, acc).astype(x.dtype)
         return (dh_prev, dc_prev, g_ih, g_hh, g_b, g_hr), dx_t
 
     return body

@@ -31,16 +31,11 @@ def accumulation_dtype(dtype: Any) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def batched_matmul(a: Array, b: Array, out_dtype: Any, split_directions: bool = False) -> Array:
-    """``a @ b`` with a leading direction axis on ``b`` (…, K, M) shared by ``a`` (…, N, K).
-
-    ``split_directions`` (for CPU: see `flax_lstm.plan.Plan.on_cpu`) unrolls the direction axis
-    into plain 2-D GEMMs (XLA:CPU runs a batched dot of this size slower than the same 2-D
-    dots); else it is one batched dot.
-    """
-    if b.ndim == 3 and a.ndim == 3 and split_directions:
-        outs = [jnp.matmul(a[d], b[d], preferred_element_type=out_dtype) for d in range(b.shape[0])]
-        return outs[0][None] if len(outs) == 1 else jnp.stack(outs)
+def batched_matmul(a: Array, b: Array, out_dtype: Any) -> Array:
+    """``a @ b`` with a leading direction axis on ``b`` (…, K, M) shared by ``a`` (…, N, K): one
+    batched dot over the directions (on CPU too: XLA:CPU's batched dot no longer trails the
+    same 2-D dots, and a direction's slice of the weights inside a loop would be copied at
+    every step; measured: docs/performance/design.md, "Both directions in one loop on CPU")."""
     return jnp.matmul(a, b, preferred_element_type=out_dtype)
 
 
@@ -82,7 +77,6 @@ def recurrent_step(
     gx_t: Array,
     state: LSTMState,
     recurrent_mask: Array | None = None,
-    split_directions: bool = False,
 ) -> tuple[LSTMState, Array]:
     """One step given the precomputed input gates ``gx_t = x_t·W_ihᵀ + b_ih + b_hh``.
 
@@ -96,14 +90,12 @@ def recurrent_step(
 
     Returns the new state and the activated gates (…, N, 4H). ``h`` keeps its dtype and the
     gates and ``c`` are computed in ``gx_t``'s dtype (float32 for bfloat16 compute).
-    ``split_directions``: see `batched_matmul`.
     """
-    split = split_directions
     h = state.h if recurrent_mask is None else state.h * recurrent_mask
-    z = gx_t + batched_matmul(h, w_hh_t, gx_t.dtype, split)
+    z = gx_t + batched_matmul(h, w_hh_t, gx_t.dtype)
     h_cell, c_new, acts = gate_update(z, state.c)
     if w_hr_t is not None:
-        h_cell = batched_matmul(h_cell.astype(w_hr_t.dtype), w_hr_t, gx_t.dtype, split)
+        h_cell = batched_matmul(h_cell.astype(w_hr_t.dtype), w_hr_t, gx_t.dtype)
     return LSTMState(h_cell.astype(state.h.dtype), c_new.astype(state.c.dtype)), acts
 
 

@@ -144,9 +144,11 @@ class Implementation:
         GPU/TPU) instead of step by step inside it (default on CPU, where the per-step operands
         stay in cache; measured: docs/performance/design.md, "The scan path on CPU").
       fuse_directions: run both directions of a bidirectional layer in one loop over a
-        direction axis. Default: on GPU/TPU (half the sequential steps) and in the CPU kernel
-        (one call, its threads stay up); off on the CPU scan, where the fused step measured
-        slower (same page).
+        direction axis. Default: on GPU/TPU (half the sequential steps), in the CPU kernel
+        (one call, its threads stay up) and for a single step on the CPU scan (there is no
+        loop, and each direction's own copy of its weights costs more than its step); off on
+        the CPU scan otherwise, where neither measured faster overall (same page, "Both
+        directions in one loop on CPU").
       platform: the platform the computation will run on (``"cpu"``, ``"gpu"``, ``"tpu"``),
         which picks the defaults above. Default: the platform of the input's devices when it
         is a concrete array, else (under `jax.jit`, where a tracer has no device) the default
@@ -356,7 +358,7 @@ def resolve(
         unroll=request.unroll or (1 if on_cpu else 8),
         hoist_input=(not on_cpu) if request.hoist_input is None else request.hoist_input,
         fuse_directions=(
-            (not on_cpu or use_kernel)
+            (not on_cpu or use_kernel or _is_int(steps, 1))
             if request.fuse_directions is None
             else request.fuse_directions
         ),

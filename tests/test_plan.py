@@ -63,6 +63,9 @@ def test_auto_plans_and_their_reasons():
     scan = fl.lstm_plan(params, x, config=cfg, impl="scan")
     assert (scan.recurrence, scan.fuse_directions) == ("scan", False)
     assert "no compiled code" in str(scan)
+    # A single step on the CPU scan: both directions in one step, no per-direction weights.
+    step = fl.lstm_plan(params, x[:1], config=cfg, impl="scan")
+    assert (step.recurrence, step.fuse_directions) == ("scan", True)
     cfg_p, params_p = _setup(proj_size=4)
     assert fl.lstm_plan(params_p, x, config=cfg_p).reason == (
         "the CPU kernel does not support proj_size > 0"
