@@ -57,6 +57,11 @@ KERNEL_MIN_WORK_UNITS = 4096
 # fewer units still slower in fwd+bwd (docs/performance/design.md, "Short calls, measured per
 # CPU").
 KERNEL_SHORT_MIN_HIDDEN = 128
+# A single step of at least KERNEL_SHORT_MIN_HIDDEN units (a "step" call: a token at a time, as
+# in generation) runs its forward on the kernel where the short calls' probe measured the
+# kernel's forward faster on this CPU, and the scan when it is differentiated, where the
+# kernel's backward has no steps to amortise its fixed cost over (`Plan.grad_recurrence`;
+# docs/performance/design.md, "One step: the kernel's forward, the scan's gradient").
 
 
 class CallFacts(NamedTuple):
@@ -201,8 +206,13 @@ class Implementation:
 class Plan:
     """How one call of `flax_lstm.lstm` runs: a resolved `Implementation` (see its fields).
 
-    Frozen and hashable: the static argument of the compiled computation. ``reason`` says why
-    the recurrence was chosen; it takes no part in equality.
+    ``recurrence`` is the path the call takes and ``grad_recurrence`` the path it takes when
+    it is differentiated (`jax.grad`, `jax.vjp`): its forward, which keeps what the backward
+    needs, and the backward. They differ only where the default measured the kernel's forward
+    faster on a single step and leaves its gradient to the scan (`KERNEL_SHORT_MIN_HIDDEN`);
+    ``grad_recurrence`` defaults to ``recurrence``. Frozen and hashable: the static argument
+    of the compiled computation. ``reason`` says why the recurrence was chosen; it takes no
+    part in equality.
 
     Example:
       >>> import jax, jax.numpy as jnp, flax_lstm as fl
@@ -220,21 +230,41 @@ class Plan:
     hoist_input: bool
     fuse_directions: bool
     reason: str = dataclasses.field(default="", compare=False)
+    grad_recurrence: Literal["kernel", "scan"] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("recurrence", "grad_recurrence"):
+            if getattr(self, name) not in (None, "kernel", "scan"):
+                raise ValueError(f"{name} must be 'kernel' or 'scan', got {getattr(self, name)!r}")
+        if self.grad_recurrence is None:
+            object.__setattr__(self, "grad_recurrence", self.recurrence)
 
     @property
     def on_cpu(self) -> bool:
         """Whether the computation runs on CPU, where XLA's GEMMs take other forms (measured)."""
         return self.platform == "cpu"
 
+    @property
+    def differentiated(self) -> Plan:
+        """The plan of the call when it is differentiated (`jax.grad`, `jax.vjp`): its forward,
+        which keeps what the backward needs, and the backward run ``grad_recurrence``."""
+        if self.grad_recurrence == self.recurrence:
+            return self
+        return dataclasses.replace(self, recurrence=self.grad_recurrence)
+
     def __str__(self) -> str:
-        if self.recurrence == "kernel":
-            how = "the compiled CPU kernel"
+        scan = (
+            f"lax.scan ({self.backward} backward, unroll {self.unroll}, input projection "
+            f"{'hoisted' if self.hoist_input else 'per step'}, directions "
+            f"{'fused' if self.fuse_directions else 'one loop each'}"
+        )
+        path = {"kernel": "the compiled CPU kernel", "scan": f"{scan})"}
+        if self.recurrence == self.grad_recurrence == "scan":
+            how = f"{scan}; no compiled code)"
+        elif self.recurrence == self.grad_recurrence:
+            how = path[self.recurrence]
         else:
-            how = (
-                f"lax.scan ({self.backward} backward, unroll {self.unroll}, input projection "
-                f"{'hoisted' if self.hoist_input else 'per step'}, directions "
-                f"{'fused' if self.fuse_directions else 'one loop each'}; no compiled code)"
-            )
+            how = f"{path[self.recurrence]}; differentiated, {path[str(self.grad_recurrence)]}"
         return f"{how} on {self.platform}: {self.reason}"
 
 
@@ -248,15 +278,15 @@ def kernel_blocker(facts: CallFacts) -> str | None:
     return None
 
 
-def _call_size(steps: Any, batch: Any, hidden: int) -> Literal["tiny", "short", "large"]:
-    """The size of a call for the default: ``"tiny"``, left to the scan; ``"short"``, the
-    measured verdict decides (see `KERNEL_SHORT_MIN_HIDDEN`); ``"large"``, enough for the
-    kernel (see `KERNEL_MIN_STEPS`). A symbolic length or batch (`jax.export`) counts as large:
-    it cannot be compared with a number."""
+def _call_size(steps: Any, batch: Any, hidden: int) -> Literal["tiny", "step", "short", "large"]:
+    """The size of a call for the default: ``"tiny"``, left to the scan; ``"step"`` (one step)
+    and ``"short"``, the measured verdict decides (see `KERNEL_SHORT_MIN_HIDDEN`); ``"large"``,
+    enough for the kernel (see `KERNEL_MIN_STEPS`). A symbolic length or batch (`jax.export`)
+    counts as large: it cannot be compared with a number."""
     if not isinstance(steps, int):
         return "large"
     if steps < KERNEL_MIN_STEPS:
-        return "tiny"
+        return "step" if steps == 1 and hidden >= KERNEL_SHORT_MIN_HIDDEN else "tiny"
     if steps * hidden >= KERNEL_MIN_STEP_UNITS or not isinstance(batch, int):
         return "large"
     if steps * batch * hidden >= KERNEL_MIN_WORK_UNITS:
@@ -274,26 +304,51 @@ def _size_reason(steps: Any, batch: Any, hidden: int) -> str:
     )
 
 
-def _measured_reason(measured: calibrate.Verdict, dtype: jnp.dtype) -> str:
-    """Why a measured verdict left a call to the scan."""
+def _unmeasured_reason(steps: Any, facts: CallFacts, what: str = "") -> str:
+    """Why the size rule leaves a call (or ``what`` of it) to the scan where nothing was
+    measured."""
     return (
-        f"measured on this CPU: the scan path {1 / measured.speedup:.1f}× as fast as the "
-        f"kernel for {dtype.name} at {measured.calls} (cached in {calibrate.cache_path()}; "
+        f"{_size_reason(steps, facts.batch, facts.config.hidden_size)}; from "
+        f"{KERNEL_SHORT_MIN_HIDDEN} hidden units a measurement on this CPU decides"
+        f"{f' {what}' if what else ''}, and none was made ({calibrate.ENV}=0, or it failed)"
+    )
+
+
+def _measured_reason(
+    speedup: float, measured: calibrate.Verdict, dtype: jnp.dtype, mode: str = ""
+) -> str:
+    """Why a measured verdict left a call to the scan: the kernel measured ``speedup`` times
+    the scan, in ``mode`` (``"forward"``), or over both modes where it is empty."""
+    scan, ours = (f"the scan's {mode}", "the kernel's") if mode else ("the scan path", "the kernel")
+    return (
+        f"measured on this CPU: {scan} {1 / speedup:.1f}× as fast as "
+        f"{ours} for {dtype.name} at {measured.calls} (cached in {calibrate.cache_path()}; "
         "impl='kernel' or impl='scan' forces a path, FLAX_LSTM_CALIBRATE=0 leaves the "
         "choice to the size rule)"
     )
 
 
-def _choose_recurrence(request: Implementation, blocker: str | None, facts: CallFacts, steps):
-    """``(recurrence, reason)`` for a request, given what blocks the kernel (None: nothing)."""
+class Choice(NamedTuple):
+    """The path of a call (``recurrence``), why (``reason``), and the path of the call when it
+    is differentiated (``grad_recurrence``; None: the same)."""
+
+    recurrence: Literal["kernel", "scan"]
+    reason: str
+    grad_recurrence: Literal["kernel", "scan"] | None = None
+
+
+def _choose_recurrence(
+    request: Implementation, blocker: str | None, facts: CallFacts, steps
+) -> Choice:
+    """The `Choice` for a request, given what blocks the kernel (None: nothing)."""
     if request.recurrence == "scan":
-        return "scan", "recurrence='scan' was requested"
+        return Choice("scan", "recurrence='scan' was requested")
     if blocker is not None:
         if request.recurrence == "kernel":
             raise ValueError(
                 f"recurrence='kernel' was requested, but the CPU kernel does not support {blocker}"
             )
-        return "scan", f"the CPU kernel does not support {blocker}"
+        return Choice("scan", f"the CPU kernel does not support {blocker}")
     dtype, hidden = facts.dtype, facts.config.hidden_size
     if request.recurrence == "kernel":
         error = kernel.build_error(dtype)
@@ -301,33 +356,60 @@ def _choose_recurrence(request: Implementation, blocker: str | None, facts: Call
             raise RuntimeError(
                 f"recurrence='kernel' was requested, but the CPU kernel is not available: {error}"
             )
-        return "kernel", "recurrence='kernel' was requested"
+        return Choice("kernel", "recurrence='kernel' was requested")
     size = _call_size(steps, facts.batch, hidden)
     if size == "tiny":
-        return "scan", _size_reason(steps, facts.batch, hidden)
+        return Choice("scan", _size_reason(steps, facts.batch, hidden))
     if not kernel.available(dtype):
-        return "scan", f"the CPU kernel is not available: {kernel.build_error(dtype)}"
+        return Choice("scan", f"the CPU kernel is not available: {kernel.build_error(dtype)}")
+    if size == "step":
+        return _one_step(facts, steps)
+    return _measured_choice(size, facts, steps)
+
+
+def _measured_choice(size: str, facts: CallFacts, steps) -> Choice:
+    """The default's `Choice` for a ``"short"`` or ``"large"`` call within the kernel's reach:
+    the kernel, unless this CPU measured the scan faster at such calls (a short call needs a
+    measurement)."""
+    dtype = facts.dtype
     # The reason points to the reach rather than restating part of it.
     reason = "the CPU kernel applies (within plan.KERNEL_REACH, and large enough)"
     regime = "short" if size == "short" else calibrate.regime(facts.batch)
     measured = calibrate.verdict(dtype.name, regime)
     if measured is None:
-        if size == "short":  # a short call needs a verdict
-            return "scan", (
-                f"{_size_reason(steps, facts.batch, hidden)}; from {KERNEL_SHORT_MIN_HIDDEN} "
-                "hidden units a measurement on this CPU decides, and none was made "
-                f"({calibrate.ENV}=0, or it failed)"
-            )
-        return "kernel", reason
+        if size == "short":
+            return Choice("scan", _unmeasured_reason(steps, facts))
+        return Choice("kernel", reason)
     if measured.choice == "scan":
-        return "scan", _measured_reason(measured, dtype)
+        return Choice("scan", _measured_reason(measured.speedup, measured, dtype))
     if size == "short":
         reason = (
             f"the CPU kernel applies (within plan.KERNEL_REACH), and on this CPU it measured "
             f"{measured.speedup:.1f}× the scan on {measured.calls} like this one"
         )
-        return "kernel", reason
-    return "kernel", f"{reason}; measured on this CPU: the kernel {measured.speedup:.1f}× the scan"
+        return Choice("kernel", reason)
+    return Choice(
+        "kernel", f"{reason}; measured on this CPU: the kernel {measured.speedup:.1f}× the scan"
+    )
+
+
+def _one_step(facts: CallFacts, steps) -> Choice:
+    """The default's `Choice` for a single step of at least `KERNEL_SHORT_MIN_HIDDEN` units
+    within the kernel's reach: its forward on the kernel where the short calls' probe measured
+    the kernel's forward faster on this CPU, and the scan when it is differentiated."""
+    dtype = facts.dtype
+    measured = calibrate.verdict(dtype.name, "short")
+    if measured is None:
+        return Choice("scan", _unmeasured_reason(steps, facts, "a single step's forward"))
+    forward = measured.scan_ms["fwd"] / measured.kernel_ms["fwd"]
+    if forward <= 1:
+        return Choice("scan", _measured_reason(forward, measured, dtype, "forward"))
+    reason = (
+        f"a single step: the CPU kernel applies (within plan.KERNEL_REACH), and its forward "
+        f"measured {forward:.1f}× the scan's on this CPU at {measured.calls}; differentiated, "
+        "the scan, as the kernel's backward has no steps to amortise its fixed cost over"
+    )
+    return Choice("kernel", reason, grad_recurrence="scan")
 
 
 def resolve(
@@ -349,7 +431,9 @@ def resolve(
     facts = CallFacts(
         platform, jnp.dtype(dtype), config, recurrent_dropout, request.backward, batch
     )
-    recurrence, reason = _choose_recurrence(request, kernel_blocker(facts), facts, steps)
+    recurrence, reason, grad_recurrence = _choose_recurrence(
+        request, kernel_blocker(facts), facts, steps
+    )
     use_kernel = recurrence == "kernel"
     return Plan(
         platform=platform,
@@ -363,6 +447,7 @@ def resolve(
             else request.fuse_directions
         ),
         reason=reason,
+        grad_recurrence=grad_recurrence,
     )
 
 

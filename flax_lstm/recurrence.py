@@ -4,7 +4,8 @@
 reads input that the caller has reversed within each sequence's length) and differentiates
 as the plan's ``backward`` says. The scan itself, forward and reverse, is in
 `flax_lstm._scan`, which runs no compiled code; the kernel's bindings in
-`flax_lstm._kernel.ffi`, called here only for a plan whose recurrence is ``"kernel"``. The
+`flax_lstm._kernel.ffi`, called here only where the plan's ``recurrence`` is ``"kernel"``
+(its ``grad_recurrence`` where the call is differentiated: `Plan.differentiated`). The
 hand-written backward is a `jax.custom_vjp` over both: the gate gradients come from a reverse
 loop (the scan's or the kernel's), and the weight and input gradients after it, as one large
 GEMM each (in float32 on the kernel, its `weight_grads` and `input_grad` calls, over the valid
@@ -117,6 +118,7 @@ def _layer(x, w, h0, c0, mask, rmask, plan, all_c):
 
 
 def _layer_fwd(x, w, h0, c0, mask, rmask, plan, all_c):
+    plan = plan.differentiated  # where the call's own path differs when differentiated
     if plan.recurrence == "kernel":  # the compiled recurrence
         hs, cs, acts = _kernel_forward(x, w, h0, c0, mask, plan, True, True)
     elif plan.backward == "remat":  # keep only the states; the gates are recomputed
@@ -129,6 +131,7 @@ def _layer_fwd(x, w, h0, c0, mask, rmask, plan, all_c):
 
 
 def _layer_bwd(plan, all_c, residuals, cotangents):
+    plan = plan.differentiated
     if plan.recurrence == "kernel":
         return _kernel_backward(plan, all_c, residuals, cotangents)
     return _scan.backward(plan, all_c, residuals, cotangents)

@@ -41,8 +41,10 @@ def test_the_short_probe_is_the_smallest_short_call():
     shortest = calibrate.probe("short")
     assert shortest == (plans.KERNEL_MIN_STEPS, plans.KERNEL_SHORT_MIN_HIDDEN, 1)
     assert plans._call_size(shortest.steps, shortest.batch, shortest.hidden) == "short"
-    assert plans._call_size(shortest.steps - 1, 1, shortest.hidden) == "tiny"
     assert plans._call_size(shortest.steps, 1, shortest.hidden - 1) == "tiny"
+    # One step fewer is a single step, whose forward the probe's forward decides.
+    assert plans._call_size(shortest.steps - 1, 1, shortest.hidden) == "step"
+    assert plans._call_size(shortest.steps - 1, 1, shortest.hidden - 1) == "tiny"
 
 
 @pytest.mark.parametrize(

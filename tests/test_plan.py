@@ -202,6 +202,76 @@ def test_short_calls_follow_their_own_verdict(monkeypatch, tmp_path, short):
     assert fl.lstm_plan(params, jnp.ones((40, 1, 3)), config=narrow).recurrence == "kernel"
 
 
+def _runs_kernel(f, *args) -> bool:
+    """Whether ``f(*args)`` calls the kernel's forward (its jaxpr)."""
+    return "flax_lstm_cpu_forward" in str(jax.make_jaxpr(f)(*args))
+
+
+@needs_kernel
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_single_step_takes_the_kernels_forward_and_the_scans_gradient(
+    monkeypatch, tmp_path, bidirectional
+):
+    """One step of at least KERNEL_SHORT_MIN_HIDDEN units, the kernel's forward measured
+    faster on the short calls' probe: undifferentiated it runs the kernel, differentiated the
+    scan (forward and backward); the outputs are the kernel's, the gradients the scan's."""
+    fake_calibration.install(monkeypatch, tmp_path, short=1.5)
+    cfg, params = _setup(hidden_size=plans.KERNEL_SHORT_MIN_HIDDEN, bidirectional=bidirectional)
+    x = jax.random.normal(jax.random.key(1), (1, 3, 3))
+    plan = fl.lstm_plan(params, x, config=cfg)
+    assert (plan.recurrence, plan.grad_recurrence) == ("kernel", "scan")
+    assert plan.differentiated.recurrence == "scan"
+    assert "its forward measured 1.5× the scan's on this CPU at short calls" in plan.reason
+    assert str(plan).startswith("the compiled CPU kernel; differentiated, lax.scan (custom")
+    assert "no compiled code" not in str(plan)
+
+    def output(p, x, impl=None):
+        return fl.lstm(p, x, config=cfg, impl=impl)[0]
+
+    def loss(p, x, impl=None):
+        return (output(p, x, impl) ** 2).sum()
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    assert _runs_kernel(output, params, x) and not _runs_kernel(grad, params, x)
+    np.testing.assert_array_equal(output(params, x), output(params, x, "kernel"))
+    chex.assert_trees_all_close(grad(params, x), grad(params, x, "scan"), atol=1e-6, rtol=1e-6)
+    value, _ = jax.value_and_grad(loss)(params, x)  # the differentiated call's own forward
+    np.testing.assert_allclose(value, loss(params, x, "scan"), rtol=1e-6)
+
+
+@needs_kernel
+def test_a_single_step_stays_on_the_scan_unless_measured_faster(monkeypatch, tmp_path):
+    """A measured slower forward, too few units, or no measurement: the scan, with the
+    reason."""
+    fake_calibration.install(monkeypatch, tmp_path, short=0.5)
+    cfg, params = _setup(hidden_size=plans.KERNEL_SHORT_MIN_HIDDEN)
+    plan = fl.lstm_plan(params, jnp.ones((1, 2, 3)), config=cfg)
+    assert (plan.recurrence, plan.grad_recurrence) == ("scan", "scan")
+    assert plan.reason.startswith(
+        "measured on this CPU: the scan's forward 2.0× as fast as the kernel's for float32 at "
+        "short calls"
+    )
+    narrow, params = _setup(hidden_size=plans.KERNEL_SHORT_MIN_HIDDEN - 1)
+    plan = fl.lstm_plan(params, jnp.ones((1, 2, 3)), config=narrow)
+    assert plan.recurrence == "scan" and "measured" not in plan.reason
+    monkeypatch.setenv(calibrate.ENV, "0")
+    wide, params = _setup(hidden_size=256)
+    plan = fl.lstm_plan(params, jnp.ones((1, 2, 3)), config=wide)
+    assert plan.recurrence == "scan"
+    assert "decides a single step's forward, and none was made (FLAX_LSTM_CALIBRATE=0" in (
+        plan.reason
+    )
+
+
+def test_a_plan_names_its_recurrences():
+    plan = fl.Plan("cpu", "kernel", "custom", 1, False, True, "why")
+    assert plan.grad_recurrence == "kernel" and plan.differentiated is plan
+    both = fl.Plan("cpu", "kernel", "custom", 1, False, True, "why", grad_recurrence="scan")
+    assert both != plan and both.differentiated.recurrence == "scan"
+    with pytest.raises(ValueError, match="grad_recurrence must be 'kernel' or 'scan'"):
+        fl.Plan("cpu", "kernel", "custom", 1, False, True, grad_recurrence="gpu")  # type: ignore[arg-type]
+
+
 @needs_kernel
 def test_short_calls_without_a_verdict_run_the_scan():
     """Measuring is off in the tests (tests/conftest.py): the size rule alone leaves a short

@@ -6,7 +6,8 @@ calls (`flax_lstm._kernel.calibrate`: `flax_lstm.lstm` with ``impl="kernel"`` an
 input), warmed up, then timed interleaved in a new random order every round.
 Prints one line per shape: the scan's time over the kernel's (above 1: the kernel is faster)
 by medians and, in parentheses, by fastest calls, and the path the default plan takes on this
-machine (with measuring on, its verdicts as cached by ``flax-lstm kernel --calibrate``). The
+machine (with measuring on, its verdicts as cached by ``flax-lstm kernel --calibrate``;
+``kernel/scan``: the kernel, and the scan when differentiated). The
 evidence for `flax_lstm.plan`'s size rule: docs/performance/design.md, "Small calls: the kernel
 or the scan".
 
@@ -46,10 +47,14 @@ def shape_arg(text: str) -> tuple[int, int, int]:
 
 
 def default_path(batch: int, steps: int, hidden: int) -> str:
-    """The recurrence that the default plan takes for the shape on this machine."""
+    """The recurrence that the default plan takes for the shape on this machine, and where it
+    differs, the one it takes differentiated (``"kernel/scan"``)."""
     config = fl.LSTMConfig(input_size=hidden, hidden_size=hidden)
     params = fl.init_params(jax.random.key(0), config)
-    return fl.lstm_plan(params, jnp.ones((steps, batch, hidden)), config=config).recurrence
+    plan = fl.lstm_plan(params, jnp.ones((steps, batch, hidden)), config=config)
+    if plan.grad_recurrence == plan.recurrence:
+        return plan.recurrence
+    return f"{plan.recurrence}/{plan.grad_recurrence}"
 
 
 def measure(batch: int, steps: int, hidden: int, reps: int) -> dict:

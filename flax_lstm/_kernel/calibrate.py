@@ -18,7 +18,9 @@ enough for the per-step cost to dominate. The third, ``"short"``, decides the ca
 size rule leaves to the measurement (`flax_lstm.plan.KERNEL_SHORT_MIN_HIDDEN`): a few steps of
 at least 128 units, where the kernel's fixed cost per call weighs most; its probe is the
 smallest such call (one sequence of 2 steps of 128 units), the least work over which the
-kernel's fixed cost must pay. The compilations take most of the few seconds a dtype costs.
+kernel's fixed cost must pay; its forward alone also decides the forward of a single step
+(`flax_lstm.plan`'s "step" calls). The compilations take most of the few seconds a dtype
+costs.
 
 The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan's time over
 the kernel's in the two modes (above 1: the kernel is faster), and the kernel unless the scan
