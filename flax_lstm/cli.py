@@ -127,10 +127,14 @@ def _calibration_lines(verdicts: dict) -> list[str]:
     for dtype, by_regime in verdicts.items():
         for v in by_regime.values():
             probe = f"B{v['batch']} T{v['steps']} H{v['hidden']}"
-            lines.append(
+            line = (
                 f"  {dtype} {v['regime']} (probe {probe}): the kernel "
                 f"{v['speedup']:.2f}× the scan, default {v['choice']}"
             )
+            if v["regime"] == "short":  # its forward alone decides a single step's forward
+                forward = v["scan_ms"]["fwd"] / v["kernel_ms"]["fwd"]
+                line += f"; forward {forward:.2f}×, which decides a single step's forward"
+            lines.append(line)
     if calibrate.disabled():
         lines.append(f"  not used: {calibrate.ENV}=0")
     return lines
