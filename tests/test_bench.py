@@ -389,6 +389,33 @@ def test_small_calls_tool_times_both_paths_and_names_the_default(tmp_path):
     assert bad.returncode == 2 and "expected B,T,H" in bad.stderr
 
 
+def test_scan_directions_tool_times_both_loop_layouts(tmp_path):
+    """tools/scan_directions.py: the CPU scan of a bidirectional layer, one loop per direction
+    and both in one, on the shapes given (layers, projection and dtype optional)."""
+    out = tmp_path / "directions.json"
+    tool = str(ROOT / "tools" / "scan_directions.py")
+    proc = subprocess.run(
+        [sys.executable, tool, "--shape", "2,1,16", "--shape", "1,3,16,2,8,bfloat16",
+         "--reps", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("B2 T1 H16 L1 float32 bidirectional: fwd unfused ")
+    assert lines[1].startswith("B1 T3 H16 L2 P8 bfloat16 bidirectional: fwd unfused ")
+    result = json.loads(out.read_text())
+    assert "cpu_flags" in result["machine"] and len(result["results"]) == 2
+    first = result["results"][0]
+    assert first["shape"] == {
+        "batch": 2, "steps": 1, "hidden": 16, "layers": 1, "proj": 0, "dtype": "float32"
+    }  # fmt: skip
+    assert all(first[m][f"{k}_ms"] > 0 for m in ("fwd", "fwd_bwd") for k in ("unfused", "fused"))
+    bad = subprocess.run(
+        [sys.executable, tool, "--shape", "1,2"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert bad.returncode == 2 and "expected B,T,H" in bad.stderr
+
+
 def test_kernel_ab_compares_the_weight_gradients_with_xla(tmp_path):
     """``--baseline xla-weight-grads``: the checkout against itself with XLA's GEMMs for the
     weight gradients; the tool checks that only the current variant's trace calls the kernel's

@@ -4,11 +4,12 @@ For each shape (bidirectional, input size = hidden size), `flax_lstm.lstm` with
 ``impl=fl.Implementation(recurrence="scan", fuse_directions=False)`` (one loop per direction,
 each over its own slice of the weights) and ``fuse_directions=True`` (both directions in one
 loop, a batched GEMM over the direction axis), jitted, forward and forward+backward (the
-gradients of every weight and the input), warmed up, then timed interleaved in a new random
-order every round. Prints one line per shape: milliseconds by medians and the unfused time
-over the fused (above 1: the fused loop is faster). The evidence for the CPU scan's default
-`fuse_directions` (`flax_lstm.plan.resolve`): docs/performance/design.md, "Both directions in
-one loop on CPU".
+gradients of every weight and the input), built and timed as the benchmark does
+(`flax_lstm.bench`: warmed up, then interleaved, the order rotated every repetition). Prints
+one line per shape: milliseconds by medians and the unfused time over the fused (above 1: the
+fused loop is faster). The evidence for the CPU scan's default `fuse_directions`
+(`flax_lstm.plan.resolve`): docs/performance/design.md, "Both directions in one loop on
+CPU".
 
 Not a test: from the repository root, ``PYTHONPATH=$PWD python tools/scan_directions.py
 --shape B,T,H[,L][,P][,bfloat16] ... [--reps 15] [--json out.json]`` (L layers, default 1; P
@@ -18,9 +19,6 @@ the projection size, default 0).
 from __future__ import annotations
 
 import argparse
-import json
-import random
-import time
 from typing import NamedTuple
 
 import jax
@@ -28,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import flax_lstm as fl
-from flax_lstm.bench.machine import machine_info, versions
+from flax_lstm.bench.libraries import MODES, _jax_fns
+from flax_lstm.bench.machine import write_record
+from flax_lstm.bench.runner import _time_interleaved
 
-MODES = ("fwd", "fwd_bwd")
 LOOPS = {"unfused": False, "fused": True}
 
 
@@ -72,37 +71,21 @@ def calls(shape: Shape, fuse: bool) -> dict:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((shape.steps, shape.batch, shape.hidden)), dtype)
     impl = fl.Implementation(recurrence="scan", fuse_directions=fuse)
-
-    def output(p, x):
-        return fl.lstm(p, x, config=config, impl=impl)[0]
-
-    forward = jax.jit(output)
-    loss = lambda p, x: output(p, x).astype(jnp.float32).sum()  # noqa: E731
-    both = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    return {
-        "fwd": lambda: jax.block_until_ready(forward(params, x)),
-        "fwd_bwd": lambda: jax.block_until_ready(both(params, x)),
-    }
+    return _jax_fns(lambda p, x: fl.lstm(p, x, config=config, impl=impl)[0], params, x)
 
 
 def measure(shape: Shape, reps: int) -> dict:
     """One shape's record: milliseconds (median, fastest) of each loop layout and mode."""
-    fns = {}
-    for name, fuse in LOOPS.items():
-        fns.update({(name, mode): fn for mode, fn in calls(shape, fuse).items()})
-    for fn in fns.values():
-        for _ in range(3):
-            fn()  # each call blocks until its result is ready
-    times: dict = {key: [] for key in fns}
-    for _ in range(reps):
-        for key in random.sample(list(fns), len(fns)):
-            start = time.perf_counter()
-            fns[key]()
-            times[key].append((time.perf_counter() - start) * 1e3)
+    fns = {name: calls(shape, fuse) for name, fuse in LOOPS.items()}
+    for by_mode in fns.values():
+        for fn in by_mode.values():
+            for _ in range(3):
+                fn()  # each call blocks until its result is ready
+    times = _time_interleaved(fns, MODES, reps)
     record: dict = {"shape": shape._asdict()}
     for mode in MODES:
-        record[mode] = {f"{name}_ms": float(np.median(times[(name, mode)])) for name in LOOPS} | {
-            f"{name}_min_ms": min(times[(name, mode)]) for name in LOOPS
+        record[mode] = {f"{name}_ms": float(np.median(times[name][mode])) for name in LOOPS} | {
+            f"{name}_min_ms": min(times[name][mode]) for name in LOOPS
         }
     return record
 
@@ -134,11 +117,7 @@ def main() -> None:
     for shape in args.shape:
         records.append(measure(shape, args.reps))
         print(line(shape, records[-1]), flush=True)
-    if args.json:
-        result = {"machine": machine_info(), "versions": versions(), "reps": args.reps}
-        with open(args.json, "w") as f:
-            json.dump({**result, "results": records}, f, indent=1)
-        print(f"wrote {args.json}")
+    write_record(args.json, args.reps, records)
 
 
 if __name__ == "__main__":

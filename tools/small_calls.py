@@ -19,7 +19,6 @@ Not a test: from the repository root, ``PYTHONPATH=$PWD python tools/small_calls
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 
@@ -29,7 +28,7 @@ import numpy as np
 
 import flax_lstm as fl
 from flax_lstm._kernel import calibrate
-from flax_lstm.bench.machine import machine_info, versions
+from flax_lstm.bench.machine import write_record
 
 GRID = [(b, t, h) for h in (64, 128, 256) for b in (1, 4, 16) for t in (1, 2, 4, 8)]
 PATHS = ("kernel", "scan")
@@ -106,11 +105,7 @@ def main() -> None:
     for shape in args.shape or GRID:
         records.append(measure(*shape, args.reps))
         print(line(records[-1]), flush=True)
-    if args.json:
-        result = {"machine": machine_info(), "versions": versions(), "reps": args.reps}
-        with open(args.json, "w") as f:
-            json.dump({**result, "results": records}, f, indent=1)
-        print(f"wrote {args.json}")
+    write_record(args.json, args.reps, records)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """What a benchmark ran on: the machine (with its CPU, `flax_lstm.bench.cpu`), the library
-versions and the matmul precision."""
+versions and the matmul precision; `write_record` keeps them with a measuring tool's results."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from collections.abc import Callable
@@ -14,7 +15,14 @@ import flax_lstm as fl
 from flax_lstm._kernel.ffi import usable_cpus
 from flax_lstm.bench.cpu import cpu_info
 
-__all__ = ["machine_info", "precision_note", "torch_device", "torch_waiter", "versions"]
+__all__ = [
+    "machine_info",
+    "precision_note",
+    "torch_device",
+    "torch_waiter",
+    "versions",
+    "write_record",
+]
 
 
 def versions() -> dict[str, str]:
@@ -26,6 +34,17 @@ def versions() -> dict[str, str]:
         except ImportError:
             out[name] = "not installed"
     return out
+
+
+def write_record(path: str | None, reps: int, results: list[dict[str, Any]]) -> None:
+    """Write a measuring tool's ``results`` (tools/*.py) to the JSON file ``path``, with this
+    machine, the versions and the repetitions; nothing where ``path`` is None."""
+    if path is None:
+        return
+    record = {"machine": machine_info(), "versions": versions(), "reps": reps}
+    with open(path, "w") as f:
+        json.dump({**record, "results": results}, f, indent=1)
+    print(f"wrote {path}")
 
 
 def torch_device() -> str | None:
