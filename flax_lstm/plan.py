@@ -44,8 +44,8 @@ BACKWARDS = ("custom", "autodiff", "remat")
 # KERNEL_MIN_WORK_UNITS steps × sequences × hidden units. The kernel has a fixed cost per call
 # (packing the weights, its calls forward and backward) that its work amortises, where the
 # scan pays a cost per step: a short sequence goes to the scan unless its batch is large, and
-# a single step always does (there is no recurrence to keep in cache). Measured on small
-# shapes: docs/performance/design.md, "Small calls: the kernel or the scan".
+# so does a single step, but for its forward (below). Measured on small shapes:
+# docs/performance/design.md, "Small calls: the kernel or the scan".
 KERNEL_MIN_STEPS = 2
 KERNEL_MIN_STEP_UNITS = 1024
 KERNEL_MIN_WORK_UNITS = 4096
