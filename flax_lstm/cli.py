@@ -132,7 +132,7 @@ def _calibration_lines(verdicts: dict) -> list[str]:
                 f"{v['speedup']:.2f}× the scan, default {v['choice']}"
             )
             if v["regime"] == "short":  # its forward alone decides a single step's forward
-                forward = v["scan_ms"]["fwd"] / v["kernel_ms"]["fwd"]
+                forward = calibrate.Verdict.from_json(v).forward_speedup
                 line += f"; forward {forward:.2f}×, which decides a single step's forward"
             lines.append(line)
     if calibrate.disabled():

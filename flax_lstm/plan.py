@@ -314,15 +314,16 @@ def _unmeasured_reason(steps: Any, facts: CallFacts, what: str = "") -> str:
     )
 
 
-def _measured_reason(
-    speedup: float, measured: calibrate.Verdict, dtype: jnp.dtype, mode: str = ""
-) -> str:
-    """Why a measured verdict left a call to the scan: the kernel measured ``speedup`` times
-    the scan, in ``mode`` (``"forward"``), or over both modes where it is empty."""
-    scan, ours = (f"the scan's {mode}", "the kernel's") if mode else ("the scan path", "the kernel")
+def _measured_reason(measured: calibrate.Verdict, forward: bool = False) -> str:
+    """Why a measured verdict left a call to the scan: over both modes, or in the ``forward``
+    alone."""
+    speedup = measured.forward_speedup if forward else measured.speedup
+    scan, ours = (
+        ("the scan's forward", "the kernel's") if forward else ("the scan path", "the kernel")
+    )
     return (
         f"measured on this CPU: {scan} {1 / speedup:.1f}× as fast as "
-        f"{ours} for {dtype.name} at {measured.calls} (cached in {calibrate.cache_path()}; "
+        f"{ours} for {measured.dtype} at {measured.calls} (cached in {calibrate.cache_path()}; "
         "impl='kernel' or impl='scan' forces a path, FLAX_LSTM_CALIBRATE=0 leaves the "
         "choice to the size rule)"
     )
@@ -371,17 +372,16 @@ def _measured_choice(size: str, facts: CallFacts, steps) -> Choice:
     """The default's `Choice` for a ``"short"`` or ``"large"`` call within the kernel's reach:
     the kernel, unless this CPU measured the scan faster at such calls (a short call needs a
     measurement)."""
-    dtype = facts.dtype
     # The reason points to the reach rather than restating part of it.
     reason = "the CPU kernel applies (within plan.KERNEL_REACH, and large enough)"
     regime = "short" if size == "short" else calibrate.regime(facts.batch)
-    measured = calibrate.verdict(dtype.name, regime)
+    measured = calibrate.verdict(facts.dtype.name, regime)
     if measured is None:
         if size == "short":
             return Choice("scan", _unmeasured_reason(steps, facts))
         return Choice("kernel", reason)
     if measured.choice == "scan":
-        return Choice("scan", _measured_reason(measured.speedup, measured, dtype))
+        return Choice("scan", _measured_reason(measured))
     if size == "short":
         reason = (
             f"the CPU kernel applies (within plan.KERNEL_REACH), and on this CPU it measured "
@@ -397,17 +397,16 @@ def _one_step(facts: CallFacts, steps) -> Choice:
     """The default's `Choice` for a single step of at least `KERNEL_SHORT_MIN_HIDDEN` units
     within the kernel's reach: its forward on the kernel where the short calls' probe measured
     the kernel's forward faster on this CPU, and the scan when it is differentiated."""
-    dtype = facts.dtype
-    measured = calibrate.verdict(dtype.name, "short")
+    measured = calibrate.verdict(facts.dtype.name, "short")
     if measured is None:
         return Choice("scan", _unmeasured_reason(steps, facts, "a single step's forward"))
-    forward = measured.scan_ms["fwd"] / measured.kernel_ms["fwd"]
-    if forward <= 1:
-        return Choice("scan", _measured_reason(forward, measured, dtype, "forward"))
+    if measured.forward_speedup <= 1:
+        return Choice("scan", _measured_reason(measured, forward=True))
     reason = (
         f"a single step: the CPU kernel applies (within plan.KERNEL_REACH), and its forward "
-        f"measured {forward:.1f}× the scan's on this CPU at {measured.calls}; differentiated, "
-        "the scan, as the kernel's backward has no steps to amortise its fixed cost over"
+        f"measured {measured.forward_speedup:.1f}× the scan's on this CPU at {measured.calls}; "
+        "differentiated, the scan, as the kernel's backward has no steps to amortise its fixed "
+        "cost over"
     )
     return Choice("kernel", reason, grad_recurrence="scan")
 

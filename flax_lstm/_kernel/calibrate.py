@@ -123,6 +123,12 @@ class Verdict:
         return verdict
 
     @property
+    def forward_speedup(self) -> float:
+        """The scan's time over the kernel's in the forward alone (what decides a single
+        step's forward: `flax_lstm.plan`)."""
+        return self.scan_ms["fwd"] / self.kernel_ms["fwd"]
+
+    @property
     def calls(self) -> str:
         """The calls it decides, in words."""
         if self.regime == "small":
