@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from flax_lstm import bench, kernel
-from flax_lstm.bench import cpu, libraries, machine, report, runner, shapes, yardstick
+from flax_lstm.bench import cpu, libraries, machine, report, shapes, yardstick
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GEMM = ("--gemm-size", "128")  # the yardstick's GEMM, small: these tests time nothing
@@ -141,13 +141,6 @@ def test_bench_lengths_longer_than_the_shape_is_a_clear_error(capsys):
         assert f"--lengths {value}: lengths up to 9 do not fit the sequence length of B2 T8" in err
     with pytest.raises(ValueError, match="do not fit the sequence length"):
         shapes.Shape(2, 8, 8, lengths="uniform:2:9")
-
-
-def test_each_library_takes_each_place_in_turn():
-    orders = [runner.rotated(["a", "b", "c"], rep) for rep in range(6)]
-    assert orders[:3] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
-    assert orders[3:] == orders[:3]
-    assert runner.rotated(["a"], 5) == ["a"] and runner.rotated([], 2) == []
 
 
 def test_shape_parsing():

@@ -5,7 +5,7 @@ For each shape (bidirectional, input size = hidden size), `flax_lstm.lstm` with
 each over its own slice of the weights) and ``fuse_directions=True`` (both directions in one
 loop, a batched GEMM over the direction axis), jitted, forward and forward+backward (the
 gradients of every weight and the input), built and timed as the benchmark does
-(`flax_lstm.bench`: warmed up, then interleaved, the order rotated every repetition). Prints
+(`flax_lstm._timing`: warmed up, then interleaved, the order rotated every repetition). Prints
 one line per shape: milliseconds by medians and the unfused time over the fused (above 1: the
 fused loop is faster). The evidence for the CPU scan's default `fuse_directions`
 (`flax_lstm.plan.resolve`): docs/performance/design.md, "Both directions in one loop on
@@ -26,9 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import flax_lstm as fl
-from flax_lstm.bench.libraries import MODES, _jax_fns
+from flax_lstm._timing import MODES, jitted_calls, time_interleaved
 from flax_lstm.bench.machine import write_record
-from flax_lstm.bench.runner import _time_interleaved
 
 LOOPS = {"unfused": False, "fused": True}
 
@@ -71,7 +70,7 @@ def calls(shape: Shape, fuse: bool) -> dict:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((shape.steps, shape.batch, shape.hidden)), dtype)
     impl = fl.Implementation(recurrence="scan", fuse_directions=fuse)
-    return _jax_fns(lambda p, x: fl.lstm(p, x, config=config, impl=impl)[0], params, x)
+    return jitted_calls(lambda p, x: fl.lstm(p, x, config=config, impl=impl)[0], params, x)
 
 
 def measure(shape: Shape, reps: int) -> dict:
@@ -81,7 +80,7 @@ def measure(shape: Shape, reps: int) -> dict:
         for fn in by_mode.values():
             for _ in range(3):
                 fn()  # each call blocks until its result is ready
-    times = _time_interleaved(fns, MODES, reps)
+    times = time_interleaved(fns, MODES, reps)
     record: dict = {"shape": shape._asdict()}
     for mode in MODES:
         record[mode] = {f"{name}_ms": float(np.median(times[name][mode])) for name in LOOPS} | {

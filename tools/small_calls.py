@@ -3,7 +3,8 @@
 For each shape (one layer, input size = hidden size, float32), the calibration's own probe
 calls (`flax_lstm._kernel.calibrate`: `flax_lstm.lstm` with ``impl="kernel"`` and
 ``impl="scan"``, jitted, forward and forward+backward, the gradients of every weight and the
-input), warmed up, then timed interleaved in a new random order every round.
+input), warmed up, then timed as the benchmark times (`flax_lstm._timing`: interleaved, the
+order rotated every repetition).
 Prints one line per shape: the scan's time over the kernel's (above 1: the kernel is faster)
 by medians and, in parentheses, by fastest calls, and the path the default plan takes on this
 machine (with measuring on, its verdicts as cached by ``flax-lstm kernel --calibrate``;
@@ -19,8 +20,6 @@ Not a test: from the repository root, ``PYTHONPATH=$PWD python tools/small_calls
 from __future__ import annotations
 
 import argparse
-import random
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +27,7 @@ import numpy as np
 
 import flax_lstm as fl
 from flax_lstm._kernel import calibrate
+from flax_lstm._timing import MODES, time_interleaved
 from flax_lstm.bench.machine import write_record
 
 GRID = [(b, t, h) for h in (64, 128, 256) for b in (1, 4, 16) for t in (1, 2, 4, 8)]
@@ -59,24 +59,17 @@ def default_path(batch: int, steps: int, hidden: int) -> str:
 def measure(batch: int, steps: int, hidden: int, reps: int) -> dict:
     """One shape's record: milliseconds (median, fastest) of each path and mode, the default."""
     shape = calibrate.Probe(steps=steps, hidden=hidden, batch=batch)
-    fns = {}
-    for path in PATHS:
-        probe = calibrate._probe_calls("float32", shape, path)
-        fns.update({(path, mode): probe[mode] for mode in calibrate.MODES})
-    for fn in fns.values():
-        for _ in range(5):
-            fn()  # each call blocks until its result is ready
-    times: dict = {key: [] for key in fns}
-    for _ in range(reps):
-        for key in random.sample(list(fns), len(fns)):
-            start = time.perf_counter()
-            fns[key]()
-            times[key].append((time.perf_counter() - start) * 1e3)
+    calls = {path: calibrate._probe_calls("float32", shape, path) for path in PATHS}
+    for by_mode in calls.values():
+        for call in by_mode.values():
+            for _ in range(5):
+                call()  # each call blocks until its result is ready
+    times = time_interleaved(calls, MODES, reps)
     record: dict = {"batch": batch, "steps": steps, "hidden": hidden}
     record["default"] = default_path(batch, steps, hidden)
-    for mode in calibrate.MODES:
-        record[mode] = {f"{path}_ms": float(np.median(times[(path, mode)])) for path in PATHS} | {
-            f"{path}_min_ms": min(times[(path, mode)]) for path in PATHS
+    for mode in MODES:
+        record[mode] = {f"{path}_ms": float(np.median(times[path][mode])) for path in PATHS} | {
+            f"{path}_min_ms": min(times[path][mode]) for path in PATHS
         }
     return record
 
@@ -84,7 +77,7 @@ def measure(batch: int, steps: int, hidden: int, reps: int) -> dict:
 def line(r: dict) -> str:
     """One shape's ratios, scan time / kernel time, by medians (by fastest calls)."""
     parts = []
-    for mode in calibrate.MODES:
+    for mode in MODES:
         m = r[mode]
         ratio, fastest = m["scan_ms"] / m["kernel_ms"], m["scan_min_ms"] / m["kernel_min_ms"]
         parts.append(f"{mode} {ratio:.2f} ({fastest:.2f})")

@@ -7,20 +7,20 @@ autotuners do, the default measures both paths once per CPU and dtype, and keeps
 
 What is measured, per compute dtype and per regime (`REGIMES`): one layer, input = hidden
 units, the regime's probe (`probe`: steps, hidden units, batch), forward and forward+backward
-(`jax.value_and_grad` of the output's sum, w.r.t. parameters and input), both paths jitted,
-warmed up (compiled) first, then `REPS` repetitions interleaved (kernel, scan; the order
-alternating), and each path's fastest repetition. Two regimes are the kernel's own: batches
-of at most `flax_lstm._kernel.tuning.small_batch` sequences take its small-batch path
-(``"small"``, probed at that batch), larger ones the other (``"large"``, probed at batch 32,
-the usual batch of the CPU set); both at 64 steps of 256 units, the middle of the benchmark's
-CPU sets (``flax-lstm bench --set cpu``, ``--set small``: H128 to H512, T64 to T128), long
-enough for the per-step cost to dominate. The third, ``"short"``, decides the calls that the
-size rule leaves to the measurement (`flax_lstm.plan.KERNEL_SHORT_MIN_HIDDEN`): a few steps of
-at least 128 units, where the kernel's fixed cost per call weighs most; its probe is the
-smallest such call (one sequence of 2 steps of 128 units), the least work over which the
-kernel's fixed cost must pay; its forward alone also decides the forward of a single step
-(`flax_lstm.plan`'s "step" calls). The compilations take most of the few seconds a dtype
-costs.
+(`jax.grad` of the output's sum, w.r.t. parameters and input), both paths jitted, warmed up
+(compiled) first, then `REPS` repetitions interleaved as the benchmark times them
+(`flax_lstm._timing`: kernel, scan, the order alternating), and each path's fastest
+repetition. Two regimes are the kernel's own: batches of at most
+`flax_lstm._kernel.tuning.small_batch` sequences take its small-batch path (``"small"``,
+probed at that batch), larger ones the other (``"large"``, probed at batch 32, the usual batch
+of the CPU set); both at 64 steps of 256 units, the middle of the benchmark's CPU sets
+(``flax-lstm bench --set cpu``, ``--set small``: H128 to H512, T64 to T128), long enough for
+the per-step cost to dominate. The third, ``"short"``, decides the calls that the size rule
+leaves to the measurement (`flax_lstm.plan.KERNEL_SHORT_MIN_HIDDEN`): a few steps of at least
+128 units, where the kernel's fixed cost per call weighs most; its probe is the smallest such
+call (one sequence of 2 steps of 128 units), the least work over which the kernel's fixed cost
+must pay; its forward alone also decides the forward of a single step (`flax_lstm.plan`'s
+"step" calls). The compilations take most of the few seconds a dtype costs.
 
 The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan's time over
 the kernel's in the two modes (above 1: the kernel is faster), and the kernel unless the scan
@@ -53,17 +53,16 @@ import hashlib
 import json
 import math
 import os
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from flax_lstm._kernel import build, ffi, tuning
+from flax_lstm._timing import MODES, jitted_calls, time_interleaved
 
 # batch ≤ tuning.small_batch(), larger (or symbolic), and the short calls of the size rule
 REGIMES = ("small", "large", "short")
-MODES = ("fwd", "fwd_bwd")
 REPS = 7
 TOLERANCE = 1.05  # the scan must be this much faster to be chosen
 # How the verdicts are measured and judged, recorded in the file: one of another method (1:
@@ -319,14 +318,7 @@ def time_paths(dtype: str, regime: str) -> Timings:
             for mode in MODES:
                 call[mode]()  # compiles
                 call[mode]()
-        times: Timings = {path: {m: [] for m in MODES} for path in calls}
-        for rep in range(REPS):
-            for mode in MODES:
-                for path in ("kernel", "scan")[:: 1 if rep % 2 == 0 else -1]:
-                    t0 = time.perf_counter()
-                    calls[path][mode]()
-                    times[path][mode].append((time.perf_counter() - t0) * 1e3)
-    return times
+        return time_interleaved(calls, MODES, REPS)
 
 
 def _probe_calls(dtype: str, shape: Probe, path: str) -> dict[str, Callable[[], Any]]:
@@ -342,14 +334,4 @@ def _probe_calls(dtype: str, shape: Probe, path: str) -> dict[str, Callable[[], 
     params = fl.init_params(jax.random.key(0), config, dtype=jnp.dtype(dtype))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((shape.steps, shape.batch, shape.hidden)), dtype)
-
-    def output(p, x):
-        return fl.lstm(p, x, config=config, impl=impl)[0]
-
-    forward = jax.jit(output)
-    loss = lambda p, x: output(p, x).astype(jnp.float32).sum()  # noqa: E731
-    both = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    return {
-        "fwd": lambda: jax.block_until_ready(forward(params, x)),
-        "fwd_bwd": lambda: jax.block_until_ready(both(params, x)),
-    }
+    return jitted_calls(lambda p, x: fl.lstm(p, x, config=config, impl=impl)[0], params, x)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flax_lstm as fl
+from flax_lstm._timing import MODES, jitted_calls
 from flax_lstm.bench.machine import torch_device, torch_waiter
 from flax_lstm.bench.shapes import Shape
 
@@ -52,25 +53,12 @@ LIBS = (
     "torch_packed",
 )
 RAGGED_LIBS = ("flax_lstm_padded", "torch_packed")
-MODES = ("fwd", "fwd_bwd")
 
 
 def runs_on(lib: str, shape: Shape) -> bool:
     """Whether ``lib`` belongs in the comparison of ``shape`` at all: `RAGGED_LIBS` only on a
     ragged shape (elsewhere they are left out without a note)."""
     return lib not in RAGGED_LIBS or shape.lengths is not None
-
-
-def _jax_fns(apply: Callable, params: Any, x: jax.Array, *extra: Any) -> dict[str, Callable]:
-    """Jitted forward and forward+backward (grads w.r.t. params and input) of
-    ``apply(params, x, *extra)``."""
-    fwd = jax.jit(apply)
-    loss = lambda p, x, *e: apply(p, x, *e).astype(jnp.float32).sum()  # noqa: E731
-    fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    return {
-        "fwd": lambda: jax.block_until_ready(fwd(params, x, *extra)),
-        "fwd_bwd": lambda: jax.block_until_ready(fwd_bwd(params, x, *extra)),
-    }
 
 
 def _flax_lstm_call(
@@ -97,12 +85,12 @@ def _build_flax_lstm(
 ) -> dict[str, Callable]:
     cfg, params, xj, lengths = _flax_lstm_call(shape, x, padded)
     if lengths is None:
-        return _jax_fns(lambda p, x: fl.lstm(p, x, config=cfg, impl=impl)[0], params, xj)
+        return jitted_calls(lambda p, x: fl.lstm(p, x, config=cfg, impl=impl)[0], params, xj)
 
     def apply(p, x, n):
         return fl.lstm(p, x, config=cfg, seq_lengths=n, impl=impl)[0]
 
-    return _jax_fns(apply, params, xj, lengths)
+    return jitted_calls(apply, params, xj, lengths)
 
 
 def _build_flax_lstm_scan(
@@ -190,7 +178,7 @@ def _build_flax_rnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
     params = net.init(jax.random.key(0), xj)
     lengths = shape.seq_lengths()
     extra = () if lengths is None else (jnp.asarray(lengths),)
-    return _jax_fns(net.apply, params, xj, *extra)
+    return jitted_calls(net.apply, params, xj, *extra)
 
 
 def _build_jax_cudnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
@@ -224,7 +212,7 @@ def _build_jax_cudnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
             shape.bidirectional,
         )[0]
 
-    return _jax_fns(f, w, xb)
+    return jitted_calls(f, w, xb)
 
 
 BUILDERS = {

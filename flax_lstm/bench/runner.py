@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 import flax_lstm as fl
+from flax_lstm._timing import time_interleaved
 from flax_lstm.bench.libraries import (
     BUILDERS,
     LIBS,
@@ -26,7 +27,7 @@ from flax_lstm.bench.report import compare_with_float32, format_table, machine_l
 from flax_lstm.bench.shapes import Shape
 from flax_lstm.bench.yardstick import best_gemm
 
-__all__ = ["rotated", "run"]
+__all__ = ["run"]
 
 Timings = dict[str, dict[str, list[float]]]  # library -> mode -> milliseconds per repetition
 
@@ -60,7 +61,7 @@ def run(
     ragged = any(s.lengths is not None for s in shapes)
     for shape in shapes:
         fns, notes = _build_and_warm(shape, libs, impl, modes, warmup, log)
-        entry = _result_entry(shape, _time_interleaved(fns, modes, reps), notes, modes)
+        entry = _result_entry(shape, time_interleaved(fns, modes, reps), notes, modes)
         if "flax_lstm" in fns:
             entry["flax_lstm_plan"] = _plan_record(shape, impl, log)
         results.append(entry)
@@ -144,33 +145,6 @@ def _plan_record(
     if plan.on_cpu and plan.recurrence != "kernel":
         log(f"{shape.label()}: flax_lstm ran the scan path: {plan.reason}")
     return {"recurrence": plan.recurrence, "reason": plan.reason}
-
-
-def _time_interleaved(
-    fns: dict[str, dict[str, Callable]], modes: Sequence[str], reps: int
-) -> Timings:
-    """Milliseconds of every call, repetition by repetition: every library sees the same
-    machine state, and follows every other library equally often (see `rotated`)."""
-    times: Timings = {lib: {m: [] for m in modes} for lib in fns}
-    order = list(fns)
-    for rep in range(reps):
-        for mode in modes:
-            for lib in rotated(order, rep):
-                t0 = time.perf_counter()
-                fns[lib][mode]()
-                times[lib][mode].append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def rotated(libs: Sequence[str], rep: int) -> list[str]:
-    """The libraries in the order of repetition ``rep``: rotated by one each repetition.
-
-    What a call leaves behind slows the call after it: JAX frees a computation's buffers
-    (unmapping their pages) after it returns. In a fixed order one library always came after
-    the same one and paid for it (measured in docs/performance/design.md, "How the benchmark
-    runs on CPU")."""
-    k = rep % len(libs) if libs else 0
-    return [*libs[k:], *libs[:k]]
 
 
 def _result_entry(

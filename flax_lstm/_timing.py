@@ -1,0 +1,63 @@
+"""How flax_lstm times a call against another: the one loop of the benchmark, the calibration
+and the measuring tools.
+
+A timed call is ``{"fwd": fn, "fwd_bwd": fn}`` (`jitted_calls`): ``fn()`` runs one jitted call,
+forward or forward+backward (gradients w.r.t. the parameters and the input), and blocks until
+it is done. `time_interleaved` times several such calls repetition by repetition, each
+repetition in an order rotated by one (`rotated`), so that every call sees the same machine
+state and follows every other one equally often.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+
+MODES = ("fwd", "fwd_bwd")
+
+K = TypeVar("K", bound=Hashable)  # what names a call: a library, a path
+
+
+def jitted_calls(apply: Callable, params: Any, x: jax.Array, *extra: Any) -> dict[str, Callable]:
+    """Jitted forward and forward+backward (grads w.r.t. ``params`` and ``x``, of the float32
+    sum of the output) of ``apply(params, x, *extra)``, as calls that block until done."""
+    fwd = jax.jit(apply)
+    loss = lambda p, x, *e: apply(p, x, *e).astype(jnp.float32).sum()  # noqa: E731
+    fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return {
+        "fwd": lambda: jax.block_until_ready(fwd(params, x, *extra)),
+        "fwd_bwd": lambda: jax.block_until_ready(fwd_bwd(params, x, *extra)),
+    }
+
+
+def time_interleaved(
+    calls: Mapping[K, Mapping[str, Callable[[], Any]]], modes: Sequence[str], reps: int
+) -> dict[K, dict[str, list[float]]]:
+    """Milliseconds of every call in every mode, ``reps`` repetitions each, interleaved: within
+    a repetition each mode runs every call once, in the order `rotated` gives. Warm the calls
+    up (compile them) first."""
+    times: dict[K, dict[str, list[float]]] = {key: {m: [] for m in modes} for key in calls}
+    order = list(calls)
+    for rep in range(reps):
+        for mode in modes:
+            for key in rotated(order, rep):
+                start = time.perf_counter()
+                calls[key][mode]()
+                times[key][mode].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def rotated(order: Sequence[K], rep: int) -> list[K]:
+    """The calls in the order of repetition ``rep``: ``order`` rotated by ``rep`` (two calls
+    alternate).
+
+    What a call leaves behind slows the call after it: JAX frees a computation's buffers
+    (unmapping their pages) after it returns. In a fixed order one library always came after
+    the same one and paid for it (measured in docs/performance/design.md, "How the benchmark
+    runs on CPU")."""
+    k = rep % len(order) if order else 0
+    return [*order[k:], *order[:k]]
