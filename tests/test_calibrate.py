@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import pytest
 import python_process
 
-from flax_lstm import cli, kernel
-from flax_lstm import plan as plans
+from flax_lstm import _auto, cli, kernel
 from flax_lstm._kernel import build, calibrate, tuning
 
 
@@ -39,12 +38,12 @@ def test_regimes():
 def test_the_short_probe_is_the_smallest_short_call():
     """The plan's rule says which calls are short; the probe is the least work among them."""
     shortest = calibrate.probe("short")
-    assert shortest == (plans.KERNEL_MIN_STEPS, plans.KERNEL_SHORT_MIN_HIDDEN, 1)
-    assert plans._call_size(shortest.steps, shortest.batch, shortest.hidden) == "short"
-    assert plans._call_size(shortest.steps, 1, shortest.hidden - 1) == "tiny"
+    assert shortest == (_auto.KERNEL_MIN_STEPS, _auto.KERNEL_SHORT_MIN_HIDDEN, 1)
+    assert _auto.call_size(shortest.steps, shortest.batch, shortest.hidden) == "short"
+    assert _auto.call_size(shortest.steps, 1, shortest.hidden - 1) == "tiny"
     # One step fewer is a single step, whose forward the probe's forward decides.
-    assert plans._call_size(shortest.steps - 1, 1, shortest.hidden) == "step"
-    assert plans._call_size(shortest.steps - 1, 1, shortest.hidden - 1) == "tiny"
+    assert _auto.call_size(shortest.steps - 1, 1, shortest.hidden) == "step"
+    assert _auto.call_size(shortest.steps - 1, 1, shortest.hidden - 1) == "tiny"
 
 
 @pytest.mark.parametrize(

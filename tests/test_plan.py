@@ -16,7 +16,7 @@ import python_process
 from absl.testing import parameterized
 
 import flax_lstm as fl
-from flax_lstm import kernel
+from flax_lstm import _auto, kernel
 from flax_lstm import plan as plans
 from flax_lstm._kernel import build as kernel_build
 from flax_lstm._kernel import calibrate, tuning
@@ -181,7 +181,7 @@ def test_short_calls_follow_their_own_verdict(monkeypatch, tmp_path, short):
     takes the kernel only where this CPU measured it faster on such calls; one of fewer units
     stays on the scan whatever was measured."""
     fake_calibration.install(monkeypatch, tmp_path, small=2.0, large=2.0, short=short)
-    cfg, params = _setup(hidden_size=plans.KERNEL_SHORT_MIN_HIDDEN)
+    cfg, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN)
     plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=cfg)
     if short > 1:
         assert plan.recurrence == "kernel"
@@ -195,7 +195,7 @@ def test_short_calls_follow_their_own_verdict(monkeypatch, tmp_path, short):
             "short calls"
         )
     assert _uses_kernel(cfg, jnp.ones((2, 1, 3))) == (short > 1)  # under jax.grad's trace
-    narrow, params = _setup(hidden_size=plans.KERNEL_SHORT_MIN_HIDDEN - 1)
+    narrow, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN - 1)
     plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=narrow)
     assert plan.recurrence == "scan" and "measured" not in plan.reason
     # Large enough for the size rule: the batch's verdict, not the short calls'.
@@ -216,7 +216,7 @@ def test_a_single_step_takes_the_kernels_forward_and_the_scans_gradient(
     faster on the short calls' probe: undifferentiated it runs the kernel, differentiated the
     scan (forward and backward); the outputs are the kernel's, the gradients the scan's."""
     fake_calibration.install(monkeypatch, tmp_path, short=1.5)
-    cfg, params = _setup(hidden_size=plans.KERNEL_SHORT_MIN_HIDDEN, bidirectional=bidirectional)
+    cfg, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN, bidirectional=bidirectional)
     x = jax.random.normal(jax.random.key(1), (1, 3, 3))
     plan = fl.lstm_plan(params, x, config=cfg)
     assert (plan.recurrence, plan.grad_recurrence) == ("kernel", "scan")
@@ -244,14 +244,14 @@ def test_a_single_step_stays_on_the_scan_unless_measured_faster(monkeypatch, tmp
     """A measured slower forward, too few units, or no measurement: the scan, with the
     reason."""
     fake_calibration.install(monkeypatch, tmp_path, short=0.5)
-    cfg, params = _setup(hidden_size=plans.KERNEL_SHORT_MIN_HIDDEN)
+    cfg, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN)
     plan = fl.lstm_plan(params, jnp.ones((1, 2, 3)), config=cfg)
     assert (plan.recurrence, plan.grad_recurrence) == ("scan", "scan")
     assert plan.reason.startswith(
         "measured on this CPU: the scan's forward 2.0× as fast as the kernel's for float32 at "
         "short calls"
     )
-    narrow, params = _setup(hidden_size=plans.KERNEL_SHORT_MIN_HIDDEN - 1)
+    narrow, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN - 1)
     plan = fl.lstm_plan(params, jnp.ones((1, 2, 3)), config=narrow)
     assert plan.recurrence == "scan" and "measured" not in plan.reason
     monkeypatch.setenv(calibrate.ENV, "0")
@@ -354,10 +354,10 @@ def test_kernel_reach_is_quoted_by_the_docs():
     quoted = re.findall(r"^- (.+?);?$", block, flags=re.M)
     assert quoted == [c.text for c in plans.KERNEL_REACH]
     text = " ".join(page_text.split())
-    assert f"at least {plans.KERNEL_MIN_STEPS} steps" in text
-    assert f"{plans.KERNEL_MIN_STEP_UNITS} steps × hidden units" in text
-    assert f"{plans.KERNEL_MIN_WORK_UNITS} steps × sequences × hidden units" in text
-    assert f"`KERNEL_SHORT_MIN_HIDDEN` ({plans.KERNEL_SHORT_MIN_HIDDEN})" in text
+    assert f"at least {_auto.KERNEL_MIN_STEPS} steps" in text
+    assert f"{_auto.KERNEL_MIN_STEP_UNITS} steps × hidden units" in text
+    assert f"{_auto.KERNEL_MIN_WORK_UNITS} steps × sequences × hidden units" in text
+    assert f"`KERNEL_SHORT_MIN_HIDDEN` ({_auto.KERNEL_SHORT_MIN_HIDDEN})" in text
 
 
 @needs_kernel

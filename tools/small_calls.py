@@ -8,9 +8,9 @@ order rotated every repetition).
 Prints one line per shape: the scan's time over the kernel's (above 1: the kernel is faster)
 by medians and, in parentheses, by fastest calls, and the path the default plan takes on this
 machine (with measuring on, its verdicts as cached by ``flax-lstm kernel --calibrate``;
-``kernel/scan``: the kernel, and the scan when differentiated). The
-evidence for `flax_lstm.plan`'s size rule: docs/performance/design.md, "Small calls: the kernel
-or the scan".
+``kernel/scan``: the kernel, and the scan when differentiated). The evidence for the default's
+size rule (`flax_lstm._auto`): docs/performance/design.md, "Small calls: the kernel or the
+scan".
 
 Not a test: from the repository root, ``PYTHONPATH=$PWD python tools/small_calls.py
 [--shape B,T,H ...] [--reps 60] [--json out.json]``; without ``--shape``, a grid of batches

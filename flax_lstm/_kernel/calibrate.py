@@ -1,6 +1,6 @@
 """The measured rule of the default plan: on this CPU, is the kernel faster than the scan path?
 
-The size rule (`flax_lstm.plan.KERNEL_MIN_STEPS`…) says where the kernel's fixed cost per call
+The size rule (`flax_lstm._auto.KERNEL_MIN_STEPS`…) says where the kernel's fixed cost per call
 is amortised; it cannot say whether the kernel beats XLA's own GEMMs on a given CPU (where
 XLA's dot uses AMX, the scan path of bfloat16 was the faster one). So, as cuDNN's and XLA's
 autotuners do, the default measures both paths once per CPU and dtype, and keeps the verdict.
@@ -16,10 +16,10 @@ probed at that batch), larger ones the other (``"large"``, probed at batch 32, t
 of the CPU set); both at 64 steps of 256 units, the middle of the benchmark's CPU sets
 (``flax-lstm bench --set cpu``, ``--set small``: H128 to H512, T64 to T128), long enough for
 the per-step cost to dominate. The third, ``"short"``, decides the calls that the size rule
-leaves to the measurement (`flax_lstm.plan.KERNEL_SHORT_MIN_HIDDEN`): a few steps of at least
+leaves to the measurement (`flax_lstm._auto.KERNEL_SHORT_MIN_HIDDEN`): a few steps of at least
 128 units, where the kernel's fixed cost per call weighs most; its probe is the smallest such
 call (one sequence of 2 steps of 128 units), the least work over which the kernel's fixed cost
-must pay; its forward alone also decides the forward of a single step (`flax_lstm.plan`'s
+must pay; its forward alone also decides the forward of a single step (`flax_lstm._auto`'s
 "step" calls). The compilations take most of the few seconds a dtype costs.
 
 The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan's time over
@@ -124,7 +124,7 @@ class Verdict:
     @property
     def forward_speedup(self) -> float:
         """The scan's time over the kernel's in the forward alone (what decides a single
-        step's forward: `flax_lstm.plan`)."""
+        step's forward: `flax_lstm._auto`)."""
         return self.scan_ms["fwd"] / self.kernel_ms["fwd"]
 
     @property
@@ -156,12 +156,12 @@ def regime(batch: Any) -> str:
 def probe(regime: str) -> Probe:
     """The call ``regime`` is measured on: 64 steps of 256 units at the largest batch of the
     small-batch path or at `LARGE_PROBE_BATCH`, the usual batch of the benchmark's CPU set; for
-    the short calls, the smallest of them (`flax_lstm.plan.KERNEL_SHORT_MIN_HIDDEN` units,
-    `flax_lstm.plan.KERNEL_MIN_STEPS` steps, one sequence)."""
+    the short calls, the smallest of them (`flax_lstm._auto.KERNEL_SHORT_MIN_HIDDEN` units,
+    `flax_lstm._auto.KERNEL_MIN_STEPS` steps, one sequence)."""
     if regime == "short":
-        from flax_lstm import plan  # which calls are short is the plan's rule
+        from flax_lstm import _auto  # which calls are short is the size rule's to say
 
-        return Probe(steps=plan.KERNEL_MIN_STEPS, hidden=plan.KERNEL_SHORT_MIN_HIDDEN, batch=1)
+        return Probe(steps=_auto.KERNEL_MIN_STEPS, hidden=_auto.KERNEL_SHORT_MIN_HIDDEN, batch=1)
     batch = max(1, tuning.small_batch()) if regime == "small" else LARGE_PROBE_BATCH
     return Probe(steps=64, hidden=256, batch=batch)
 

@@ -1,0 +1,164 @@
+"""What the default (``recurrence="auto"``) runs a call on, where the CPU kernel can take it.
+
+`flax_lstm.plan` settles what a request allows: ``"scan"`` and ``"kernel"`` when asked for,
+and the calls outside the kernel's reach (`flax_lstm.plan.KERNEL_REACH`), which take the
+scan. For the rest, `choose` picks the kernel or the scan by two rules, stated here:
+
+- the size rule (`call_size`): the kernel has a fixed cost per call that its work must
+  amortise, so a call too small for it takes the scan (`KERNEL_MIN_STEPS`…);
+- the verdict measured on this CPU (`flax_lstm._kernel.calibrate`): a call large enough for
+  the kernel takes it unless the scan measured faster here; a short call, or a single step,
+  takes the kernel only where it measured faster.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from flax_lstm import kernel
+from flax_lstm._kernel import calibrate
+
+if TYPE_CHECKING:
+    from flax_lstm.plan import CallFacts
+
+__all__ = ["Choice", "call_size", "choose"]
+
+# The size of call from which the default (``"auto"``) takes the kernel: at least
+# KERNEL_MIN_STEPS steps, and at least KERNEL_MIN_STEP_UNITS steps × hidden units or
+# KERNEL_MIN_WORK_UNITS steps × sequences × hidden units. The kernel has a fixed cost per call
+# (packing the weights, its calls forward and backward) that its work amortises, where the
+# scan pays a cost per step: a short sequence goes to the scan unless its batch is large, and
+# so does a single step, but for its forward (below). Measured on small shapes:
+# docs/performance/design.md, "Small calls: the kernel or the scan".
+KERNEL_MIN_STEPS = 2
+KERNEL_MIN_STEP_UNITS = 1024
+KERNEL_MIN_WORK_UNITS = 4096
+# Below those thresholds, a call of at least KERNEL_MIN_STEPS steps and KERNEL_SHORT_MIN_HIDDEN
+# hidden units is a "short" call: the default follows the kernel's measured verdict on this
+# CPU for such calls (`flax_lstm._kernel.calibrate`, regime "short"), and the scan where none
+# is measured. The thresholds above were measured on one CPU before the kernel's fixed cost per
+# call shrank; on another, every such call then measured faster on the kernel, and calls of
+# fewer units still slower in fwd+bwd (docs/performance/design.md, "Short calls, measured per
+# CPU").
+KERNEL_SHORT_MIN_HIDDEN = 128
+# A single step of at least KERNEL_SHORT_MIN_HIDDEN units (a "step" call: a token at a time, as
+# in generation) runs its forward on the kernel where the short calls' probe measured the
+# kernel's forward faster on this CPU, and the scan when it is differentiated, where the
+# kernel's backward has no steps to amortise its fixed cost over (`Plan.grad_recurrence`;
+# docs/performance/design.md, "One step: the kernel's forward, the scan's gradient").
+
+
+class Choice(NamedTuple):
+    """The path of a call (``recurrence``), why (``reason``), and the path of the call when it
+    is differentiated (``grad_recurrence``; None: the same)."""
+
+    recurrence: Literal["kernel", "scan"]
+    reason: str
+    grad_recurrence: Literal["kernel", "scan"] | None = None
+
+
+def choose(facts: CallFacts, steps: Any) -> Choice:
+    """The default's `Choice` for a call of ``steps`` steps within the kernel's reach."""
+    hidden = facts.config.hidden_size
+    size = call_size(steps, facts.batch, hidden)
+    if size == "tiny":
+        return Choice("scan", _size_reason(steps, facts.batch, hidden))
+    if not kernel.available(facts.dtype):
+        return Choice("scan", f"the CPU kernel is not available: {kernel.build_error(facts.dtype)}")
+    if size == "step":
+        return _one_step(facts, steps)
+    return _measured_choice(size, facts, steps)
+
+
+def call_size(steps: Any, batch: Any, hidden: int) -> Literal["tiny", "step", "short", "large"]:
+    """The size of a call for the default: ``"tiny"``, left to the scan; ``"step"`` (one step)
+    and ``"short"``, the measured verdict decides (see `KERNEL_SHORT_MIN_HIDDEN`); ``"large"``,
+    enough for the kernel (see `KERNEL_MIN_STEPS`). A symbolic length or batch (`jax.export`)
+    counts as large: it cannot be compared with a number."""
+    if not isinstance(steps, int):
+        return "large"
+    if steps < KERNEL_MIN_STEPS:
+        return "step" if steps == 1 and hidden >= KERNEL_SHORT_MIN_HIDDEN else "tiny"
+    if steps * hidden >= KERNEL_MIN_STEP_UNITS or not isinstance(batch, int):
+        return "large"
+    if steps * batch * hidden >= KERNEL_MIN_WORK_UNITS:
+        return "large"
+    return "short" if hidden >= KERNEL_SHORT_MIN_HIDDEN else "tiny"
+
+
+def _size_reason(steps: Any, batch: Any, hidden: int) -> str:
+    """Why the size rule leaves a call to the scan."""
+    return (
+        f"{steps} steps × {batch} sequences × {hidden} hidden units: the scan is faster "
+        f"than the kernel's fixed cost per call below {KERNEL_MIN_STEPS} steps, or below "
+        f"both {KERNEL_MIN_STEP_UNITS} steps × hidden units and {KERNEL_MIN_WORK_UNITS} "
+        "steps × sequences × hidden units"
+    )
+
+
+def _unmeasured_reason(steps: Any, facts: CallFacts, what: str = "") -> str:
+    """Why the size rule leaves a call (or ``what`` of it) to the scan where nothing was
+    measured."""
+    return (
+        f"{_size_reason(steps, facts.batch, facts.config.hidden_size)}; from "
+        f"{KERNEL_SHORT_MIN_HIDDEN} hidden units a measurement on this CPU decides"
+        f"{f' {what}' if what else ''}, and none was made ({calibrate.ENV}=0, or it failed)"
+    )
+
+
+def _measured_reason(measured: calibrate.Verdict, forward: bool = False) -> str:
+    """Why a measured verdict left a call to the scan: over both modes, or in the ``forward``
+    alone."""
+    speedup = measured.forward_speedup if forward else measured.speedup
+    scan, ours = (
+        ("the scan's forward", "the kernel's") if forward else ("the scan path", "the kernel")
+    )
+    return (
+        f"measured on this CPU: {scan} {1 / speedup:.1f}× as fast as "
+        f"{ours} for {measured.dtype} at {measured.calls} (cached in {calibrate.cache_path()}; "
+        "impl='kernel' or impl='scan' forces a path, FLAX_LSTM_CALIBRATE=0 leaves the "
+        "choice to the size rule)"
+    )
+
+
+def _measured_choice(size: str, facts: CallFacts, steps) -> Choice:
+    """The default's `Choice` for a ``"short"`` or ``"large"`` call within the kernel's reach:
+    the kernel, unless this CPU measured the scan faster at such calls (a short call needs a
+    measurement)."""
+    # The reason points to the reach rather than restating part of it.
+    reason = "the CPU kernel applies (within plan.KERNEL_REACH, and large enough)"
+    regime = "short" if size == "short" else calibrate.regime(facts.batch)
+    measured = calibrate.verdict(facts.dtype.name, regime)
+    if measured is None:
+        if size == "short":
+            return Choice("scan", _unmeasured_reason(steps, facts))
+        return Choice("kernel", reason)
+    if measured.choice == "scan":
+        return Choice("scan", _measured_reason(measured))
+    if size == "short":
+        reason = (
+            f"the CPU kernel applies (within plan.KERNEL_REACH), and on this CPU it measured "
+            f"{measured.speedup:.1f}× the scan on {measured.calls} like this one"
+        )
+        return Choice("kernel", reason)
+    return Choice(
+        "kernel", f"{reason}; measured on this CPU: the kernel {measured.speedup:.1f}× the scan"
+    )
+
+
+def _one_step(facts: CallFacts, steps) -> Choice:
+    """The default's `Choice` for a single step of at least `KERNEL_SHORT_MIN_HIDDEN` units
+    within the kernel's reach: its forward on the kernel where the short calls' probe measured
+    the kernel's forward faster on this CPU, and the scan when it is differentiated."""
+    measured = calibrate.verdict(facts.dtype.name, "short")
+    if measured is None:
+        return Choice("scan", _unmeasured_reason(steps, facts, "a single step's forward"))
+    if measured.forward_speedup <= 1:
+        return Choice("scan", _measured_reason(measured, forward=True))
+    reason = (
+        f"a single step: the CPU kernel applies (within plan.KERNEL_REACH), and its forward "
+        f"measured {measured.forward_speedup:.1f}× the scan's on this CPU at {measured.calls}; "
+        "differentiated, the scan, as the kernel's backward has no steps to amortise its fixed "
+        "cost over"
+    )
+    return Choice("kernel", reason, grad_recurrence="scan")
