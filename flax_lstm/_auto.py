@@ -116,12 +116,12 @@ def _measured_reason(measured: calibrate.Verdict, forward: bool = False) -> str:
     return (
         f"measured on this CPU: {scan} {1 / speedup:.1f}× as fast as "
         f"{ours} for {measured.dtype} at {measured.calls} (cached in {calibrate.cache_path()}; "
-        "impl='kernel' or impl='scan' forces a path, FLAX_LSTM_CALIBRATE=0 leaves the "
+        f"impl='kernel' or impl='scan' forces a path, {calibrate.ENV}=0 leaves the "
         "choice to the size rule)"
     )
 
 
-def _measured_choice(size: str, facts: CallFacts, steps) -> Choice:
+def _measured_choice(size: str, facts: CallFacts, steps: Any) -> Choice:
     """The default's `Choice` for a ``"short"`` or ``"large"`` call within the kernel's reach:
     the kernel, unless this CPU measured the scan faster at such calls (a short call needs a
     measurement)."""
@@ -146,7 +146,7 @@ def _measured_choice(size: str, facts: CallFacts, steps) -> Choice:
     )
 
 
-def _one_step(facts: CallFacts, steps) -> Choice:
+def _one_step(facts: CallFacts, steps: Any) -> Choice:
     """The default's `Choice` for a single step of at least `KERNEL_SHORT_MIN_HIDDEN` units
     within the kernel's reach: its forward on the kernel where the short calls' probe measured
     the kernel's forward faster on this CPU, and the scan when it is differentiated."""

@@ -253,7 +253,7 @@ def kernel_blocker(facts: CallFacts) -> str | None:
 
 
 def _choose_recurrence(
-    request: Implementation, blocker: str | None, facts: CallFacts, steps
+    request: Implementation, blocker: str | None, facts: CallFacts, steps: Any
 ) -> Choice:
     """The `Choice` for a request, given what blocks the kernel (None: nothing)."""
     if request.recurrence == "scan":
