@@ -10,6 +10,7 @@ state and follows every other one equally often.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -32,6 +33,14 @@ def jitted_calls(apply: Callable, params: Any, x: jax.Array, *extra: Any) -> dic
         "fwd": lambda: jax.block_until_ready(fwd(params, x, *extra)),
         "fwd_bwd": lambda: jax.block_until_ready(fwd_bwd(params, x, *extra)),
     }
+
+
+def warm_up(calls: Mapping[Any, Mapping[str, Callable[[], Any]]], times: int) -> None:
+    """Runs every call in every mode ``times`` times (the first compiles it)."""
+    for by_mode in calls.values():
+        for call in by_mode.values():
+            for _ in range(times):
+                call()
 
 
 def time_interleaved(
@@ -61,3 +70,15 @@ def rotated(order: Sequence[K], rep: int) -> list[K]:
     runs on CPU")."""
     k = rep % len(order) if order else 0
     return [*order[k:], *order[:k]]
+
+
+def summary(
+    times: Mapping[K, Mapping[str, Sequence[float]]], modes: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """`time_interleaved`'s milliseconds as a measuring tool records them: per mode, each
+    call's median (``"<call>_ms"``) and fastest repetition (``"<call>_min_ms"``)."""
+    return {
+        mode: {f"{key}_ms": statistics.median(times[key][mode]) for key in times}
+        | {f"{key}_min_ms": min(times[key][mode]) for key in times}
+        for mode in modes
+    }

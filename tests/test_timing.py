@@ -41,3 +41,21 @@ def test_jitted_calls_give_the_output_and_the_gradients_of_its_sum():
     grad_w, grad_x = calls["fwd_bwd"]()
     np.testing.assert_allclose(grad_w, [6.0, 8.0])
     np.testing.assert_allclose(grad_x, [2.0, 4.0])
+
+
+def test_warm_up_runs_every_call_the_given_times():
+    seen: list[str] = []
+    calls = {"a": {m: (lambda m=m: seen.append(m)) for m in _timing.MODES}}
+    _timing.warm_up(calls, 3)
+    assert seen == ["fwd"] * 3 + ["fwd_bwd"] * 3
+
+
+def test_summary_is_each_calls_median_and_fastest_per_mode():
+    times = {
+        "kernel": {"fwd": [3.0, 1.0, 2.0, 9.0], "fwd_bwd": [5.0]},
+        "scan": {"fwd": [4.0, 6.0, 5.0], "fwd_bwd": [7.0, 8.0]},
+    }
+    assert _timing.summary(times, _timing.MODES) == {
+        "fwd": {"kernel_ms": 2.5, "scan_ms": 5.0, "kernel_min_ms": 1.0, "scan_min_ms": 4.0},
+        "fwd_bwd": {"kernel_ms": 5.0, "scan_ms": 7.5, "kernel_min_ms": 5.0, "scan_min_ms": 7.0},
+    }

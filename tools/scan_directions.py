@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flax_lstm as fl
-from flax_lstm._timing import MODES, jitted_calls, time_interleaved
+from flax_lstm._timing import MODES, jitted_calls, summary, time_interleaved, warm_up
 from flax_lstm.bench.machine import write_record
 
 LOOPS = {"unfused": False, "fused": True}
@@ -76,16 +76,9 @@ def calls(shape: Shape, fuse: bool) -> dict:
 def measure(shape: Shape, reps: int) -> dict:
     """One shape's record: milliseconds (median, fastest) of each loop layout and mode."""
     fns = {name: calls(shape, fuse) for name, fuse in LOOPS.items()}
-    for by_mode in fns.values():
-        for fn in by_mode.values():
-            for _ in range(3):
-                fn()  # each call blocks until its result is ready
+    warm_up(fns, 3)
     times = time_interleaved(fns, MODES, reps)
-    record: dict = {"shape": shape._asdict()}
-    for mode in MODES:
-        record[mode] = {f"{name}_ms": float(np.median(times[name][mode])) for name in LOOPS} | {
-            f"{name}_min_ms": min(times[name][mode]) for name in LOOPS
-        }
+    record: dict = {"shape": shape._asdict(), **summary(times, MODES)}
     return record
 
 

@@ -23,11 +23,10 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import flax_lstm as fl
 from flax_lstm._kernel import calibrate
-from flax_lstm._timing import MODES, time_interleaved
+from flax_lstm._timing import MODES, summary, time_interleaved, warm_up
 from flax_lstm.bench.machine import write_record
 
 GRID = [(b, t, h) for h in (64, 128, 256) for b in (1, 4, 16) for t in (1, 2, 4, 8)]
@@ -60,17 +59,11 @@ def measure(batch: int, steps: int, hidden: int, reps: int) -> dict:
     """One shape's record: milliseconds (median, fastest) of each path and mode, the default."""
     shape = calibrate.Probe(steps=steps, hidden=hidden, batch=batch)
     calls = {path: calibrate._probe_calls("float32", shape, path) for path in PATHS}
-    for by_mode in calls.values():
-        for call in by_mode.values():
-            for _ in range(5):
-                call()  # each call blocks until its result is ready
+    warm_up(calls, 5)
     times = time_interleaved(calls, MODES, reps)
     record: dict = {"batch": batch, "steps": steps, "hidden": hidden}
     record["default"] = default_path(batch, steps, hidden)
-    for mode in MODES:
-        record[mode] = {f"{path}_ms": float(np.median(times[path][mode])) for path in PATHS} | {
-            f"{path}_min_ms": min(times[path][mode]) for path in PATHS
-        }
+    record.update(summary(times, MODES))
     return record
 
 

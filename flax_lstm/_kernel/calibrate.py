@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from flax_lstm._kernel import build, ffi, tuning
-from flax_lstm._timing import MODES, jitted_calls, time_interleaved
+from flax_lstm._timing import MODES, jitted_calls, time_interleaved, warm_up
 
 # batch ≤ tuning.small_batch(), larger (or symbolic), and the short calls of the size rule
 REGIMES = ("small", "large", "short")
@@ -314,10 +314,7 @@ def time_paths(dtype: str, regime: str) -> Timings:
 
     with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
         calls = {path: _probe_calls(dtype, probe(regime), path) for path in ("kernel", "scan")}
-        for call in calls.values():
-            for mode in MODES:
-                call[mode]()  # compiles
-                call[mode]()
+        warm_up(calls, 2)  # compiles, then runs once more
         return time_interleaved(calls, MODES, REPS)
 
 
