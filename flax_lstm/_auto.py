@@ -9,6 +9,9 @@ scan. For the rest, `choose` picks the kernel or the scan by two rules, stated h
 - the verdict measured on this CPU (`flax_lstm._kernel.calibrate`): a call large enough for
   the kernel takes it unless the scan measured faster here; a short call, or a single step,
   takes the kernel only where it measured faster.
+
+On the kernel, the float32 weight and input gradients take the GEMMs that measured faster on
+this CPU, the kernel library's or XLA's (`Choice.weight_grads`).
 """
 
 from __future__ import annotations
@@ -49,12 +52,14 @@ KERNEL_SHORT_MIN_HIDDEN = 128
 
 
 class Choice(NamedTuple):
-    """The path of a call (``recurrence``), why (``reason``), and the path of the call when it
-    is differentiated (``grad_recurrence``; None: the same)."""
+    """The path of a call (``recurrence``), why (``reason``), the path of the call when it
+    is differentiated (``grad_recurrence``; None: the same) and the GEMMs of the kernel's
+    float32 weight gradients (``weight_grads``, `flax_lstm.plan.Implementation`)."""
 
     recurrence: Literal["kernel", "scan"]
     reason: str
     grad_recurrence: Literal["kernel", "scan"] | None = None
+    weight_grads: Literal["kernel", "xla"] = "kernel"
 
 
 def choose(facts: CallFacts, steps: Any) -> Choice:
@@ -140,10 +145,34 @@ def _measured_choice(size: str, facts: CallFacts, steps: Any) -> Choice:
             f"the CPU kernel applies (within plan.KERNEL_REACH), and on this CPU it measured "
             f"{measured.speedup:.1f}× the scan on {measured.calls} like this one"
         )
+    else:
+        reason = f"{reason}; measured on this CPU: the kernel {measured.speedup:.1f}× the scan"
+    grads = _measured_weight_grads(facts, steps)
+    if grads is None or grads.weight_grads == "kernel":
         return Choice("kernel", reason)
-    return Choice(
-        "kernel", f"{reason}; measured on this CPU: the kernel {measured.speedup:.1f}× the scan"
+    reason += (
+        f"; float32 weight gradients on XLA's GEMMs, measured {grads.weight_grads_speedup:.2f}× "
+        "the kernel library's fwd+bwd"
     )
+    return Choice("kernel", reason, weight_grads="xla")
+
+
+def _measured_weight_grads(facts: CallFacts, steps: Any) -> calibrate.Verdict | None:
+    """The verdict that measured the kernel's float32 weight gradients against XLA's on this
+    CPU (the large regime's), where the call computes in float32 and its weight gradients'
+    GEMM is at least the probe's: as many rows (steps × sequences) and hidden units, or
+    symbolic ones. Smaller GEMMs keep the kernel library's, which need no copies of x and h:
+    their lead grows as the GEMM shrinks (docs/performance/design.md, "The weight gradients'
+    GEMMs, measured per CPU")."""
+    if facts.dtype != "float32":
+        return None
+    probe = calibrate.probe("large")
+    rows = steps * facts.batch if isinstance(steps, int) and isinstance(facts.batch, int) else None
+    if facts.config.hidden_size < probe.hidden or (
+        rows is not None and rows < probe.steps * probe.batch
+    ):
+        return None
+    return calibrate.verdict("float32", "large")
 
 
 def _one_step(facts: CallFacts, steps: Any) -> Choice:

@@ -131,9 +131,17 @@ def _calibration_lines(verdicts: dict) -> list[str]:
                 f"  {dtype} {v['regime']} (probe {probe}): the kernel "
                 f"{v['speedup']:.2f}× the scan, default {v['choice']}"
             )
+            verdict = calibrate.Verdict.from_json(v)
             if v["regime"] == "short":  # its forward alone decides a single step's forward
-                forward = calibrate.Verdict.from_json(v).forward_speedup
-                line += f"; forward {forward:.2f}×, which decides a single step's forward"
+                line += (
+                    f"; forward {verdict.forward_speedup:.2f}×, which decides a single step's "
+                    "forward"
+                )
+            if verdict.weight_grads_ms:
+                line += (
+                    f"; weight gradients on XLA's GEMMs {verdict.weight_grads_speedup:.2f}× the "
+                    f"kernel library's (fwd+bwd), default {verdict.weight_grads}'s"
+                )
             lines.append(line)
     if calibrate.disabled():
         lines.append(f"  not used: {calibrate.ENV}=0")

@@ -38,6 +38,7 @@ __all__ = ["Implementation", "Plan"]
 
 RECURRENCES = ("auto", "kernel", "scan")
 BACKWARDS = ("custom", "autodiff", "remat")
+WEIGHT_GRADS = ("kernel", "xla")
 
 
 class CallFacts(NamedTuple):
@@ -132,6 +133,14 @@ class Implementation:
         which picks the defaults above. Default: the platform of the input's devices when it
         is a concrete array, else (under `jax.jit`, where a tracer has no device) the default
         device's platform.
+      weight_grads: which GEMMs take the float32 weight and input gradients after the CPU
+        kernel's backward, for a batch without ``seq_lengths`` and more rows (steps ×
+        sequences) than the layer has inputs and units: ``"kernel"``, the kernel library's
+        own, which read x and h in place; ``"xla"``, XLA's, over copies of them. Default: the
+        one measured faster on this CPU with ``recurrence="auto"`` (with the kernel against
+        the scan, and cached) where the GEMM is at least the measured one, else ``"kernel"``. A batch with ``seq_lengths`` takes the
+        kernel's (over its valid steps only), one of few rows XLA's (without copies), and
+        bfloat16 XLA's (over the kernel library's row-major copy), whatever is asked.
 
     Example:
       >>> import flax_lstm as fl
@@ -145,12 +154,17 @@ class Implementation:
     hoist_input: bool | None = None
     fuse_directions: bool | None = None
     platform: str | None = None
+    weight_grads: Literal["kernel", "xla"] | None = None
 
     def __post_init__(self) -> None:
         if self.recurrence not in RECURRENCES:
             raise ValueError(f"recurrence must be one of {RECURRENCES}, got {self.recurrence!r}")
         if self.backward not in BACKWARDS:
             raise ValueError(f"backward must be one of {BACKWARDS}, got {self.backward!r}")
+        if self.weight_grads not in (None, *WEIGHT_GRADS):
+            raise ValueError(
+                f"weight_grads must be one of {WEIGHT_GRADS} or None, got {self.weight_grads!r}"
+            )
         if self.unroll is not None and (
             isinstance(self.unroll, bool) or not isinstance(self.unroll, int) or self.unroll < 1
         ):
@@ -184,9 +198,10 @@ class Plan:
     it is differentiated (`jax.grad`, `jax.vjp`): its forward, which keeps what the backward
     needs, and the backward. They differ only where the default measured the kernel's forward
     faster on a single step and leaves its gradient to the scan (`flax_lstm._auto`);
-    ``grad_recurrence`` defaults to ``recurrence``. Frozen and hashable: the static argument
-    of the compiled computation. ``reason`` says why the recurrence was chosen; it takes no
-    part in equality.
+    ``grad_recurrence`` defaults to ``recurrence``. ``weight_grads`` is where the kernel's
+    backward takes float32 weight and input gradients (`Implementation`; unused by the scan).
+    Frozen and hashable: the static argument of the compiled computation. ``reason`` says why
+    the recurrence was chosen; it takes no part in equality.
 
     Example:
       >>> import jax, jax.numpy as jnp, flax_lstm as fl
@@ -205,11 +220,16 @@ class Plan:
     fuse_directions: bool
     reason: str = dataclasses.field(default="", compare=False)
     grad_recurrence: Literal["kernel", "scan"] | None = None
+    weight_grads: Literal["kernel", "xla"] = "kernel"
 
     def __post_init__(self) -> None:
         for name in ("recurrence", "grad_recurrence"):
             if getattr(self, name) not in (None, "kernel", "scan"):
                 raise ValueError(f"{name} must be 'kernel' or 'scan', got {getattr(self, name)!r}")
+        if self.weight_grads not in WEIGHT_GRADS:
+            raise ValueError(
+                f"weight_grads must be one of {WEIGHT_GRADS}, got {self.weight_grads!r}"
+            )
         if self.grad_recurrence is None:
             object.__setattr__(self, "grad_recurrence", self.recurrence)
 
@@ -232,7 +252,10 @@ class Plan:
             f"{'hoisted' if self.hoist_input else 'per step'}, directions "
             f"{'fused' if self.fuse_directions else 'one loop each'}"
         )
-        path = {"kernel": "the compiled CPU kernel", "scan": f"{scan})"}
+        kernel = "the compiled CPU kernel"
+        if self.weight_grads == "xla" and self.grad_recurrence == "kernel":
+            kernel += " (float32 weight gradients on XLA's GEMMs)"
+        path = {"kernel": kernel, "scan": f"{scan})"}
         if self.recurrence == self.grad_recurrence == "scan":
             how = f"{scan}; no compiled code)"
         elif self.recurrence == self.grad_recurrence:
@@ -293,7 +316,7 @@ def resolve(
     facts = CallFacts(
         platform, jnp.dtype(dtype), config, recurrent_dropout, request.backward, batch
     )
-    recurrence, reason, grad_recurrence = _choose_recurrence(
+    recurrence, reason, grad_recurrence, weight_grads = _choose_recurrence(
         request, kernel_blocker(facts), facts, steps
     )
     use_kernel = recurrence == "kernel"
@@ -310,6 +333,7 @@ def resolve(
         ),
         reason=reason,
         grad_recurrence=grad_recurrence,
+        weight_grads=request.weight_grads or weight_grads,
     )
 
 

@@ -9,8 +9,8 @@ as the plan's ``backward`` says. The scan itself, forward and reverse, is in
 hand-written backward is a `jax.custom_vjp` over both: the gate gradients come from a reverse
 loop (the scan's or the kernel's), and the weight and input gradients after it, as one large
 GEMM each (in float32 on the kernel, its `weight_grads` and `input_grad` calls, over the valid
-steps only, unless the batch is padded and its rows are few, `_kernel_weight_grads`; in
-bfloat16 over the kernel library's `transposed_copy`).
+steps only, unless the batch is padded and its rows are few or the plan's ``weight_grads``
+says XLA's, `_kernel_weight_grads`; in bfloat16 over the kernel library's `transposed_copy`).
 """
 
 from __future__ import annotations
@@ -73,18 +73,20 @@ def _kernel_forward_jvp(plan, save_acts, all_c, primals, tangents):
     return out, jax.jvp(scan, primals[:4], tangents[:4])[1]
 
 
-def _kernel_weight_grads(x, w, mask) -> bool:
+def _kernel_weight_grads(x, w, mask, plan: Plan) -> bool:
     """Whether the kernel library takes the weight and input gradients (`ffi.weight_grads`,
     `ffi.input_grad`) instead of XLA's GEMMs: in float32, for a ragged batch (over its valid
     steps only) and for a padded one unless its rows are few enough for XLA's direct GEMM
-    (`_scan.few_rows`); the kernel's GEMMs read x and h in place, where XLA's copy
-    ``[x, h_prev]`` into fresh buffers first (docs/performance/design.md, "Tuning per CPU")."""
+    (`_scan.few_rows`) or the plan asks for XLA's (``plan.weight_grads``, measured per CPU);
+    the kernel's GEMMs read x and h in place, where XLA's copy ``[x, h_prev]`` into fresh
+    buffers first (docs/performance/design.md, "Tuning per CPU")."""
     if w.w_hh.dtype != jnp.float32:
         return False
+    if mask is not None:
+        return True
     steps = x.shape[0] * x.shape[2]
-    return mask is not None or not _scan.few_rows(
-        steps, x.shape[-1] + w.w_hh.shape[-1], w.w_hh.dtype
-    )
+    few = _scan.few_rows(steps, x.shape[-1] + w.w_hh.shape[-1], w.w_hh.dtype)
+    return plan.weight_grads == "kernel" and not few
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
@@ -93,7 +95,7 @@ def _kernel_backward(plan, all_c, residuals, cotangents):
     dhs, dc_out = cotangents
     gate_grads = ffi.backward(dhs, dc_out, acts, cs, c0, w.w_hh, mask)
     weight_grads = None
-    if _kernel_weight_grads(x, w, mask):
+    if _kernel_weight_grads(x, w, mask, plan):
         dz = gate_grads[0]
         dw_ih, dw_hh = ffi.weight_grads(dz, x, hs, h0, mask)
         weight_grads = (ffi.input_grad(dz, w.w_ih, mask), dw_ih, dw_hh)

@@ -134,6 +134,64 @@ def test_a_load_during_some_repetitions_does_not_choose_the_scan():
 
 
 @pytest.mark.parametrize(
+    ("xla_speedup", "choice", "runs"),
+    [(1.0, "kernel", 1), (1.04, "kernel", 1), (1.2, "xla", 2)],
+)
+def test_weight_grads_measured_where_float32_large_takes_the_kernel(
+    monkeypatch, tmp_path, xla_speedup, choice, runs
+):
+    """Only float32's large regime measures them: XLA's GEMMs where more than `TOLERANCE`
+    faster, confirmed by a second run; the other regimes record nothing."""
+    fake = fake_calibration.install(monkeypatch, tmp_path, xla_weight_grads=xla_speedup)
+    large = calibrate.verdict("float32", "large")
+    assert (large.weight_grads, fake.grads_calls) == (choice, ["float32"] * runs)
+    assert large.weight_grads_ms == {
+        "kernel": fake_calibration.KERNEL_MS,
+        "xla": pytest.approx(fake_calibration.KERNEL_MS / xla_speedup),
+    }
+    assert large.weight_grads_speedup == pytest.approx(xla_speedup)
+    for regime in ("small", "short"):
+        other = calibrate.verdict("float32", regime)
+        assert (other.weight_grads, other.weight_grads_ms, other.weight_grads_speedup) == (
+            "kernel",
+            {},
+            1.0,
+        )
+    record = json.loads(calibrate.cache_path().read_text())["verdicts"]["float32"]["large"]
+    assert calibrate.Verdict.from_json(record) == large
+    printed = f"weight gradients on XLA's GEMMs {xla_speedup:.2f}× the kernel library's"
+    assert f"{printed} (fwd+bwd), default {choice}'s" in "\n".join(
+        cli._calibration_lines(calibrate.cached())
+    )
+
+
+def test_weight_grads_not_measured_where_the_scan_or_bfloat16(monkeypatch, tmp_path):
+    fake = fake_calibration.install(monkeypatch, tmp_path, large=0.5, xla_weight_grads=2.0)
+    assert calibrate.verdict("float32", "large").weight_grads_ms == {}
+    assert fake.grads_calls == []
+    fake = fake_calibration.install(monkeypatch, tmp_path, xla_weight_grads=2.0)
+    assert calibrate.verdict("bfloat16", "large").weight_grads_ms == {}
+    assert fake.grads_calls == []
+
+
+def test_xla_weight_grads_faster_in_one_run_only_are_not_chosen(monkeypatch, tmp_path):
+    """A load on the kernel library's repetitions in the first run (XLA's 1.2× faster) and not
+    in the second: over both runs' repetitions the two are level, and the kernel's kept."""
+    fake = fake_calibration.install(monkeypatch, tmp_path, xla_weight_grads=1.0)
+    unloaded = fake.weight_grads
+
+    def loaded_at_first(dtype):
+        times = unloaded(dtype)
+        if len(fake.grads_calls) == 1:
+            times["kernel"] = [1.2 * fake_calibration.KERNEL_MS] * 3
+        return times
+
+    monkeypatch.setattr(calibrate, "time_weight_grads", loaded_at_first)
+    large = calibrate.verdict("float32", "large")
+    assert (large.weight_grads, len(fake.grads_calls)) == ("kernel", 2)
+
+
+@pytest.mark.parametrize(
     "content",
     [
         "{not json",
@@ -142,12 +200,20 @@ def test_a_load_during_some_repetitions_does_not_choose_the_scan():
             {"method": calibrate.METHOD, "verdicts": {"float32": {"small": {"speedup": 2}}}}
         ),
         json.dumps({"method": calibrate.METHOD, "verdicts": {"float32": "kernel"}}),
+        "weight-grads",
     ],
-    ids=["syntax", "list", "partial", "wrong-type"],
+    ids=["syntax", "list", "partial", "wrong-type", "weight-grads"],
 )
 def test_a_corrupt_cache_is_measured_again(monkeypatch, tmp_path, content):
     fake = fake_calibration.install(monkeypatch, tmp_path)
     path = calibrate.cache_path()
+    if content == "weight-grads":  # a well-formed file but for an unknown choice of GEMMs
+        calibrate.verdict("float32", "small")
+        record = json.loads(path.read_text())
+        record["verdicts"]["float32"]["large"]["weight_grads"] = "torch"
+        content = json.dumps(record)
+        monkeypatch.setattr(calibrate, "_KNOWN", {})
+        fake.calls.clear()
     path.write_text(content)
     assert calibrate.verdict("float32", "small").choice == "kernel"
     assert len(fake.calls) == len(calibrate.REGIMES)
@@ -222,6 +288,7 @@ def fake(dtype, regime):
     time.sleep(0.5)
     return {p: {m: [10.0] for m in calibrate.MODES} for p in ("kernel", "scan")}
 calibrate.time_paths = fake
+calibrate.time_weight_grads = lambda dtype: {g: [10.0] for g in ("kernel", "xla")}
 print(calibrate.verdict("float32", "small").choice)
 """
 
@@ -242,21 +309,25 @@ def test_the_probes_run_eagerly_under_jit_and_grad(monkeypatch):
         pytest.skip("the kernel is not built")
     monkeypatch.setattr(calibrate, "probe", lambda regime: calibrate.Probe(4, 16, 2))
     monkeypatch.setattr(calibrate, "REPS", 1)
-    seen = []
+    seen, grads = [], []
 
     def traced(x):
         seen.append(calibrate.time_paths("float32", "small"))
+        grads.append(calibrate.time_weight_grads("float32"))
         return x * 2
 
     # Nothing of the probes is staged into the caller's computation.
     assert [e.primitive.name for e in jax.make_jaxpr(traced)(1.0).eqns] == ["mul"]
     assert "flax_lstm" not in str(jax.make_jaxpr(jax.grad(traced))(1.0))
-    assert len(seen) == 2
+    assert len(seen) == len(grads) == 2
     for times in seen:
         ms = [v for path in times.values() for mode in path.values() for v in mode]
         assert len(ms) == 2 * len(calibrate.MODES) and all(
             isinstance(v, float) and v > 0 for v in ms
         )
+    for times in grads:
+        assert sorted(times) == ["kernel", "xla"]
+        assert all(len(ms) == 1 and ms[0] > 0 for ms in times.values())
 
 
 def test_kernel_command_calibrates_and_prints_the_verdicts(monkeypatch, tmp_path, capsys):
@@ -319,4 +390,8 @@ def test_a_real_calibration_under_jit_in_a_fresh_process(tmp_path):
     for verdict in got["verdicts"]["float32"].values():
         assert verdict["speedup"] > 0 and verdict["choice"] in ("kernel", "scan")
         assert all(v > 0 for v in [*verdict["kernel_ms"].values(), *verdict["scan_ms"].values()])
+        assert verdict["weight_grads"] in ("kernel", "xla")
+    large = got["verdicts"]["float32"]["large"]
+    if large["choice"] == "kernel":  # then the weight gradients were measured too
+        assert sorted(large["weight_grads_ms"]) == ["kernel", "xla"]
     assert "measured on this CPU" in got["reason"]

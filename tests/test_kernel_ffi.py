@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import chex
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -379,6 +380,27 @@ def test_float32_weight_grads_come_from_the_kernel_unless_rows_are_few():
         loss = lambda p: fl.lstm(p, x, config=cfg, seq_lengths=lengths, impl="kernel")[0].sum()  # noqa: B023, E731
         hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
         assert "flax_lstm_cpu_weight_grads" in hlo and "flax_lstm_cpu_input_grad" not in hlo
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_xla_weight_grads_equal_the_kernel_librarys(bidirectional):
+    """``Implementation(weight_grads="xla")``: a padded float32 batch takes XLA's GEMMs for the
+    weight and input gradients instead of the kernel library's calls, with the same gradients
+    up to rounding; a ragged batch keeps the kernel's (over its valid steps)."""
+    cfg = fl.LSTMConfig(5, 16, num_layers=2, bidirectional=bidirectional)
+    params = fl.init_params(jax.random.key(0), cfg)
+    x = jax.random.normal(jax.random.key(1), (12, 6, 5))
+
+    def grads(gemms, lengths=None):
+        impl = fl.Implementation(recurrence="kernel", weight_grads=gemms)
+        loss = lambda p, x: fl.lstm(p, x, config=cfg, seq_lengths=lengths, impl=impl)[0].sum()  # noqa: E731
+        fn = jax.grad(loss, argnums=(0, 1))
+        return "flax_lstm_cpu_weight_grads" in str(jax.make_jaxpr(fn)(params, x)), fn(params, x)
+
+    (kernels, want), (xlas, got) = grads("kernel"), grads("xla")
+    assert kernels and not xlas
+    chex.assert_trees_all_close(got, want, atol=2e-5, rtol=1e-5)
+    assert grads("xla", jnp.array([12, 3, 0, 7, 12, 1]))[0]
 
 
 def test_kernel_check_grads():

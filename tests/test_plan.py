@@ -130,6 +130,7 @@ def test_bad_impl_is_a_clear_error(impl, error, match):
         ({"hoist_input": "yes"}, TypeError, "hoist_input must be a bool"),
         ({"fuse_directions": 1.0}, TypeError, "fuse_directions must be a bool"),
         ({"platform": 0}, TypeError, "platform must be a str"),
+        ({"weight_grads": "torch"}, ValueError, "weight_grads must be one of"),
     ],
 )
 def test_bad_implementation_fields(kwargs, error, match):
@@ -270,6 +271,51 @@ def test_a_plan_names_its_recurrences():
     assert both != plan and both.differentiated.recurrence == "scan"
     with pytest.raises(ValueError, match="grad_recurrence must be 'kernel' or 'scan'"):
         fl.Plan("cpu", "kernel", "custom", 1, False, True, grad_recurrence="gpu")  # type: ignore[arg-type]
+    assert plan.weight_grads == "kernel"
+    xla = fl.Plan("cpu", "kernel", "custom", 1, False, True, "why", weight_grads="xla")
+    assert xla != plan and hash(xla) != hash(plan)  # a static argument: traced apart
+    with pytest.raises(ValueError, match="weight_grads must be one of"):
+        fl.Plan("cpu", "kernel", "custom", 1, False, True, weight_grads="gpu")  # type: ignore[arg-type]
+
+
+def _kernel_weight_grads_in(cfg, x, **kwargs) -> bool:
+    """Whether the gradient of `fl.lstm` on ``x`` calls the kernel library's weight gradients."""
+    params = fl.init_params(jax.random.key(0), cfg)
+    loss = lambda p: fl.lstm(p, x, config=cfg, **kwargs)[0].sum()  # noqa: E731
+    return "flax_lstm_cpu_weight_grads" in str(jax.make_jaxpr(jax.grad(loss))(params))
+
+
+@needs_kernel
+@pytest.mark.parametrize("xla_speedup", [1.2, 1.0])
+def test_default_takes_the_weight_grads_measured_faster(monkeypatch, tmp_path, xla_speedup):
+    """Measured (fake timings): XLA's weight gradients 1.2× the kernel library's, or level.
+    The default follows (the large regime's verdict) at every batch whose GEMM is at least the
+    probe's, and says so; smaller ones keep the kernel library's; a request wins;
+    ``recurrence="kernel"`` measures nothing."""
+    fake = fake_calibration.install(monkeypatch, tmp_path, xla_weight_grads=xla_speedup)
+    probe = calibrate.probe("large")
+    cfg, params = _setup(hidden_size=probe.hidden)
+    xla = xla_speedup > 1
+    rows = probe.steps * probe.batch
+    for steps, batch in ((probe.steps, probe.batch), (rows // 2, 2), (rows, 1)):
+        x = jnp.ones((steps, batch, 3))
+        plan = fl.lstm_plan(params, x, config=cfg)
+        assert (plan.recurrence, plan.weight_grads) == ("kernel", "xla" if xla else "kernel")
+        assert ("float32 weight gradients on XLA's GEMMs, measured 1.20×" in plan.reason) == xla
+        assert ("(float32 weight gradients on XLA's GEMMs) on cpu" in str(plan)) == xla
+        assert _kernel_weight_grads_in(cfg, x) != xla
+        asked = fl.Implementation(weight_grads="kernel")
+        assert fl.lstm_plan(params, x, config=cfg, impl=asked).weight_grads == "kernel"
+        assert _kernel_weight_grads_in(cfg, x, impl=asked)
+    assert fake.grads_calls == ["float32"] * (2 if xla else 1)
+    # A smaller GEMM: fewer rows, or fewer hidden units.
+    assert fl.lstm_plan(params, jnp.ones((40, 8, 3)), config=cfg).weight_grads == "kernel"
+    narrow, narrow_params = _setup(hidden_size=probe.hidden // 2)
+    x = jnp.ones((probe.steps, probe.batch, 3))
+    assert fl.lstm_plan(narrow_params, x, config=narrow).weight_grads == "kernel"
+    fake_calibration.install(monkeypatch, tmp_path / "unmeasured", xla_weight_grads=xla_speedup)
+    assert fl.lstm_plan(params, x, config=cfg, impl="kernel").weight_grads == "kernel"
+    assert calibrate.cached() == {}
 
 
 @needs_kernel

@@ -21,11 +21,11 @@ variant's median (and fastest call) is over all its copies' calls. Run a null co
 to see the spread.
 
 ``--baseline xla-weight-grads`` compares this checkout with itself, XLA's GEMMs taking the
-float32 weight and input gradients in the baseline (as they do for padded batches of few rows,
-`flax_lstm.recurrence._kernel_weight_grads`) where the kernel library's `weight_grads` and
-`input_grad` calls take them in the current variant: which of the two is faster depends on the
-CPU (docs/performance/design.md, "The kernel against its ceiling on Zen 3"). Its forward
-runs the same code in both variants, a null comparison.
+float32 weight and input gradients in the baseline (``Implementation(weight_grads="xla")``)
+where the kernel library's `weight_grads` and `input_grad` calls take them in the current
+variant (``"kernel"``): which of the two is faster depends on the CPU, which the default
+measures (`flax_lstm._kernel.calibrate`). Its forward runs the same code in both variants, a
+null comparison.
 
 Not a test: from the repository root,
 ``PYTHONPATH=$PWD python tools/kernel_ab.py --baseline HEAD~1 --shape 4,128,256
@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flax_lstm as fl
-from flax_lstm import kernel, recurrence
+from flax_lstm import kernel
 from flax_lstm._kernel import build, ffi
 from flax_lstm.bench import libraries
 from flax_lstm.bench.libraries import MODES
@@ -104,17 +104,6 @@ def baseline_targets():
         ffi.targets = current
 
 
-@contextlib.contextmanager
-def xla_weight_grads():
-    """While tracing: XLA's GEMMs take the weight and input gradients, never the kernel's."""
-    current = recurrence._kernel_weight_grads
-    recurrence._kernel_weight_grads = lambda x, w, mask: False
-    try:
-        yield
-    finally:
-        recurrence._kernel_weight_grads = current
-
-
 def check_trace(text: str, mode: str, baseline: bool, kind: str) -> None:
     """Exits unless the lowered HLO ``text`` calls the kernel library its variant should."""
     who = "baseline" if baseline else "current"
@@ -131,9 +120,12 @@ def check_trace(text: str, mode: str, baseline: bool, kind: str) -> None:
 
 def variant(cfg: fl.LSTMConfig, unroll: int, mode: str, params, x, baseline: bool, kind: str):
     """A jitted call of ``mode`` on the kernel path, traced now (under the baseline's targets,
-    or XLA's weight gradients for ``kind`` `XLA_WEIGHT_GRADS`, where ``baseline``), and checked
-    to call the library it should."""
-    impl = fl.Implementation(recurrence="kernel", unroll=unroll)
+    or with XLA's weight gradients for ``kind`` `XLA_WEIGHT_GRADS`, where ``baseline``), and
+    checked to call the library it should."""
+    xla_grads = baseline and kind == XLA_WEIGHT_GRADS
+    impl = fl.Implementation(
+        recurrence="kernel", unroll=unroll, weight_grads="xla" if xla_grads else "kernel"
+    )
 
     def apply(p, x):
         return fl.lstm(p, x, config=cfg, impl=impl)[0]
@@ -143,8 +135,8 @@ def variant(cfg: fl.LSTMConfig, unroll: int, mode: str, params, x, baseline: boo
 
     fn = jax.jit(apply) if mode == "fwd" else jax.jit(jax.grad(loss, argnums=(0, 1)))
     context = contextlib.nullcontext()
-    if baseline:
-        context = xla_weight_grads() if kind == XLA_WEIGHT_GRADS else baseline_targets()
+    if baseline and kind != XLA_WEIGHT_GRADS:
+        context = baseline_targets()
     with context:
         text = fn.lower(params, x).as_text()
         jax.block_until_ready(fn(params, x))

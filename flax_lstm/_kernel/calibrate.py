@@ -25,6 +25,13 @@ must pay; its forward alone also decides the forward of a single step (`flax_lst
 The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan's time over
 the kernel's in the two modes (above 1: the kernel is faster), and the kernel unless the scan
 is more than `TOLERANCE` faster (then measured once more, to confirm over both runs). The
+float32 verdict of the large regime, where it takes the kernel, also says which GEMMs take the
+weight and input gradients after the kernel's backward (``weight_grads``,
+`flax_lstm.plan.Implementation`): the probe's forward+backward with the kernel library's and
+with XLA's, timed the same way (`time_weight_grads`), and the kernel library's unless XLA's is
+more than `TOLERANCE` faster (confirmed by a second run likewise). Which is faster depends on
+the CPU's GEMMs: on AMD Zen 3 and Zen 5 the kernel library's measured faster, on Intel it was
+not measured before this rule. The
 fastest repetition, not the median: other work on the machine only adds time, and adds more
 to the kernel's (two threads that meet at every step) than to the scan's, so medians taken
 under a passing load once kept the scan for good where the kernel is twice as fast
@@ -67,10 +74,11 @@ REPS = 7
 TOLERANCE = 1.05  # the scan must be this much faster to be chosen
 # How the verdicts are measured and judged, recorded in the file: one of another method (1:
 # medians) is measured again. Raise it with any change to what is measured or how.
-METHOD = 3
+METHOD = 4
 ENV = "FLAX_LSTM_CALIBRATE"
 
 Timings = dict[str, dict[str, list[float]]]  # path ("kernel", "scan") -> mode -> milliseconds
+GradsTimings = dict[str, list[float]]  # weight gradients ("kernel", "xla") -> fwd+bwd milliseconds
 
 
 class Probe(NamedTuple):
@@ -89,7 +97,9 @@ LARGE_PROBE_BATCH = 32
 class Verdict:
     """The measurement of one (dtype, regime): the milliseconds of each path and mode (its
     fastest repetition), ``speedup`` (geometric mean over the modes of the scan's time / the
-    kernel's) and ``choice``, the path the default takes."""
+    kernel's) and ``choice``, the path the default takes; ``weight_grads``, the GEMMs of the
+    kernel's weight gradients, and ``weight_grads_ms``, the fwd+bwd milliseconds with each
+    (empty where not measured: only float32's large regime measures them)."""
 
     dtype: str
     regime: str
@@ -100,6 +110,8 @@ class Verdict:
     scan_ms: dict[str, float]
     speedup: float
     choice: str
+    weight_grads: str = "kernel"
+    weight_grads_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, dtype: str, regime: str, times: Timings) -> Verdict:
@@ -114,12 +126,34 @@ class Verdict:
     def from_json(cls, record: Any) -> Verdict:
         """A verdict from its JSON record; ValueError, KeyError or TypeError if malformed."""
         verdict = cls(**record)
-        numbers = [*verdict.kernel_ms.values(), *verdict.scan_ms.values(), verdict.speedup]
-        if verdict.choice not in ("kernel", "scan") or not all(
-            isinstance(v, (int, float)) and v > 0 for v in numbers
+        numbers = [
+            *verdict.kernel_ms.values(),
+            *verdict.scan_ms.values(),
+            *verdict.weight_grads_ms.values(),
+            verdict.speedup,
+        ]
+        if (
+            verdict.choice not in ("kernel", "scan")
+            or verdict.weight_grads not in ("kernel", "xla")
+            or not all(isinstance(v, (int, float)) and v > 0 for v in numbers)
         ):
             raise ValueError(f"not a calibration record: {record!r}")
         return verdict
+
+    def with_weight_grads(self, times: GradsTimings) -> Verdict:
+        """This verdict with the weight gradients' measurement (`time_weight_grads`): XLA's
+        GEMMs where they were more than `TOLERANCE` faster."""
+        ms = {gemms: min(times[gemms]) for gemms in ("kernel", "xla")}
+        choice = "xla" if ms["xla"] * TOLERANCE < ms["kernel"] else "kernel"
+        return dataclasses.replace(self, weight_grads=choice, weight_grads_ms=ms)
+
+    @property
+    def weight_grads_speedup(self) -> float:
+        """The fwd+bwd time with the kernel library's weight gradients over that with XLA's
+        (above 1: XLA's are faster); 1 where they were not measured."""
+        if not self.weight_grads_ms:
+            return 1.0
+        return self.weight_grads_ms["kernel"] / self.weight_grads_ms["xla"]
 
     @property
     def forward_speedup(self) -> float:
@@ -254,10 +288,24 @@ def _measure(dtype: str, regime: str) -> Verdict:
     times = time_paths(dtype, regime)
     verdict = Verdict.of(dtype, regime, times)
     if verdict.choice == "kernel":
-        return verdict
+        return _measure_weight_grads(verdict)
     again = time_paths(dtype, regime)
     both = {path: {m: times[path][m] + again[path][m] for m in MODES} for path in times}
-    return Verdict.of(dtype, regime, both)
+    return _measure_weight_grads(Verdict.of(dtype, regime, both))
+
+
+def _measure_weight_grads(verdict: Verdict) -> Verdict:
+    """``verdict`` with the weight gradients measured, where it is float32's large regime
+    and takes the kernel; one that takes XLA's is measured a second time, as `_measure`
+    does the scan's."""
+    if (verdict.dtype, verdict.regime, verdict.choice) != ("float32", "large", "kernel"):
+        return verdict
+    times = time_weight_grads(verdict.dtype)
+    measured = verdict.with_weight_grads(times)
+    if measured.weight_grads == "kernel":
+        return measured
+    again = time_weight_grads(verdict.dtype)
+    return verdict.with_weight_grads({g: times[g] + again[g] for g in times})
 
 
 def _read(path: Path) -> dict[str, dict[str, Verdict]]:
@@ -318,8 +366,26 @@ def time_paths(dtype: str, regime: str) -> Timings:
         return time_interleaved(calls, MODES, REPS)
 
 
-def _probe_calls(dtype: str, shape: Probe, path: str) -> dict[str, Callable[[], Any]]:
-    """The jitted forward and forward+backward of the probe ``shape`` on ``path``."""
+def time_weight_grads(dtype: str) -> GradsTimings:
+    """Forward+backward milliseconds of the large regime's probe on the kernel, with the
+    kernel library's weight gradients and with XLA's, `REPS` each (a seam for tests too)."""
+    import jax
+
+    with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+        calls = {
+            gemms: {"fwd_bwd": _probe_calls(dtype, probe("large"), "kernel", gemms)["fwd_bwd"]}
+            for gemms in ("kernel", "xla")
+        }
+        warm_up(calls, 2)
+        times = time_interleaved(calls, ["fwd_bwd"], REPS)
+    return {gemms: times[gemms]["fwd_bwd"] for gemms in calls}
+
+
+def _probe_calls(
+    dtype: str, shape: Probe, path: str, weight_grads: str | None = None
+) -> dict[str, Callable[[], Any]]:
+    """The jitted forward and forward+backward of the probe ``shape`` on ``path``, with the
+    kernel's ``weight_grads`` (`flax_lstm.plan.Implementation`)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -327,7 +393,7 @@ def _probe_calls(dtype: str, shape: Probe, path: str) -> dict[str, Callable[[], 
     import flax_lstm as fl
 
     config = fl.LSTMConfig(shape.hidden, shape.hidden)
-    impl = fl.Implementation(recurrence=path)  # type: ignore[arg-type]
+    impl = fl.Implementation(recurrence=path, weight_grads=weight_grads)  # type: ignore[arg-type]
     params = fl.init_params(jax.random.key(0), config, dtype=jnp.dtype(dtype))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((shape.steps, shape.batch, shape.hidden)), dtype)
