@@ -138,9 +138,10 @@ class Implementation:
         sequences) than the layer has inputs and units: ``"kernel"``, the kernel library's
         own, which read x and h in place; ``"xla"``, XLA's, over copies of them. Default: the
         one measured faster on this CPU with ``recurrence="auto"`` (with the kernel against
-        the scan, and cached) where the GEMM is at least the measured one, else ``"kernel"``. A batch with ``seq_lengths`` takes the
-        kernel's (over its valid steps only), one of few rows XLA's (without copies), and
-        bfloat16 XLA's (over the kernel library's row-major copy), whatever is asked.
+        the scan, and cached) where the GEMM is at least the measured one, else ``"kernel"``.
+        A batch with ``seq_lengths`` takes the kernel's (over its valid steps only), one of
+        few rows XLA's (without copies), and bfloat16 XLA's (over the kernel library's
+        row-major copy), whatever is asked.
 
     Example:
       >>> import flax_lstm as fl

@@ -48,7 +48,7 @@ def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
     assert "jax_cudnn" in entry["notes"] or "jax_cudnn" in entry["ms"]
     # the path flax_lstm took and why (`fl.lstm_plan`): six steps of 8 units are the scan's
     plan = entry["flax_lstm_plan"]
-    assert plan["recurrence"] == "scan" and plan["reason"]
+    assert plan["recurrence"] == "scan" and plan["reason"] and plan["weight_grads"] == "kernel"
     # and the kernel's state the default followed: its instruction sets, threads, verdicts
     state = result["flax_lstm_kernel"]
     assert state["available"] == kernel.available() and state["threads"] >= 1

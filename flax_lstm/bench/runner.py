@@ -139,12 +139,13 @@ def _input(shape: Shape) -> np.ndarray:
 def _plan_record(
     shape: Shape, impl: fl.Implementation | None, log: Callable[[str], None]
 ) -> dict[str, str]:
-    """The path flax_lstm took on ``shape`` and why (`flax_lstm.lstm_plan`); said in the log
-    too where it is not the compiled kernel on CPU, the path a reader of the table expects."""
+    """The path flax_lstm took on ``shape`` and why (`flax_lstm.lstm_plan`), and the GEMMs of
+    the kernel's float32 weight gradients; said in the log too where it is not the compiled
+    kernel on CPU, the path a reader of the table expects."""
     plan = flax_lstm_plan(shape, _input(shape), impl)
     if plan.on_cpu and plan.recurrence != "kernel":
         log(f"{shape.label()}: flax_lstm ran the scan path: {plan.reason}")
-    return {"recurrence": plan.recurrence, "reason": plan.reason}
+    return {"recurrence": plan.recurrence, "reason": plan.reason, "weight_grads": plan.weight_grads}
 
 
 def _result_entry(
