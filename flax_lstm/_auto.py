@@ -151,8 +151,8 @@ def _measured_choice(size: str, facts: CallFacts, steps: Any) -> Choice:
     if grads is None or grads.weight_grads == "kernel":
         return Choice("kernel", reason)
     reason += (
-        f"; float32 weight gradients on XLA's GEMMs, measured {grads.weight_grads_speedup:.2f}× "
-        "the kernel library's fwd+bwd"
+        "; float32 weight gradients on XLA's GEMMs: fwd+bwd measured "
+        f"{grads.weight_grads_speedup:.2f}× as fast with them as with the kernel library's"
     )
     return Choice("kernel", reason, weight_grads="xla")
 

@@ -139,8 +139,8 @@ def _calibration_lines(verdicts: dict) -> list[str]:
                 )
             if verdict.weight_grads_ms:
                 line += (
-                    f"; weight gradients on XLA's GEMMs {verdict.weight_grads_speedup:.2f}× the "
-                    f"kernel library's (fwd+bwd), default {verdict.weight_grads}'s"
+                    f"; fwd+bwd {verdict.weight_grads_speedup:.2f}× as fast with XLA's weight "
+                    f"gradient GEMMs as with the kernel library's, default {verdict.weight_grads}'s"
                 )
             lines.append(line)
     if calibrate.disabled():
