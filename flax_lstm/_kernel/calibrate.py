@@ -30,8 +30,9 @@ weight and input gradients after the kernel's backward (``weight_grads``,
 `flax_lstm.plan.Implementation`): the probe's forward+backward with the kernel library's and
 with XLA's, timed the same way (`time_weight_grads`), and the kernel library's unless XLA's is
 more than `TOLERANCE` faster (confirmed by a second run likewise). Which is faster depends on
-the CPU's GEMMs: on AMD Zen 3 and Zen 5 the kernel library's measured faster, on Intel it was
-not measured before this rule. The
+the CPU's GEMMs: on AMD Zen 5 the kernel library's measured faster, on Zen 3 the two were level
+at the probe (docs/performance/design.md, "The weight gradients' GEMMs, measured per CPU"),
+and on Intel they were not measured before this rule. The
 fastest repetition, not the median: other work on the machine only adds time, and adds more
 to the kernel's (two threads that meet at every step) than to the scan's, so medians taken
 under a passing load once kept the scan for good where the kernel is twice as fast
