@@ -18,7 +18,7 @@ echo "wheel: $(basename "$wheel")"
 # What the wheel must carry: the kernel's source (compiled on first use), the bundled data,
 # the licence and the typing marker.
 "$python" - "$wheel" <<'EOF'
-import fnmatch, sys, zipfile
+import fnmatch, re, sys, zipfile
 
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 wanted = [
@@ -31,9 +31,15 @@ wanted = [
 ]
 missing = [w for w in wanted if not fnmatch.filter(names, w)]
 assert not missing, f"the wheel lacks {missing}"
+# The headers the kernel's translation unit includes, each in turn.
+kernel = zipfile.ZipFile(sys.argv[1]).read("flax_lstm/_kernel/lstm_cpu.cc").decode()
+headers = re.findall(r'^#include "(\w+\.h)"', kernel, flags=re.MULTILINE)
+lacking = [h for h in headers if f"flax_lstm/_kernel/{h}" not in names]
+assert headers and not lacking, f"the wheel lacks the kernel's headers {lacking}"
 stray = [n for n in names if n.startswith(("tests/", "docs/", "benchmarks/", "notebooks/"))]
 assert not stray, f"the wheel carries {stray[:5]}"
-print(f"wheel contents: {len(names)} files, with {', '.join(w.split('/')[-1] for w in wanted)}")
+print(f"wheel contents: {len(names)} files, with {', '.join(w.split('/')[-1] for w in wanted)}"
+      f" and the kernel's {len(headers)} headers")
 EOF
 
 "$python" -m venv "$work/venv"

@@ -443,11 +443,15 @@ def test_kernel_ab_rejects_unknown_modes(tmp_path):
 
 
 def test_kernel_ab_baseline_from_a_source_file(tmp_path, monkeypatch):
-    """On a machine without the git history the baseline is a copy of ``lstm_cpu.cc``."""
+    """On a machine without the git history the baseline is a copy of ``lstm_cpu.cc`` and the
+    headers beside it, or of a folder that holds them."""
     monkeypatch.syspath_prepend(str(ROOT / "tools"))
     kernel_ab = importlib.import_module("kernel_ab")
     source = tmp_path / "baseline_lstm_cpu.cc"
     source.write_text("// the baseline\n")
+    (tmp_path / "gemm.h").write_text("// a header\n")
+    expected = {"lstm_cpu.cc": b"// the baseline\n", "gemm.h": b"// a header\n"}
+    assert kernel_ab.baseline_sources(str(source)) == expected
     calls = []
     monkeypatch.setattr(kernel_ab.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
     monkeypatch.setattr(kernel_ab.build, "compiler", lambda: "c++")
@@ -457,4 +461,20 @@ def test_kernel_ab_baseline_from_a_source_file(tmp_path, monkeypatch):
     folder.mkdir()
     out = kernel_ab.build_baseline(str(source), folder)
     assert (folder / "lstm_cpu.cc").read_text() == "// the baseline\n"
+    assert (folder / "gemm.h").read_text() == "// a header\n"
     assert out == folder / "baseline.so" and len(calls) == 1 and "git" not in calls[0]
+    assert str(folder / "lstm_cpu.cc") in calls[0]
+    assert kernel_ab.baseline_sources(str(folder))["gemm.h"] == b"// a header\n"
+
+
+def test_kernel_ab_baseline_of_a_revision(monkeypatch):
+    """A git revision's kernel is its lstm_cpu.cc and the headers beside it."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    kernel_ab = importlib.import_module("kernel_ab")
+    files = kernel_ab.baseline_sources("HEAD")
+    assert "lstm_cpu.cc" in files and all(name.endswith((".cc", ".h")) for name in files)
+    shown = ["git", "-C", str(ROOT), "show", "HEAD:flax_lstm/_kernel/lstm_cpu.cc"]
+    assert files["lstm_cpu.cc"] == subprocess.run(shown, capture_output=True, check=True).stdout

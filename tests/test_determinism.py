@@ -1,6 +1,7 @@
 """Determinism (issue 14): the outputs and gradients of `flax_lstm.lstm` are bitwise equal run
 to run, and on the CPU kernel across ``FLAX_LSTM_NUM_THREADS`` values and when a thread
-computes a teammate's item again (a stolen item, see ``run_items`` in lstm_cpu.cc).
+computes a teammate's item again (a stolen item, see ``run_items`` in the kernel's
+``work_items.h``).
 
 The kernel splits each step by hidden units (every unit's arithmetic is done by one thread, in
 the same order whatever the thread count) and sums the bias gradient in a fixed order; the

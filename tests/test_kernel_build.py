@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -97,6 +98,25 @@ def test_portable_arch_and_extra_flags(fake_cxx, tmp_path, monkeypatch):
     monkeypatch.setenv("FLAX_LSTM_ARCH", "none")
     kernel_build.build(str(fake_cxx))
     assert "-march" not in _compiles(tmp_path)[-1]
+
+
+def test_every_kernel_file_is_in_the_key(fake_cxx, tmp_path, monkeypatch):
+    """The kernel is lstm_cpu.cc and the headers it includes: an edit to any of them builds a
+    new library, and the translation unit includes every header beside it."""
+    source = kernel_build.SOURCE
+    headers = [p.name for p in kernel_build.sources()[1:]]
+    assert kernel_build.sources()[0] == source and "config.h" in headers
+    included = re.findall(r'^#include "(\w+\.h)"', source.read_text(), flags=re.MULTILINE)
+    assert sorted(included) == headers
+    copy = tmp_path / "kernel"
+    copy.mkdir()
+    for path in kernel_build.sources():
+        (copy / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setattr(kernel_build, "SOURCE", copy / source.name)
+    first = kernel_build.library_path(str(fake_cxx))
+    with open(copy / "gemm.h", "a") as f:
+        f.write("// an edit\n")
+    assert kernel_build.library_path(str(fake_cxx)) != first
 
 
 def test_kernel_command_reports_the_library(capsys):

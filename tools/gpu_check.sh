@@ -6,10 +6,11 @@
 # --baseline xla-weight-grads), on 2 of its cores (taskset), JAX on the CPU and torch with it.
 # Writes JSON and logs under ${OUT:-.} (at most 8 files; SWEEP=1 adds 4, over the device tool's
 # 8). SWEEP=1 adds an unroll / autodiff sweep on the GPU; CPU=0 skips the CPU part, CPU=1 runs
-# it without AMX too. KERNEL_BASELINE=FILE.cc adds tools/kernel_ab.py, this checkout's kernel
-# against that source, on small bfloat16 batches (2 cores) and the bidirectional B32 (every
-# core). The device's copy of the tree has no git history: copy the baseline with `git show
-# REV:flax_lstm/_kernel/lstm_cpu.cc` into an ignored folder and carry it. That makes about 11
+# it without AMX too. KERNEL_BASELINE=DIR adds tools/kernel_ab.py, this checkout's kernel
+# against the one in DIR (lstm_cpu.cc and its headers), on small bfloat16 batches (2 cores) and
+# the bidirectional B32 (every core). The device's copy of the tree has no git history: copy the
+# baseline into an ignored folder with `git archive REV flax_lstm/_kernel | tar -x
+# --strip-components=2 -C DIR` and carry it. That makes about 11
 # minutes, past the device tool's 10 for one call: GPU=0 skips the GPU part (and CPU=0 the CPU
 # part), so the two parts go in two calls.
 set -u

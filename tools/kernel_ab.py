@@ -1,9 +1,9 @@
 """Kernel A/B: this checkout's CPU kernel against another revision's, in one process.
 
-Compiles ``flax_lstm/_kernel/lstm_cpu.cc`` as of a git revision (``--baseline``, default
-HEAD) with the compiler and flags of the installed build, registers it beside the current
-library under other FFI target names, and times flax_lstm with each library, and
-torch.nn.LSTM, on the given shapes, every round in a new random order. This machine's speed
+Compiles the kernel (``flax_lstm/_kernel/lstm_cpu.cc`` and its headers) as of a git revision
+(``--baseline``, default HEAD) with the compiler and flags of the installed build, registers it
+beside the current library under other FFI target names, and times flax_lstm with each library,
+and torch.nn.LSTM, on the given shapes, every round in a new random order. This machine's speed
 drifts by 20-30% between processes and minutes, so a change of a few percent shows only in a
 comparison like this one (docs/performance/design.md, "Tuning per CPU"). Both variants run this
 checkout's Python side: the baseline must take the same FFI calls (a change inside the kernel).
@@ -62,23 +62,36 @@ REPO = Path(__file__).resolve().parents[1]
 PREFIX = "kernel_ab_"
 XLA_WEIGHT_GRADS = "xla-weight-grads"  # the --baseline of XLA's weight gradients (see above)
 WEIGHT_GRADS_TARGET = "flax_lstm_cpu_weight_grads"
+KERNEL = "flax_lstm/_kernel"  # the kernel's folder in the repository
+
+
+def baseline_sources(rev: str) -> dict[str, bytes]:
+    """The kernel's files (``lstm_cpu.cc`` and the headers it includes) of git revision
+    ``rev``, or, for a machine without the history such as a lent GPU machine, of the folder
+    ``rev`` or of the source file ``rev`` and the headers beside it: file name to contents."""
+    path = Path(rev)
+    if path.is_dir() or (rev.endswith(".cc") and path.is_file()):
+        main = path / "lstm_cpu.cc" if path.is_dir() else path
+        return {"lstm_cpu.cc" if p == main else p.name: p.read_bytes() for p in build.sources(main)}
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], capture_output=True, check=True, cwd=REPO).stdout
+
+    listing = git("ls-tree", "--name-only", rev, f"{KERNEL}/").decode().split()
+    names = [Path(n).name for n in listing if n.endswith((".cc", ".h"))]
+    return {name: git("show", f"{rev}:{KERNEL}/{name}") for name in names}
 
 
 def build_baseline(rev: str, folder: Path) -> Path:
-    """The kernel library of git revision ``rev`` (or of the source file at path ``rev``, for a
-    machine without the history, such as a lent GPU machine), compiled as the installed one
+    """The kernel library of ``rev`` (see `baseline_sources`), compiled as the installed one
     was."""
-    source = folder / "lstm_cpu.cc"
-    if rev.endswith(".cc") and Path(rev).is_file():
-        source.write_bytes(Path(rev).read_bytes())
-    else:
-        show = ["git", "show", f"{rev}:flax_lstm/_kernel/lstm_cpu.cc"]
-        source.write_bytes(subprocess.run(show, capture_output=True, check=True, cwd=REPO).stdout)
+    for name, text in baseline_sources(rev).items():
+        (folder / name).write_bytes(text)
     cxx = build.compiler()
     if cxx is None or not kernel.available():
         raise SystemExit(f"no kernel to compare: {kernel.build_error()}")
     out = folder / "baseline.so"
-    cmd = build.compile_command(cxx, kernel.info()["flags"], source, out)
+    cmd = build.compile_command(cxx, kernel.info()["flags"], folder / "lstm_cpu.cc", out)
     subprocess.run(cmd, check=True, capture_output=True)
     return out
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import jax
 import jaxlib
 
+# The kernel's one translation unit; it includes the headers beside it (its opening comment
+# says what each holds).
 SOURCE = Path(__file__).parent / "lstm_cpu.cc"
 _FLAGS = ("-O3", "-std=c++20", "-shared", "-fPIC", "-pthread")
 # Tuned for this machine's instruction set; the last, portable, variant is for compilers that
@@ -112,10 +114,17 @@ def _compiler_version(cxx: str) -> str:
     return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
 
 
+def sources(main: Path | None = None) -> list[Path]:
+    """The kernel's files: the translation unit ``main`` (default `SOURCE`) and the headers
+    beside it."""
+    main = SOURCE if main is None else main
+    return [main, *sorted(main.parent.glob("*.h"))]
+
+
 def _build_key(cxx: str, arch: tuple, extra: tuple) -> str:
     native = any("native" in flag for flags in arch for flag in flags)
     parts = [
-        SOURCE.read_bytes(),
+        *(path.name.encode() + b"\0" + path.read_bytes() for path in sources()),
         " ".join(_FLAGS + sum(arch, ()) + extra).encode(),
         _compiler_version(cxx).encode(),
         jaxlib.version.__version__.encode(),

@@ -1,7 +1,7 @@
 // gemm_packed alone, for a row-block A/B of two versions of the kernel (see run.sh): compiled
-// once per version with -DSRC naming that version's lstm_cpu.cc; run_gemm(M, iters) times
-// `iters` passes of three forward-sized chunks (K = 512, 4 panels each) over M rows, on the
-// calling thread, and returns GFLOP/s.
+// once per version with -DSRC naming that version's lstm_cpu.cc (its headers beside it);
+// run_gemm(M, iters) times `iters` passes of three forward-sized chunks (K = 512, 4 panels
+// each) over M rows, on the calling thread, and returns GFLOP/s.
 #include SRC
 #include <chrono>
 

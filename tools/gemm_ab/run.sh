@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The kernel's packed GEMM alone, this checkout's against a git revision's, one core:
 #   tools/gemm_ab/run.sh REV
-# Builds tools/gemm_ab/gemm_rows.cc against each version of flax_lstm/_kernel/lstm_cpu.cc with
-# the kernel's own compiler and flags (flax_lstm._kernel.build.compile_command, as
-# tools/kernel_ab.py does) and prints a table of GFLOP/s by number of rows (the batch of a
-# step). Used for "Short row blocks on AVX2" in docs/performance/design.md.
+# Builds tools/gemm_ab/gemm_rows.cc against each version of the kernel (flax_lstm/_kernel:
+# lstm_cpu.cc and its headers) with the kernel's own compiler and flags
+# (flax_lstm._kernel.build.compile_command, as tools/kernel_ab.py does) and prints a table of
+# GFLOP/s by number of rows (the batch of a step). Used for "Short row blocks on AVX2" in docs/performance/design.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rev="${1:?usage: tools/gemm_ab/run.sh REV}"
 py="${PYTHON:-.venv/bin/python}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-git show "$rev:flax_lstm/_kernel/lstm_cpu.cc" > "$out/baseline.cc"
-cp flax_lstm/_kernel/lstm_cpu.cc "$out/current.cc"
+mkdir "$out/baseline" "$out/current"
+git archive "$rev" flax_lstm/_kernel | tar -x --strip-components=2 -C "$out/baseline"
+cp flax_lstm/_kernel/*.cc flax_lstm/_kernel/*.h "$out/current/"
 "$py" - "$out" <<'PY'
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from flax_lstm._kernel import build
 
 out, flags = Path(sys.argv[1]), kernel.info()["flags"]
 for version in ("baseline", "current"):
-    define = f'-DSRC="{out / version}.cc"'
+    define = f'-DSRC="{out / version / "lstm_cpu.cc"}"'
     cmd = build.compile_command(
         build.compiler(), [*flags, define], Path("tools/gemm_ab/gemm_rows.cc"), out / f"{version}.so"
     )

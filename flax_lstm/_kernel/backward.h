@@ -1,0 +1,147 @@
+// The backward call: the gate gradients dz of every step, the bias gradient, dh0 and dc0.
+//
+// Part of the CPU kernel, one translation unit: lstm_cpu.cc includes each of the kernel's
+// headers once, in order; not a header for other code.
+
+#pragma once
+
+#include "batch.h"
+#include "buffers.h"
+#include "gate_math.h"
+#include "gemm.h"
+#include "work_items.h"
+
+namespace {
+
+// Backward: the gate pre-activation gradients dz (T, D, N, 4H), their sum over steps and
+// sequences db (D, 4H) (the bias gradient), and dh0, dc0. dhs is the gradient of every step's
+// h; dcs of every step's c (dcs_all) or of the last one only. dz is stored in the element type
+// (in bfloat16 rounded, as the lax.scan path rounds it for its GEMMs with W_hh, W_ih and the
+// inputs), db sums the float32 values. In float32 dz may be the very buffer of acts: each
+// element of a step's gates is read before its dz is written, and the steps of a sequence that
+// has ended (prefix mask) are left as they are, zero already (the forward's acts there).
+//
+// Item (t, chunk) first forms the chunk's dh_t = dz_{t+1}·W_hh[:, chunk] (plus what frozen
+// steps pass through), then the chunk's gate gradients at step t. A last row of items, t = -1,
+// forms dh0. The items of one chunk run one after the other (each waits for the step before),
+// so each adds to its own slice of db without a race.
+
+// Chunks of 32 hidden units, one panel of dh.
+constexpr int64_t kBwdUnits = 32;
+
+template <typename E>
+void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_batch,
+              const std::vector<Span>& fresh, const E* dhs, const float* dcs, bool dcs_all,
+              const float* acts, const float* cs, const float* c0, const E* w_hh,
+              const int8_t* mask, E* dz, float* db, float* dh0, float* dc0) {
+  const int64_t T = s.T, D = s.D, N = s.N, H = s.H, G4 = 4 * H;
+  const int64_t chunks = (H + kBwdUnits - 1) / kBwdUnits, cols = round_up(kBwdUnits, NR);
+  // dz over the saved gates: the rows of ended sequences hold the zeros the forward wrote.
+  const bool in_place = static_cast<const void*>(dz) == static_cast<const void*>(acts);
+  const int64_t wc = panel_size<E>(G4) * (cols / NR);  // elements per chunk of packed W_hh
+  const Unzeroed<E> bp(static_cast<size_t>(D * chunks * wc));
+  const auto pack = [&](int64_t d, int64_t k) {  // by the first item that uses it (see forward)
+    const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
+    E* out = bp.data() + (d * chunks + k) * wc;
+    pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, out);
+    // A last chunk of fewer units fills fewer panels; the GEMM reads all of them: zeros.
+    std::fill(out + round_up(nu, NR) / NR * panel_size<E>(G4), out + wc, E{});
+  };
+  std::fill(db, db + D * G4, 0.0f);
+  // Shared state per direction: the gradients w.r.t. the cell state after the current step
+  // (dc), and the dh that frozen steps pass through (pass).
+  std::vector<float> dc(static_cast<size_t>(D * N * H), 0.0f), pass(dc.size(), 0.0f);
+  if (!dcs_all) std::memcpy(dc.data(), dcs, D * N * H * sizeof(float));
+  // Row r: step t = T - 1 - r, and r = T the dh0 row; item d·chunks + k of a row is chunk k of
+  // direction d (both directions in one row, as in forward). Row i of the chunk's dh is batch
+  // row order.row(i) (see Order).
+  const Order order(mask, T, N);
+  // As in forward: the GEMM to scratch, the results once claimed, packing claimed first.
+  run_items(pool, threads, Prefault(fresh), T + 1, D * chunks, [&](int64_t row, int64_t item,
+                                                                  Scratch& scratch,
+                                                                  Claim claim) {
+    const int64_t d = item / chunks, k = item % chunks, t = T - 1 - row;
+    const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
+    if (t == T - 1 && !claim()) return false;
+    if (t == T - 1) pack(d, k);
+    float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
+    if (t >= 0) {  // what the gate arithmetic below reads, fetched while the GEMM runs
+      const int64_t row0 = (t * D + d) * N, na = order.active[t];
+      for (int64_t i = 0; i < N; ++i) {
+        const int64_t n = order.row(i), r = row0 + n;
+        prefetch(dhs + r * H + u0, nu * sizeof(E));
+        if (dcs_all) prefetch(dcs + r * H + u0, nu * sizeof(float));
+        if (i >= na) continue;
+        for (int64_t g = 0; g < 4; ++g) prefetch(acts + r * G4 + g * H + u0, nu * sizeof(float));
+        prefetch(cs + r * H + u0, nu * sizeof(float));
+        prefetch(t == 0 ? c0 + (d * N + n) * H + u0 : cs + (r - D * N) * H + u0,
+                 nu * sizeof(float));
+      }
+    }
+    // dz_{t+1} is zero for the rows that step t + 1 does not run: only the others' GEMM.
+    const int64_t na_next = t == T - 1 ? 0 : order.active[t + 1];
+    if (na_next > 0) {
+      const Product<E> prod{dz + ((t + 1) * D + d) * N * G4, G4, static_cast<int>(G4),
+                            bp.data() + (d * chunks + k) * wc, order.rows()};
+      gemm_packed(na_next, cols / NR, &prod, 1, dh, cols);
+    }
+    for (int64_t i = na_next; i < N; ++i) std::fill(dh + i * cols, dh + i * cols + nu, 0.0f);
+    for (int64_t i = 0; i < N; ++i) {
+      const float* ps = pass.data() + (d * N + order.row(i)) * H + u0;
+      for (int64_t j = 0; j < nu; ++j) dh[i * cols + j] += ps[j];
+    }
+    if (t != T - 1 && !claim()) return false;
+    if (t < 0) {  // the dh0 row: the gradients w.r.t. h_0 and c_0
+      for (int64_t i = 0; i < N; ++i) {
+        const int64_t n = order.row(i);
+        std::memcpy(dh0 + (d * N + n) * H + u0, dh + i * cols, nu * sizeof(float));
+        std::memcpy(dc0 + (d * N + n) * H + u0, dc.data() + (d * N + n) * H + u0,
+                    nu * sizeof(float));
+      }
+      return true;
+    }
+    const int64_t row0 = (t * D + d) * N, na = order.active[t];
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t n = order.row(i);
+      const bool valid = i < na && order.valid(mask, t, N, n), zero_dz = !in_place || i < na;
+      const float* a = acts + (row0 + n) * G4 + u0;
+      const float* ct = cs + (row0 + n) * H + u0;
+      const float* cp = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (row0 - D * N + n) * H + u0;
+      const E* gh = dhs + (row0 + n) * H + u0;
+      const float* gc = dcs_all ? dcs + (row0 + n) * H + u0 : nullptr;
+      E* dzr = dz + (row0 + n) * G4 + u0;
+      float* dbr = db + d * G4 + u0;
+      const float* dhn = dh + i * cols;
+      float* dcn = dc.data() + (d * N + n) * H + u0;
+      float* ps = pass.data() + (d * N + n) * H + u0;
+      for_columns(nu, [&]<typename V>(int64_t j) {
+        const auto put = [&](int64_t gate, V v) {
+          store<V>(dzr + gate * H + j, v);
+          store<V>(dbr + gate * H + j, load<V>(dbr + gate * H + j) + v);
+        };
+        const V dh_in = load<V>(dhn + j) + load<V>(gh + j);
+        const V dc_in = gc == nullptr ? load<V>(dcn + j) : load<V>(dcn + j) + load<V>(gc + j);
+        if (valid) {
+          const V i_ = load<V>(a + j), f_ = load<V>(a + H + j);
+          const V g_ = load<V>(a + 2 * H + j), o_ = load<V>(a + 3 * H + j);
+          const V tc = tanh_approx<V>(load<V>(ct + j));
+          const V dct = dc_in + dh_in * o_ * (1.0f - tc * tc);
+          put(0, dct * g_ * i_ * (1.0f - i_));
+          put(1, dct * load<V>(cp + j) * f_ * (1.0f - f_));
+          put(2, dct * i_ * (1.0f - g_ * g_));
+          put(3, dh_in * tc * o_ * (1.0f - o_));
+          store<V>(dcn + j, dct * f_);
+          store<V>(ps + j, V{});
+        } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
+          if (zero_dz)
+            for (int64_t gate = 0; gate < 4; ++gate) store<V>(dzr + gate * H + j, V{});
+          store<V>(dcn + j, dc_in);
+          store<V>(ps + j, dh_in);
+        }
+      });
+    }
+    return true;
+  }, runs_for_batch(N, threads, small_batch));
+}
+
+}  // namespace

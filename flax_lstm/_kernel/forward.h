@@ -1,0 +1,169 @@
+// The forward call: h_t and c_t of every step (and the activated gates, for the backward).
+//
+// Part of the CPU kernel, one translation unit: lstm_cpu.cc includes each of the kernel's
+// headers once, in order; not a header for other code.
+
+#pragma once
+
+#include "batch.h"
+#include "buffers.h"
+#include "gate_math.h"
+#include "gemm.h"
+#include "work_items.h"
+
+namespace {
+
+// Forward: h_t, c_t for every step, and the activated gates when `acts` is given. Each step's
+// pre-activations x_t·W_ihᵀ + h_{t-1}·W_hhᵀ are one GEMM over both products, so no (T, N, 4H)
+// input projection is ever stored. cs holds every step's cell state (T, D, N, H), or only the
+// last one (D, N, H) when cs_all is false.
+
+// Chunks of 16 hidden units, i.e. 64 gate columns, two packed panels (a whole number of
+// vectors for the gate arithmetic).
+constexpr int64_t kFwdUnits = 16;
+// Small batches, of at most `small_batch` sequences (rows of a step's GEMM; an attribute of the
+// forward and backward calls, chosen on the Python side: flax_lstm/_kernel/tuning.py), hoist the
+// input projection out of the steps in blocks of kBlock steps (see forward), and share each
+// step's chunks among the threads in fixed runs (see run_items). Measured against the general
+// scheme: docs/performance/design.md ("The CPU kernel", small batches).
+constexpr int64_t kBlock = 64;
+
+template <typename E>
+void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_batch,
+             const std::vector<Span>& fresh, const E* x, const E* w_ih, const float* bias,
+             const E* w_hh, const E* h0, const float* c0, const int8_t* mask, E* hs, float* cs,
+             bool cs_all, float* acts) {
+  const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
+  const int64_t chunks = (H + kFwdUnits - 1) / kFwdUnits, cols = 4 * kFwdUnits;
+  // Packed weights of every direction and chunk: chunk column g·16 + j is gate g of unit
+  // 16·chunk + j (a row of W; past H, the last unit's again, computed and never stored).
+  // Elements per chunk of packed W_ih, W_hh.
+  const int64_t wi = panel_size<E>(I) * (cols / NR), wh = panel_size<E>(H) * (cols / NR);
+  const Unzeroed<E> bi(static_cast<size_t>(D * chunks * wi));
+  const Unzeroed<E> bh(static_cast<size_t>(D * chunks * wh));
+  const Unzeroed<float> bcol(static_cast<size_t>(D * chunks * cols));
+  // A chunk's weights are packed by the first item that uses them (its direction's first row,
+  // which every later row waits for): the team shares the packing, and with small batches a
+  // thread packs the chunks it keeps (run_groups) into its own core's cache.
+  const auto pack = [&](int64_t d, int64_t k) {
+    const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
+    const auto row_of = [&](int64_t col) {
+      return (col / kFwdUnits) * H + u0 + std::min(col % kFwdUnits, nu - 1);
+    };
+    pack_rows(w_ih + d * G4 * I, I, cols, row_of, bi.data() + (d * chunks + k) * wi);
+    pack_rows(w_hh + d * G4 * H, H, cols, row_of, bh.data() + (d * chunks + k) * wh);
+    for (int64_t col = 0; col < cols; ++col)
+      bcol[(d * chunks + k) * cols + col] = bias[d * G4 + row_of(col)];
+  };
+  // The cell state of every direction, shared: each item updates its chunk's units.
+  std::vector<float> c(c0, c0 + D * N * H);
+  // Small batches: the input projection x_t·W_ihᵀ of a block of kBlock steps is one GEMM with
+  // the steps as rows, a row of items (one per chunk) before the block's steps, and each step's
+  // GEMM is only h_{t-1}·W_hhᵀ: at a batch of a few sequences the per-step GEMM reads every
+  // weight for a few multiply-adds each, so W_ih is then read once a block instead of once a
+  // step. xp holds the block's projection, chunk by chunk: (D, chunks, kBlock · N, cols).
+  const Order order(mask, T, N);
+  const bool hoist = N <= small_batch;
+  const int64_t blocks = hoist ? (T + kBlock - 1) / kBlock : 0, rows = T + blocks;
+  const Unzeroed<float> xp(hoist ? static_cast<size_t>(D * chunks * kBlock * N * cols) : 0);
+  // Row r: step r, or, hoisted, the projection of block r / (kBlock + 1) when r % (kBlock + 1)
+  // == 0 and else step r - r / (kBlock + 1) - 1; item d·chunks + k of a row is chunk k of
+  // direction d (the directions are independent, so both take the same row: a bidirectional
+  // layer waits T times, not 2T).
+  // An item's GEMM goes to the thread's scratch and its results are written once claimed (see
+  // Claim); the items that write as they go (packing, the projection) claim first.
+  run_items(pool, threads, Prefault(fresh), rows, D * chunks, [&](int64_t r, int64_t item,
+                                                                    Scratch& scratch,
+                                                                    Claim claim) {
+    const int64_t d = item / chunks, k = item % chunks;
+    const int64_t t = hoist ? r - r / (kBlock + 1) - 1 : r;
+    const bool projection = hoist && r % (kBlock + 1) == 0;
+    if ((r == 0 || projection) && !claim()) return false;
+    if (r == 0) pack(d, k);
+    const E* pi = bi.data() + (d * chunks + k) * wi;
+    if (projection) {  // the input projection of the block's steps
+      // Only the steps that some row still runs (none, past the longest sequence).
+      const int64_t t0 = r / (kBlock + 1) * kBlock;
+      int64_t nt = std::min(kBlock, T - t0);
+      while (nt > 0 && order.active[t0 + nt - 1] == 0) --nt;
+      if (nt == 0) return true;
+      const E* a = x + (t0 * D + d) * N * I;
+      if (D > 1) {  // the direction's rows are not contiguous: gather them
+        E* g = scratch.get_rows<E>(static_cast<size_t>(nt * N * I));
+        for (int64_t j = 0; j < nt; ++j)
+          std::memcpy(g + j * N * I, x + ((t0 + j) * D + d) * N * I, N * I * sizeof(E));
+        a = g;
+      }
+      const Product<E> prod{a, I, static_cast<int>(I), pi};
+      gemm_packed(nt * N, cols / NR, &prod, 1, xp.data() + item * kBlock * N * cols, cols);
+      return true;
+    }
+    const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
+    const int64_t row0 = (t * D + d) * N;  // first row of step t, direction d
+    const E* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
+    const E* ph = bh.data() + (d * chunks + k) * wh;
+    const int64_t na = order.active[t];  // gate row i is batch row order.row(i)
+    for (int64_t i = 0; i < N; ++i) {  // the rows written below, asked for while the GEMM runs
+      const int64_t r = row0 + order.row(i);
+      prefetch_w(hs + r * H + u0, nu * sizeof(E));
+      if (cs_all) prefetch_w(cs + r * H + u0, nu * sizeof(float));
+      if (acts != nullptr)
+        for (int64_t g = 0; g < 4; ++g) prefetch_w(acts + r * G4 + g * H + u0, nu * sizeof(float));
+    }
+    const Product<E> prods[2] = {{x + row0 * I, I, static_cast<int>(I), pi, order.rows()},
+                                 {hprev, H, static_cast<int>(H), ph, order.rows()}};
+    float* gate = scratch.get(static_cast<size_t>(N * cols));
+    gemm_packed(na, cols / NR, prods + hoist, hoist ? 1 : 2, gate, cols);
+    if (hoist) {
+      const float* p = xp.data() + (item * kBlock + t % kBlock) * N * cols;
+      for (int64_t i = 0; i < na; ++i)
+        for (int64_t j = 0; j < cols; ++j) gate[i * cols + j] += p[order.row(i) * cols + j];
+    }
+    if (r != 0 && !claim()) return false;
+    for (int64_t i = na; i < N; ++i) {  // finished rows: the state stays, no gates
+      const int64_t n = order.row(i);
+      std::memcpy(hs + (row0 + n) * H + u0, hprev + n * H + u0, nu * sizeof(E));
+      if (cs_all)
+        std::memcpy(cs + (row0 + n) * H + u0, c.data() + (d * N + n) * H + u0,
+                    nu * sizeof(float));
+      if (acts != nullptr)
+        for (int64_t g = 0; g < 4; ++g)
+          std::fill_n(acts + (row0 + n) * G4 + g * H + u0, nu, 0.0f);
+    }
+    const float* bb = bcol.data() + (d * chunks + k) * cols;
+    for (int64_t i = 0; i < na; ++i) {
+      const int64_t n = order.row(i);
+      const bool valid = order.valid(mask, t, N, n);
+      const float* z = gate + i * cols;
+      const E* hp = hprev + n * H + u0;
+      E* h = hs + (row0 + n) * H + u0;
+      float* cn = c.data() + (d * N + n) * H + u0;
+      float* a = acts == nullptr ? nullptr : acts + (row0 + n) * G4 + u0;
+      const int64_t q = kFwdUnits;
+      for_columns(nu, [&]<typename V>(int64_t j) {
+        const V i_ = sigmoid_approx<V>(load<V>(z + j) + load<V>(bb + j));
+        const V f_ = sigmoid_approx<V>(load<V>(z + q + j) + load<V>(bb + q + j));
+        const V g_ = tanh_approx<V>(load<V>(z + 2 * q + j) + load<V>(bb + 2 * q + j));
+        const V o_ = sigmoid_approx<V>(load<V>(z + 3 * q + j) + load<V>(bb + 3 * q + j));
+        const V c_new = f_ * load<V>(cn + j) + i_ * g_;
+        if (a != nullptr) {
+          store<V>(a + j, i_);
+          store<V>(a + H + j, f_);
+          store<V>(a + 2 * H + j, g_);
+          store<V>(a + 3 * H + j, o_);
+        }
+        if (valid) {  // else the state stays: h and c as they were
+          store<V>(cn + j, c_new);
+          store<V>(h + j, o_ * tanh_approx<V>(c_new));
+        } else {
+          store<V>(h + j, load<V>(hp + j));
+        }
+      });
+      if (cs_all) std::memcpy(cs + (row0 + n) * H + u0, cn, nu * sizeof(float));
+    }
+    return true;
+  }, runs_for_batch(N, threads, small_batch));
+  if (!cs_all) std::memcpy(cs, c.data(), D * N * H * sizeof(float));
+}
+
+}  // namespace

@@ -1,0 +1,218 @@
+// The float32 weight and input gradients over the valid steps (weight_grads, input_grad), and
+// a transposed copy for the bfloat16 weight gradients that stay in XLA (transpose).
+//
+// Part of the CPU kernel, one translation unit: lstm_cpu.cc includes each of the kernel's
+// headers once, in order; not a header for other code.
+
+#pragma once
+
+#include "batch.h"
+#include "buffers.h"
+#include "gemm.h"
+#include "work_items.h"
+
+namespace {
+
+// The weight and input gradients (float32), over the valid steps only: dW_ih = Σ dz_sᵀ·x_s,
+// dW_hh = Σ dz_sᵀ·h_{s-1} over the steps s = (t, n) whose mask is set (every step without a
+// mask), and dx_s = dz_s·W_ih there (zero at the others, where dz is zero). XLA's GEMMs compute
+// the same over all T·N steps, most of them padding in a ragged batch, and first copy [x, h] into
+// fresh buffers.
+//
+// The weight gradients are one GEMM, dW = Σ_s dz_sᵀ·[x_s, h_{s-1}], whose contraction runs over
+// the valid steps: blocks of kWgK of them, in order (t-major), so every sum is taken in the
+// same order whatever the number of threads. For each block, [x_s, h_{s-1}] is packed into
+// panels of NR columns (x's panels, then h's, each zero-padded), by a row of items, one per
+// direction and block; then a row of items, one per direction and block of kWgRows gate rows,
+// copies its gate columns of the block's dz into MR-wide slivers and adds the products into its
+// rows of a float32 accumulator (wg_micro), which the last block's items copy out. The packed
+// panels of a few blocks (a superblock, at most about 4 MiB) are made at a time.
+// The input gradient is a call of its own (input_grad), which XLA leaves out where nothing
+// needs it (the first layer's input is data).
+
+constexpr int64_t kWgK = 256, kWgRows = 8 * MR, kDxSteps = 4;
+constexpr int64_t kWgPackBytes = int64_t{4} << 20, kPrefetch = 8;
+
+// out[0 : W] = the n floats at src, then zeros. A whole W is a copy of fixed size, which the
+// compiler inlines as vector moves: a call of memcpy per piece cost 4% of weight_grads (perf).
+template <int W>
+inline void copy_padded(float* __restrict out, const float* __restrict src, int64_t n) {
+  if (n == W) {
+    std::memcpy(out, src, W * sizeof(float));
+  } else {
+    std::memcpy(out, src, n * sizeof(float));
+    std::fill(out + n, out + W, 0.0f);
+  }
+}
+
+// C[0 : MR, 0 : NR] (leading dimension ldc) += A·B: A holds K × MR (k-major), B a packed
+// panel, K × NR.
+inline void wg_micro(const float* __restrict A, const float* __restrict B, int64_t K,
+                     float* __restrict C, int64_t ldc) {
+  vec acc0[MR], acc1[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    acc0[i] = *reinterpret_cast<const vec_u*>(C + i * ldc);
+    acc1[i] = *reinterpret_cast<const vec_u*>(C + i * ldc + VW);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const vec b0 = *reinterpret_cast<const vec_u*>(B + k * NR);
+    const vec b1 = *reinterpret_cast<const vec_u*>(B + k * NR + VW);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const float a = A[k * MR + i];
+      acc0[i] += a * b0;
+      acc1[i] += a * b1;
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    *reinterpret_cast<vec_u*>(C + i * ldc) = acc0[i];
+    *reinterpret_cast<vec_u*>(C + i * ldc + VW) = acc1[i];
+  }
+}
+
+void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float* dz,
+                  const float* x, const float* hs, const float* h0, const int8_t* mask,
+                  float* dw_ih, float* dw_hh) {
+  const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
+  // The valid steps, t-major: t·N + n.
+  std::vector<int64_t> valid;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n)
+      if (mask == nullptr || mask[t * N + n] != 0) valid.push_back(t * N + n);
+  const int64_t K = static_cast<int64_t>(valid.size());
+  const int64_t PI = (I + NR - 1) / NR, PH = (H + NR - 1) / NR, P = PI + PH, ldc = P * NR;
+  const int64_t G4p = round_up(G4, kWgRows), gblocks = G4p / kWgRows;
+  std::vector<float> acc(static_cast<size_t>(D * G4p * ldc), 0.0f);
+  // Blocks of kWgK steps; a superblock of `per` blocks is packed at a time.
+  const int64_t blocks = (K + kWgK - 1) / kWgK;
+  const int64_t per = std::max<int64_t>(
+      1, std::min<int64_t>(blocks, kWgPackBytes / (D * P * kWgK * NR * sizeof(float))));
+  const int64_t supers = (blocks + per - 1) / per;
+  std::vector<float> packed(static_cast<size_t>(D * per * P * kWgK * NR));
+  // Panel p of block j (of the superblock) of direction d.
+  const auto panel = [&](int64_t d, int64_t j, int64_t p) {
+    return packed.data() + ((d * per + j) * P + p) * kWgK * NR;
+  };
+  const auto row_of = [&](int64_t v, int64_t d) {  // the row of step `valid[v]` in (T, D, N, ·)
+    const int64_t t = valid[v] / N, n = valid[v] % N;
+    return (t * D + d) * N + n;
+  };
+  if (K > 0) {
+    const int64_t chunks = std::max(D * per, D * gblocks);
+    run_items(pool, threads, Prefault({}), 2 * supers, chunks, [&](int64_t row, int64_t k,
+                                                                  Scratch& scratch) {
+      const int64_t sb = row / 2, b0 = sb * per, b1 = std::min(blocks, b0 + per);
+      if (row % 2 == 0) {  // pack the panels of block b0 + k % per of direction d
+        const int64_t d = k / per, b = b0 + k % per;
+        if (d >= D || b >= b1) return;
+        // Sample by sample, whole rows of x and h: read in order, as the prefetchers like.
+        for (int64_t v = b * kWgK, e = std::min(K, v + kWgK); v < e; ++v) {
+          const int64_t t = valid[v] / N, n = valid[v] % N, j = v - b * kWgK;
+          const float* xr = x + row_of(v, d) * I;
+          const float* hr = t == 0 ? h0 + (d * N + n) * H : hs + row_of(v, d) * H - D * N * H;
+          for (int64_t p = 0; p < P; ++p) {
+            const bool is_x = p < PI;
+            const int64_t c0 = (is_x ? p : p - PI) * NR;
+            const int64_t cols = std::min<int64_t>(NR, (is_x ? I : H) - c0);
+            float* out = panel(d, b - b0, p) + j * NR;
+            copy_padded<NR>(out, (is_x ? xr : hr) + c0, cols);
+          }
+        }
+        return;
+      }
+      if (k >= D * gblocks) return;
+      const int64_t d = k / gblocks, g0 = (k % gblocks) * kWgRows;
+      const int64_t rows = std::min(kWgRows, G4 - g0);  // gate rows here; the rest is padding
+      float* a = scratch.get(static_cast<size_t>(kWgRows * kWgK));
+      float* c = acc.data() + (d * G4p + g0) * ldc;
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t v0 = b * kWgK, kb = std::min(K, v0 + kWgK) - v0;
+        // a: sliver q (rows g0 + q·MR …) is kb × MR, k-major. Sample by sample: each reads its
+        // kWgRows gate columns of dz in one piece, the next samples' fetched ahead (dz rows are
+        // far apart, which the prefetchers do not follow).
+        for (int64_t v = 0; v < kb; ++v) {
+          if (v + kPrefetch < kb)
+            prefetch(dz + row_of(v0 + v + kPrefetch, d) * G4 + g0, rows * sizeof(float));
+          const float* src = dz + row_of(v0 + v, d) * G4 + g0;
+          for (int64_t q = 0; q < kWgRows / MR; ++q) {
+            const int64_t r0 = q * MR, nr = std::clamp<int64_t>(rows - r0, 0, MR);
+            copy_padded<MR>(a + q * kWgK * MR + v * MR, src + r0, nr);
+          }
+        }
+        for (int64_t p = 0; p < P; ++p) {
+          const float* bp = panel(d, b - b0, p);
+          for (int64_t q = 0; q < kWgRows / MR; ++q)
+            wg_micro(a + q * kWgK * MR, bp, kb, c + q * MR * ldc + p * NR, ldc);
+        }
+      }
+      if (sb == supers - 1) {  // the last superblock: this block of gate rows is complete
+        for (int64_t g = 0; g < rows; ++g) {
+          std::memcpy(dw_ih + (d * G4 + g0 + g) * I, c + g * ldc, I * sizeof(float));
+          std::memcpy(dw_hh + (d * G4 + g0 + g) * H, c + g * ldc + PI * NR, H * sizeof(float));
+        }
+      }
+    });
+  } else {
+    std::fill(dw_ih, dw_ih + D * G4 * I, 0.0f);
+    std::fill(dw_hh, dw_hh + D * G4 * H, 0.0f);
+  }
+}
+
+// dx = dz·W_ih on the valid rows, zero on the others: items of kDxSteps steps, each step one
+// GEMM of its valid rows of dz (through a list of rows) with the packed W_ih.
+void input_grad(const Dims& s, ffi::ThreadPool& pool, int threads, const float* dz,
+                const float* w_ih, const int8_t* mask, float* dx) {
+  const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
+  const int64_t PI = (I + NR - 1) / NR;
+  const int64_t wp = panel_size<float>(G4) * PI;  // elements of packed W_ih per direction
+  const Unzeroed<float> bw(static_cast<size_t>(D * wp));
+  for (int64_t d = 0; d < D; ++d) pack_cols(w_ih + d * G4 * I, G4, I, 0, I, bw.data() + d * wp);
+  const int64_t groups = (T + kDxSteps - 1) / kDxSteps;
+  const Prefault prefault({{dx, static_cast<size_t>(T * D * N * I) * sizeof(float)}});
+  run_items(pool, threads, prefault, 1, D * groups, [&](int64_t, int64_t k, Scratch& scratch) {
+    const int64_t d = k / groups, t0 = (k % groups) * kDxSteps;
+    float* c = scratch.get(static_cast<size_t>(N * PI * NR));
+    int32_t* rows = scratch.get_rows<int32_t>(static_cast<size_t>(N));
+    for (int64_t t = t0; t < std::min(T, t0 + kDxSteps); ++t) {
+      int64_t m = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        if (mask == nullptr || mask[t * N + n] != 0) {
+          rows[m++] = static_cast<int32_t>(n);
+        } else {
+          std::fill_n(dx + ((t * D + d) * N + n) * I, I, 0.0f);
+        }
+      }
+      if (m == 0) continue;
+      const Product<float> prod{dz + (t * D + d) * N * G4, G4, static_cast<int>(G4),
+                                bw.data() + d * wp, mask == nullptr ? nullptr : rows};
+      gemm_packed(m, PI, &prod, 1, c, PI * NR);
+      for (int64_t i = 0; i < m; ++i)
+        std::memcpy(dx + ((t * D + d) * N + rows[i]) * I, c + i * PI * NR, I * sizeof(float));
+    }
+  });
+}
+
+// A transposed copy of a row-major R × C matrix. XLA:CPU turns a transpose into a layout: a
+// GEMM operand that is a transposed array stays column-major, and XLA then runs a bfloat16
+// GEMM as a float32 one, converting both operands first. The weight gradients, [x, h]ᵀ·dz
+// summed over steps and sequences, need one operand transposed: this copy keeps them bfloat16.
+// Items are tiles of 64 output rows, shared by the team.
+
+template <typename E>
+void transpose(ffi::ThreadPool& pool, int threads, const E* in, int64_t R, int64_t C, E* out) {
+  constexpr int64_t kTile = 64;
+  const Prefault prefault({{out, static_cast<size_t>(R * C) * sizeof(E)}});
+  run_items(pool, threads, prefault, 1, (C + kTile - 1) / kTile,
+            [&](int64_t, int64_t k, Scratch&) {
+              const int64_t c0 = k * kTile, c1 = std::min(C, c0 + kTile);
+              for (int64_t r0 = 0; r0 < R; r0 += kTile) {
+                const int64_t r1 = std::min(R, r0 + kTile);
+                for (int64_t c = c0; c < c1; ++c)
+                  for (int64_t r = r0; r < r1; ++r) out[c * R + r] = in[r * C + c];
+              }
+            });
+}
+
+}  // namespace

@@ -1,0 +1,221 @@
+// The register-blocked GEMM micro-kernel: the vector width and block sizes of the instruction
+// set, the layout of a packed panel of B (float32, or pairs of bfloat16 K-steps), Product (one
+// A·B of a GEMM) and micro, a block of M rows of C over P panels.
+//
+// Part of the CPU kernel, one translation unit: lstm_cpu.cc includes each of the kernel's
+// headers once, in order; not a header for other code.
+
+#pragma once
+
+#include "config.h"
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int VW = 16;  // floats per vector register
+constexpr int MR = 8;   // rows of the GEMM micro-kernel: 2·MR accumulators + 2 + 1 registers
+#else
+constexpr int VW = 8;
+constexpr int MR = 6;
+#endif
+constexpr int NR = 2 * VW;  // columns of a packed panel of B
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+typedef float vec __attribute__((vector_size(VW * 4)));
+typedef float vec_u __attribute__((vector_size(VW * 4), aligned(4)));  // unaligned access
+
+// bfloat16 as stored by XLA (the upper half of a float32's bits).
+using bf16 = uint16_t;
+
+// K-steps per packed row of a panel: a float each, or a pair of bfloat16s side by side (the
+// operand of vdpbf16ps, and the rows of an AMX tile of B).
+template <typename E>
+constexpr int kPair = sizeof(E) == 2 ? 2 : 1;
+
+// A bfloat16 panel holds K rounded up to a multiple of 32, the K of an AMX tile, zero rows past
+// K, so that the tile GEMM (amx.h) loads whole tiles of it and never reads past it; the
+// vdpbf16ps micro-kernel reads only the first K rows. A float32 panel holds K rows.
+template <typename E>
+constexpr int kPanelK = sizeof(E) == 2 ? 32 : 1;
+
+// Elements of a packed panel of K rows, and where element (k, j) of a panel goes in it: row
+// k / kPair, a pair of K-steps per column for bfloat16 (NR·kPair elements a row).
+template <typename E>
+constexpr int64_t panel_size(int64_t K) {
+  return round_up(K, kPanelK<E>) * NR;
+}
+template <typename E>
+constexpr int64_t panel_at(int64_t k, int64_t j) {
+  return (k / kPair<E>) * NR * kPair<E> + j * kPair<E> + k % kPair<E>;
+}
+
+// One product A · B of a GEMM: A is M × K with leading dimension lda, Bp holds the packed
+// panels of B (panel_size(K) elements each, one after the other). A sum of two products
+// shares the output. With `rows`, row i of A is row rows[i] of the matrix at A (the active
+// rows of a ragged batch, in order of length; see Order).
+template <typename E>
+struct Product {
+  const E* A;
+  int64_t lda;
+  int K;
+  const E* Bp;
+  const int32_t* rows = nullptr;
+};
+
+// Keeps a loaded vector in a register. Without it GCC folds the loads of B into each
+// multiply-add for a few rows (up to 4), loading every vector of B once per row: that halved
+// the micro-kernel's speed at 2 to 4 rows (docs/performance/design.md, "Tuning per CPU").
+template <typename V>
+inline void in_register(V& v) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__AVX__)  // a vec fits one register
+  asm("" : "+v"(v));
+#else
+  (void)v;
+#endif
+}
+
+// Panels of B that one micro-kernel call takes side by side for a block of M rows. A block of
+// 1 or 2 rows has 2·M sums per panel, too few chains to cover the multiply-add latency, and
+// with one row each vector of B brought from L2 feeds a single multiply-add; two panels at once
+// give each k-step twice the independent sums. Measured on AMD Zen 3 (AVX2); 3 rows with two
+// panels spill registers and ran slower (docs/performance/design.md, "Short row blocks on
+// AVX2"). AVX-512 builds keep one panel, as measured on Zen 5: the form with more panels has
+// not run on such a CPU.
+constexpr int panels_at_once(int M) {
+#if defined(__AVX512F__)
+  return (void)M, 1;
+#else
+  return M <= 2 ? 2 : 1;
+#endif
+}
+
+// acc[j] += A · B_j for the M rows of A at a[0], …, a[M - 1] (K elements each) and P panels
+// B_0 … B_{P-1}. Each row's sum runs over k in order whatever M and P are, so a row's result
+// does not depend on the rows beside it (a sharded or ragged batch gives the same bits;
+// tests/test_sharding.py): splitting K over more accumulators at 1 to 3 rows was faster
+// (docs/performance/design.md) but broke that.
+template <int M, int P>
+inline void accumulate(vec (&acc0)[P][M], vec (&acc1)[P][M], const float* const (&A)[M], int K,
+                       const float* const (&B)[P]) {
+  for (int k = 0; k < K; ++k) {
+#pragma GCC unroll 4
+    for (int j = 0; j < P; ++j) {
+      vec b0 = *reinterpret_cast<const vec_u*>(B[j] + k * NR);
+      vec b1 = *reinterpret_cast<const vec_u*>(B[j] + k * NR + VW);
+      if constexpr (M <= 4) {  // more rows compile as they always did
+        in_register(b0);
+        in_register(b1);
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < M; ++i) {
+        const float a = A[i][k];
+        acc0[j][i] += a * b0;
+        acc1[j][i] += a * b1;
+      }
+    }
+  }
+}
+
+#if FLAX_LSTM_BF16
+// The same with bfloat16 operands: each vdpbf16ps adds the products of two K-steps (a pair of
+// A broadcast against pairs of B) to float32 accumulators. An odd last K-step pairs A's value
+// with a zero (B is zero-padded there), so A is never read past its row.
+template <int M, int P>
+inline void accumulate(vec (&acc0)[P][M], vec (&acc1)[P][M], const bf16* const (&A)[M], int K,
+                       const bf16* const (&B)[P]) {
+  const auto step = [&](int k, auto a_at) {
+#pragma GCC unroll 4
+    for (int j = 0; j < P; ++j) {
+      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B[j] + k * NR);
+      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B[j] + k * NR + 2 * VW);
+#pragma GCC unroll 8
+      for (int i = 0; i < M; ++i) {
+        const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(a_at(A[i] + k)));
+        acc0[j][i] = (vec)_mm512_dpbf16_ps((__m512)acc0[j][i], a, b0);
+        acc1[j][i] = (vec)_mm512_dpbf16_ps((__m512)acc1[j][i], a, b1);
+      }
+    }
+  };
+  int k = 0;
+  for (; k + 2 <= K; k += 2) {
+    step(k, [](const bf16* p) {
+      uint32_t pair;
+      std::memcpy(&pair, p, sizeof pair);
+      return pair;
+    });
+  }
+  if (k < K) step(k, [](const bf16* p) { return static_cast<uint32_t>(*p); });
+}
+#endif
+
+// C[i0 : i0 + M, panels p … p + P - 1] = Σ over the products of A[i0 : i0 + M, :] · those
+// panels of B.
+template <int M, int P, typename E>
+inline void micro(const Product<E>* prods, int nprod, int64_t i0, int64_t p, float* __restrict C,
+                  int64_t ldc) {
+  vec acc0[P][M], acc1[P][M];
+#pragma GCC unroll 4
+  for (int j = 0; j < P; ++j) {
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      acc0[j][i] = vec{};
+      acc1[j][i] = vec{};
+    }
+  }
+  for (int q = 0; q < nprod; ++q) {
+    const Product<E>& pr = prods[q];
+    const E* a[M];
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i)
+      a[i] = pr.A + (pr.rows == nullptr ? i0 + i : pr.rows[i0 + i]) * pr.lda;
+    const E* b[P];
+#pragma GCC unroll 4
+    for (int j = 0; j < P; ++j) b[j] = pr.Bp + (p + j) * panel_size<E>(pr.K);
+    accumulate<M, P>(acc0, acc1, a, pr.K, b);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < P; ++j) {
+    float* c = C + i0 * ldc + (p + j) * NR;
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      *reinterpret_cast<vec_u*>(c + i * ldc) = acc0[j][i];
+      *reinterpret_cast<vec_u*>(c + i * ldc + VW) = acc1[j][i];
+    }
+  }
+}
+
+// One block of M rows over panels [p0, p1): panels_at_once(M) panels a call, then one at a time.
+template <int M, typename E>
+inline void row_block(int64_t p0, int64_t p1, const Product<E>* prods, int nprod, int64_t i0,
+                      float* C, int64_t ldc) {
+  constexpr int P = panels_at_once(M);
+  int64_t p = p0;
+  if constexpr (P > 1)
+    for (; p + P <= p1; p += P) micro<M, P>(prods, nprod, i0, p, C, ldc);
+  for (; p < p1; ++p) micro<M, 1>(prods, nprod, i0, p, C, ldc);
+}
+
+// row_block for a block of `rows` rows, 1 ≤ rows ≤ M.
+template <int M, typename E>
+inline void row_block_of(int rows, int64_t p0, int64_t p1, const Product<E>* prods, int nprod,
+                         int64_t i0, float* C, int64_t ldc) {
+  if constexpr (M > 0) {
+    if (rows == M) return row_block<M>(p0, p1, prods, nprod, i0, C, ldc);
+    return row_block_of<M - 1>(rows, p0, p1, prods, nprod, i0, C, ldc);
+  }
+}
+
+// Rows of gemm_packed's next row block when `left` rows remain: MR, and the rest at the end.
+// With AVX2 a rest of 1 to 3 rows (too few sums for the multiply-add latency) shares the last
+// full block instead: its MR + rest rows as two blocks of about half, 8 rows as 4 + 4 rather
+// than 6 + 2 (measured on Zen 3; docs/performance/design.md, "Short row blocks on AVX2").
+// AVX-512 keeps the rest in a block of its own, as measured on Zen 5.
+constexpr int64_t next_block(int64_t left) {
+#if !defined(__AVX512F__)
+  if (left > MR && left < MR + 4) return (left + 1) / 2;
+#endif
+  return std::min<int64_t>(left, MR);
+}
+
+}  // namespace

@@ -1,0 +1,217 @@
+// A call's work as items claimed in order by the team (run_items), the fixed runs of small
+// batches (run_groups), and what an item's body is given (Scratch, Claim).
+//
+// Part of the CPU kernel, one translation unit: lstm_cpu.cc includes each of the kernel's
+// headers once, in order; not a header for other code.
+
+#pragma once
+
+#include "buffers.h"
+#include "team.h"
+
+namespace {
+
+// The `groups` argument of run_items for a batch of N: one run per thread for small batches.
+inline int runs_for_batch(int64_t N, int threads, int64_t small_batch) {
+  return N <= small_batch ? threads : 1;
+}
+
+// A thread's scratch for one chunk's GEMM output, reused across items, and for the rows of x
+// that a hoisted input projection gathers.
+struct Scratch {
+  std::vector<float> gate;
+  std::vector<char> rows;
+  float* get(size_t n) {
+    if (gate.size() < n) gate.resize(n);
+    return gate.data();
+  }
+  template <typename E>
+  E* get_rows(size_t n) {
+    if (rows.size() < n * sizeof(E)) rows.resize(n * sizeof(E));
+    return reinterpret_cast<E*>(rows.data());
+  }
+};
+
+// The right to write an item's results, for items that another thread may compute again (see
+// run_items). Such an item's body first computes into its thread's scratch what reads only the
+// rows before it, then calls claim(); only the first thread to claim the item writes results,
+// and the body says whether it did (a thread that loses discards its work). A body whose item
+// writes before it computes (it packs weights) claims first. Without a flag (run_groups, or an
+// item nobody else computes) every claim succeeds.
+struct Claim {
+  std::atomic<uint8_t>* flag = nullptr;
+  bool operator()() const {
+    return flag == nullptr || flag->exchange(1, std::memory_order_acq_rel) == 0;
+  }
+};
+
+// Runs body on an item. A body that takes a Claim says whether this thread wrote the item; any
+// other writes as it computes, and no other thread ever computes its items again.
+template <typename Body>
+constexpr bool kTakesClaim = std::is_invocable_v<const Body&, int64_t, int64_t, Scratch&, Claim>;
+
+template <typename Body>
+bool run_body(const Body& body, int64_t row, int64_t chunk, Scratch& scratch, Claim claim) {
+  if constexpr (kTakesClaim<Body>) {
+    return body(row, chunk, scratch, claim);
+  } else {
+    body(row, chunk, scratch);
+    return true;
+  }
+}
+
+// run_items with the chunks of each row in `groups` runs, a run claimed whole (see run_items).
+// Run g of row r is ready once every item before row r is done: the prefault pieces and the
+// groups runs of each earlier row, counted in `done`.
+template <typename Body>
+void run_groups(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int64_t rows,
+                int64_t chunks, const Body& body, int groups) {
+  const int64_t first = prefault.size();
+  // next[g]: the next row of run g that nobody has claimed; each on its own cache line.
+  struct alignas(64) Next {
+    std::atomic<int64_t> row{0};
+  };
+  std::vector<Next> next(static_cast<size_t>(groups));
+  run_team(pool, threads, [&](Team& team, int slot) {
+    Scratch scratch;
+    for (int64_t item = team.next.fetch_add(1, std::memory_order_acq_rel); item < first;
+         item = team.next.fetch_add(1, std::memory_order_acq_rel)) {
+      prefault.run(item);
+      team.done.fetch_add(1, std::memory_order_acq_rel);
+    }
+    const auto ready = [&](int64_t row) {
+      return team.done.load(std::memory_order_acquire) >= first + row * groups;
+    };
+    // Claims row `row` of run g and runs it, if it is ready and still the run's next row.
+    const auto take = [&](int g, int64_t row) {
+      if (row >= rows || !ready(row) ||
+          !next[g].row.compare_exchange_strong(row, row + 1, std::memory_order_acq_rel))
+        return false;
+      for (int64_t k = g * chunks / groups, end = (g + 1) * chunks / groups; k < end; ++k)
+        run_body(body, row, k, scratch, Claim{});
+      team.done.fetch_add(1, std::memory_order_acq_rel);
+      return true;
+    };
+    const int home = slot % groups;
+    for (int spins = 0;;) {
+      if (take(home, next[home].row.load(std::memory_order_acquire))) {
+        spins = 0;
+        continue;
+      }
+      bool left = false, took = false;
+      for (int g = 0; g < groups && !took; ++g) {
+        const int64_t row = next[g].row.load(std::memory_order_acquire);
+        left = left || row < rows;
+        took = g != home && take(g, row);
+      }
+      if (!left) break;
+      if (took) {
+        spins = 0;
+      } else {
+        back_off(spins++);
+      }
+    }
+  });
+}
+
+// Runs the prefault pieces, then `rows` rows of `chunks` items, claimed in order by a team of up
+// to `threads` threads: body(row, chunk, scratch, claim) runs once every item of the rows before
+// it has finished (and, for the first row, every prefault piece), and returns whether this
+// thread finished the item (see Claim).
+//
+// A thread that the operating system deschedules while it holds an item (for another process,
+// or the hypervisor for another machine) would stall the whole team until it runs again: a
+// time slice of milliseconds, against items of microseconds. So a thread waiting for a row
+// that has waited four times as long as its own items take (at least kStealAfter) computes
+// an unfinished item of that row again, and whichever thread claims it first writes it. The
+// results are the same bits whoever computes them.
+//
+// With groups > 1 (small batches), each row is instead split into `groups` runs of whole chunks,
+// and a thread keeps to the run of its slot, step after step, so that the packed weights of its
+// chunks stay in its own core's cache: at a batch of one or a few sequences each step reads
+// every weight once for a few multiply-adds, and the time is that of bringing the weights in.
+// A thread whose own run cannot start yet takes another run's item that is ready and that no
+// thread has claimed (a slot whose thread never came, or came late), so every item is done
+// whoever joins.
+//
+// A test build with -DFLAX_LSTM_STEAL_TEST=1 makes that happen: a waiting thread steals at once,
+// and the holder of every 7th item sleeps 200 µs before it starts, as a descheduled one would.
+using Clock = std::chrono::steady_clock;
+#if defined(FLAX_LSTM_STEAL_TEST) && FLAX_LSTM_STEAL_TEST
+constexpr bool kStealTest = true;
+#else
+constexpr bool kStealTest = false;
+#endif
+constexpr Clock::duration kStealAfter = std::chrono::microseconds(kStealTest ? 0 : 20);
+std::atomic<int64_t> stolen_items{0};  // items written by a thread that stole them, for the tests
+
+template <typename Body>
+void run_items(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int64_t rows,
+               int64_t chunks, const Body& body, int groups = 1) {
+  const int64_t first = prefault.size(), total = first + rows * chunks;
+  groups = static_cast<int>(std::min<int64_t>({groups, threads, chunks}));
+  if (groups > 1) return run_groups(pool, threads, prefault, rows, chunks, body, groups);
+  const bool stealable = kTakesClaim<Body> && threads > 1;
+  std::vector<std::atomic<uint8_t>> claimed(static_cast<size_t>(stealable ? rows * chunks : 0));
+  run_team(pool, threads, [&](Team& team, int) {
+    Scratch scratch;
+    // This thread's items take `item_time` on average, measured over those it ran between its
+    // last two waits (the clock is read only when it waits).
+    Clock::duration item_time = std::chrono::microseconds(100);
+    Clock::time_point woke{};
+    int64_t ran = 0;  // items since it last waited
+    // Runs an item (stolen: held by another thread), and counts it as finished if this thread
+    // wrote it.
+    const auto run = [&](int64_t item, bool stolen) {
+      const int64_t row = (item - first) / chunks, chunk = (item - first) % chunks;
+      const Claim claim{claimed.empty() ? nullptr : &claimed[item - first]};
+      if (kStealTest && stealable && !stolen && item % 7 == 3)
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      if (run_body(body, row, chunk, scratch, claim)) {
+        team.done.fetch_add(1, std::memory_order_acq_rel);
+        if (stolen) stolen_items.fetch_add(1, std::memory_order_relaxed);
+      }
+    };
+    // Computes again an item of the row in progress that some thread holds and nobody has
+    // finished, if there is one (the rows before it are finished, so its inputs are ready).
+    const auto steal = [&]() {
+      const int64_t done = team.done.load(std::memory_order_acquire);
+      if (claimed.empty() || done < first || done >= total) return;
+      const int64_t row0 = first + (done - first) / chunks * chunks;
+      const int64_t held = std::min(row0 + chunks, team.next.load(std::memory_order_acquire));
+      for (int64_t item = row0; item < held; ++item) {
+        if (claimed[item - first].load(std::memory_order_acquire) == 0) return run(item, true);
+      }
+    };
+    // Waits until `ready` items are finished, stealing where the items allow it.
+    const auto wait_for = [&](int64_t ready) {
+      if (team.done.load(std::memory_order_acquire) >= ready) return;
+      Clock::time_point since = Clock::now();
+      if (ran > 0 && woke != Clock::time_point{}) item_time = (since - woke) / ran;
+      const Clock::duration patience =
+          kStealTest ? kStealAfter : std::max(4 * item_time, kStealAfter);
+      for (int spins = 0; team.done.load(std::memory_order_acquire) < ready; ++spins) {
+        if (stealable && (kStealTest || spins % 64 == 63) && Clock::now() - since >= patience) {
+          steal();
+          since = Clock::now();
+        }
+        back_off(spins);
+      }
+      woke = Clock::now();
+      ran = 0;
+    };
+    for (int64_t item = team.next.fetch_add(1, std::memory_order_acq_rel); item < total;
+         item = team.next.fetch_add(1, std::memory_order_acq_rel)) {
+      if (item < first) {
+        prefault.run(item);
+        team.done.fetch_add(1, std::memory_order_acq_rel);
+        continue;
+      }
+      wait_for(item - (item - first) % chunks);  // the items before its row
+      run(item, false);
+      ++ran;
+    }
+  });
+}
+
+}  // namespace
