@@ -29,6 +29,57 @@ namespace {
 // Chunks of 32 hidden units, one panel of dh.
 constexpr int64_t kBwdUnits = 32;
 
+// Where one row of a chunk at step t of the backward reads and writes, each at the chunk's first
+// unit (gate g of acts, dz and db at + g·H).
+template <typename E>
+struct BackwardRow {
+  const float* dh;      // dz_{t+1}·W_hh for the row (and what frozen steps passed through)
+  const E* dhs;         // the gradient of the step's h
+  const float* dcs;     // the gradient of the step's c, or nullptr
+  const float* acts;    // the forward's activated gates
+  const float* c;       // the step's cell state
+  const float* c_prev;  // the cell state before the step
+  float* dc;            // the gradient of the cell state after the step, updated for the one before
+  float* pass;          // the dh that frozen steps pass on
+  E* dz;                // the gate pre-activation gradients
+  float* db;            // the bias gradient, summed over rows and steps
+};
+
+// The LSTM cell's gradients on one row of a chunk (nu ≤ kBwdUnits units). At a frozen step (not
+// valid) there is no gate gradient: dh and dc pass through unchanged, and dz is zeroed where
+// zero_dz says it does not already hold zeros.
+template <typename E>
+inline void cell_backward(const BackwardRow<E>& row, int64_t H, int64_t nu, bool valid,
+                          bool zero_dz) {
+  for_columns(nu, [&]<typename V>(int64_t j) {
+    const auto put = [&](int64_t gate, V v) {
+      store<V>(row.dz + gate * H + j, v);
+      store<V>(row.db + gate * H + j, load<V>(row.db + gate * H + j) + v);
+    };
+    const V dh_in = load<V>(row.dh + j) + load<V>(row.dhs + j);
+    const V dc = load<V>(row.dc + j);
+    const V dc_in = row.dcs == nullptr ? dc : dc + load<V>(row.dcs + j);
+    if (valid) {
+      const float* a = row.acts;
+      const V i_ = load<V>(a + j), f_ = load<V>(a + H + j);
+      const V g_ = load<V>(a + 2 * H + j), o_ = load<V>(a + 3 * H + j);
+      const V tc = tanh_approx<V>(load<V>(row.c + j));
+      const V dct = dc_in + dh_in * o_ * (1.0f - tc * tc);
+      put(0, dct * g_ * i_ * (1.0f - i_));
+      put(1, dct * load<V>(row.c_prev + j) * f_ * (1.0f - f_));
+      put(2, dct * i_ * (1.0f - g_ * g_));
+      put(3, dh_in * tc * o_ * (1.0f - o_));
+      store<V>(row.dc + j, dct * f_);
+      store<V>(row.pass + j, V{});
+    } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
+      if (zero_dz)
+        for (int64_t gate = 0; gate < 4; ++gate) store<V>(row.dz + gate * H + j, V{});
+      store<V>(row.dc + j, dc_in);
+      store<V>(row.pass + j, dh_in);
+    }
+  });
+}
+
 template <typename E>
 void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_batch,
               const std::vector<Span>& fresh, const E* dhs, const float* dcs, bool dcs_all,
@@ -102,43 +153,20 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
     }
     const int64_t row0 = (t * D + d) * N, na = order.active[t];
     for (int64_t i = 0; i < N; ++i) {
-      const int64_t n = order.row(i);
-      const bool valid = i < na && order.valid(mask, t, N, n), zero_dz = !in_place || i < na;
-      const float* a = acts + (row0 + n) * G4 + u0;
-      const float* ct = cs + (row0 + n) * H + u0;
-      const float* cp = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (row0 - D * N + n) * H + u0;
-      const E* gh = dhs + (row0 + n) * H + u0;
-      const float* gc = dcs_all ? dcs + (row0 + n) * H + u0 : nullptr;
-      E* dzr = dz + (row0 + n) * G4 + u0;
-      float* dbr = db + d * G4 + u0;
-      const float* dhn = dh + i * cols;
-      float* dcn = dc.data() + (d * N + n) * H + u0;
-      float* ps = pass.data() + (d * N + n) * H + u0;
-      for_columns(nu, [&]<typename V>(int64_t j) {
-        const auto put = [&](int64_t gate, V v) {
-          store<V>(dzr + gate * H + j, v);
-          store<V>(dbr + gate * H + j, load<V>(dbr + gate * H + j) + v);
-        };
-        const V dh_in = load<V>(dhn + j) + load<V>(gh + j);
-        const V dc_in = gc == nullptr ? load<V>(dcn + j) : load<V>(dcn + j) + load<V>(gc + j);
-        if (valid) {
-          const V i_ = load<V>(a + j), f_ = load<V>(a + H + j);
-          const V g_ = load<V>(a + 2 * H + j), o_ = load<V>(a + 3 * H + j);
-          const V tc = tanh_approx<V>(load<V>(ct + j));
-          const V dct = dc_in + dh_in * o_ * (1.0f - tc * tc);
-          put(0, dct * g_ * i_ * (1.0f - i_));
-          put(1, dct * load<V>(cp + j) * f_ * (1.0f - f_));
-          put(2, dct * i_ * (1.0f - g_ * g_));
-          put(3, dh_in * tc * o_ * (1.0f - o_));
-          store<V>(dcn + j, dct * f_);
-          store<V>(ps + j, V{});
-        } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
-          if (zero_dz)
-            for (int64_t gate = 0; gate < 4; ++gate) store<V>(dzr + gate * H + j, V{});
-          store<V>(dcn + j, dc_in);
-          store<V>(ps + j, dh_in);
-        }
-      });
+      const int64_t n = order.row(i), r = row0 + n;
+      const BackwardRow<E> rw{
+          .dh = dh + i * cols,
+          .dhs = dhs + r * H + u0,
+          .dcs = dcs_all ? dcs + r * H + u0 : nullptr,
+          .acts = acts + r * G4 + u0,
+          .c = cs + r * H + u0,
+          .c_prev = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (r - D * N) * H + u0,
+          .dc = dc.data() + (d * N + n) * H + u0,
+          .pass = pass.data() + (d * N + n) * H + u0,
+          .dz = dz + r * G4 + u0,
+          .db = db + d * G4 + u0,
+      };
+      cell_backward(rw, H, nu, i < na && order.valid(mask, t, N, n), !in_place || i < na);
     }
     return true;
   }, runs_for_batch(N, threads, small_batch));

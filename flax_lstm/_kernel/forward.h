@@ -28,6 +28,57 @@ constexpr int64_t kFwdUnits = 16;
 // scheme: docs/performance/design.md ("The CPU kernel", small batches).
 constexpr int64_t kBlock = 64;
 
+// The LSTM cell on one row of a chunk (nu ≤ kFwdUnits units): z holds the row's GEMM output,
+// gate g's pre-activations at z + g·kFwdUnits, and bb the chunk's biases in the same layout;
+// cn is the row's cell state, updated in place; hp its h before the step and h where the
+// step's h goes; a, where not null, takes the activated gates (gate g at a + g·H). At a masked
+// step (not valid) h and c stay as they were.
+template <typename E>
+inline void cell_forward(const float* z, const float* bb, float* cn, const E* hp, E* h, float* a,
+                         int64_t H, int64_t nu, bool valid) {
+  const int64_t q = kFwdUnits;
+  for_columns(nu, [&]<typename V>(int64_t j) {
+    const V i_ = sigmoid_approx<V>(load<V>(z + j) + load<V>(bb + j));
+    const V f_ = sigmoid_approx<V>(load<V>(z + q + j) + load<V>(bb + q + j));
+    const V g_ = tanh_approx<V>(load<V>(z + 2 * q + j) + load<V>(bb + 2 * q + j));
+    const V o_ = sigmoid_approx<V>(load<V>(z + 3 * q + j) + load<V>(bb + 3 * q + j));
+    const V c_new = f_ * load<V>(cn + j) + i_ * g_;
+    if (a != nullptr) {
+      store<V>(a + j, i_);
+      store<V>(a + H + j, f_);
+      store<V>(a + 2 * H + j, g_);
+      store<V>(a + 3 * H + j, o_);
+    }
+    if (valid) {  // else the state stays: h and c as they were
+      store<V>(cn + j, c_new);
+      store<V>(h + j, o_ * tanh_approx<V>(c_new));
+    } else {
+      store<V>(h + j, load<V>(hp + j));
+    }
+  });
+}
+
+// Small batches: the input projection x_t·W_ihᵀ of direction d's steps [t0, t0 + kBlock) for
+// one chunk (its packed W_ih at pi), one GEMM with the steps as rows, into xp (kBlock · N rows
+// of `cols`). Only the steps that some row still runs (none, past the longest sequence).
+template <typename E>
+inline void project_block(const Dims& s, const E* x, int64_t d, int64_t t0, const Order& order,
+                          const E* pi, int64_t cols, Scratch& scratch, float* xp) {
+  const int64_t T = s.T, D = s.D, N = s.N, I = s.I;
+  int64_t nt = std::min(kBlock, T - t0);
+  while (nt > 0 && order.active[t0 + nt - 1] == 0) --nt;
+  if (nt == 0) return;
+  const E* a = x + (t0 * D + d) * N * I;
+  if (D > 1) {  // the direction's rows are not contiguous: gather them
+    E* g = scratch.get_rows<E>(static_cast<size_t>(nt * N * I));
+    for (int64_t j = 0; j < nt; ++j)
+      std::memcpy(g + j * N * I, x + ((t0 + j) * D + d) * N * I, N * I * sizeof(E));
+    a = g;
+  }
+  const Product<E> prod{a, I, static_cast<int>(I), pi};
+  gemm_packed(nt * N, cols / NR, &prod, 1, xp, cols);
+}
+
 template <typename E>
 void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_batch,
              const std::vector<Span>& fresh, const E* x, const E* w_ih, const float* bias,
@@ -81,21 +132,9 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
     if ((r == 0 || projection) && !claim()) return false;
     if (r == 0) pack(d, k);
     const E* pi = bi.data() + (d * chunks + k) * wi;
-    if (projection) {  // the input projection of the block's steps
-      // Only the steps that some row still runs (none, past the longest sequence).
-      const int64_t t0 = r / (kBlock + 1) * kBlock;
-      int64_t nt = std::min(kBlock, T - t0);
-      while (nt > 0 && order.active[t0 + nt - 1] == 0) --nt;
-      if (nt == 0) return true;
-      const E* a = x + (t0 * D + d) * N * I;
-      if (D > 1) {  // the direction's rows are not contiguous: gather them
-        E* g = scratch.get_rows<E>(static_cast<size_t>(nt * N * I));
-        for (int64_t j = 0; j < nt; ++j)
-          std::memcpy(g + j * N * I, x + ((t0 + j) * D + d) * N * I, N * I * sizeof(E));
-        a = g;
-      }
-      const Product<E> prod{a, I, static_cast<int>(I), pi};
-      gemm_packed(nt * N, cols / NR, &prod, 1, xp.data() + item * kBlock * N * cols, cols);
+    if (projection) {
+      project_block(s, x, d, r / (kBlock + 1) * kBlock, order, pi, cols, scratch,
+                    xp.data() + item * kBlock * N * cols);
       return true;
     }
     const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
@@ -132,34 +171,12 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
     }
     const float* bb = bcol.data() + (d * chunks + k) * cols;
     for (int64_t i = 0; i < na; ++i) {
-      const int64_t n = order.row(i);
-      const bool valid = order.valid(mask, t, N, n);
-      const float* z = gate + i * cols;
-      const E* hp = hprev + n * H + u0;
-      E* h = hs + (row0 + n) * H + u0;
+      const int64_t n = order.row(i), row = row0 + n;
       float* cn = c.data() + (d * N + n) * H + u0;
-      float* a = acts == nullptr ? nullptr : acts + (row0 + n) * G4 + u0;
-      const int64_t q = kFwdUnits;
-      for_columns(nu, [&]<typename V>(int64_t j) {
-        const V i_ = sigmoid_approx<V>(load<V>(z + j) + load<V>(bb + j));
-        const V f_ = sigmoid_approx<V>(load<V>(z + q + j) + load<V>(bb + q + j));
-        const V g_ = tanh_approx<V>(load<V>(z + 2 * q + j) + load<V>(bb + 2 * q + j));
-        const V o_ = sigmoid_approx<V>(load<V>(z + 3 * q + j) + load<V>(bb + 3 * q + j));
-        const V c_new = f_ * load<V>(cn + j) + i_ * g_;
-        if (a != nullptr) {
-          store<V>(a + j, i_);
-          store<V>(a + H + j, f_);
-          store<V>(a + 2 * H + j, g_);
-          store<V>(a + 3 * H + j, o_);
-        }
-        if (valid) {  // else the state stays: h and c as they were
-          store<V>(cn + j, c_new);
-          store<V>(h + j, o_ * tanh_approx<V>(c_new));
-        } else {
-          store<V>(h + j, load<V>(hp + j));
-        }
-      });
-      if (cs_all) std::memcpy(cs + (row0 + n) * H + u0, cn, nu * sizeof(float));
+      cell_forward(gate + i * cols, bb, cn, hprev + n * H + u0, hs + row * H + u0,
+                   acts == nullptr ? nullptr : acts + row * G4 + u0, H, nu,
+                   order.valid(mask, t, N, n));
+      if (cs_all) std::memcpy(cs + row * H + u0, cn, nu * sizeof(float));
     }
     return true;
   }, runs_for_batch(N, threads, small_batch));
