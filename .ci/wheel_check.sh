@@ -20,7 +20,8 @@ echo "wheel: $(basename "$wheel")"
 "$python" - "$wheel" <<'EOF'
 import fnmatch, re, sys, zipfile
 
-names = zipfile.ZipFile(sys.argv[1]).namelist()
+wheel = zipfile.ZipFile(sys.argv[1])
+names = wheel.namelist()
 wanted = [
     "flax_lstm/_kernel/lstm_cpu.cc",
     "flax_lstm/data/japanese_vowels.npz",
@@ -32,7 +33,7 @@ wanted = [
 missing = [w for w in wanted if not fnmatch.filter(names, w)]
 assert not missing, f"the wheel lacks {missing}"
 # The headers the kernel's translation unit includes, each in turn.
-kernel = zipfile.ZipFile(sys.argv[1]).read("flax_lstm/_kernel/lstm_cpu.cc").decode()
+kernel = wheel.read("flax_lstm/_kernel/lstm_cpu.cc").decode()
 headers = re.findall(r'^#include "(\w+\.h)"', kernel, flags=re.MULTILINE)
 lacking = [h for h in headers if f"flax_lstm/_kernel/{h}" not in names]
 assert headers and not lacking, f"the wheel lacks the kernel's headers {lacking}"

@@ -62,7 +62,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -356,30 +356,39 @@ def _locked(path: Path):
         yield
 
 
-def time_paths(dtype: str, regime: str) -> Timings:
-    """Milliseconds of each path and mode on ``regime``'s probe, `REPS` each (the seam that
-    tests replace with fake timings)."""
+def _timed(
+    make_calls: Callable[[], dict[str, dict[str, Callable[[], Any]]]], modes: Sequence[str]
+) -> Timings:
+    """Milliseconds of the calls ``make_calls`` builds, in ``modes``, `REPS` each, built and
+    run on the CPU."""
     import jax
 
     with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
-        calls = {path: _probe_calls(dtype, probe(regime), path) for path in ("kernel", "scan")}
+        calls = make_calls()
         warm_up(calls, 2)  # compiles, then runs once more
-        return time_interleaved(calls, MODES, REPS)
+        return time_interleaved(calls, modes, REPS)
+
+
+def time_paths(dtype: str, regime: str) -> Timings:
+    """Milliseconds of each path and mode on ``regime``'s probe, `REPS` each (the seam that
+    tests replace with fake timings)."""
+    paths = ("kernel", "scan")
+    return _timed(lambda: {p: _probe_calls(dtype, probe(regime), p) for p in paths}, MODES)
 
 
 def time_weight_grads(dtype: str) -> GradsTimings:
     """Forward+backward milliseconds of the large regime's probe on the kernel, with the
     kernel library's weight gradients and with XLA's, `REPS` each (a seam for tests too)."""
-    import jax
+    gemms = ("kernel", "xla")
 
-    with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
-        calls = {
-            gemms: {"fwd_bwd": _probe_calls(dtype, probe("large"), "kernel", gemms)["fwd_bwd"]}
-            for gemms in ("kernel", "xla")
+    def calls() -> dict[str, dict[str, Callable[[], Any]]]:
+        return {
+            g: {"fwd_bwd": _probe_calls(dtype, probe("large"), "kernel", g)["fwd_bwd"]}
+            for g in gemms
         }
-        warm_up(calls, 2)
-        times = time_interleaved(calls, ["fwd_bwd"], REPS)
-    return {gemms: times[gemms]["fwd_bwd"] for gemms in calls}
+
+    times = _timed(calls, ["fwd_bwd"])
+    return {g: times[g]["fwd_bwd"] for g in gemms}
 
 
 def _probe_calls(
