@@ -22,7 +22,7 @@ import pytest
 import python_process
 
 from flax_lstm import _auto, cli, kernel
-from flax_lstm._kernel import build, calibrate, tuning
+from flax_lstm._kernel import build, calibrate, ffi, tuning
 
 
 def test_regimes():
@@ -89,17 +89,22 @@ def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp
     assert fake.calls[4:] == [("bfloat16", r) for r in ("small", "large", "large", "short")]
     assert sorted(json.loads(path.read_text())["verdicts"]) == ["bfloat16", "float32"]
     # Another library (a new CPU, compiler, jaxlib or source) is measured anew, and so is
-    # another CPU with the same library (a portable one) or another count of threads.
+    # another CPU with the same library (a portable one), another count of threads, of usable
+    # CPUs (the scan's XLA GEMMs use them all) or other XLA flags.
     monkeypatch.setattr(build, "LIBRARY", [tmp_path / "lstm_cpu_fedcba9876543210.so"])
     calibrate.verdict("float32", "small")
-    here = calibrate._machine.__wrapped__(2)
+    here = calibrate._machine.__wrapped__(2, 2, "")
     monkeypatch.setattr(build, "cpu_identity", lambda: "flags: another CPU")
-    assert calibrate._machine.__wrapped__(2) != here  # (cached per process: one CPU)
+    assert calibrate._machine.__wrapped__(2, 2, "") != here  # (cached per process: one CPU)
     monkeypatch.setattr(calibrate, "_machine", calibrate._machine.__wrapped__)
     calibrate.verdict("float32", "small")
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "7")
     calibrate.verdict("float32", "small")
-    assert len(fake.calls) == 5 * 4 and len(list(tmp_path.glob("*.calibration-*.json"))) == 4
+    monkeypatch.setattr(ffi, "usable_cpus", lambda: 64)  # the same 7 threads on more CPUs
+    calibrate.verdict("float32", "small")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    calibrate.verdict("float32", "small")
+    assert len(fake.calls) == 7 * 4 and len(list(tmp_path.glob("*.calibration-*.json"))) == 6
 
 
 def test_a_verdict_for_the_scan_is_measured_again(monkeypatch, tmp_path):

@@ -38,13 +38,16 @@ to the kernel's (two threads that meet at every step) than to the scan's, so med
 under a passing load once kept the scan for good where the kernel is twice as fast
 (docs/performance/design.md, "A calibration under load").
 
-It is kept in ``<library>.calibration-<machine>.json`` next to the built library
-(`cache_path`), so its cache key (source, flags, compiler, jaxlib, CPU:
-`flax_lstm._kernel.build`) keys it too, and ``<machine>`` hashes the CPU (for portable
-libraries, shared by other CPUs) and the kernel's threads: a change of any of them measures
-anew. A process measures under a file lock and writes the file atomically: processes that
-start together measure once. A file that cannot be read or parsed, or that another `METHOD`
-wrote, is measured again; one that cannot be written leaves the verdict to this process.
+It is kept in ``<library>.calibration-<machine>.json`` next to the built library (`cache_path`), so
+its cache key (source, flags, compiler, jaxlib, CPU: `flax_lstm._kernel.build`) keys it too, and
+``<machine>`` hashes the CPU (for portable libraries, shared by other CPUs), the kernel's threads,
+and what sets the scan's speed beside them: the CPUs this process may run on, which XLA's GEMMs use,
+and ``XLA_FLAGS``. A change of any of them measures anew: a verdict of the kernel on one thread
+against XLA on two CPUs (``FLAX_LSTM_NUM_THREADS=1``) once kept the scan for a process on one CPU,
+where the kernel was 1.2–2.2× faster (docs/performance/design.md, "AMD Zen 2"). A process measures
+under a file lock and writes the file atomically: processes that start together measure once. A file
+that cannot be read or parsed, or that another `METHOD` wrote, is measured again; one that cannot be
+written leaves the verdict to this process.
 
 `verdict` is the plan's one entry: it measures lazily, the first time the default plan would
 take the kernel for a dtype, also while `jax.jit` or `jax.grad` trace the caller (the probes
@@ -207,14 +210,17 @@ def cache_path() -> Path | None:
     if not build.LIBRARY:
         return None
     library = build.LIBRARY[0]
-    return library.with_name(f"{library.stem}.calibration-{_machine(ffi.num_threads())}.json")
+    machine = _machine(ffi.num_threads(), ffi.usable_cpus(), os.environ.get("XLA_FLAGS", ""))
+    return library.with_name(f"{library.stem}.calibration-{machine}.json")
 
 
 @functools.cache
-def _machine(threads: int) -> str:
+def _machine(threads: int, cpus: int, xla_flags: str) -> str:
     """What keys the calibration beyond the library: the CPU (a portable library, built with
-    ``FLAX_LSTM_ARCH``, is shared by other CPUs) and the kernel's threads."""
-    return hashlib.sha256(f"{build.cpu_identity()}\0{threads}".encode()).hexdigest()[:8]
+    ``FLAX_LSTM_ARCH``, is shared by other CPUs), the kernel's threads, and the usable CPUs and
+    XLA's flags, on which the scan's speed depends."""
+    key = "\0".join((build.cpu_identity(), str(threads), str(cpus), xla_flags))
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def verdict(dtype: str, regime: str) -> Verdict | None:
