@@ -68,6 +68,34 @@ def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
     assert "yardstick, the best float32 128x128 GEMM" in table
 
 
+def test_bench_times_the_path_the_default_did_not_take(tmp_path, capsys):
+    """``vs_other_path``: against the scan where the default took the kernel (B2 T16 H64, large
+    enough for it; measuring is off here), and against the kernel, timed for that alone, where
+    the default took the scan (B2 T6 H8, too small for the kernel's fixed cost)."""
+    if not kernel.available():
+        pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
+    result = run_bench(
+        tmp_path,
+        *("--shape", "2,16,64", "--shape", "2,6,8", "--reps", "2", "--warmup", "1"),
+        *("--libs", "flax_lstm,flax_lstm_scan,flax_lstm_kernel"),
+        *TINY_GEMM,
+    )
+    on_kernel, on_scan = result["results"]
+    assert on_kernel["flax_lstm_plan"]["grad_recurrence"] == "kernel"
+    assert on_kernel["notes"]["flax_lstm_kernel"] == (
+        "skipped: flax_lstm's default runs the kernel here"
+    )
+    for mode in ("fwd", "fwd_bwd"):
+        other = on_kernel["vs_other_path"][mode]
+        assert other == {"path": "scan", "speedup": on_kernel["speedup_vs"]["flax_lstm_scan"][mode]}
+        other = on_scan["vs_other_path"][mode]
+        want = on_scan["speedup_vs"]["flax_lstm_kernel"][mode]
+        assert other == {"path": "kernel", "speedup": want} and want > 0
+    ratios = ", ".join(f"{m} {on_scan['vs_other_path'][m]['speedup']:.2f}x" for m in bench.MODES)
+    summary = f"B2 T6 H8 L1: flax_lstm's default (the scan) against the kernel: {ratios}"
+    assert summary in capsys.readouterr().out
+
+
 def test_bench_both_dtypes_compares_bfloat16_with_float32(tmp_path, capsys):
     args = ["--shape", "2,6,8", "--dtypes", "float32,bfloat16", "--reps", "1", "--warmup", "1"]
     args += TINY_GEMM

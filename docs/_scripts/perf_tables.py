@@ -32,6 +32,7 @@ HEADLINE = ("h200_5d9bf16_gpu_set.json", "cpu_5d9bf16_emerald_2cpu_cpu_set_f32_b
 LIB_NAMES = {
     "flax_lstm": "flax_lstm",
     "flax_lstm_scan": "scan path",
+    "flax_lstm_kernel": "kernel path",
     "torch": "torch",
     "flax_rnn": "Flax nn.RNN",
     "jax_cudnn": "jax.experimental.rnn",

@@ -42,10 +42,13 @@ __all__ = [
 
 # flax_lstm_scan: flax_lstm with impl="scan", its lax.scan path (CPU only: elsewhere that
 # is what flax_lstm runs anyway); the ratio against it is the compiled kernel's gain.
+# flax_lstm_kernel: flax_lstm with impl="kernel", only where its default runs the scan on CPU
+# in a mode (a measured verdict, or the size rule): the ratio against it checks that choice.
 # flax_lstm_padded and torch_packed: ragged shapes only (RAGGED_LIBS, see the docstring).
 LIBS = (
     "flax_lstm",
     "flax_lstm_scan",
+    "flax_lstm_kernel",
     "torch",
     "flax_rnn",
     "jax_cudnn",
@@ -98,6 +101,13 @@ def _build_flax_lstm_scan(
 ) -> dict[str, Callable]:
     scan = dataclasses.replace(fl.Implementation.of(impl), recurrence="scan")
     return _build_flax_lstm(shape, x, scan)
+
+
+def _build_flax_lstm_kernel(
+    shape: Shape, x: np.ndarray, impl: fl.Implementation | None = None
+) -> dict[str, Callable]:
+    kernel = dataclasses.replace(fl.Implementation.of(impl), recurrence="kernel")
+    return _build_flax_lstm(shape, x, kernel)
 
 
 def _build_flax_lstm_padded(
@@ -218,6 +228,7 @@ def _build_jax_cudnn(shape: Shape, x: np.ndarray) -> dict[str, Callable]:
 BUILDERS = {
     "flax_lstm": _build_flax_lstm,
     "flax_lstm_scan": _build_flax_lstm_scan,
+    "flax_lstm_kernel": _build_flax_lstm_kernel,
     "torch": _build_torch,
     "flax_rnn": _build_flax_rnn,
     "jax_cudnn": _build_jax_cudnn,
@@ -226,14 +237,18 @@ BUILDERS = {
 }
 
 
-def skip_reason(lib: str, shape: Shape) -> str | None:
-    """Why ``lib`` does not run ``shape`` on this backend (a note for the JSON), or None."""
+def skip_reason(lib: str, shape: Shape, plan: fl.Plan | None = None) -> str | None:
+    """Why ``lib`` does not run ``shape`` on this backend (a note for the JSON), or None.
+    ``plan`` is flax_lstm's default plan of the call, which ``flax_lstm_kernel`` needs."""
     if lib == "jax_cudnn" and jax.default_backend() != "gpu":
         return "skipped: needs a CUDA GPU"
-    if lib == "flax_lstm_scan" and (
-        jax.default_backend() != "cpu" or not fl.kernel.available(shape.dtype)
-    ):
+    no_kernel = jax.default_backend() != "cpu" or not fl.kernel.available(shape.dtype)
+    if lib in ("flax_lstm_scan", "flax_lstm_kernel") and no_kernel:
         return "skipped: flax_lstm runs the scan path here (no CPU kernel)"
+    if lib == "flax_lstm_kernel" and (
+        plan is None or plan.recurrence == plan.grad_recurrence == "kernel"
+    ):
+        return "skipped: flax_lstm's default runs the kernel here"
     return None
 
 

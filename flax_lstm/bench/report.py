@@ -165,6 +165,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                 ratios = ", ".join(f"{m} {r:.2f}x" for m, r in by_mode.items())
                 lines.append(f"{e['label']}: flax_lstm bfloat16 against {lib} float32: {ratios}")
     for e in result["results"]:
+        against = {m: o for m, o in e.get("vs_other_path", {}).items() if o["path"] == "kernel"}
+        if against:  # the default took the scan where the kernel could run: was it faster?
+            ratios = ", ".join(f"{m} {o['speedup']:.2f}x" for m, o in against.items())
+            label = e["label"]
+            lines.append(f"{label}: flax_lstm's default (the scan) against the kernel: {ratios}")
+    for e in result["results"]:
         for lib, note in e["notes"].items():
             lines.append(f"note: {e['label']}: {lib} {note}")
     return lines

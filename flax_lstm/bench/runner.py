@@ -64,6 +64,7 @@ def run(
         entry = _result_entry(shape, time_interleaved(fns, modes, reps), notes, modes)
         if "flax_lstm" in fns:
             entry["flax_lstm_plan"] = _plan_record(shape, impl, log)
+            entry["vs_other_path"] = _vs_other_path(entry, modes)
         results.append(entry)
         log(format_table([entry], modes, header=False, ragged=ragged))
     compare_with_float32(results)
@@ -109,11 +110,12 @@ def _build_and_warm(
     """Each library's calls for ``shape``, built and warmed up; and a note on each library
     that is skipped (it cannot run here, or building or warming it up failed)."""
     x = _input(shape)
+    plan = flax_lstm_plan(shape, x, impl) if "flax_lstm_kernel" in libs else None
     fns, notes = {}, {}
     for lib in libs:
         if not runs_on(lib, shape):
             continue
-        reason = skip_reason(lib, shape)
+        reason = skip_reason(lib, shape, plan)
         if reason is not None:
             notes[lib] = reason
             continue
@@ -145,7 +147,27 @@ def _plan_record(
     plan = flax_lstm_plan(shape, _input(shape), impl)
     if plan.on_cpu and plan.recurrence != "kernel":
         log(f"{shape.label()}: flax_lstm ran the scan path: {plan.reason}")
-    return {"recurrence": plan.recurrence, "reason": plan.reason, "weight_grads": plan.weight_grads}
+    return {
+        "recurrence": plan.recurrence,
+        "grad_recurrence": str(plan.grad_recurrence),
+        "reason": plan.reason,
+        "weight_grads": plan.weight_grads,
+    }
+
+
+def _vs_other_path(entry: dict[str, Any], modes: Sequence[str]) -> dict[str, Any]:
+    """Per mode, the path flax_lstm's default did not take on CPU (``"scan"`` or ``"kernel"``)
+    and its time over the default's (below 1: the default took the slower path), where that
+    path was timed (``flax_lstm_scan``, ``flax_lstm_kernel``)."""
+    plan = entry["flax_lstm_plan"]
+    taken = {"fwd": plan["recurrence"], "fwd_bwd": plan["grad_recurrence"]}
+    found = {}
+    for mode in modes:
+        other = "scan" if taken[mode] == "kernel" else "kernel"
+        ratio = entry.get("speedup_vs", {}).get(f"flax_lstm_{other}", {}).get(mode)
+        if ratio is not None:
+            found[mode] = {"path": other, "speedup": ratio}
+    return found
 
 
 def _result_entry(
