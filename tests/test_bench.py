@@ -342,15 +342,23 @@ def test_perf_tables_render_old_and_new_files(tmp_path, monkeypatch, perf_tables
     )
     new["machine"]["cpu_family"] = "Intel Sapphire Rapids"  # as if it ran there
     (bench_dir / "cpu_new_small_set.json").write_text(json.dumps(new))
+    # a newer run on one of the machine's CPUs: listed, but not the family's table
+    one_cpu = json.loads(json.dumps(new))
+    one_cpu["machine"].update(cpus_allowed=1, cpu_count=2)
+    one_cpu["date"] = "9999-01-01 00:00:00 UTC"
+    (bench_dir / "cpu_new_small_set_1cpu.json").write_text(json.dumps(one_cpu))
     (bench_dir / "README.md").write_text(
         "| file | command | machine, date |\n|---|---|---|\n"
         f"| `{old}` | `--shape 1,256,256 --reps 10` | a 2-core AMD EPYC (Zen 4), 2026-11-27 |\n"
         "| `cpu_new_small_set.json` | `flax-lstm bench --set small --reps 1` | today |\n"
+        "| `cpu_new_small_set_1cpu.json` | `taskset -c 0 flax-lstm bench --set small` | same |\n"
     )
     monkeypatch.setattr(perf_tables, "BENCH", bench_dir)
     text = perf_tables.render()
     assert "## CPU: AMD Zen 4" in text and "## CPU: Intel Sapphire Rapids" in text
     assert "### Intel Sapphire Rapids: `flax-lstm bench --set small --reps 1`" in text
+    assert "### Intel Sapphire Rapids: `taskset -c 0 flax-lstm bench --set small`" not in text
+    assert "### cpu_new_small_set_1cpu.json" in text
     ref = new["reference_gemm_by_dtype"]["float32"]
     assert f"({ref['best']} was faster: xla " in text
     table = perf_tables.full_table(new)

@@ -319,18 +319,33 @@ def _in_order(names: list[str], runs: dict[str, dict]) -> list[str]:
     )
 
 
+def _whole_machine(run: dict) -> bool:
+    """Whether a run had every CPU of its machine, and the kernel as many threads (not a run
+    under ``taskset`` or ``FLAX_LSTM_NUM_THREADS``); older files, which record neither, count
+    as such."""
+    machine, state = run["machine"], run.get("flax_lstm_kernel") or {}
+    allowed = machine.get("cpus_allowed", machine.get("cpu_count"))
+    return allowed == machine.get("cpu_count") and state.get("threads", allowed) == allowed
+
+
 def family_tables(
     kinds: dict[str, list[str]], runs: dict[str, dict], rows: dict[str, tuple[str, str, str]]
 ) -> list[str]:
     """One table per CPU family: the headline table of its headline run (else of its newest
-    ``--set cpu`` run, else of its newest run), and of its newest ``--set small`` run."""
+    ``--set cpu`` run, else of its newest run), and of its newest ``--set small`` run; each
+    of the runs on the whole machine where there are any (`_whole_machine`)."""
     out = ["## One table per CPU family", ""]
     for kind, names in kinds.items():
         if not kind.startswith("CPU"):
             continue
         ordered = _in_order(names, runs)
-        cpu_set = [n for n in ordered if "--set cpu" in rows[n][0]]
-        small_set = [n for n in ordered if "--set small" in rows[n][0]]
+
+        def preferred(names: list[str]) -> list[str]:
+            return [n for n in names if n in HEADLINE or _whole_machine(runs[n])] or names
+
+        cpu_set = preferred([n for n in ordered if "--set cpu" in rows[n][0]])
+        small_set = preferred([n for n in ordered if "--set small" in rows[n][0]])
+        ordered = preferred(ordered)
         main = next((n for n in ordered if n in HEADLINE), (cpu_set or ordered)[0])
         for name in [main, *small_set[:1]]:
             out += [
