@@ -106,7 +106,7 @@ def _kernel(args: argparse.Namespace) -> int:
             f"instruction set: {isa}",
             f"bfloat16: {'yes' if state['bfloat16'] else 'no'}",
             f"AMX tiles for bfloat16: {_amx_line(state)}",
-            f"threads: {state['threads']}",
+            f"threads: {state['threads']} (of {state['cpus']} usable CPUs)",
             f"small-batch scheme: batches of at most {state['small_batch']} sequences",
             *_calibration_lines(state["calibration"]),
         ]

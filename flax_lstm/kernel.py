@@ -154,11 +154,13 @@ def info() -> dict[str, Any]:
     step GEMMs run on: True (AMX tiles, ``tdpbf16ps``), ``"emulated"`` (a test build's software
     tiles) or False (``vdpbf16ps``, or no bfloat16 kernel), and ``amx_reason``, why not (a
     sentence such as ``"the CPU has no AMX-BF16"`` or ``"disabled by FLAX_LSTM_AMX"``; None
-    where ``amx`` is not False); ``threads`` (per layer, at most); ``small_batch``, the largest
+    where ``amx`` is not False); ``threads`` (per layer, at most); ``cpus``, the CPUs this
+    process may run on (the scan's XLA GEMMs use them all); ``small_batch``, the largest
     batch the kernel runs with its small-batch scheme (input projection per block of steps,
     a fixed run of hidden units per thread); ``cache_dir``;
     ``calibration``: the verdicts of the measurement of the kernel against the scan path on
-    this CPU, by dtype and regime (batches of at most 4 sequences, "small", or more, "large",
+    this CPU with these threads and CPUs, by dtype and regime (batches of at most 4
+    sequences, "small", or more, "large",
     and the short calls that the size rule leaves to the measurement, "short"), which the
     default plan follows; an empty dict before the first measurement (made when a
     default plan would first take the kernel for a dtype, or by ``flax-lstm kernel
@@ -182,6 +184,7 @@ def info() -> dict[str, Any]:
         "amx": False,
         "amx_reason": error,
         "threads": ffi.num_threads(),
+        "cpus": ffi.usable_cpus(),
         "small_batch": tuning.small_batch(),
         "cache_dir": str(build.cache_dir()),
         "calibration": calibrate.cached(),

@@ -132,6 +132,8 @@ def test_kernel_command_reports_the_library(capsys):
     assert Path(state["library"]).exists() and state["threads"] >= 1
     assert isinstance(state["bfloat16"], bool)
     assert f"batches of at most {tuning.small_batch()} sequences" in err
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert state["cpus"] == cpus and f"threads: {state['threads']} (of {cpus} usable CPUs)" in err
 
 
 def test_kernel_command_says_why_not(monkeypatch, capsys):
