@@ -94,6 +94,9 @@ def test_bench_times_the_path_the_default_did_not_take(tmp_path, capsys):
     ratios = ", ".join(f"{m} {on_scan['vs_other_path'][m]['speedup']:.2f}x" for m in bench.MODES)
     summary = f"B2 T6 H8 L1: flax_lstm's default (the scan) against the kernel: {ratios}"
     assert summary in capsys.readouterr().out
+    # where the default's plan could not be made, the kernel path is left out, saying so
+    reason = libraries.skip_reason("flax_lstm_kernel", shapes.Shape(2, 6, 8), plan=None)
+    assert reason == "skipped: flax_lstm's default has no plan here"
 
 
 def test_bench_both_dtypes_compares_bfloat16_with_float32(tmp_path, capsys):

@@ -245,9 +245,11 @@ def skip_reason(lib: str, shape: Shape, plan: fl.Plan | None = None) -> str | No
     no_kernel = jax.default_backend() != "cpu" or not fl.kernel.available(shape.dtype)
     if lib in ("flax_lstm_scan", "flax_lstm_kernel") and no_kernel:
         return "skipped: flax_lstm runs the scan path here (no CPU kernel)"
-    if lib == "flax_lstm_kernel" and (
-        plan is None or plan.recurrence == plan.grad_recurrence == "kernel"
-    ):
+    if lib != "flax_lstm_kernel":
+        return None
+    if plan is None:
+        return "skipped: flax_lstm's default has no plan here"
+    if plan.recurrence == plan.grad_recurrence == "kernel":
         return "skipped: flax_lstm's default runs the kernel here"
     return None
 

@@ -110,7 +110,7 @@ def _build_and_warm(
     """Each library's calls for ``shape``, built and warmed up; and a note on each library
     that is skipped (it cannot run here, or building or warming it up failed)."""
     x = _input(shape)
-    plan = flax_lstm_plan(shape, x, impl) if "flax_lstm_kernel" in libs else None
+    plan = _default_plan(shape, x, impl) if "flax_lstm_kernel" in libs else None
     fns, notes = {}, {}
     for lib in libs:
         if not runs_on(lib, shape):
@@ -130,6 +130,15 @@ def _build_and_warm(
             notes[lib] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
             log(f"{shape.label()}: {lib} {notes[lib]}")
     return fns, notes
+
+
+def _default_plan(shape: Shape, x: np.ndarray, impl: fl.Implementation | None) -> fl.Plan | None:
+    """flax_lstm's plan of the call on ``shape``, or None where it cannot be made (the call
+    itself then fails, and its builder's note says why)."""
+    try:
+        return flax_lstm_plan(shape, x, impl)
+    except (ValueError, TypeError, RuntimeError):
+        return None
 
 
 def _input(shape: Shape) -> np.ndarray:
