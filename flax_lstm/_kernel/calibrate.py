@@ -38,16 +38,17 @@ to the kernel's (two threads that meet at every step) than to the scan's, so med
 under a passing load once kept the scan for good where the kernel is twice as fast
 (docs/performance/design.md, "A calibration under load").
 
-It is kept in ``<library>.calibration-<machine>.json`` next to the built library (`cache_path`), so
-its cache key (source, flags, compiler, jaxlib, CPU: `flax_lstm._kernel.build`) keys it too, and
-``<machine>`` hashes the CPU (for portable libraries, shared by other CPUs), the kernel's threads,
-and what sets the scan's speed beside them: the CPUs this process may run on, which XLA's GEMMs use,
-and ``XLA_FLAGS``. A change of any of them measures anew: a verdict of the kernel on one thread
-against XLA on two CPUs (``FLAX_LSTM_NUM_THREADS=1``) once kept the scan for a process on one CPU,
-where the kernel was 1.2–2.2× faster (docs/performance/design.md, "AMD Zen 2"). A process measures
-under a file lock and writes the file atomically: processes that start together measure once. A file
-that cannot be read or parsed, or that another `METHOD` wrote, is measured again; one that cannot be
-written leaves the verdict to this process.
+It is kept in ``<library>.calibration-<machine>.json`` next to the built library (`cache_path`),
+so its cache key (source, flags, compiler, jaxlib, CPU: `flax_lstm._kernel.build`) keys it too,
+and ``<machine>`` hashes the CPU (for portable libraries, shared by other CPUs), the kernel's
+threads, and what sets the scan's speed beside them: the CPUs this process may run on, which
+XLA's GEMMs use, and ``XLA_FLAGS``. A change of any of them measures anew: a verdict of the
+kernel on one thread against XLA on two CPUs (``FLAX_LSTM_NUM_THREADS=1``) once kept the scan
+for a process on one CPU, where the kernel was 1.2–2.2× faster (docs/performance/design.md, "AMD
+Zen 2: the first runs"). A process measures under a file lock and writes the file atomically:
+processes that start together measure once. A file that cannot be read or parsed, or that
+another `METHOD` wrote, is measured again; one that cannot be written leaves the verdict to this
+process.
 
 `verdict` is the plan's one entry: it measures lazily, the first time the default plan would
 take the kernel for a dtype, also while `jax.jit` or `jax.grad` trace the caller (the probes
