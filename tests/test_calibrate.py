@@ -93,9 +93,9 @@ def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp
     # CPUs (the scan's XLA GEMMs use them all) or other XLA flags.
     monkeypatch.setattr(build, "LIBRARY", [tmp_path / "lstm_cpu_fedcba9876543210.so"])
     calibrate.verdict("float32", "small")
-    here = calibrate._machine.__wrapped__(2, 2, "")
+    here = calibrate._machine.__wrapped__(2, 2, 4, "")
     monkeypatch.setattr(build, "cpu_identity", lambda: "flags: another CPU")
-    assert calibrate._machine.__wrapped__(2, 2, "") != here  # (cached per process: one CPU)
+    assert calibrate._machine.__wrapped__(2, 2, 4, "") != here  # (cached per process: one CPU)
     monkeypatch.setattr(calibrate, "_machine", calibrate._machine.__wrapped__)
     calibrate.verdict("float32", "small")
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "7")
@@ -104,7 +104,9 @@ def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp
     calibrate.verdict("float32", "small")
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     calibrate.verdict("float32", "small")
-    assert len(fake.calls) == 7 * 4 and len(list(tmp_path.glob("*.calibration-*.json"))) == 6
+    monkeypatch.setenv("FLAX_LSTM_SMALL_BATCH", "16")  # the small regime holds other batches
+    calibrate.verdict("float32", "small")
+    assert len(fake.calls) == 8 * 4 and len(list(tmp_path.glob("*.calibration-*.json"))) == 7
 
 
 def test_a_verdict_for_the_scan_is_measured_again(monkeypatch, tmp_path):

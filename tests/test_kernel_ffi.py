@@ -251,15 +251,28 @@ def test_small_batches_with_more_runs_than_threads(case, monkeypatch):
 
 @pytest.mark.parametrize("small_batch", [0, 16])
 def test_small_batch_setting_changes_the_scheme_not_the_result(small_batch, monkeypatch):
-    """The largest batch of the small-batch scheme is the calls' ``small_batch`` attribute
-    (`flax_lstm._kernel.tuning`): 0 runs a batch of 3 on the general scheme, 16 runs a batch
-    of 8 on the small-batch one, and both equal the scan path."""
-    monkeypatch.setattr(tuning, "small_batch", lambda: small_batch)
+    """The largest batch of the small-batch scheme is the calls' ``small_batch`` attribute,
+    ``FLAX_LSTM_SMALL_BATCH`` when set (`flax_lstm._kernel.tuning`): 0 runs a batch of 3 on the
+    general scheme, 16 runs a batch of 8 on the small-batch one, and both equal the scan path."""
+    monkeypatch.setenv("FLAX_LSTM_SMALL_BATCH", str(small_batch))
     jax.clear_caches()
     case = dataclasses.replace(SCAN_CASES[-1], batch=3 if small_batch == 0 else 8, lengths=None)
+    cfg, x = case.config(), jnp.zeros((case.seq_len, case.batch, case.input_size))
+    params = fl.init_params(jax.random.key(0), cfg)
+    call = jax.jit(lambda p, x: fl.lstm(p, x, config=cfg, impl="kernel")[0])
+    assert f"small_batch = {small_batch}" in call.lower(params, x).as_text()
     fast, scan = _kernel_and_scan(case)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(scan), strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("value", ["-1", "four", "2.5"])
+def test_small_batch_setting_must_be_a_count(value, monkeypatch):
+    monkeypatch.setenv("FLAX_LSTM_SMALL_BATCH", value)
+    with pytest.raises(
+        ValueError, match=f"FLAX_LSTM_SMALL_BATCH must be a non-negative integer.*{value!r}"
+    ):
+        tuning.small_batch()
 
 
 def _require_bf16_kernel():

@@ -211,16 +211,18 @@ def cache_path() -> Path | None:
     if not build.LIBRARY:
         return None
     library = build.LIBRARY[0]
-    machine = _machine(ffi.num_threads(), ffi.usable_cpus(), os.environ.get("XLA_FLAGS", ""))
+    setting = (ffi.num_threads(), ffi.usable_cpus(), tuning.small_batch())
+    machine = _machine(*setting, os.environ.get("XLA_FLAGS", ""))
     return library.with_name(f"{library.stem}.calibration-{machine}.json")
 
 
 @functools.cache
-def _machine(threads: int, cpus: int, xla_flags: str) -> str:
+def _machine(threads: int, cpus: int, small_batch: int, xla_flags: str) -> str:
     """What keys the calibration beyond the library: the CPU (a portable library, built with
-    ``FLAX_LSTM_ARCH``, is shared by other CPUs), the kernel's threads, and the usable CPUs and
-    XLA's flags, on which the scan's speed depends."""
-    key = "\0".join((build.cpu_identity(), str(threads), str(cpus), xla_flags))
+    ``FLAX_LSTM_ARCH``, is shared by other CPUs), the kernel's threads and small-batch size
+    (which batches the "small" regime holds), and the usable CPUs and XLA's flags, on which the
+    scan's speed depends."""
+    key = "\0".join((build.cpu_identity(), str(threads), str(cpus), str(small_batch), xla_flags))
     return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 

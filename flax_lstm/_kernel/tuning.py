@@ -5,15 +5,31 @@ with its small-batch scheme, where each step's GEMM has too few rows to pay for 
 weight: the input projection is computed for blocks of 64 steps at once, and each thread keeps to
 its own share of the hidden units so that their weights stay in its core's cache (the kernel's
 ``forward.h`` and ``work_items.h``). It is an attribute of the kernel's forward and backward calls,
-read when a function is traced.
+read when a function is traced. ``FLAX_LSTM_SMALL_BATCH`` sets it (a non-negative integer; 0: no
+batch takes the scheme): which is faster depends on the CPU, and no measurement chooses it yet
+(docs/performance/design.md, "AMD Zen 2: the first runs").
 """
 
 from __future__ import annotations
 
-# The default: measured on AMD Zen 4 and Zen 5 (docs/performance/design.md, "The CPU kernel").
+import os
+
+# The default: measured on AMD Zen 4 and Zen 5 (docs/performance/design.md, "The CPU kernel");
+# on Zen 3 up to 16 was no faster, on Zen 2 16 was 1.04-1.20x faster at batches of 6 to 16.
 SMALL_BATCH = 4
+ENV = "FLAX_LSTM_SMALL_BATCH"
 
 
 def small_batch() -> int:
-    """The largest batch that takes the kernel's small-batch scheme on this machine."""
-    return SMALL_BATCH
+    """The largest batch that takes the kernel's small-batch scheme: ``FLAX_LSTM_SMALL_BATCH``
+    if set, else `SMALL_BATCH`; ValueError if the variable is not a non-negative integer."""
+    text = os.environ.get(ENV, "").strip()
+    if not text:
+        return SMALL_BATCH
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{ENV} must be a non-negative integer (sequences), got {text!r}")
+    return value
