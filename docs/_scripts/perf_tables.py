@@ -319,13 +319,22 @@ def _in_order(names: list[str], runs: dict[str, dict]) -> list[str]:
     )
 
 
-def _whole_machine(run: dict) -> bool:
-    """Whether a run had every CPU of its machine, and the kernel as many threads (not a run
-    under ``taskset`` or ``FLAX_LSTM_NUM_THREADS``); older files, which record neither, count
-    as such."""
+# The kernel's default small-batch size (flax_lstm._kernel.tuning.SMALL_BATCH; a test keeps the
+# two equal): a run that set another (FLAX_LSTM_SMALL_BATCH) is not a family's table.
+DEFAULT_SMALL_BATCH = 4
+
+
+def _default_settings(run: dict) -> bool:
+    """Whether a run had every CPU of its machine, and the kernel as many threads and its default
+    small-batch size (not a run under ``taskset``, ``FLAX_LSTM_NUM_THREADS`` or
+    ``FLAX_LSTM_SMALL_BATCH``); older files, which record none of these, count as such."""
     machine, state = run["machine"], run.get("flax_lstm_kernel") or {}
     allowed = machine.get("cpus_allowed", machine.get("cpu_count"))
-    return allowed == machine.get("cpu_count") and state.get("threads", allowed) == allowed
+    return (
+        allowed == machine.get("cpu_count")
+        and state.get("threads", allowed) == allowed
+        and state.get("small_batch", DEFAULT_SMALL_BATCH) == DEFAULT_SMALL_BATCH
+    )
 
 
 def family_tables(
@@ -333,7 +342,7 @@ def family_tables(
 ) -> list[str]:
     """One table per CPU family: the headline table of its headline run (else of its newest
     ``--set cpu`` run, else of its newest run), and of its newest ``--set small`` run; each
-    of the runs on the whole machine where there are any (`_whole_machine`)."""
+    of the runs with the default settings where there are any (`_default_settings`)."""
     out = ["## One table per CPU family", ""]
     for kind, names in kinds.items():
         if not kind.startswith("CPU"):
@@ -341,7 +350,7 @@ def family_tables(
         ordered = _in_order(names, runs)
 
         def preferred(names: list[str]) -> list[str]:
-            return [n for n in names if n in HEADLINE or _whole_machine(runs[n])] or names
+            return [n for n in names if n in HEADLINE or _default_settings(runs[n])] or names
 
         cpu_set = preferred([n for n in ordered if "--set cpu" in rows[n][0]])
         small_set = preferred([n for n in ordered if "--set small" in rows[n][0]])

@@ -6,16 +6,16 @@ weight: the input projection is computed for blocks of 64 steps at once, and eac
 its own share of the hidden units so that their weights stay in its core's cache (the kernel's
 ``forward.h`` and ``work_items.h``). It is an attribute of the kernel's forward and backward calls,
 read when a function is traced. ``FLAX_LSTM_SMALL_BATCH`` sets it (a non-negative integer; 0: no
-batch takes the scheme): which is faster depends on the CPU, and no measurement chooses it yet
-(docs/performance/design.md, "AMD Zen 2: the first runs").
+batch takes the scheme).
 """
 
 from __future__ import annotations
 
 import os
 
-# The default: measured on AMD Zen 4 and Zen 5 (docs/performance/design.md, "The CPU kernel");
-# on Zen 3 up to 16 was no faster, on Zen 2 16 was 1.04-1.20x faster at batches of 6 to 16.
+# The default: measured on AMD Zen 4 and Zen 5 (docs/performance/design.md, "The CPU kernel").
+# Larger values: faster at their best on Zen 3 and Zen 2, but slower by medians beside other work
+# (the scheme's threads do not take over a late thread's units): "AMD Zen 2: the first runs".
 SMALL_BATCH = 4
 ENV = "FLAX_LSTM_SMALL_BATCH"
 
