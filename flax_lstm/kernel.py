@@ -61,9 +61,10 @@ Environment variables:
   every call that plans a computation, so it may be changed at run time; a computation that
   was already compiled keeps the path it was compiled with.
   ``FLAX_LSTM_NUM_THREADS``: threads of the kernel (default: the CPUs this process may use, at
-  most one per 16 hidden units); read when a function is traced.
+  most one per 16 hidden units); read when a function is traced (a call traced after a change
+  compiles anew: the plan holds the value).
   ``FLAX_LSTM_SMALL_BATCH``: the largest batch that takes the kernel's small-batch scheme
-  (default 4; `info`'s ``small_batch``); read when a function is traced.
+  (default 4; `info`'s ``small_batch``); read as ``FLAX_LSTM_NUM_THREADS`` is.
   ``FLAX_LSTM_CACHE_DIR``: where the built library is kept.
   ``FLAX_LSTM_CALIBRATE=0``: the default plan takes the kernel by the size rule alone, without
   measuring it against the scan path on this CPU (`info`'s ``calibration``). Read at every call

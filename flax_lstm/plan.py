@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from flax_lstm import _auto, kernel
 from flax_lstm._auto import Choice
+from flax_lstm._kernel import ffi, tuning
 from flax_lstm.config import LSTMConfig
 
 __all__ = ["Implementation", "Plan"]
@@ -202,7 +203,11 @@ class Plan:
     ``grad_recurrence`` defaults to ``recurrence``. ``weight_grads`` is where the kernel's
     backward takes float32 weight and input gradients (`Implementation`; unused by the scan).
     Frozen and hashable: the static argument of the compiled computation. ``reason`` says why
-    the recurrence was chosen; it takes no part in equality.
+    the recurrence was chosen; it takes no part in equality. ``kernel_settings`` holds the
+    kernel's threads and small-batch size when the plan was made on CPU
+    (``FLAX_LSTM_NUM_THREADS``, ``FLAX_LSTM_SMALL_BATCH``), read again by the kernel's calls as
+    they are traced: a plan made under other settings is another static argument, so a change
+    of either traces anew instead of reusing a computation compiled with the old ones.
 
     Example:
       >>> import jax, jax.numpy as jnp, flax_lstm as fl
@@ -222,6 +227,7 @@ class Plan:
     reason: str = dataclasses.field(default="", compare=False)
     grad_recurrence: Literal["kernel", "scan"] | None = None
     weight_grads: Literal["kernel", "xla"] = "kernel"
+    kernel_settings: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("recurrence", "grad_recurrence"):
@@ -335,7 +341,14 @@ def resolve(
         reason=reason,
         grad_recurrence=grad_recurrence,
         weight_grads=request.weight_grads or weight_grads,
+        kernel_settings=kernel_settings() if "kernel" in (recurrence, grad_recurrence) else (),
     )
+
+
+def kernel_settings() -> tuple[int, int]:
+    """The kernel's settings that its calls read as they are traced, for `Plan.kernel_settings`:
+    its threads (at most, per layer) and its small-batch size."""
+    return ffi.num_threads(), tuning.small_batch()
 
 
 def platform_of(*arrays: Any) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import chex
 import hypothesis.strategies as st
@@ -264,6 +265,24 @@ def test_small_batch_setting_changes_the_scheme_not_the_result(small_batch, monk
     fast, scan = _kernel_and_scan(case)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(scan), strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
+def test_a_changed_setting_traces_anew(monkeypatch):
+    """The kernel's threads and small-batch size are read as its calls are traced; the plan
+    holds them (`Plan.kernel_settings`), so a call traced after a change does not reuse the
+    inner computation compiled with the old ones."""
+    cfg = fl.LSTMConfig(input_size=3, hidden_size=32)
+    params, x = fl.init_params(jax.random.key(0), cfg), jnp.ones((5, 6, 3))
+
+    def lowered():
+        return jax.jit(lambda p, x: fl.lstm(p, x, config=cfg, impl="kernel")[0]).lower(params, x)
+
+    monkeypatch.setenv("FLAX_LSTM_SMALL_BATCH", "4")
+    monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "2")
+    assert re.search(r"small_batch = 4 : i64, threads = 2", lowered().as_text())
+    monkeypatch.setenv("FLAX_LSTM_SMALL_BATCH", "8")
+    monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "1")
+    assert re.search(r"small_batch = 8 : i64, threads = 1", lowered().as_text())
 
 
 @pytest.mark.parametrize("value", ["-1", "four", "2.5"])
