@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from flax_lstm import _auto, kernel
 from flax_lstm._auto import Choice
-from flax_lstm._kernel import ffi, tuning
+from flax_lstm._kernel import ffi
 from flax_lstm.config import LSTMConfig
 
 __all__ = ["Implementation", "Plan"]
@@ -341,14 +341,8 @@ def resolve(
         reason=reason,
         grad_recurrence=grad_recurrence,
         weight_grads=request.weight_grads or weight_grads,
-        kernel_settings=kernel_settings() if "kernel" in (recurrence, grad_recurrence) else (),
+        kernel_settings=ffi.settings() if "kernel" in (recurrence, grad_recurrence) else (),
     )
-
-
-def kernel_settings() -> tuple[int, int]:
-    """The kernel's settings that its calls read as they are traced, for `Plan.kernel_settings`:
-    its threads (at most, per layer) and its small-batch size."""
-    return ffi.num_threads(), tuning.small_batch()
 
 
 def platform_of(*arrays: Any) -> str:

@@ -256,7 +256,6 @@ def test_small_batch_setting_changes_the_scheme_not_the_result(small_batch, monk
     ``FLAX_LSTM_SMALL_BATCH`` when set (`flax_lstm._kernel.tuning`): 0 runs a batch of 3 on the
     general scheme, 16 runs a batch of 8 on the small-batch one, and both equal the scan path."""
     monkeypatch.setenv("FLAX_LSTM_SMALL_BATCH", str(small_batch))
-    jax.clear_caches()
     case = dataclasses.replace(SCAN_CASES[-1], batch=3 if small_batch == 0 else 8, lengths=None)
     cfg, x = case.config(), jnp.zeros((case.seq_len, case.batch, case.input_size))
     params = fl.init_params(jax.random.key(0), cfg)

@@ -211,8 +211,8 @@ def cache_path() -> Path | None:
     if not build.LIBRARY:
         return None
     library = build.LIBRARY[0]
-    setting = (ffi.num_threads(), ffi.usable_cpus(), tuning.small_batch())
-    machine = _machine(*setting, os.environ.get("XLA_FLAGS", ""))
+    threads, small_batch = ffi.settings()
+    machine = _machine(threads, ffi.usable_cpus(), small_batch, os.environ.get("XLA_FLAGS", ""))
     return library.with_name(f"{library.stem}.calibration-{machine}.json")
 
 

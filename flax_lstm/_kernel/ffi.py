@@ -25,6 +25,7 @@ __all__ = [
     "forward",
     "input_grad",
     "num_threads",
+    "settings",
     "targets",
     "transposed_copy",
     "usable_cpus",
@@ -45,6 +46,13 @@ def num_threads(hidden: int | None = None) -> int:
         return max(1, int(env))
     cpus = usable_cpus()
     return max(1, cpus if hidden is None else min(cpus, hidden // 16))
+
+
+def settings() -> tuple[int, int]:
+    """What the kernel's calls read from the environment as they are traced: its threads (at
+    most, per layer: `num_threads`) and its small-batch size (`tuning.small_batch`). A plan
+    holds them (`flax_lstm.plan.Plan.kernel_settings`), and so does the calibration's key."""
+    return num_threads(), tuning.small_batch()
 
 
 def usable_cpus() -> int:

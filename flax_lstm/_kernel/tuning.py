@@ -26,10 +26,6 @@ def small_batch() -> int:
     text = os.environ.get(ENV, "").strip()
     if not text:
         return SMALL_BATCH
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
+    if not (text.isascii() and text.isdigit()):
         raise ValueError(f"{ENV} must be a non-negative integer (sequences), got {text!r}")
-    return value
+    return int(text)

@@ -60,10 +60,15 @@ def run(
     results = []
     ragged = any(s.lengths is not None for s in shapes)
     for shape in shapes:
-        fns, notes = _build_and_warm(shape, libs, impl, modes, warmup, log)
+        x = _input(shape)
+        plan = (
+            _default_plan(shape, x, impl) if {"flax_lstm", "flax_lstm_kernel"} & {*libs} else None
+        )
+        fns, notes = _build_and_warm(shape, x, libs, impl, plan, modes, warmup, log)
         entry = _result_entry(shape, time_interleaved(fns, modes, reps), notes, modes)
         if "flax_lstm" in fns:
-            entry["flax_lstm_plan"] = _plan_record(shape, impl, log)
+            assert plan is not None  # flax_lstm's call makes the same plan, and it was built
+            entry["flax_lstm_plan"] = _plan_record(shape, plan, log)
             entry["vs_other_path"] = _vs_other_path(entry, modes)
         results.append(entry)
         log(format_table([entry], modes, header=False, ragged=ragged))
@@ -101,16 +106,17 @@ def _kernel_state(libs: Sequence[str]) -> dict[str, Any] | None:
 
 def _build_and_warm(
     shape: Shape,
+    x: np.ndarray,
     libs: Sequence[str],
     impl: fl.Implementation | None,
+    plan: fl.Plan | None,
     modes: Sequence[str],
     warmup: int,
     log: Callable[[str], None],
 ) -> tuple[dict[str, dict[str, Callable]], dict[str, str]]:
-    """Each library's calls for ``shape``, built and warmed up; and a note on each library
-    that is skipped (it cannot run here, or building or warming it up failed)."""
-    x = _input(shape)
-    plan = _default_plan(shape, x, impl) if "flax_lstm_kernel" in libs else None
+    """Each library's calls for ``shape`` on input ``x``, built and warmed up; and a note on
+    each library that is skipped (it cannot run here, by `skip_reason` given flax_lstm's
+    ``plan``, or building or warming it up failed)."""
     fns, notes = {}, {}
     for lib in libs:
         if not runs_on(lib, shape):
@@ -137,7 +143,7 @@ def _default_plan(shape: Shape, x: np.ndarray, impl: fl.Implementation | None) -
     itself then fails, and its builder's note says why)."""
     try:
         return flax_lstm_plan(shape, x, impl)
-    except (ValueError, TypeError, RuntimeError):
+    except Exception:  # as a library's failure to build: flax_lstm's own builder notes it
         return None
 
 
@@ -147,13 +153,10 @@ def _input(shape: Shape) -> np.ndarray:
     return rng.standard_normal((shape.seq_len, shape.batch, shape.in_size)).astype(np.float32)
 
 
-def _plan_record(
-    shape: Shape, impl: fl.Implementation | None, log: Callable[[str], None]
-) -> dict[str, str]:
+def _plan_record(shape: Shape, plan: fl.Plan, log: Callable[[str], None]) -> dict[str, str]:
     """The path flax_lstm took on ``shape`` and why (`flax_lstm.lstm_plan`), and the GEMMs of
     the kernel's float32 weight gradients; said in the log too where it is not the compiled
     kernel on CPU, the path a reader of the table expects."""
-    plan = flax_lstm_plan(shape, _input(shape), impl)
     if plan.on_cpu and plan.recurrence != "kernel":
         log(f"{shape.label()}: flax_lstm ran the scan path: {plan.reason}")
     return {
