@@ -66,6 +66,14 @@ def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
     )
     assert "| B2 T6 H8 L2 I4 bi | fwd_bwd |" in table
     assert "yardstick, the best float32 128x128 GEMM" in table
+    # flax_lstm's and torch's shares of it: the same FLOPs over each one's median time
+    factor = {"fwd": 1, "fwd_bwd": 3}
+    shares = [
+        shapes.Shape(**e["shape"]).flops() * factor[m] / (ms * 1e6) / ref["gflops"]
+        for e in result["results"]
+        for m, ms in e["ms"]["torch"].items()
+    ]
+    assert f"torch {min(shares):.0%}-{max(shares):.0%} of it" in table
 
 
 def test_bench_times_the_path_the_default_did_not_take(tmp_path, capsys):
@@ -373,10 +381,17 @@ def test_perf_tables_render_old_and_new_files(tmp_path, monkeypatch, perf_tables
     ref = new["reference_gemm_by_dtype"]["float32"]
     assert f"({ref['best']} was faster: xla " in text
     table = perf_tables.full_table(new)
-    assert table.splitlines()[0].endswith("| GFLOP/s | of best GEMM |")
-    share = new["results"][0]["flax_lstm_gflops"]["fwd"] / ref["gflops"]
-    assert f"| {share:.0%} |" in table.splitlines()[2]
+    assert table.splitlines()[0].endswith("| GFLOP/s | of best GEMM | torch of best GEMM |")
+    row = new["results"][0]
+    share = row["flax_lstm_gflops"]["fwd"] / ref["gflops"]
+    # torch's share: the same FLOPs over torch's time
+    flops = shapes.Shape(2, 4, 8).flops()
+    torch_share = flops / (row["ms"]["torch"]["fwd"] * 1e6) / ref["gflops"]
+    assert table.splitlines()[2].endswith(f"| {share:.0%} | {torch_share:.0%} |")
     assert "of best GEMM" not in perf_tables.full_table(perf_tables.load(old))
+    # the family tables give torch's share too, the README's headline tables do not
+    assert "| torch of best GEMM, fwd+bwd / fwd |" in text.split("## CPU: ")[0]
+    assert "torch of best GEMM" not in perf_tables.headline_table("cpu_new_small_set.json")
 
 
 def test_kernel_ab_tool_compares_two_kernel_libraries(tmp_path):

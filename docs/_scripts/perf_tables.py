@@ -148,15 +148,29 @@ def best_gemm_yardsticks(data: dict) -> dict[str, dict]:
     return {dtype: ref for dtype, ref in yardsticks(data).items() if "best" in ref}
 
 
+def share_of_best_gemm(result: dict, lib: str, mode: str, best: dict[str, dict]) -> str:
+    """``lib``'s GFLOP/s on one shape (the FLOPs that flax_lstm's rate counts, over ``lib``'s
+    time) as a share of the best GEMM of the run's dtype; "–" where the file lacks it. Where
+    torch reaches a share s, code at the best GEMM's rate would be 1/s times as fast as torch."""
+    ref = best.get(result["shape"].get("dtype", "float32"))
+    rate = result.get("flax_lstm_gflops", {}).get(mode)
+    ours, theirs = result["ms"].get("flax_lstm", {}), result["ms"].get(lib, {})
+    if ref is None or rate is None or mode not in ours or mode not in theirs:
+        return "–"
+    return f"{rate * ours[mode] / theirs[mode] / ref['gflops']:.0%}"
+
+
 def full_table(data: dict) -> str:
-    """Every shape and mode of one run: times, ratios and flax_lstm's GFLOP/s, and their share
-    of the machine's best GEMM where the file has that yardstick."""
+    """Every shape and mode of one run: times, ratios and flax_lstm's GFLOP/s, and its share
+    and torch's of the machine's best GEMM where the file has that yardstick."""
     libs = _libs(data)
     peers = [lib for lib in libs if lib != "flax_lstm"]
     best = best_gemm_yardsticks(data)
+    torch = best and "torch" in libs
     head = ["shape", "mode"] + [f"{LIB_NAMES[lib]} ms" for lib in libs]
     head += [f"vs {LIB_NAMES[lib]}" for lib in peers] + ["GFLOP/s"]
     head += ["of best GEMM"] if best else []
+    head += ["torch of best GEMM"] if torch else []
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in data["results"]:
         for mode in MODE_NAMES:
@@ -168,35 +182,35 @@ def full_table(data: dict) -> str:
             cells += [_ratio(r, lib, mode) for lib in peers]
             cells.append("–" if gflops is None else f"{gflops:.0f}")
             if best:
-                ref = best.get(r["shape"].get("dtype", "float32"))
-                share = None if gflops is None or ref is None else gflops / ref["gflops"]
-                cells.append("–" if share is None else f"{share:.0%}")
+                cells.append(share_of_best_gemm(r, "flax_lstm", mode, best))
+            if torch:
+                cells.append(share_of_best_gemm(r, "torch", mode, best))
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def headline_table(name: str) -> str:
-    """One row per shape: fwd+bwd and forward time of flax_lstm and its ratio to the peers."""
+def headline_table(name: str, torch_share: bool = False) -> str:
+    """One row per shape: fwd+bwd and forward time of flax_lstm and its ratio to the peers;
+    with ``torch_share``, torch's share of the machine's best GEMM in each mode (where the
+    file has that yardstick; the README's tables have no such column)."""
     data = load(name)
-    rows = [
-        "| shape | fwd+bwd ms | vs torch | vs Flax nn.RNN | fwd ms | vs torch |",
-        "|---|---|---|---|---|---|",
-    ]
+    best = best_gemm_yardsticks(data) if torch_share else {}
+    head = "| shape | fwd+bwd ms | vs torch | vs Flax nn.RNN | fwd ms | vs torch |"
+    rows = [head + (" torch of best GEMM, fwd+bwd / fwd |" if best else "")]
+    rows.append("|---" * (rows[0].count("|") - 1) + "|")
     for r in data["results"]:
-        rows.append(
-            "| "
-            + " | ".join(
-                [
-                    _label(r),
-                    _ms(r, "flax_lstm", "fwd_bwd"),
-                    _ratio(r, "torch", "fwd_bwd"),
-                    _ratio(r, "flax_rnn", "fwd_bwd"),
-                    _ms(r, "flax_lstm", "fwd"),
-                    _ratio(r, "torch", "fwd"),
-                ]
-            )
-            + " |"
-        )
+        cells = [
+            _label(r),
+            _ms(r, "flax_lstm", "fwd_bwd"),
+            _ratio(r, "torch", "fwd_bwd"),
+            _ratio(r, "flax_rnn", "fwd_bwd"),
+            _ms(r, "flax_lstm", "fwd"),
+            _ratio(r, "torch", "fwd"),
+        ]
+        if best:
+            shares = [share_of_best_gemm(r, "torch", m, best) for m in ("fwd_bwd", "fwd")]
+            cells.append(" / ".join(shares))
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -363,7 +377,7 @@ def family_tables(
                 f"`benchmarks/{name}`, {runs[name]['date']}; "
                 f"{_cpu_text(runs[name]['machine'], rows[name][2])}.",
                 "",
-                headline_table(name),
+                headline_table(name, torch_share=True),
                 "",
             ]
     return out

@@ -12,6 +12,7 @@ from flax_lstm.bench.cpu import ISA_FLAGS
 __all__ = [
     "compare_with_float32",
     "format_table",
+    "gflops",
     "machine_line",
     "summary_lines",
     "yardstick_text",
@@ -142,22 +143,37 @@ def format_table(
     return "\n".join(lines)
 
 
+def gflops(entry: dict[str, Any], lib: str, mode: str) -> float | None:
+    """``lib``'s GFLOP/s on one entry's shape in ``mode``: the FLOPs that flax_lstm's rate counts
+    over ``lib``'s median time (None where either did not run)."""
+    ours, theirs = entry["ms"].get("flax_lstm", {}), entry["ms"].get(lib, {})
+    rate = entry.get("flax_lstm_gflops", {}).get(mode)
+    if rate is None or mode not in ours or mode not in theirs:
+        return None
+    return rate * ours[mode] / theirs[mode]
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
-    """What flax_lstm reached of the yardstick (the best large GEMM) per dtype, flax_lstm's
-    bfloat16 times against torch's and its own float32 times, and the note on every skipped
-    library."""
+    """What flax_lstm and torch reached of the yardstick (the best large GEMM) per dtype,
+    flax_lstm's bfloat16 times against torch's and its own float32 times, and the note on every
+    skipped library. Where torch reaches a share s of the yardstick, code that ran at the
+    yardstick's rate would be 1/s times as fast as torch: the share bounds what any library can
+    beat torch by without outrunning the machine's best GEMM."""
     lines = []
     for dtype, ref in result.get("reference_gemm_by_dtype", {}).items():
-        rates = [
-            g
-            for e in result["results"]
-            if e["shape"]["dtype"] == dtype
-            for g in e.get("flax_lstm_gflops", {}).values()
-        ]
-        if ref and rates:
+        entries = [e for e in result["results"] if e["shape"]["dtype"] == dtype]
+        if not ref or not entries:
+            continue
+        shares = {}
+        for lib in ("flax_lstm", "torch"):
+            rates = [gflops(e, lib, m) for e in entries for m in e["ms"].get(lib, {})]
+            rates = [r / ref["gflops"] for r in rates if r is not None]
+            if rates:
+                shares[lib] = f"{lib} {min(rates):.0%}-{max(rates):.0%}"
+        if shares:
             lines.append(
-                f"yardstick, the best {yardstick_text(dtype, ref)}: flax_lstm reached "
-                f"{min(rates) / ref['gflops']:.0%}-{max(rates) / ref['gflops']:.0%} of it"
+                f"yardstick, the best {yardstick_text(dtype, ref)}: reached "
+                f"{', '.join(shares.values())} of it"
             )
     for e in result["results"]:
         for lib, by_mode in e.get("vs_float32", {}).items():
