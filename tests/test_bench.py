@@ -417,6 +417,39 @@ def test_kernel_ab_tool_compares_two_kernel_libraries(tmp_path):
     assert all(r["ms"]["baseline"] > 0 and r["ms"]["current"] > 0 for r in rows)
 
 
+def test_kernel_stages_tool_times_each_call_of_a_layer(tmp_path):
+    """tools/kernel_stages.py: every distinct layer of a shape (the first layer's input size,
+    then D·H), each of the kernel's calls timed with the GEMM FLOPs it does, and the whole
+    layer through flax_lstm and torch."""
+    from flax_lstm import kernel
+
+    if not kernel.available():
+        pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
+    out = tmp_path / "stages.json"
+    tool = str(ROOT / "tools" / "kernel_stages.py")
+    proc = subprocess.run(
+        [sys.executable, tool, "--shape", "2,8,16,2,bi,in=4", "--reps", "2",
+         "--gemm-size", "64", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| backward |" in proc.stdout and "| torch_fwd_bwd |" in proc.stdout
+    records = json.loads(out.read_text())["results"]
+    assert [r["label"] for r in records] == ["B2 T8 H16 L1 I4 bi", "B2 T8 H16 L1 I32 bi"]
+    for r, i in zip(records, (4, 32), strict=True):
+        calls = r["calls"]
+        assert set(calls) == {
+            "forward", "forward_train", "backward", "weight_grads", "input_grad",
+            "xla_weight_grads", "flax_lstm_fwd_bwd", "torch_fwd_bwd",
+        }  # fmt: skip
+        rows = 2 * 8 * 2 * 2 * 4 * 16  # 2 · T · D · N · 4H
+        work = {"forward": rows * (i + 16), "backward": rows * 16, "input_grad": rows * i}
+        for name, flops in work.items():
+            assert calls[name]["gflops"] * calls[name]["ms"] * 1e6 == pytest.approx(flops)
+        assert 0 < calls["forward"]["min_ms"] <= calls["forward"]["ms"]
+        assert r["yardstick_gflops"] > 0
+
+
 def test_small_calls_tool_times_both_paths_and_names_the_default(tmp_path):
     """tools/small_calls.py: the kernel and the scan on short calls, with the default's path."""
     from flax_lstm import kernel

@@ -2,8 +2,10 @@
 # One-shot check for a lent GPU machine (H100/H200), in one call of about 9 minutes: the GPU
 # benchmark set and the GPU parity tests; then, where the machine's own CPU has AMX-BF16 (the
 # H200 machines' Intel Emerald Rapids did, 2026-12-04), the AMX tests, both CPU sets in float32
-# and bfloat16, and the kernel's float32 weight gradients against XLA's (tools/kernel_ab.py
-# --baseline xla-weight-grads), on 2 of its cores (taskset), JAX on the CPU and torch with it.
+# and bfloat16, the kernel's float32 weight gradients against XLA's (tools/kernel_ab.py
+# --baseline xla-weight-grads) and the float32 stages of a layer's fwd+bwd, each call's share of
+# the best GEMM (tools/kernel_stages.py), on 2 of its cores (taskset), JAX on the CPU and torch
+# with it.
 # Writes JSON and logs under ${OUT:-.} (at most 8 files; SWEEP=1 adds 4, over the device tool's
 # 8). SWEEP=1 adds an unroll / autodiff sweep on the GPU; CPU=0 skips the CPU part, CPU=1 runs
 # it without AMX too. KERNEL_BASELINE=DIR adds tools/kernel_ab.py, this checkout's kernel
@@ -64,6 +66,11 @@ if [ "${CPU:-$amx}" != 0 ]; then
     --modes fwd_bwd --shape 8,128,256 --shape 32,128,256,2,in=128 --shape 64,64,512,2 \
     --reps 6 --copies 1 --json "$OUT/weight_grads_ab.json" 2>>"$OUT/stderr.log" |
     grep -E "^\| (shape|B)" || echo "weight_grads_ab: failed or timed out"
+  # Which of a layer's float32 stages runs furthest below the best GEMM (about a minute; on
+  # Emerald Rapids flax_lstm's fwd+bwd reached 54-57% of it at B32 and B64, its forward 61-72%).
+  timeout 120 taskset -c 0,1 python3 tools/kernel_stages.py --shape 32,128,256,2,in=128 \
+    --shape 64,64,512,2 --reps 5 --json "$OUT/kernel_stages.json" 2>>"$OUT/stderr.log" |
+    grep -E "^(B|\| [a-z])" || echo "kernel_stages: failed or timed out"
   if [ -n "${KERNEL_BASELINE:-}" ]; then
     timeout 150 taskset -c 0,1 python3 tools/kernel_ab.py --baseline "$KERNEL_BASELINE" \
       --shape 4,128,256,bf16 --shape 8,128,256,bf16 --shape 12,128,256,bf16 \
