@@ -439,11 +439,15 @@ def test_kernel_stages_tool_times_each_call_of_a_layer(tmp_path):
     for r, i in zip(records, (4, 32), strict=True):
         calls = r["calls"]
         assert set(calls) == {
-            "forward", "forward_train", "backward", "weight_grads", "input_grad",
-            "xla_weight_grads", "flax_lstm_fwd_bwd", "torch_fwd_bwd",
+            "forward", "forward_train", "forward_backward", "backward", "weight_grads",
+            "input_grad", "xla_weight_grads", "flax_lstm_fwd_bwd", "torch_fwd_bwd",
         }  # fmt: skip
+        # the backward: the forward and backward pair less the forward
+        pair, train = calls["forward_backward"]["ms"], calls["forward_train"]["ms"]
+        assert calls["backward"]["ms"] == pytest.approx(pair - train)
         rows = 2 * 8 * 2 * 2 * 4 * 16  # 2 · T · D · N · 4H
-        work = {"forward": rows * (i + 16), "backward": rows * 16, "input_grad": rows * i}
+        work = {"forward": rows * (i + 16), "forward_backward": rows * (i + 32)}
+        work |= {"input_grad": rows * i}
         for name, flops in work.items():
             assert calls[name]["gflops"] * calls[name]["ms"] * 1e6 == pytest.approx(flops)
         assert 0 < calls["forward"]["min_ms"] <= calls["forward"]["ms"]

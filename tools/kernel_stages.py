@@ -3,8 +3,10 @@
 For one layer of each shape (every distinct input size of its layers: the first layer's, and
 D·H for the layers above it), times the kernel's FFI calls that a float32 fwd+bwd makes
 (`flax_lstm._kernel.ffi`): the forward as inference runs it and as training runs it (saving
-the gates and every cell state), the backward (the gate gradients, one GEMM with W_hh a step),
-the weight gradients and the input gradient; beside them XLA's GEMM for the same weight
+the gates and every cell state), the backward (the gate gradients, one GEMM with W_hh a step;
+timed with the training forward, as training runs the two, and given as the pair's time less
+the forward's: alone it would time XLA's copy of the gates it writes over), the weight
+gradients and the input gradient; beside them XLA's GEMM for the same weight
 gradients (what ``Implementation(weight_grads="xla")`` computes them with, here on a
 ready-made ``[x, h_prev]``), and the whole layer's fwd+bwd through flax_lstm and through
 torch.nn.LSTM, as ``flax-lstm bench`` builds them. All interleaved as the benchmark times
@@ -66,14 +68,19 @@ def stage_calls(layer: Shape) -> tuple[dict[str, Callable[[], object]], dict[str
 
     infer = jax.jit(lambda *a: forward(*a, False))
     train = jax.jit(lambda *a: forward(*a, True))
-    hs, cs, acts = train(x, w_ih, w_hh)
+    hs, _, _ = train(x, w_ih, w_hh)
     dhs = jax.random.normal(k[3], hs.shape)
-    # The backward writes dz over the gates it is given (float32): a copy per call, as in
-    # training, where XLA hands it the forward's buffer.
-    backward = jax.jit(
-        lambda dhs, acts, cs, w_hh: ffi.backward(dhs, zeros, acts, cs, zeros, w_hh, None)
-    )
-    dz = backward(dhs, acts, cs, w_hh)[0]
+
+    # The backward writes dz over the saved gates (float32). Given them as an argument, XLA
+    # would copy them first; in training it hands over the forward's buffer. So the backward
+    # is timed with the forward that saves them, as training runs the pair, and `measure`
+    # takes the forward's time off.
+    def forward_backward(x, w_ih, w_hh, dhs):
+        _, cs, acts = forward(x, w_ih, w_hh, True)
+        return ffi.backward(dhs, zeros, acts, cs, zeros, w_hh, None)
+
+    forward_backward = jax.jit(forward_backward)
+    dz = forward_backward(x, w_ih, w_hh, dhs)[0]
     weight_grads = jax.jit(lambda dz, x, hs: ffi.weight_grads(dz, x, hs, zeros, None))
     input_grad = jax.jit(lambda dz, w_ih: ffi.input_grad(dz, w_ih, None))
     h_prev = jnp.concatenate([zeros[None], hs[:-1]])
@@ -86,7 +93,7 @@ def stage_calls(layer: Shape) -> tuple[dict[str, Callable[[], object]], dict[str
     calls = {
         "forward": blocking(infer, x, w_ih, w_hh),
         "forward_train": blocking(train, x, w_ih, w_hh),
-        "backward": blocking(backward, dhs, acts, cs, w_hh),
+        "forward_backward": blocking(forward_backward, x, w_ih, w_hh, dhs),
         "weight_grads": blocking(weight_grads, dz, x, hs),
         "input_grad": blocking(input_grad, dz, w_ih),
         "xla_weight_grads": blocking(xla_weight_grads, dz, xh),
@@ -95,7 +102,7 @@ def stage_calls(layer: Shape) -> tuple[dict[str, Callable[[], object]], dict[str
     flops = {
         "forward": rows * (i + h),
         "forward_train": rows * (i + h),
-        "backward": rows * h,
+        "forward_backward": rows * (i + 2 * h),
         "weight_grads": rows * (i + h),
         "input_grad": rows * i,
         "xla_weight_grads": rows * (i + h),
@@ -116,12 +123,12 @@ def measure(layer: Shape, reps: int) -> dict:
     times = time_interleaved(by_call, ("run",), reps)
     record: dict = {"shape": dataclasses.asdict(layer), "label": layer.label(), "calls": {}}
     for name, ms in times.items():
-        median = statistics.median(ms["run"])
-        record["calls"][name] = {
-            "ms": median,
-            "min_ms": min(ms["run"]),
-            "gflops": flops[name] / median / 1e6,
-        }
+        record["calls"][name] = {"ms": statistics.median(ms["run"]), "min_ms": min(ms["run"])}
+    pair, train = record["calls"]["forward_backward"], record["calls"]["forward_train"]
+    record["calls"]["backward"] = {key: pair[key] - train[key] for key in ("ms", "min_ms")}
+    flops["backward"] = flops["forward_backward"] - flops["forward_train"]
+    for name, c in record["calls"].items():  # (a difference within noise may not be positive)
+        c["gflops"] = flops[name] / c["ms"] / 1e6 if c["ms"] > 0 else None
     record["stages_ms"] = sum(record["calls"][s]["ms"] for s in STAGES if s != "forward")
     return record
 
@@ -134,10 +141,10 @@ def table(record: dict, yardstick: float) -> str:
         "|---|---|---|---|---|",
     ]
     for name, c in record["calls"].items():
-        lines.append(
-            f"| {name} | {c['ms']:.2f} | {c['min_ms']:.2f} | {c['gflops']:.0f} | "
-            f"{c['gflops'] / yardstick:.0%} |"
+        rate = (
+            "– | –" if c["gflops"] is None else f"{c['gflops']:.0f} | {c['gflops'] / yardstick:.0%}"
         )
+        lines.append(f"| {name} | {c['ms']:.2f} | {c['min_ms']:.2f} | {rate} |")
     return "\n".join(lines)
 
 
