@@ -22,6 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_GEMM = ("--gemm-size", "128")  # the yardstick's GEMM, small: these tests time nothing
 
 
+def run_tool(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python tools/NAME ARGS…`` run from ``cwd``, its output as text (10 minutes at most)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / name), *args],
+        capture_output=True, text=True, timeout=600, cwd=cwd,
+    )  # fmt: skip
+
+
 def run_bench(tmp_path, *args: str) -> dict:
     """``flax-lstm bench ARGS --json FILE``: it must succeed; the JSON it wrote."""
     out = tmp_path / "bench.json"
@@ -399,16 +407,14 @@ def test_kernel_ab_tool_compares_two_kernel_libraries(tmp_path):
     process (the tool checks that each variant's trace calls its own library)."""
     from flax_lstm import kernel
 
-    repo = Path(__file__).parents[1]
     if not kernel.available():
         pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
-    if shutil.which("git") is None or not (repo / ".git").exists():
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs a git checkout (the baseline is a git revision)")
     out = tmp_path / "ab.json"
-    proc = subprocess.run(
-        [sys.executable, str(repo / "tools" / "kernel_ab.py"), "--baseline", "HEAD",
-         "--shape", "2,16,32", "--reps", "2", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    proc = run_tool(
+        "kernel_ab.py", "--baseline", "HEAD", "--shape", "2,16,32", "--reps", "2",
+        "--json", str(out), cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| B2 T16 H32 L1 | fwd_bwd |" in proc.stdout
@@ -426,11 +432,9 @@ def test_kernel_stages_tool_times_each_call_of_a_layer(tmp_path):
     if not kernel.available():
         pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
     out = tmp_path / "stages.json"
-    tool = str(ROOT / "tools" / "kernel_stages.py")
-    proc = subprocess.run(
-        [sys.executable, tool, "--shape", "2,8,16,2,bi,in=4", "--reps", "2",
-         "--gemm-size", "64", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    proc = run_tool(
+        "kernel_stages.py", "--shape", "2,8,16,2,bi,in=4", "--reps", "2", "--gemm-size", "64",
+        "--json", str(out), cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| backward |" in proc.stdout and "| torch_fwd_bwd |" in proc.stdout
@@ -461,11 +465,9 @@ def test_small_calls_tool_times_both_paths_and_names_the_default(tmp_path):
     if not kernel.available():
         pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
     out = tmp_path / "small.json"
-    tool = str(ROOT / "tools" / "small_calls.py")
-    proc = subprocess.run(
-        [sys.executable, tool, "--shape", "1,2,128", "--shape", "2,1,16", "--reps", "2",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    proc = run_tool(
+        "small_calls.py", "--shape", "1,2,128", "--shape", "2,1,16", "--reps", "2",
+        "--json", str(out), cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
@@ -475,9 +477,7 @@ def test_small_calls_tool_times_both_paths_and_names_the_default(tmp_path):
     assert "cpu_flags" in result["machine"] and len(result["results"]) == 2
     first = result["results"][0]
     assert all(first[m][f"{p}_ms"] > 0 for m in ("fwd", "fwd_bwd") for p in ("kernel", "scan"))
-    bad = subprocess.run(
-        [sys.executable, tool, "--shape", "1,2"], capture_output=True, text=True, cwd=tmp_path
-    )
+    bad = run_tool("small_calls.py", "--shape", "1,2", cwd=tmp_path)
     assert bad.returncode == 2 and "expected B,T,H" in bad.stderr
 
 
@@ -485,11 +485,9 @@ def test_scan_directions_tool_times_both_loop_layouts(tmp_path):
     """tools/scan_directions.py: the CPU scan of a bidirectional layer, one loop per direction
     and both in one, on the shapes given (layers, projection and dtype optional)."""
     out = tmp_path / "directions.json"
-    tool = str(ROOT / "tools" / "scan_directions.py")
-    proc = subprocess.run(
-        [sys.executable, tool, "--shape", "2,1,16", "--shape", "1,3,16,2,8,bfloat16",
-         "--reps", "2", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    proc = run_tool(
+        "scan_directions.py", "--shape", "2,1,16", "--shape", "1,3,16,2,8,bfloat16",
+        "--reps", "2", "--json", str(out), cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
@@ -502,9 +500,7 @@ def test_scan_directions_tool_times_both_loop_layouts(tmp_path):
         "batch": 2, "steps": 1, "hidden": 16, "layers": 1, "proj": 0, "dtype": "float32"
     }  # fmt: skip
     assert all(first[m][f"{k}_ms"] > 0 for m in ("fwd", "fwd_bwd") for k in ("unfused", "fused"))
-    bad = subprocess.run(
-        [sys.executable, tool, "--shape", "1,2"], capture_output=True, text=True, cwd=tmp_path
-    )
+    bad = run_tool("scan_directions.py", "--shape", "1,2", cwd=tmp_path)
     assert bad.returncode == 2 and "expected B,T,H" in bad.stderr
 
 
@@ -517,11 +513,9 @@ def test_kernel_ab_compares_the_weight_gradients_with_xla(tmp_path):
     if not kernel.available():
         pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
     out = tmp_path / "ab.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "kernel_ab.py"), "--baseline", "xla-weight-grads",
-         "--modes", "fwd_bwd", "--shape", "8,16,32", "--reps", "2", "--copies", "1",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    proc = run_tool(
+        "kernel_ab.py", "--baseline", "xla-weight-grads", "--modes", "fwd_bwd",
+        "--shape", "8,16,32", "--reps", "2", "--copies", "1", "--json", str(out), cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(out.read_text())
@@ -531,10 +525,9 @@ def test_kernel_ab_compares_the_weight_gradients_with_xla(tmp_path):
 
 
 def test_kernel_ab_rejects_unknown_modes(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "kernel_ab.py"), "--baseline", "xla-weight-grads",
-         "--modes", "fwd,backward", "--shape", "8,16,32"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    proc = run_tool(
+        "kernel_ab.py", "--baseline", "xla-weight-grads", "--modes", "fwd,backward",
+        "--shape", "8,16,32", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode != 0
     expected = "--modes: expected a comma list from ('fwd', 'fwd_bwd'), got 'fwd,backward'"
