@@ -145,7 +145,13 @@ def format_table(
 
 def gflops(entry: dict[str, Any], lib: str, mode: str) -> float | None:
     """``lib``'s GFLOP/s on one entry's shape in ``mode``: the FLOPs that flax_lstm's rate counts
-    over ``lib``'s median time (None where either did not run)."""
+    over ``lib``'s median time (None where either did not run).
+
+    >>> entry = {"ms": {"flax_lstm": {"fwd": 2.0}, "torch": {"fwd": 4.0}},
+    ...          "flax_lstm_gflops": {"fwd": 100.0}}
+    >>> gflops(entry, "torch", "fwd"), gflops(entry, "torch", "fwd_bwd")
+    (50.0, None)
+    """
     ours, theirs = entry["ms"].get("flax_lstm", {}), entry["ms"].get(lib, {})
     rate = entry.get("flax_lstm_gflops", {}).get(mode)
     if rate is None or mode not in ours or mode not in theirs:
