@@ -23,6 +23,8 @@ import re
 import sys
 from pathlib import Path
 
+from flax_lstm.bench.report import gflops
+
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
 
@@ -149,15 +151,12 @@ def best_gemm_yardsticks(data: dict) -> dict[str, dict]:
 
 
 def share_of_best_gemm(result: dict, lib: str, mode: str, best: dict[str, dict]) -> str:
-    """``lib``'s GFLOP/s on one shape (the FLOPs that flax_lstm's rate counts, over ``lib``'s
-    time) as a share of the best GEMM of the run's dtype; "–" where the file lacks it. Where
-    torch reaches a share s, code at the best GEMM's rate would be 1/s times as fast as torch."""
+    """``lib``'s GFLOP/s on one shape (`flax_lstm.bench.report.gflops`) as a share of the best
+    GEMM of the run's dtype; "–" where the file lacks either. Where torch reaches a share s,
+    code at the best GEMM's rate would be 1/s times as fast as torch."""
     ref = best.get(result["shape"].get("dtype", "float32"))
-    rate = result.get("flax_lstm_gflops", {}).get(mode)
-    ours, theirs = result["ms"].get("flax_lstm", {}), result["ms"].get(lib, {})
-    if ref is None or rate is None or mode not in ours or mode not in theirs:
-        return "–"
-    return f"{rate * ours[mode] / theirs[mode] / ref['gflops']:.0%}"
+    rate = gflops(result, lib, mode)
+    return "–" if ref is None or rate is None else f"{rate / ref['gflops']:.0%}"
 
 
 def full_table(data: dict) -> str:
@@ -195,9 +194,9 @@ def headline_table(name: str, torch_share: bool = False) -> str:
     file has that yardstick; the README's tables have no such column)."""
     data = load(name)
     best = best_gemm_yardsticks(data) if torch_share else {}
-    head = "| shape | fwd+bwd ms | vs torch | vs Flax nn.RNN | fwd ms | vs torch |"
-    rows = [head + (" torch of best GEMM, fwd+bwd / fwd |" if best else "")]
-    rows.append("|---" * (rows[0].count("|") - 1) + "|")
+    head = ["shape", "fwd+bwd ms", "vs torch", "vs Flax nn.RNN", "fwd ms", "vs torch"]
+    head += ["torch of best GEMM, fwd+bwd / fwd"] if best else []
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in data["results"]:
         cells = [
             _label(r),
