@@ -19,6 +19,9 @@ from flax_lstm import bench, kernel
 from flax_lstm.bench import cpu, libraries, machine, report, shapes, yardstick
 
 ROOT = Path(__file__).resolve().parents[1]
+needs_kernel = pytest.mark.skipif(
+    not kernel.available(), reason=f"no CPU kernel here: {kernel.build_error()}"
+)
 TINY_GEMM = ("--gemm-size", "128")  # the yardstick's GEMM, small: these tests time nothing
 
 
@@ -84,12 +87,11 @@ def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
     assert f"torch {min(shares):.0%}-{max(shares):.0%} of it" in table
 
 
+@needs_kernel
 def test_bench_times_the_path_the_default_did_not_take(tmp_path, capsys):
     """``vs_other_path``: against the scan where the default took the kernel (B2 T16 H64, large
     enough for it; measuring is off here), and against the kernel, timed for that alone, where
     the default took the scan (B2 T6 H8, too small for the kernel's fixed cost)."""
-    if not kernel.available():
-        pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
     result = run_bench(
         tmp_path,
         *("--shape", "2,16,64", "--shape", "2,6,8", "--reps", "2", "--warmup", "1"),
@@ -402,13 +404,10 @@ def test_perf_tables_render_old_and_new_files(tmp_path, monkeypatch, perf_tables
     assert "torch of best GEMM" not in perf_tables.headline_table("cpu_new_small_set.json")
 
 
+@needs_kernel
 def test_kernel_ab_tool_compares_two_kernel_libraries(tmp_path):
     """tools/kernel_ab.py: HEAD's kernel beside the checkout's, both traced and timed, in one
     process (the tool checks that each variant's trace calls its own library)."""
-    from flax_lstm import kernel
-
-    if not kernel.available():
-        pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs a git checkout (the baseline is a git revision)")
     out = tmp_path / "ab.json"
@@ -423,14 +422,11 @@ def test_kernel_ab_tool_compares_two_kernel_libraries(tmp_path):
     assert all(r["ms"]["baseline"] > 0 and r["ms"]["current"] > 0 for r in rows)
 
 
+@needs_kernel
 def test_kernel_stages_tool_times_each_call_of_a_layer(tmp_path):
     """tools/kernel_stages.py: every distinct layer of a shape (the first layer's input size,
     then D·H), each of the kernel's calls timed with the GEMM FLOPs it does, and the whole
     layer through flax_lstm and torch."""
-    from flax_lstm import kernel
-
-    if not kernel.available():
-        pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
     out = tmp_path / "stages.json"
     proc = run_tool(
         "kernel_stages.py", "--shape", "2,8,16,2,bi,in=4", "--reps", "2", "--gemm-size", "64",
@@ -458,12 +454,9 @@ def test_kernel_stages_tool_times_each_call_of_a_layer(tmp_path):
         assert r["yardstick_gflops"] > 0
 
 
+@needs_kernel
 def test_small_calls_tool_times_both_paths_and_names_the_default(tmp_path):
     """tools/small_calls.py: the kernel and the scan on short calls, with the default's path."""
-    from flax_lstm import kernel
-
-    if not kernel.available():
-        pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
     out = tmp_path / "small.json"
     proc = run_tool(
         "small_calls.py", "--shape", "1,2,128", "--shape", "2,1,16", "--reps", "2",
@@ -504,14 +497,11 @@ def test_scan_directions_tool_times_both_loop_layouts(tmp_path):
     assert bad.returncode == 2 and "expected B,T,H" in bad.stderr
 
 
+@needs_kernel
 def test_kernel_ab_compares_the_weight_gradients_with_xla(tmp_path):
     """``--baseline xla-weight-grads``: the checkout against itself with XLA's GEMMs for the
     weight gradients; the tool checks that only the current variant's trace calls the kernel's
     `weight_grads` (T·N = 128 rows against I + H = 64 columns: the kernel's, by the plan)."""
-    from flax_lstm import kernel
-
-    if not kernel.available():
-        pytest.skip(f"no CPU kernel here: {kernel.build_error()}")
     out = tmp_path / "ab.json"
     proc = run_tool(
         "kernel_ab.py", "--baseline", "xla-weight-grads", "--modes", "fwd_bwd",
