@@ -33,6 +33,15 @@ def run_tool(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+def run_tool_json(tmp_path: Path, name: str, *args: str) -> tuple[str, dict]:
+    """`run_tool` with ``--json FILE`` from ``tmp_path``: it must succeed; its printed output
+    and the JSON it wrote."""
+    out = tmp_path / "tool.json"
+    proc = run_tool(name, *args, "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
 def run_bench(tmp_path, *args: str) -> dict:
     """``flax-lstm bench ARGS --json FILE``: it must succeed; the JSON it wrote."""
     out = tmp_path / "bench.json"
@@ -410,14 +419,11 @@ def test_kernel_ab_tool_compares_two_kernel_libraries(tmp_path):
     process (the tool checks that each variant's trace calls its own library)."""
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs a git checkout (the baseline is a git revision)")
-    out = tmp_path / "ab.json"
-    proc = run_tool(
-        "kernel_ab.py", "--baseline", "HEAD", "--shape", "2,16,32", "--reps", "2",
-        "--json", str(out), cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| B2 T16 H32 L1 | fwd_bwd |" in proc.stdout
-    rows = json.loads(out.read_text())["rows"]
+    printed, record = run_tool_json(
+        tmp_path, "kernel_ab.py", "--baseline", "HEAD", "--shape", "2,16,32", "--reps", "2"
+    )
+    assert "| B2 T16 H32 L1 | fwd_bwd |" in printed
+    rows = record["rows"]
     assert [r["mode"] for r in rows] == ["fwd", "fwd_bwd"]
     assert all(r["ms"]["baseline"] > 0 and r["ms"]["current"] > 0 for r in rows)
 
@@ -427,14 +433,12 @@ def test_kernel_stages_tool_times_each_call_of_a_layer(tmp_path):
     """tools/kernel_stages.py: every distinct layer of a shape (the first layer's input size,
     then D·H), each of the kernel's calls timed with the GEMM FLOPs it does, and the whole
     layer through flax_lstm and torch."""
-    out = tmp_path / "stages.json"
-    proc = run_tool(
-        "kernel_stages.py", "--shape", "2,8,16,2,bi,in=4", "--reps", "2", "--gemm-size", "64",
-        "--json", str(out), cwd=tmp_path,
+    printed, record = run_tool_json(
+        tmp_path, "kernel_stages.py", "--shape", "2,8,16,2,bi,in=4", "--reps", "2",
+        "--gemm-size", "64",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| backward |" in proc.stdout and "| torch_fwd_bwd |" in proc.stdout
-    records = json.loads(out.read_text())["results"]
+    assert "| backward |" in printed and "| torch_fwd_bwd |" in printed
+    records = record["results"]
     assert [r["label"] for r in records] == ["B2 T8 H16 L1 I4 bi", "B2 T8 H16 L1 I32 bi"]
     for r, i in zip(records, (4, 32), strict=True):
         calls = r["calls"]
@@ -457,16 +461,12 @@ def test_kernel_stages_tool_times_each_call_of_a_layer(tmp_path):
 @needs_kernel
 def test_small_calls_tool_times_both_paths_and_names_the_default(tmp_path):
     """tools/small_calls.py: the kernel and the scan on short calls, with the default's path."""
-    out = tmp_path / "small.json"
-    proc = run_tool(
-        "small_calls.py", "--shape", "1,2,128", "--shape", "2,1,16", "--reps", "2",
-        "--json", str(out), cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()
+    printed, result = run_tool_json(
+        tmp_path, "small_calls.py", "--shape", "1,2,128", "--shape", "2,1,16", "--reps", "2"
+    )
+    lines = printed.splitlines()
     assert lines[0].startswith("B1 T2 H128 [default scan]: fwd ")  # measuring is off here
     assert lines[1].startswith("B2 T1 H16 [default scan]: fwd ")
-    result = json.loads(out.read_text())
     assert "cpu_flags" in result["machine"] and len(result["results"]) == 2
     first = result["results"][0]
     assert all(first[m][f"{p}_ms"] > 0 for m in ("fwd", "fwd_bwd") for p in ("kernel", "scan"))
@@ -477,16 +477,13 @@ def test_small_calls_tool_times_both_paths_and_names_the_default(tmp_path):
 def test_scan_directions_tool_times_both_loop_layouts(tmp_path):
     """tools/scan_directions.py: the CPU scan of a bidirectional layer, one loop per direction
     and both in one, on the shapes given (layers, projection and dtype optional)."""
-    out = tmp_path / "directions.json"
-    proc = run_tool(
-        "scan_directions.py", "--shape", "2,1,16", "--shape", "1,3,16,2,8,bfloat16",
-        "--reps", "2", "--json", str(out), cwd=tmp_path,
+    printed, result = run_tool_json(
+        tmp_path, "scan_directions.py", "--shape", "2,1,16", "--shape", "1,3,16,2,8,bfloat16",
+        "--reps", "2",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()
+    lines = printed.splitlines()
     assert lines[0].startswith("B2 T1 H16 L1 float32 bidirectional: fwd unfused ")
     assert lines[1].startswith("B1 T3 H16 L2 P8 bfloat16 bidirectional: fwd unfused ")
-    result = json.loads(out.read_text())
     assert "cpu_flags" in result["machine"] and len(result["results"]) == 2
     first = result["results"][0]
     assert first["shape"] == {
@@ -502,13 +499,10 @@ def test_kernel_ab_compares_the_weight_gradients_with_xla(tmp_path):
     """``--baseline xla-weight-grads``: the checkout against itself with XLA's GEMMs for the
     weight gradients; the tool checks that only the current variant's trace calls the kernel's
     `weight_grads` (T·N = 128 rows against I + H = 64 columns: the kernel's, by the plan)."""
-    out = tmp_path / "ab.json"
-    proc = run_tool(
-        "kernel_ab.py", "--baseline", "xla-weight-grads", "--modes", "fwd_bwd",
-        "--shape", "8,16,32", "--reps", "2", "--copies", "1", "--json", str(out), cwd=tmp_path,
+    _, record = run_tool_json(
+        tmp_path, "kernel_ab.py", "--baseline", "xla-weight-grads", "--modes", "fwd_bwd",
+        "--shape", "8,16,32", "--reps", "2", "--copies", "1",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    record = json.loads(out.read_text())
     assert record["baseline"] == "xla-weight-grads"
     assert [(r["shape"], r["mode"]) for r in record["rows"]] == [("B8 T16 H32 L1", "fwd_bwd")]
     assert all(record["rows"][0]["ms"][who] > 0 for who in ("baseline", "current"))
