@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kernel_marks import needs_kernel
 
 from flax_lstm import bench, kernel
 from flax_lstm.bench import cpu, libraries, machine, report, shapes, yardstick
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_kernel = pytest.mark.skipif(
-    not kernel.available(), reason=f"no CPU kernel here: {kernel.build_error()}"
-)
 TINY_GEMM = ("--gemm-size", "128")  # the yardstick's GEMM, small: these tests time nothing
 
 

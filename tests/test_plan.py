@@ -14,17 +14,13 @@ import numpy as np
 import pytest
 import python_process
 from absl.testing import parameterized
+from kernel_marks import needs_kernel
 
 import flax_lstm as fl
 from flax_lstm import _auto, kernel
 from flax_lstm import plan as plans
 from flax_lstm._kernel import build as kernel_build
 from flax_lstm._kernel import calibrate, tuning
-
-ON_CPU = jax.default_backend() == "cpu"
-needs_kernel = pytest.mark.skipif(
-    not ON_CPU or not kernel.available(), reason="the kernel is for the CPU backend"
-)
 
 
 def _setup(**config):

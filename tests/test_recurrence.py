@@ -6,14 +6,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from kernel_marks import needs_kernel
 
-from flax_lstm import kernel
 from flax_lstm.plan import Plan
 from flax_lstm.recurrence import LayerWeights, run_layer
-
-needs_kernel = pytest.mark.skipif(
-    jax.default_backend() != "cpu" or not kernel.available(), reason="needs the CPU kernel"
-)
 
 
 @needs_kernel

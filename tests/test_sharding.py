@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 import python_process
+from kernel_marks import needs_kernel
 
 import flax_lstm as fl
 
 HERE = Path(__file__).parent
-needs_kernel = pytest.mark.skipif(not fl.kernel.available(), reason="CPU kernel not built")
 
 
 @pytest.fixture(scope="module")
