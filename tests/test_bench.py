@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_marks import needs_kernel
+from kernel_checks import needs_kernel
 
 from flax_lstm import bench, kernel
 from flax_lstm.bench import cpu, libraries, machine, report, shapes, yardstick

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from kernel_marks import needs_kernel
+from kernel_checks import needs_kernel
 
 from flax_lstm.plan import Plan
 from flax_lstm.recurrence import LayerWeights, run_layer

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 import python_process
-from kernel_marks import needs_kernel
+from kernel_checks import needs_kernel
 
 import flax_lstm as fl
 
