@@ -74,28 +74,13 @@ def test_performance_page_renders_every_benchmark_file(docs_modules):
         assert f"### {path.name}" in text
 
 
-def _indexed_files(docs_modules) -> set[str]:
-    """The files that benchmarks/README.md's tables name, as paths under benchmarks/: a table
-    under a heading ``## `folder/`…`` names files in that folder, the first table files at the
-    top."""
-    _, perf_tables = docs_modules
-    named, folder = set(), ""
-    for line in (ROOT / "benchmarks" / "README.md").read_text().splitlines():
-        heading = re.match(r"## `([^`]+)/`", line)
-        if heading:
-            folder = heading.group(1) + "/"
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0].startswith("`") and cells[0].endswith(".json`"):
-            named.update(folder + name for name in perf_tables._expand(cells[0].strip("`")))
-    return named
-
-
 def test_every_benchmark_record_is_indexed_where_it_lies(docs_modules):
     """Each JSON under benchmarks/, the tools' folders too, has its row in the index's table for
     its folder, and each row names a file that is there."""
+    _, perf_tables = docs_modules
     folder = ROOT / "benchmarks"
     on_disk = {p.relative_to(folder).as_posix() for p in folder.glob("**/*.json")}
-    named = _indexed_files(docs_modules)
+    named = perf_tables.indexed_files()
     assert sorted(on_disk - named) == [], "add a row to benchmarks/README.md for each"
     assert sorted(named - on_disk) == [], "benchmarks/README.md names files that are not there"
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from flax_lstm.bench.report import gflops
@@ -85,6 +86,30 @@ def _expand(pattern: str) -> list[str]:
     return [head + alt + tail for alt in match.group(1).split(",")]
 
 
+def _index_rows() -> Iterator[tuple[str, list[str]]]:
+    """``(folder, cells)`` for each row of ``benchmarks/README.md``'s tables that names files:
+    the folder is "" for the first table's rows, ``name/`` for those under a heading
+    ``## `name/`…`` (a tool's folder)."""
+    folder = ""
+    for line in (BENCH / "README.md").read_text().splitlines():
+        heading = re.match(r"## `([^`]+)/`", line)
+        if heading:
+            folder = heading.group(1) + "/"
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            yield folder, cells
+
+
+def indexed_files() -> set[str]:
+    """The JSON files that the index's tables name, as paths under ``benchmarks/``."""
+    return {
+        folder + name
+        for folder, cells in _index_rows()
+        if cells[0].endswith(".json`")
+        for name in _expand(cells[0].strip("`"))
+    }
+
+
 def index() -> dict[str, tuple[str, str, str]]:
     """``{file: (command, note, CPU family)}`` from the table in ``benchmarks/README.md``.
 
@@ -93,10 +118,7 @@ def index() -> dict[str, tuple[str, str, str]]:
     """
     out: dict[str, tuple[str, str, str]] = {}
     previous, previous_family = "", ""
-    for line in (BENCH / "README.md").read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 3 or not cells[0].startswith("`"):
-            continue
+    for _, cells in _index_rows():
         files, text, machine = cells[0].strip("`"), cells[1], cells[2]
         spans = re.findall(r"`([^`]+)`", text)
         command = spans[0] if spans else ""
