@@ -75,7 +75,9 @@ Environment variables:
   machines with different CPUs share one build (a cluster's shared home, a container image).
   ``FLAX_LSTM_CXXFLAGS``: extra compiler flags, appended (and hashed into the file name).
   ``-DFLAX_LSTM_AMX_EMULATE=1`` builds a test library whose AMX path runs everywhere the
-  bfloat16 kernel does, its tile instructions done in software (slowly).
+  bfloat16 kernel does, its tile instructions done in software (slowly);
+  ``-DFLAX_LSTM_BF16_EMULATE=1`` one whose bfloat16 kernel runs on AVX2 CPUs without
+  AVX512_BF16, ``vdpbf16ps`` done in software (for the tests, not for speed).
   ``FLAX_LSTM_AMX=0``: the bfloat16 step GEMMs on ``vdpbf16ps`` even where the CPU has AMX
   (to compare the two). Read once per process, when the kernel is loaded.
 """

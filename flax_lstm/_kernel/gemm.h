@@ -65,7 +65,7 @@ inline void transpose_block(const float* const* rows, int64_t k, float* dst, int
     _mm512_storeu_ps(dst + (8 + m) * ld, _mm512_shuffle_f32x4(v0, w0, 0xdd));
     _mm512_storeu_ps(dst + (12 + m) * ld, _mm512_shuffle_f32x4(v1, w1, 0xdd));
   }
-#elif defined(__AVX2__)
+#elif defined(__AVX2__) && FLAX_LSTM_VW == 8
   __m256 r[8], t[8];
   for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows[i] + k);
   for (int i = 0; i < 4; ++i) {

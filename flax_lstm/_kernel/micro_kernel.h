@@ -11,13 +11,17 @@
 
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int VW = 16;  // floats per vector register
-constexpr int MR = 8;   // rows of the GEMM micro-kernel: 2·MR accumulators + 2 + 1 registers
+// Floats per vector: a register's (16 with AVX-512; the bfloat16 emulation's vectors are as
+// wide, each two AVX2 registers), and the rows of the GEMM micro-kernel: 2·MR accumulators + 2
+// + 1 registers.
+#if defined(__AVX512F__) || FLAX_LSTM_BF16 == 2
+#define FLAX_LSTM_VW 16
+constexpr int MR = 8;
 #else
-constexpr int VW = 8;
+#define FLAX_LSTM_VW 8
 constexpr int MR = 6;
 #endif
+constexpr int VW = FLAX_LSTM_VW;
 constexpr int NR = 2 * VW;  // columns of a packed panel of B
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -68,8 +72,13 @@ struct Product {
 // the micro-kernel's speed at 2 to 4 rows (docs/performance/design.md, "Tuning per CPU").
 template <typename V>
 inline void in_register(V& v) {
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__AVX__)  // a vec fits one register
-  asm("" : "+v"(v));
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__AVX__)
+#if defined(__AVX512F__)
+  constexpr size_t kRegisterBytes = 64;
+#else
+  constexpr size_t kRegisterBytes = 32;
+#endif
+  if constexpr (sizeof(V) <= kRegisterBytes) asm("" : "+v"(v));  // it fits one register
 #else
   (void)v;
 #endif
@@ -118,7 +127,36 @@ inline void accumulate(vec (&acc0)[P][M], vec (&acc1)[P][M], const float* const 
 }
 
 #if FLAX_LSTM_BF16
-// The same with bfloat16 operands: each vdpbf16ps adds the products of two K-steps (a pair of
+// VW pairs of bfloat16 K-steps (a pair is 32 bits, the lower K-step in its low half), and
+// acc + the products of the pairs in a and b, summed in float32: vdpbf16ps, or in the
+// emulation build the same sums in software, in its order (the upper K-step's product first).
+// A product of two bfloat16s is exact in float32; the emulation keeps subnormals, which
+// vdpbf16ps flushes to zero.
+#if FLAX_LSTM_BF16 == 1
+using pairs = __m512bh;
+inline pairs load_pairs(const bf16* p) { return (__m512bh)_mm512_loadu_si512(p); }
+inline pairs splat_pair(uint32_t pair) {
+  return (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+}
+inline vec dot_pairs(vec acc, pairs a, pairs b) {
+  return (vec)_mm512_dpbf16_ps((__m512)acc, a, b);
+}
+#else
+typedef uint32_t pairs __attribute__((vector_size(VW * 4)));
+inline pairs load_pairs(const bf16* p) {
+  pairs v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline pairs splat_pair(uint32_t pair) { return pairs{} + pair; }
+inline vec dot_pairs(vec acc, pairs a, pairs b) {
+  const pairs upper = pairs{} + 0xffff0000u;
+  acc = acc + (vec)(a & upper) * (vec)(b & upper);
+  return acc + (vec)(a << 16) * (vec)(b << 16);
+}
+#endif
+
+// The same with bfloat16 operands: each dot_pairs adds the products of two K-steps (a pair of
 // A broadcast against pairs of B) to float32 accumulators. An odd last K-step pairs A's value
 // with a zero (B is zero-padded there), so A is never read past its row.
 template <int M, int P>
@@ -127,13 +165,13 @@ inline void accumulate(vec (&acc0)[P][M], vec (&acc1)[P][M], const bf16* const (
   const auto step = [&](int k, auto a_at) {
 #pragma GCC unroll 4
     for (int j = 0; j < P; ++j) {
-      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B[j] + k * NR);
-      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B[j] + k * NR + 2 * VW);
+      const pairs b0 = load_pairs(B[j] + k * NR);
+      const pairs b1 = load_pairs(B[j] + k * NR + 2 * VW);
 #pragma GCC unroll 8
       for (int i = 0; i < M; ++i) {
-        const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(a_at(A[i] + k)));
-        acc0[j][i] = (vec)_mm512_dpbf16_ps((__m512)acc0[j][i], a, b0);
-        acc1[j][i] = (vec)_mm512_dpbf16_ps((__m512)acc1[j][i], a, b1);
+        const pairs a = splat_pair(a_at(A[i] + k));
+        acc0[j][i] = dot_pairs(acc0[j][i], a, b0);
+        acc1[j][i] = dot_pairs(acc1[j][i], a, b1);
       }
     }
   };
