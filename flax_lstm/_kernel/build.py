@@ -27,7 +27,8 @@ import jaxlib
 # The kernel's one translation unit; it includes the headers beside it (its opening comment
 # says what each holds).
 SOURCE = Path(__file__).parent / "lstm_cpu.cc"
-_FLAGS = ("-O3", "-std=c++20", "-shared", "-fPIC", "-pthread")
+STD = "-std=c++20"  # the C++ standard it is written in
+_FLAGS = ("-O3", STD, "-shared", "-fPIC", "-pthread")
 # Tuned for this machine's instruction set; the last, portable, variant is for compilers that
 # know neither flag (some clang versions on arm64 reject -march=native).
 _ARCH_FLAGS = (("-march=native",), ("-mcpu=native",), ())
