@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import python_process
+from kernel_checks import bf16_kernel, cxxflags, require_bf16_kernel
 
 import flax_lstm as fl
 
@@ -109,14 +110,17 @@ def steal_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("steal_test")
 
 
-@pytest.mark.parametrize("case", ["ragged", "hoisted", "ragged-bfloat16"])
+@pytest.mark.parametrize(
+    "case", ["ragged", "hoisted", pytest.param("ragged-bfloat16", marks=bf16_kernel)]
+)
 def test_stolen_items_give_the_same_bits(case, steal_cache, tmp_path):
     """A test build in which waiting threads steal at once and every 7th item's holder sleeps
     first (``-DFLAX_LSTM_STEAL_TEST=1``): items are written by the threads that stole them, and
     the outputs and gradients are the bits of one thread's run."""
-    dtype = jnp.bfloat16 if case.endswith("-bfloat16") else jnp.float32
-    if not fl.kernel.available(dtype):
-        pytest.skip(f"no {jnp.dtype(dtype).name} kernel here: {fl.kernel.build_error(dtype)}")
+    if case.endswith("-bfloat16"):
+        require_bf16_kernel()
+    elif not fl.kernel.available(jnp.float32):
+        pytest.skip(f"no float32 kernel here: {fl.kernel.build_error(jnp.float32)}")
     one = _run(tmp_path, "kernel", "1", "one", case)
     path = tmp_path / "stolen.npz"
     proc = python_process.run(
@@ -127,7 +131,7 @@ def test_stolen_items_give_the_same_bits(case, steal_cache, tmp_path):
         case,
         timeout=900,
         FLAX_LSTM_NUM_THREADS="2",
-        FLAX_LSTM_CXXFLAGS="-DFLAX_LSTM_STEAL_TEST=1",
+        FLAX_LSTM_CXXFLAGS=cxxflags("-DFLAX_LSTM_STEAL_TEST=1"),
         FLAX_LSTM_CACHE_DIR=str(steal_cache),
     )
     assert int(proc.stdout.split()[-1]) > 0, "no item was stolen"

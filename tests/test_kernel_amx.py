@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
-from kernel_checks import kernel_calls
+from kernel_checks import bf16_kernel, cxxflags, kernel_calls, require_bf16_kernel
 from python_process import run
 from torch_ref import Case, make_inputs, make_torch
 
@@ -127,11 +127,6 @@ def _compare_in_fresh_process(cache: Path, which: str = "all", **env: str) -> di
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _require_bf16_kernel() -> None:
-    if not kernel.available(jnp.bfloat16):
-        pytest.skip(f"no bfloat16 kernel here: {kernel.build_error(jnp.bfloat16)}")
-
-
 def _has_amx() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
@@ -147,35 +142,38 @@ def emulated_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("amx_emulated")
 
 
+@bf16_kernel
 def test_emulated_tiles_equal_scan_path(emulated_cache):
     """Every case on the emulated tiles: outputs, states and gradients as the scan path's, and
     each case did tile products (the AMX path ran, not vdpbf16ps)."""
-    _require_bf16_kernel()
+    require_bf16_kernel()
     result = _compare_in_fresh_process(
-        emulated_cache, FLAX_LSTM_CXXFLAGS=EMULATE, FLAX_LSTM_NUM_THREADS="2"
+        emulated_cache, FLAX_LSTM_CXXFLAGS=cxxflags(EMULATE), FLAX_LSTM_NUM_THREADS="2"
     )
     assert result["amx"] == "emulated" and result["reason"] is None
     assert len(result["products"]) == len(CASES)
     assert all(n > 0 for n in result["products"].values()), result["products"]
 
 
+@bf16_kernel
 def test_amx_disabled_runs_vdpbf16ps(emulated_cache):
     """FLAX_LSTM_AMX=0 turns the tile path off in a build that has it: the same results, no
     tile product, and info says why."""
-    _require_bf16_kernel()
+    require_bf16_kernel()
     result = _compare_in_fresh_process(
-        emulated_cache, "some", FLAX_LSTM_CXXFLAGS=EMULATE, FLAX_LSTM_AMX="0"
+        emulated_cache, "some", FLAX_LSTM_CXXFLAGS=cxxflags(EMULATE), FLAX_LSTM_AMX="0"
     )
     assert result["amx"] is False and result["reason"] == "disabled by FLAX_LSTM_AMX"
     assert set(result["products"].values()) == {0}
 
 
+@bf16_kernel
 @pytest.mark.skipif(not _has_amx(), reason=NO_AMX)
 @pytest.mark.parametrize("amx_env", ["1", "0"])
 def test_amx_tiles_equal_scan_path(amx_env, tmp_path):
     """On a CPU with AMX-BF16: every case on the hardware tiles, and with FLAX_LSTM_AMX=0 on
     vdpbf16ps, both within the bfloat16 tolerance of the scan path."""
-    _require_bf16_kernel()
+    require_bf16_kernel()
     result = _compare_in_fresh_process(
         tmp_path, "all" if amx_env == "1" else "some", FLAX_LSTM_AMX=amx_env
     )

@@ -21,11 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from kernel_checks import kernel_calls
+from kernel_checks import bf16_kernel, kernel_calls, require_bf16_kernel
 from torch_ref import Case, compare, make_inputs, make_torch
 
 import flax_lstm as fl
-from flax_lstm import kernel
 from flax_lstm._kernel import ffi, tuning
 
 pytestmark = pytest.mark.skipif(
@@ -292,11 +291,6 @@ def test_small_batch_setting_must_be_a_count(value, monkeypatch):
         tuning.small_batch()
 
 
-def _require_bf16_kernel():
-    if not kernel.available(jnp.bfloat16):
-        pytest.skip(f"no bfloat16 kernel here: {kernel.build_error(jnp.bfloat16)}")
-
-
 def _bf16_close(a, b):
     """Equal to within two bfloat16 roundings (2**-7) of the larger of |b| and 1."""
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
@@ -304,12 +298,13 @@ def _bf16_close(a, b):
     np.testing.assert_allclose(a, b, rtol=2**-7, atol=2**-7 * scale)
 
 
+@bf16_kernel
 @pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("case", SCAN_CASES, ids=range(len(SCAN_CASES)))
 def test_bfloat16_kernel_equals_scan_path(case, threads, monkeypatch):
     """bfloat16 compute: x, h and the weights in bfloat16 with float32 sums, gates and cell
     state, as the lax.scan path computes it; outputs, states and every gradient."""
-    _require_bf16_kernel()
+    require_bf16_kernel()
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", threads)
     jax.clear_caches()
     fast, scan = _kernel_and_scan(case, jnp.bfloat16)
@@ -448,12 +443,12 @@ def test_kernel_check_grads():
     check_grads(f, (params, x), order=1, modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=bf16_kernel)])
 def test_second_derivatives_through_the_kernel(dtype):
     """Reverse-over-reverse (a Hessian-vector product) runs and equals the scan path's: the
     kernel's calls are differentiated as the lax.scan path they replace."""
     if dtype == jnp.bfloat16:
-        _require_bf16_kernel()
+        require_bf16_kernel()
     cfg = fl.LSTMConfig(3, 20, num_layers=2, bidirectional=True)
     params = fl.init_params(jax.random.key(0), cfg)
     x = jax.random.normal(jax.random.key(1), (6, 5, 3))

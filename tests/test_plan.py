@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import python_process
 from absl.testing import parameterized
-from kernel_checks import kernel_calls, needs_kernel
+from kernel_checks import bf16_kernel, kernel_calls, needs_kernel, require_bf16_kernel
 
 import flax_lstm as fl
-from flax_lstm import _auto, kernel
+from flax_lstm import _auto
 from flax_lstm import plan as plans
 from flax_lstm._kernel import build as kernel_build
 from flax_lstm._kernel import calibrate, tuning
@@ -553,9 +553,9 @@ def test_default_falls_back_where_it_does_not_apply():
 
 
 @needs_kernel
+@bf16_kernel
 def test_bfloat16_uses_the_kernel_by_default():
-    if not kernel.available(jnp.bfloat16):
-        pytest.skip(f"no bfloat16 kernel here: {kernel.build_error(jnp.bfloat16)}")
+    require_bf16_kernel()
     cfg = fl.LSTMConfig(3, 64, bidirectional=True)
     x = jnp.ones((20, 4, 3), jnp.bfloat16)
     assert _uses_kernel(cfg, x, dtype=jnp.bfloat16)
