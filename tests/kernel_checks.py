@@ -37,8 +37,10 @@ needs_kernel = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
 
 
 bf16_kernel = pytest.mark.bf16_kernel
-# The flag of the kernel build whose vdpbf16ps is done in software (flax_lstm/_kernel/config.h).
+# The flags of the test builds that do in software what the CPU may lack
+# (flax_lstm/_kernel/config.h): vdpbf16ps, and the AMX tile instructions.
 BF16_EMULATE = "-DFLAX_LSTM_BF16_EMULATE=1"
+AMX_EMULATE = "-DFLAX_LSTM_AMX_EMULATE=1"
 
 
 def require_bf16_kernel() -> None:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import python_process
-from kernel_checks import bf16_kernel, cxxflags, require_bf16_kernel
+from kernel_checks import bf16_kernel, cxxflags, needs_kernel, require_bf16_kernel
 
 import flax_lstm as fl
 
@@ -110,6 +110,7 @@ def steal_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("steal_test")
 
 
+@needs_kernel
 @pytest.mark.parametrize(
     "case", ["ragged", "hoisted", pytest.param("ragged-bfloat16", marks=bf16_kernel)]
 )
@@ -119,8 +120,6 @@ def test_stolen_items_give_the_same_bits(case, steal_cache, tmp_path):
     the outputs and gradients are the bits of one thread's run."""
     if case.endswith("-bfloat16"):
         require_bf16_kernel()
-    elif not fl.kernel.available(jnp.float32):
-        pytest.skip(f"no float32 kernel here: {fl.kernel.build_error(jnp.float32)}")
     one = _run(tmp_path, "kernel", "1", "one", case)
     path = tmp_path / "stolen.npz"
     proc = python_process.run(

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
-from kernel_checks import bf16_kernel, cxxflags, kernel_calls, require_bf16_kernel
+from kernel_checks import AMX_EMULATE, bf16_kernel, cxxflags, kernel_calls, require_bf16_kernel
 from python_process import run
 from torch_ref import Case, make_inputs, make_torch
 
@@ -29,7 +29,6 @@ pytestmark = pytest.mark.skipif(
     jax.default_backend() != "cpu", reason="the kernel is for the CPU backend"
 )
 
-EMULATE = "-DFLAX_LSTM_AMX_EMULATE=1"
 NO_AMX = "this CPU has no AMX-BF16 (amx_bf16 flag): the AMX path was not executed"
 
 
@@ -128,12 +127,7 @@ def _compare_in_fresh_process(cache: Path, which: str = "all", **env: str) -> di
 
 
 def _has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "amx_bf16" in flags.split()
+    return "amx_bf16" in build.cpu_identity().split()
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +142,7 @@ def test_emulated_tiles_equal_scan_path(emulated_cache):
     each case did tile products (the AMX path ran, not vdpbf16ps)."""
     require_bf16_kernel()
     result = _compare_in_fresh_process(
-        emulated_cache, FLAX_LSTM_CXXFLAGS=cxxflags(EMULATE), FLAX_LSTM_NUM_THREADS="2"
+        emulated_cache, FLAX_LSTM_CXXFLAGS=cxxflags(AMX_EMULATE), FLAX_LSTM_NUM_THREADS="2"
     )
     assert result["amx"] == "emulated" and result["reason"] is None
     assert len(result["products"]) == len(CASES)
@@ -161,7 +155,7 @@ def test_amx_disabled_runs_vdpbf16ps(emulated_cache):
     tile product, and info says why."""
     require_bf16_kernel()
     result = _compare_in_fresh_process(
-        emulated_cache, "some", FLAX_LSTM_CXXFLAGS=cxxflags(EMULATE), FLAX_LSTM_AMX="0"
+        emulated_cache, "some", FLAX_LSTM_CXXFLAGS=cxxflags(AMX_EMULATE), FLAX_LSTM_AMX="0"
     )
     assert result["amx"] is False and result["reason"] == "disabled by FLAX_LSTM_AMX"
     assert set(result["products"].values()) == {0}

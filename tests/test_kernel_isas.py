@@ -6,9 +6,9 @@ its own CPU's variant: on an AVX2 machine the AVX-512 micro-kernel, the bfloat16
 them would pass here and fail on the first Zen 4 or Xeon that builds it. Each variant is
 compiled here for a ``-march`` that selects it (``-O0``, an object file: seconds), and checked
 for the kernel's feature macros it compiles with (config.h: ``FLAX_LSTM_BF16``,
-``FLAX_LSTM_AMX``) and the FFI symbols that the Python side looks up. Running those paths needs
-their CPUs: tests/test_kernel_ffi.py (bfloat16) and tests/test_kernel_amx.py (AMX tiles) skip
-elsewhere, with the reason.
+``FLAX_LSTM_AMX``) and the FFI symbols that the Python side looks up. Running them: natively on
+their CPUs, and the bfloat16 kernel's tests on the emulated build elsewhere
+(tests/test_kernel_bf16_emulated.py); the AMX hardware path only on a CPU with AMX-BF16.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import jax
 import pytest
+from kernel_checks import AMX_EMULATE, BF16_EMULATE
 
 from flax_lstm._kernel import build
 
@@ -47,13 +48,13 @@ VARIANTS = (
     Variant("amx", ("-march=sapphirerapids",), {"FLAX_LSTM_BF16": "1", "FLAX_LSTM_AMX": "1"}, True),
     Variant(  # the tests' build on AVX2 CPUs (tests/test_kernel_bf16_emulated.py)
         "bf16_emulated",
-        ("-march=x86-64-v3", "-DFLAX_LSTM_BF16_EMULATE=1"),
+        ("-march=x86-64-v3", BF16_EMULATE),
         {"FLAX_LSTM_BF16": "2", "FLAX_LSTM_AMX": "1"},
         bf16=True,
     ),
     Variant(
         "amx_emulated",
-        ("-march=sapphirerapids", "-DFLAX_LSTM_AMX_EMULATE=1"),
+        ("-march=sapphirerapids", AMX_EMULATE),
         {"FLAX_LSTM_BF16": "1", "FLAX_LSTM_AMX": "2"},
         bf16=True,
     ),
