@@ -72,92 +72,127 @@ inline void wg_micro(const float* __restrict A, const float* __restrict B, int64
   }
 }
 
+// The weight gradients' GEMM laid out: its valid steps (the contraction), their blocks of kWgK
+// and superblocks of `per` blocks, the panels of [x, h] (PI of x, then h's) and the blocks of
+// kWgRows gate rows of the float32 accumulator (G4p rows of ldc columns per direction).
+struct WeightGradLayout {
+  int64_t D, N, I, H, G4;
+  std::vector<int64_t> valid;  // the valid steps, t-major: t·N + n
+  int64_t K, PI, P, ldc, G4p, gblocks, blocks, per, supers;
+
+  WeightGradLayout(const Dims& s, const int8_t* mask)
+      : D(s.D), N(s.N), I(s.I), H(s.H), G4(4 * s.H) {
+    for (int64_t t = 0; t < s.T; ++t)
+      for (int64_t n = 0; n < N; ++n)
+        if (mask == nullptr || mask[t * N + n] != 0) valid.push_back(t * N + n);
+    K = static_cast<int64_t>(valid.size());
+    PI = (I + NR - 1) / NR;
+    P = PI + (H + NR - 1) / NR;
+    ldc = P * NR;
+    G4p = round_up(G4, kWgRows);
+    gblocks = G4p / kWgRows;
+    blocks = (K + kWgK - 1) / kWgK;
+    per = std::max<int64_t>(
+        1, std::min<int64_t>(blocks, kWgPackBytes / (D * P * kWgK * NR * sizeof(float))));
+    supers = (blocks + per - 1) / per;
+  }
+  // The row of valid step v in (T, D, N, ·) for direction d, and the steps of block b.
+  int64_t row_of(int64_t v, int64_t d) const {
+    const int64_t t = valid[v] / N, n = valid[v] % N;
+    return (t * D + d) * N + n;
+  }
+  int64_t steps_in(int64_t b) const { return std::min(K, (b + 1) * kWgK) - b * kWgK; }
+};
+
+// Packs block b's [x_s, h_{s-1}] of direction d into its P panels at `out` (kWgK × NR each),
+// sample by sample, whole rows of x and h: read in order, as the prefetchers like.
+void pack_wg_block(const WeightGradLayout& L, int64_t d, int64_t b, const float* x,
+                   const float* hs, const float* h0, float* out) {
+  for (int64_t v = b * kWgK, e = v + L.steps_in(b); v < e; ++v) {
+    const int64_t t = L.valid[v] / L.N, n = L.valid[v] % L.N, j = v - b * kWgK;
+    const float* xr = x + L.row_of(v, d) * L.I;
+    // h_{t-1}: h0 at the first step, else hs's row of the step before
+    const float* hr =
+        t == 0 ? h0 + (d * L.N + n) * L.H : hs + (L.row_of(v, d) - L.D * L.N) * L.H;
+    for (int64_t p = 0; p < L.P; ++p) {
+      const bool is_x = p < L.PI;
+      const int64_t c0 = (is_x ? p : p - L.PI) * NR;
+      const int64_t cols = std::min<int64_t>(NR, (is_x ? L.I : L.H) - c0);
+      copy_padded<NR>(out + p * kWgK * NR + j * NR, (is_x ? xr : hr) + c0, cols);
+    }
+  }
+}
+
+// Copies the gate columns [g0, g0 + rows) of block b's dz (direction d) into `a` as kWgRows / MR
+// slivers, sliver q (rows g0 + q·MR …) kb × MR, k-major. Sample by sample: each reads its gate
+// columns of dz in one piece, the next samples' fetched ahead (dz rows are far apart, which the
+// prefetchers do not follow).
+void gather_dz_slivers(const WeightGradLayout& L, int64_t d, int64_t b, int64_t g0, int64_t rows,
+                       const float* dz, float* a) {
+  const int64_t v0 = b * kWgK, kb = L.steps_in(b);
+  for (int64_t v = 0; v < kb; ++v) {
+    if (v + kPrefetch < kb)
+      prefetch(dz + L.row_of(v0 + v + kPrefetch, d) * L.G4 + g0, rows * sizeof(float));
+    const float* src = dz + L.row_of(v0 + v, d) * L.G4 + g0;
+    for (int64_t q = 0; q < kWgRows / MR; ++q) {
+      const int64_t r0 = q * MR, nr = std::clamp<int64_t>(rows - r0, 0, MR);
+      copy_padded<MR>(a + q * kWgK * MR + v * MR, src + r0, nr);
+    }
+  }
+}
+
+// c[0 : kWgRows, :] += a · the block's panels (kb steps), panel by panel.
+void add_wg_block(const WeightGradLayout& L, const float* a, const float* panels, int64_t kb,
+                  float* c) {
+  for (int64_t p = 0; p < L.P; ++p) {
+    const float* bp = panels + p * kWgK * NR;
+    for (int64_t q = 0; q < kWgRows / MR; ++q)
+      wg_micro(a + q * kWgK * MR, bp, kb, c + q * MR * L.ldc + p * NR, L.ldc);
+  }
+}
+
 void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float* dz,
                   const float* x, const float* hs, const float* h0, const int8_t* mask,
                   float* dw_ih, float* dw_hh) {
-  const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
-  // The valid steps, t-major: t·N + n.
-  std::vector<int64_t> valid;
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t n = 0; n < N; ++n)
-      if (mask == nullptr || mask[t * N + n] != 0) valid.push_back(t * N + n);
-  const int64_t K = static_cast<int64_t>(valid.size());
-  const int64_t PI = (I + NR - 1) / NR, PH = (H + NR - 1) / NR, P = PI + PH, ldc = P * NR;
-  const int64_t G4p = round_up(G4, kWgRows), gblocks = G4p / kWgRows;
-  std::vector<float> acc(static_cast<size_t>(D * G4p * ldc), 0.0f);
-  // Blocks of kWgK steps; a superblock of `per` blocks is packed at a time.
-  const int64_t blocks = (K + kWgK - 1) / kWgK;
-  const int64_t per = std::max<int64_t>(
-      1, std::min<int64_t>(blocks, kWgPackBytes / (D * P * kWgK * NR * sizeof(float))));
-  const int64_t supers = (blocks + per - 1) / per;
-  std::vector<float> packed(static_cast<size_t>(D * per * P * kWgK * NR));
-  // Panel p of block j (of the superblock) of direction d.
-  const auto panel = [&](int64_t d, int64_t j, int64_t p) {
-    return packed.data() + ((d * per + j) * P + p) * kWgK * NR;
-  };
-  const auto row_of = [&](int64_t v, int64_t d) {  // the row of step `valid[v]` in (T, D, N, ·)
-    const int64_t t = valid[v] / N, n = valid[v] % N;
-    return (t * D + d) * N + n;
-  };
-  if (K > 0) {
-    const int64_t chunks = std::max(D * per, D * gblocks);
-    run_items(pool, threads, Prefault({}), 2 * supers, chunks, [&](int64_t row, int64_t k,
-                                                                  Scratch& scratch) {
-      const int64_t sb = row / 2, b0 = sb * per, b1 = std::min(blocks, b0 + per);
-      if (row % 2 == 0) {  // pack the panels of block b0 + k % per of direction d
-        const int64_t d = k / per, b = b0 + k % per;
-        if (d >= D || b >= b1) return;
-        // Sample by sample, whole rows of x and h: read in order, as the prefetchers like.
-        for (int64_t v = b * kWgK, e = std::min(K, v + kWgK); v < e; ++v) {
-          const int64_t t = valid[v] / N, n = valid[v] % N, j = v - b * kWgK;
-          const float* xr = x + row_of(v, d) * I;
-          const float* hr = t == 0 ? h0 + (d * N + n) * H : hs + row_of(v, d) * H - D * N * H;
-          for (int64_t p = 0; p < P; ++p) {
-            const bool is_x = p < PI;
-            const int64_t c0 = (is_x ? p : p - PI) * NR;
-            const int64_t cols = std::min<int64_t>(NR, (is_x ? I : H) - c0);
-            float* out = panel(d, b - b0, p) + j * NR;
-            copy_padded<NR>(out, (is_x ? xr : hr) + c0, cols);
-          }
-        }
-        return;
-      }
-      if (k >= D * gblocks) return;
-      const int64_t d = k / gblocks, g0 = (k % gblocks) * kWgRows;
-      const int64_t rows = std::min(kWgRows, G4 - g0);  // gate rows here; the rest is padding
-      float* a = scratch.get(static_cast<size_t>(kWgRows * kWgK));
-      float* c = acc.data() + (d * G4p + g0) * ldc;
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t v0 = b * kWgK, kb = std::min(K, v0 + kWgK) - v0;
-        // a: sliver q (rows g0 + q·MR …) is kb × MR, k-major. Sample by sample: each reads its
-        // kWgRows gate columns of dz in one piece, the next samples' fetched ahead (dz rows are
-        // far apart, which the prefetchers do not follow).
-        for (int64_t v = 0; v < kb; ++v) {
-          if (v + kPrefetch < kb)
-            prefetch(dz + row_of(v0 + v + kPrefetch, d) * G4 + g0, rows * sizeof(float));
-          const float* src = dz + row_of(v0 + v, d) * G4 + g0;
-          for (int64_t q = 0; q < kWgRows / MR; ++q) {
-            const int64_t r0 = q * MR, nr = std::clamp<int64_t>(rows - r0, 0, MR);
-            copy_padded<MR>(a + q * kWgK * MR + v * MR, src + r0, nr);
-          }
-        }
-        for (int64_t p = 0; p < P; ++p) {
-          const float* bp = panel(d, b - b0, p);
-          for (int64_t q = 0; q < kWgRows / MR; ++q)
-            wg_micro(a + q * kWgK * MR, bp, kb, c + q * MR * ldc + p * NR, ldc);
-        }
-      }
-      if (sb == supers - 1) {  // the last superblock: this block of gate rows is complete
-        for (int64_t g = 0; g < rows; ++g) {
-          std::memcpy(dw_ih + (d * G4 + g0 + g) * I, c + g * ldc, I * sizeof(float));
-          std::memcpy(dw_hh + (d * G4 + g0 + g) * H, c + g * ldc + PI * NR, H * sizeof(float));
-        }
-      }
-    });
-  } else {
+  const WeightGradLayout L(s, mask);
+  const int64_t D = L.D, I = L.I, H = L.H, G4 = L.G4;
+  if (L.K == 0) {
     std::fill(dw_ih, dw_ih + D * G4 * I, 0.0f);
     std::fill(dw_hh, dw_hh + D * G4 * H, 0.0f);
+    return;
   }
+  std::vector<float> acc(static_cast<size_t>(D * L.G4p * L.ldc), 0.0f);
+  std::vector<float> packed(static_cast<size_t>(D * L.per * L.P * kWgK * NR));
+  const auto panels = [&](int64_t d, int64_t j) {  // block j of the superblock, direction d
+    return packed.data() + (d * L.per + j) * L.P * kWgK * NR;
+  };
+  // Rows of items: for each superblock, its blocks packed (one item per direction and block),
+  // then its products added (one item per direction and block of kWgRows gate rows).
+  const int64_t chunks = std::max(D * L.per, D * L.gblocks);
+  run_items(pool, threads, Prefault({}), 2 * L.supers, chunks,
+            [&](int64_t row, int64_t k, Scratch& scratch) {
+    const int64_t sb = row / 2, b0 = sb * L.per, b1 = std::min(L.blocks, b0 + L.per);
+    if (row % 2 == 0) {
+      const int64_t d = k / L.per, b = b0 + k % L.per;
+      if (d < D && b < b1) pack_wg_block(L, d, b, x, hs, h0, panels(d, b - b0));
+      return;
+    }
+    if (k >= D * L.gblocks) return;
+    const int64_t d = k / L.gblocks, g0 = (k % L.gblocks) * kWgRows;
+    const int64_t rows = std::min(kWgRows, G4 - g0);  // gate rows here; the rest is padding
+    float* a = scratch.get(static_cast<size_t>(kWgRows * kWgK));
+    float* c = acc.data() + (d * L.G4p + g0) * L.ldc;
+    for (int64_t b = b0; b < b1; ++b) {
+      gather_dz_slivers(L, d, b, g0, rows, dz, a);
+      add_wg_block(L, a, panels(d, b - b0), L.steps_in(b), c);
+    }
+    if (sb == L.supers - 1) {  // the last superblock: this block of gate rows is complete
+      for (int64_t g = 0; g < rows; ++g) {
+        std::memcpy(dw_ih + (d * G4 + g0 + g) * I, c + g * L.ldc, I * sizeof(float));
+        std::memcpy(dw_hh + (d * G4 + g0 + g) * H, c + g * L.ldc + L.PI * NR, H * sizeof(float));
+      }
+    }
+  });
 }
 
 // dx = dz·W_ih on the valid rows, zero on the others: items of kDxSteps steps, each step one
