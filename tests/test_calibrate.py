@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 import python_process
+from kernel_checks import bf16_kernel, require_bf16_kernel
 
 from flax_lstm import _auto, cli, kernel
 from flax_lstm._kernel import build, calibrate, ffi, tuning
@@ -358,6 +359,21 @@ def test_kernel_command_calibrates_and_prints_the_verdicts(monkeypatch, tmp_path
     calls = len(fake.calls)
     cli.main(["kernel", "--calibrate"])  # measures again: "now"
     assert len(fake.calls) == 2 * calls
+
+
+@bf16_kernel
+def test_kernel_command_calibrates_bfloat16_beside_float32(monkeypatch, tmp_path, capsys):
+    """Where the kernel has bfloat16, the command measures it too, and prints its verdicts."""
+    require_bf16_kernel()
+    fake = fake_calibration.install(monkeypatch, tmp_path, small=1.25, large=0.5)
+    assert cli.main(["kernel", "--calibrate"]) == 0
+    captured = capsys.readouterr()
+    state = json.loads(captured.out.splitlines()[-1])
+    assert sorted(state["calibration"]) == ["bfloat16", "float32"]
+    assert state["calibration"]["bfloat16"]["large"]["choice"] == "scan"
+    assert state["calibration"]["bfloat16"]["small"]["choice"] == "kernel"
+    assert "bfloat16 small (probe B4 T64 H256): the kernel 1.25× the scan" in captured.err
+    assert {dtype for dtype, _ in fake.calls} == {"bfloat16", "float32"}
 
 
 REAL_CALIBRATION_UNDER_JIT = """
