@@ -43,6 +43,17 @@ struct BackwardRow {
   float* pass;          // the dh that frozen steps pass on
   E* dz;                // the gate pre-activation gradients
   float* db;            // the bias gradient, summed over rows and steps
+
+  // Asks for what the row's gate arithmetic reads (a row that does not run the step reads only
+  // what passes through), fetched while the step's GEMM runs.
+  void prefetch_inputs(int64_t H, int64_t nu, bool runs) const {
+    prefetch(dhs, nu * sizeof(E));
+    if (dcs != nullptr) prefetch(dcs, nu * sizeof(float));
+    if (!runs) return;
+    for (int64_t g = 0; g < 4; ++g) prefetch(acts + g * H, nu * sizeof(float));
+    prefetch(c, nu * sizeof(float));
+    prefetch(c_prev, nu * sizeof(float));
+  }
 };
 
 // The LSTM cell's gradients on one row of a chunk (nu ≤ kBwdUnits units). At a frozen step (not
@@ -116,19 +127,24 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
     if (t == T - 1 && !claim()) return false;
     if (t == T - 1) pack(d, k);
     float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
-    if (t >= 0) {  // what the gate arithmetic below reads, fetched while the GEMM runs
-      const int64_t row0 = (t * D + d) * N, na = order.active[t];
-      for (int64_t i = 0; i < N; ++i) {
-        const int64_t n = order.row(i), r = row0 + n;
-        prefetch(dhs + r * H + u0, nu * sizeof(E));
-        if (dcs_all) prefetch(dcs + r * H + u0, nu * sizeof(float));
-        if (i >= na) continue;
-        for (int64_t g = 0; g < 4; ++g) prefetch(acts + r * G4 + g * H + u0, nu * sizeof(float));
-        prefetch(cs + r * H + u0, nu * sizeof(float));
-        prefetch(t == 0 ? c0 + (d * N + n) * H + u0 : cs + (r - D * N) * H + u0,
-                 nu * sizeof(float));
-      }
-    }
+    // Row i of the chunk at step t ≥ 0 (batch row order.row(i)).
+    const auto row_at = [&](int64_t i) {
+      const int64_t n = order.row(i), r = (t * D + d) * N + n;
+      return BackwardRow<E>{
+          .dh = dh + i * cols,
+          .dhs = dhs + r * H + u0,
+          .dcs = dcs_all ? dcs + r * H + u0 : nullptr,
+          .acts = acts + r * G4 + u0,
+          .c = cs + r * H + u0,
+          .c_prev = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (r - D * N) * H + u0,
+          .dc = dc.data() + (d * N + n) * H + u0,
+          .pass = pass.data() + (d * N + n) * H + u0,
+          .dz = dz + r * G4 + u0,
+          .db = db + d * G4 + u0,
+      };
+    };
+    if (t >= 0)
+      for (int64_t i = 0; i < N; ++i) row_at(i).prefetch_inputs(H, nu, i < order.active[t]);
     // dz_{t+1} is zero for the rows that step t + 1 does not run: only the others' GEMM.
     const int64_t na_next = t == T - 1 ? 0 : order.active[t + 1];
     if (na_next > 0) {
@@ -151,23 +167,10 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
       }
       return true;
     }
-    const int64_t row0 = (t * D + d) * N, na = order.active[t];
-    for (int64_t i = 0; i < N; ++i) {
-      const int64_t n = order.row(i), r = row0 + n;
-      const BackwardRow<E> rw{
-          .dh = dh + i * cols,
-          .dhs = dhs + r * H + u0,
-          .dcs = dcs_all ? dcs + r * H + u0 : nullptr,
-          .acts = acts + r * G4 + u0,
-          .c = cs + r * H + u0,
-          .c_prev = t == 0 ? c0 + (d * N + n) * H + u0 : cs + (r - D * N) * H + u0,
-          .dc = dc.data() + (d * N + n) * H + u0,
-          .pass = pass.data() + (d * N + n) * H + u0,
-          .dz = dz + r * G4 + u0,
-          .db = db + d * G4 + u0,
-      };
-      cell_backward(rw, H, nu, i < na && order.valid(mask, t, N, n), !in_place || i < na);
-    }
+    const int64_t na = order.active[t];
+    for (int64_t i = 0; i < N; ++i)
+      cell_backward(row_at(i), H, nu, i < na && order.valid(mask, t, N, order.row(i)),
+                    !in_place || i < na);
     return true;
   }, runs_for_batch(N, threads, small_batch));
 }

@@ -79,33 +79,85 @@ inline void project_block(const Dims& s, const E* x, int64_t d, int64_t t0, cons
   gemm_packed(nt * N, cols / NR, &prod, 1, xp, cols);
 }
 
+// The packed weights of every direction and chunk: chunk column g·16 + j is gate g of unit
+// 16·chunk + j (a row of W; past H, the last unit's again, computed and never stored). A chunk's
+// weights are packed by the first item that uses them (its direction's first row, which every
+// later row waits for): the team shares the packing, and with small batches a thread packs the
+// chunks it keeps (run_groups) into its own core's cache.
+template <typename E>
+struct ForwardWeights {
+  static constexpr int64_t cols = 4 * kFwdUnits;
+  const E* src_ih;        // W_ih, (D, 4H, I), as given
+  const E* src_hh;        // W_hh, (D, 4H, H)
+  const float* src_bias;  // (D, 4H)
+  int64_t I, H, chunks;
+  int64_t wi, wh;  // elements per chunk of packed W_ih, W_hh
+  Unzeroed<E> ih, hh;
+  Unzeroed<float> b;  // (D, chunks, cols)
+
+  ForwardWeights(const Dims& s, const E* w_ih, const E* w_hh, const float* bias)
+      : src_ih(w_ih), src_hh(w_hh), src_bias(bias), I(s.I), H(s.H),
+        chunks((s.H + kFwdUnits - 1) / kFwdUnits),
+        wi(panel_size<E>(s.I) * (cols / NR)), wh(panel_size<E>(s.H) * (cols / NR)),
+        ih(static_cast<size_t>(s.D * chunks * wi)), hh(static_cast<size_t>(s.D * chunks * wh)),
+        b(static_cast<size_t>(s.D * chunks * cols)) {}
+  const E* packed_ih(int64_t d, int64_t k) const { return ih.data() + (d * chunks + k) * wi; }
+  const E* packed_hh(int64_t d, int64_t k) const { return hh.data() + (d * chunks + k) * wh; }
+  const float* packed_bias(int64_t d, int64_t k) const {
+    return b.data() + (d * chunks + k) * cols;
+  }
+
+  void pack(int64_t d, int64_t k) const {
+    const int64_t G4 = 4 * H, u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
+    const auto row_of = [&](int64_t col) {
+      return (col / kFwdUnits) * H + u0 + std::min(col % kFwdUnits, nu - 1);
+    };
+    pack_rows(src_ih + d * G4 * I, I, cols, row_of, ih.data() + (d * chunks + k) * wi);
+    pack_rows(src_hh + d * G4 * H, H, cols, row_of, hh.data() + (d * chunks + k) * wh);
+    for (int64_t col = 0; col < cols; ++col)
+      b[(d * chunks + k) * cols + col] = src_bias[d * G4 + row_of(col)];
+  }
+};
+
+// Where a forward step writes, row by row (row r of (T, D, N, ·)), at a chunk's units [u0, u0 +
+// nu): h (hs), every step's cell state (cs, or nullptr where only the last one is kept) and the
+// activated gates (acts, or nullptr; gate g of a row at + g·H).
+template <typename E>
+struct ForwardOutputs {
+  E* hs;
+  float* cs;
+  float* acts;
+  int64_t H;
+
+  // Asks for a row's lines, written after the step's GEMM.
+  void prefetch(int64_t r, int64_t u0, int64_t nu) const {
+    prefetch_w(hs + r * H + u0, nu * sizeof(E));
+    if (cs != nullptr) prefetch_w(cs + r * H + u0, nu * sizeof(float));
+    if (acts != nullptr)
+      for (int64_t g = 0; g < 4; ++g) prefetch_w(acts + (4 * r + g) * H + u0, nu * sizeof(float));
+  }
+  // A row whose sequence has ended: the state hp, c carried through, no gates.
+  void carry(int64_t r, const E* hp, const float* c, int64_t u0, int64_t nu) const {
+    std::memcpy(hs + r * H + u0, hp, nu * sizeof(E));
+    if (cs != nullptr) std::memcpy(cs + r * H + u0, c, nu * sizeof(float));
+    if (acts != nullptr)
+      for (int64_t g = 0; g < 4; ++g) std::fill_n(acts + (4 * r + g) * H + u0, nu, 0.0f);
+  }
+  E* h(int64_t r, int64_t u0) const { return hs + r * H + u0; }
+  float* gates(int64_t r, int64_t u0) const {
+    return acts == nullptr ? nullptr : acts + 4 * r * H + u0;
+  }
+};
+
 template <typename E>
 void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_batch,
              const std::vector<Span>& fresh, const E* x, const E* w_ih, const float* bias,
              const E* w_hh, const E* h0, const float* c0, const int8_t* mask, E* hs, float* cs,
              bool cs_all, float* acts) {
-  const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
-  const int64_t chunks = (H + kFwdUnits - 1) / kFwdUnits, cols = 4 * kFwdUnits;
-  // Packed weights of every direction and chunk: chunk column g·16 + j is gate g of unit
-  // 16·chunk + j (a row of W; past H, the last unit's again, computed and never stored).
-  // Elements per chunk of packed W_ih, W_hh.
-  const int64_t wi = panel_size<E>(I) * (cols / NR), wh = panel_size<E>(H) * (cols / NR);
-  const Unzeroed<E> bi(static_cast<size_t>(D * chunks * wi));
-  const Unzeroed<E> bh(static_cast<size_t>(D * chunks * wh));
-  const Unzeroed<float> bcol(static_cast<size_t>(D * chunks * cols));
-  // A chunk's weights are packed by the first item that uses them (its direction's first row,
-  // which every later row waits for): the team shares the packing, and with small batches a
-  // thread packs the chunks it keeps (run_groups) into its own core's cache.
-  const auto pack = [&](int64_t d, int64_t k) {
-    const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
-    const auto row_of = [&](int64_t col) {
-      return (col / kFwdUnits) * H + u0 + std::min(col % kFwdUnits, nu - 1);
-    };
-    pack_rows(w_ih + d * G4 * I, I, cols, row_of, bi.data() + (d * chunks + k) * wi);
-    pack_rows(w_hh + d * G4 * H, H, cols, row_of, bh.data() + (d * chunks + k) * wh);
-    for (int64_t col = 0; col < cols; ++col)
-      bcol[(d * chunks + k) * cols + col] = bias[d * G4 + row_of(col)];
-  };
+  const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H;
+  const ForwardWeights<E> w(s, w_ih, w_hh, bias);
+  const int64_t chunks = w.chunks, cols = w.cols;
+  const ForwardOutputs<E> out{hs, cs_all ? cs : nullptr, acts, H};
   // The cell state of every direction, shared: each item updates its chunk's units.
   std::vector<float> c(c0, c0 + D * N * H);
   // Small batches: the input projection x_t·W_ihᵀ of a block of kBlock steps is one GEMM with
@@ -130,27 +182,20 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
     const int64_t t = hoist ? r - r / (kBlock + 1) - 1 : r;
     const bool projection = hoist && r % (kBlock + 1) == 0;
     if ((r == 0 || projection) && !claim()) return false;
-    if (r == 0) pack(d, k);
-    const E* pi = bi.data() + (d * chunks + k) * wi;
+    if (r == 0) w.pack(d, k);
     if (projection) {
-      project_block(s, x, d, r / (kBlock + 1) * kBlock, order, pi, cols, scratch,
+      project_block(s, x, d, r / (kBlock + 1) * kBlock, order, w.packed_ih(d, k), cols, scratch,
                     xp.data() + item * kBlock * N * cols);
       return true;
     }
     const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
     const int64_t row0 = (t * D + d) * N;  // first row of step t, direction d
     const E* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
-    const E* ph = bh.data() + (d * chunks + k) * wh;
     const int64_t na = order.active[t];  // gate row i is batch row order.row(i)
-    for (int64_t i = 0; i < N; ++i) {  // the rows written below, asked for while the GEMM runs
-      const int64_t r = row0 + order.row(i);
-      prefetch_w(hs + r * H + u0, nu * sizeof(E));
-      if (cs_all) prefetch_w(cs + r * H + u0, nu * sizeof(float));
-      if (acts != nullptr)
-        for (int64_t g = 0; g < 4; ++g) prefetch_w(acts + r * G4 + g * H + u0, nu * sizeof(float));
-    }
-    const Product<E> prods[2] = {{x + row0 * I, I, static_cast<int>(I), pi, order.rows()},
-                                 {hprev, H, static_cast<int>(H), ph, order.rows()}};
+    for (int64_t i = 0; i < N; ++i) out.prefetch(row0 + order.row(i), u0, nu);
+    const Product<E> prods[2] = {
+        {x + row0 * I, I, static_cast<int>(I), w.packed_ih(d, k), order.rows()},
+        {hprev, H, static_cast<int>(H), w.packed_hh(d, k), order.rows()}};
     float* gate = scratch.get(static_cast<size_t>(N * cols));
     gemm_packed(na, cols / NR, prods + hoist, hoist ? 1 : 2, gate, cols);
     if (hoist) {
@@ -161,22 +206,14 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
     if (r != 0 && !claim()) return false;
     for (int64_t i = na; i < N; ++i) {  // finished rows: the state stays, no gates
       const int64_t n = order.row(i);
-      std::memcpy(hs + (row0 + n) * H + u0, hprev + n * H + u0, nu * sizeof(E));
-      if (cs_all)
-        std::memcpy(cs + (row0 + n) * H + u0, c.data() + (d * N + n) * H + u0,
-                    nu * sizeof(float));
-      if (acts != nullptr)
-        for (int64_t g = 0; g < 4; ++g)
-          std::fill_n(acts + (row0 + n) * G4 + g * H + u0, nu, 0.0f);
+      out.carry(row0 + n, hprev + n * H + u0, c.data() + (d * N + n) * H + u0, u0, nu);
     }
-    const float* bb = bcol.data() + (d * chunks + k) * cols;
     for (int64_t i = 0; i < na; ++i) {
       const int64_t n = order.row(i), row = row0 + n;
       float* cn = c.data() + (d * N + n) * H + u0;
-      cell_forward(gate + i * cols, bb, cn, hprev + n * H + u0, hs + row * H + u0,
-                   acts == nullptr ? nullptr : acts + row * G4 + u0, H, nu,
-                   order.valid(mask, t, N, n));
-      if (cs_all) std::memcpy(cs + row * H + u0, cn, nu * sizeof(float));
+      cell_forward(gate + i * cols, w.packed_bias(d, k), cn, hprev + n * H + u0, out.h(row, u0),
+                   out.gates(row, u0), H, nu, order.valid(mask, t, N, n));
+      if (out.cs != nullptr) std::memcpy(out.cs + row * H + u0, cn, nu * sizeof(float));
     }
     return true;
   }, runs_for_batch(N, threads, small_batch));
