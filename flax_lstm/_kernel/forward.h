@@ -136,10 +136,14 @@ struct ForwardOutputs {
     if (acts != nullptr)
       for (int64_t g = 0; g < 4; ++g) prefetch_w(acts + (4 * r + g) * H + u0, nu * sizeof(float));
   }
+  // The row's cell state c, where every step's is kept.
+  void cell(int64_t r, const float* c, int64_t u0, int64_t nu) const {
+    if (cs != nullptr) std::memcpy(cs + r * H + u0, c, nu * sizeof(float));
+  }
   // A row whose sequence has ended: the state hp, c carried through, no gates.
   void carry(int64_t r, const E* hp, const float* c, int64_t u0, int64_t nu) const {
     std::memcpy(hs + r * H + u0, hp, nu * sizeof(E));
-    if (cs != nullptr) std::memcpy(cs + r * H + u0, c, nu * sizeof(float));
+    cell(r, c, u0, nu);
     if (acts != nullptr)
       for (int64_t g = 0; g < 4; ++g) std::fill_n(acts + (4 * r + g) * H + u0, nu, 0.0f);
   }
@@ -213,7 +217,7 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
       float* cn = c.data() + (d * N + n) * H + u0;
       cell_forward(gate + i * cols, w.packed_bias(d, k), cn, hprev + n * H + u0, out.h(row, u0),
                    out.gates(row, u0), H, nu, order.valid(mask, t, N, n));
-      if (out.cs != nullptr) std::memcpy(out.cs + row * H + u0, cn, nu * sizeof(float));
+      out.cell(row, cn, u0, nu);
     }
     return true;
   }, runs_for_batch(N, threads, small_batch));

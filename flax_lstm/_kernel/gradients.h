@@ -110,10 +110,10 @@ void pack_wg_block(const WeightGradLayout& L, int64_t d, int64_t b, const float*
                    const float* hs, const float* h0, float* out) {
   for (int64_t v = b * kWgK, e = v + L.steps_in(b); v < e; ++v) {
     const int64_t t = L.valid[v] / L.N, n = L.valid[v] % L.N, j = v - b * kWgK;
-    const float* xr = x + L.row_of(v, d) * L.I;
+    const int64_t r = L.row_of(v, d);
+    const float* xr = x + r * L.I;
     // h_{t-1}: h0 at the first step, else hs's row of the step before
-    const float* hr =
-        t == 0 ? h0 + (d * L.N + n) * L.H : hs + (L.row_of(v, d) - L.D * L.N) * L.H;
+    const float* hr = t == 0 ? h0 + (d * L.N + n) * L.H : hs + (r - L.D * L.N) * L.H;
     for (int64_t p = 0; p < L.P; ++p) {
       const bool is_x = p < L.PI;
       const int64_t c0 = (is_x ? p : p - L.PI) * NR;
