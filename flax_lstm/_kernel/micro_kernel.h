@@ -245,15 +245,18 @@ inline void row_block_of(int rows, int64_t p0, int64_t p1, const Product<E>* pro
 }
 
 // Rows of gemm_packed's next row block when `left` rows remain: MR, and the rest at the end.
-// With AVX2 a rest of 1 to 3 rows (too few sums for the multiply-add latency) shares the last
-// full block instead: its MR + rest rows as two blocks of about half, 8 rows as 4 + 4 rather
-// than 6 + 2 (measured on Zen 3; docs/performance/design.md, "Short row blocks on AVX2").
+// With AVX2 the rows are split as evenly as the fewest blocks allow (16 rows as 6 + 5 + 5, 8
+// as 4 + 4, 32 as 6 + 6 + 5 + 5 + 5 + 5): a short block has too few sums for the multiply-add
+// latency, 1 to 3 rows on Zen 3 and 4 rows on Zen 2, where 4 rows ran at 0.8× of 5 or 6
+// (docs/performance/design.md, "Short row blocks on AVX2" and "Even row blocks on Zen 2").
 // AVX-512 keeps the rest in a block of its own, as measured on Zen 5.
 constexpr int64_t next_block(int64_t left) {
 #if !defined(__AVX512F__)
-  if (left > MR && left < MR + 4) return (left + 1) / 2;
-#endif
+  const int64_t blocks = (left + MR - 1) / MR;
+  return (left + blocks - 1) / blocks;
+#else
   return std::min<int64_t>(left, MR);
+#endif
 }
 
 }  // namespace
