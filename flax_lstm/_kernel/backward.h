@@ -91,24 +91,59 @@ inline void cell_backward(const BackwardRow<E>& row, int64_t H, int64_t nu, bool
   });
 }
 
+// The packed W_hh of every direction and chunk (kBwdUnits units, `cols` columns of dh), packed
+// by the first item that uses it, as the forward's (ForwardWeights).
+template <typename E>
+struct BackwardWeights {
+  static constexpr int64_t cols = round_up(kBwdUnits, NR);
+  const E* src;  // W_hh, (D, 4H, H), as given
+  int64_t H, chunks;
+  int64_t wc;  // elements per chunk of packed W_hh
+  Unzeroed<E> packed_all;
+
+  BackwardWeights(const Dims& s, const E* w_hh)
+      : src(w_hh), H(s.H), chunks((s.H + kBwdUnits - 1) / kBwdUnits),
+        wc(panel_size<E>(4 * s.H) * (cols / NR)),
+        packed_all(static_cast<size_t>(s.D * chunks * wc)) {}
+  const E* packed(int64_t d, int64_t k) const { return packed_all.data() + (d * chunks + k) * wc; }
+
+  void pack(int64_t d, int64_t k) const {
+    const int64_t G4 = 4 * H, u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
+    E* out = packed_all.data() + (d * chunks + k) * wc;
+    pack_cols(src + d * G4 * H, G4, H, u0, nu, out);
+    // A last chunk of fewer units fills fewer panels; the GEMM reads all of them: zeros.
+    std::fill(out + round_up(nu, NR) / NR * panel_size<E>(G4), out + wc, E{});
+  }
+};
+
+// A chunk's dh after step t (N rows of `cols`, row i for batch row order.row(i)): dz_{t+1}·W_hh
+// for the rows that step t + 1 runs (zero for the others: their dz is zero), plus what frozen
+// steps pass through (`pass`, (N, H) of direction d). dz_next is dz_{t+1}, or null at t = T - 1.
+template <typename E>
+void chunk_dh(const Order& order, int64_t na_next, const E* dz_next, int64_t G4, const E* packed,
+              const float* pass, int64_t N, int64_t H, int64_t u0, int64_t nu, float* dh) {
+  constexpr int64_t cols = BackwardWeights<E>::cols;
+  if (na_next > 0) {
+    const Product<E> prod{dz_next, G4, static_cast<int>(G4), packed, order.rows()};
+    gemm_packed(na_next, cols / NR, &prod, 1, dh, cols);
+  }
+  for (int64_t i = na_next; i < N; ++i) std::fill(dh + i * cols, dh + i * cols + nu, 0.0f);
+  for (int64_t i = 0; i < N; ++i) {
+    const float* ps = pass + order.row(i) * H + u0;
+    for (int64_t j = 0; j < nu; ++j) dh[i * cols + j] += ps[j];
+  }
+}
+
 template <typename E>
 void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_batch,
               const std::vector<Span>& fresh, const E* dhs, const float* dcs, bool dcs_all,
               const float* acts, const float* cs, const float* c0, const E* w_hh,
               const int8_t* mask, E* dz, float* db, float* dh0, float* dc0) {
   const int64_t T = s.T, D = s.D, N = s.N, H = s.H, G4 = 4 * H;
-  const int64_t chunks = (H + kBwdUnits - 1) / kBwdUnits, cols = round_up(kBwdUnits, NR);
+  const BackwardWeights<E> w(s, w_hh);
+  const int64_t chunks = w.chunks, cols = w.cols;
   // dz over the saved gates: the rows of ended sequences hold the zeros the forward wrote.
   const bool in_place = static_cast<const void*>(dz) == static_cast<const void*>(acts);
-  const int64_t wc = panel_size<E>(G4) * (cols / NR);  // elements per chunk of packed W_hh
-  const Unzeroed<E> bp(static_cast<size_t>(D * chunks * wc));
-  const auto pack = [&](int64_t d, int64_t k) {  // by the first item that uses it (see forward)
-    const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
-    E* out = bp.data() + (d * chunks + k) * wc;
-    pack_cols(w_hh + d * G4 * H, G4, H, u0, nu, out);
-    // A last chunk of fewer units fills fewer panels; the GEMM reads all of them: zeros.
-    std::fill(out + round_up(nu, NR) / NR * panel_size<E>(G4), out + wc, E{});
-  };
   std::fill(db, db + D * G4, 0.0f);
   // Shared state per direction: the gradients w.r.t. the cell state after the current step
   // (dc), and the dh that frozen steps pass through (pass).
@@ -125,7 +160,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
     const int64_t d = item / chunks, k = item % chunks, t = T - 1 - row;
     const int64_t u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
     if (t == T - 1 && !claim()) return false;
-    if (t == T - 1) pack(d, k);
+    if (t == T - 1) w.pack(d, k);
     float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
     // Row i of the chunk at step t ≥ 0 (batch row order.row(i)).
     const auto row_at = [&](int64_t i) {
@@ -145,25 +180,16 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
     };
     if (t >= 0)
       for (int64_t i = 0; i < N; ++i) row_at(i).prefetch_inputs(H, nu, i < order.active[t]);
-    // dz_{t+1} is zero for the rows that step t + 1 does not run: only the others' GEMM.
-    const int64_t na_next = t == T - 1 ? 0 : order.active[t + 1];
-    if (na_next > 0) {
-      const Product<E> prod{dz + ((t + 1) * D + d) * N * G4, G4, static_cast<int>(G4),
-                            bp.data() + (d * chunks + k) * wc, order.rows()};
-      gemm_packed(na_next, cols / NR, &prod, 1, dh, cols);
-    }
-    for (int64_t i = na_next; i < N; ++i) std::fill(dh + i * cols, dh + i * cols + nu, 0.0f);
-    for (int64_t i = 0; i < N; ++i) {
-      const float* ps = pass.data() + (d * N + order.row(i)) * H + u0;
-      for (int64_t j = 0; j < nu; ++j) dh[i * cols + j] += ps[j];
-    }
-    if (t != T - 1 && !claim()) return false;
+    const bool last = t == T - 1;
+    const E* dz_next = last ? nullptr : dz + ((t + 1) * D + d) * N * G4;
+    chunk_dh(order, last ? 0 : order.active[t + 1], dz_next, G4, w.packed(d, k),
+             pass.data() + d * N * H, N, H, u0, nu, dh);
+    if (!last && !claim()) return false;
     if (t < 0) {  // the dh0 row: the gradients w.r.t. h_0 and c_0
       for (int64_t i = 0; i < N; ++i) {
-        const int64_t n = order.row(i);
-        std::memcpy(dh0 + (d * N + n) * H + u0, dh + i * cols, nu * sizeof(float));
-        std::memcpy(dc0 + (d * N + n) * H + u0, dc.data() + (d * N + n) * H + u0,
-                    nu * sizeof(float));
+        const int64_t at = (d * N + order.row(i)) * H + u0;
+        std::memcpy(dh0 + at, dh + i * cols, nu * sizeof(float));
+        std::memcpy(dc0 + at, dc.data() + at, nu * sizeof(float));
       }
       return true;
     }

@@ -24,7 +24,7 @@ constexpr int MR = 6;
 constexpr int VW = FLAX_LSTM_VW;
 constexpr int NR = 2 * VW;  // columns of a packed panel of B
 
-inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+constexpr int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 typedef float vec __attribute__((vector_size(VW * 4)));
 typedef float vec_u __attribute__((vector_size(VW * 4), aligned(4)));  // unaligned access
