@@ -27,13 +27,17 @@ void gemm_packed(int64_t M, int64_t npanels, const Product<E>* prods, int nprod,
   }
 #endif
   // One block of 1 or 2 rows takes panels_at_once of them at a time; more rows, one panel at a
-  // time, every row block passing over it.
+  // time, every row block passing over it, and a rest of 1 or 2 rows (rest_in_pairs) over the
+  // same panels two at a time, while they are in cache.
   if (M <= 2) return row_block_of<2>(static_cast<int>(M), 0, npanels, prods, nprod, 0, C, ldc);
-  for (int64_t p = 0; p < npanels; ++p) {
-    for (int64_t i = 0, rows; i < M; i += rows) {
-      rows = next_block(M - i);
-      row_block_of<MR>(static_cast<int>(rows), p, p + 1, prods, nprod, i, C, ldc);
+  const int64_t rest = rest_in_pairs(M), main = M - rest, step = rest > 0 ? 2 : 1;
+  for (int64_t p = 0; p < npanels; p += step) {
+    const int64_t p1 = std::min(npanels, p + step);
+    for (int64_t i = 0, rows; i < main; i += rows) {
+      rows = next_block(main - i);
+      row_block_of<MR>(static_cast<int>(rows), p, p1, prods, nprod, i, C, ldc);
     }
+    if (rest > 0) row_block_of<2>(static_cast<int>(rest), p, p1, prods, nprod, main, C, ldc);
   }
 }
 

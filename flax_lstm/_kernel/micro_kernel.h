@@ -259,4 +259,18 @@ constexpr int64_t next_block(int64_t left) {
 #endif
 }
 
+// Rows at the end of a GEMM of M rows that gemm_packed takes over pairs of panels, two blocks
+// of 1 or 2 rows' sums a k-step (row_block's panels_at_once), instead of sharing an even split
+// whose blocks would have 4 rows or fewer: with AVX2, 8 rows as 6 + 2 (2 over pairs of panels)
+// rather than 4 + 4, 7 as 6 + 1, and 13, 14 and 19 likewise. On Zen 2, 6 rows run at 105
+// GFLOP/s, 2 over pairs of panels at 79, 4 at 82 (docs/performance/design.md, "Even row blocks
+// on Zen 2"). AVX-512 keeps its blocks of up to 8 rows.
+constexpr int64_t rest_in_pairs(int64_t M) {
+#if !defined(__AVX512F__)
+  const int64_t blocks = (M + MR - 1) / MR;
+  if (M > MR && M / blocks <= 4 && M % MR <= 2) return M % MR;
+#endif
+  return (void)M, 0;
+}
+
 }  // namespace
