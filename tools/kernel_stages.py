@@ -34,7 +34,7 @@ import numpy as np
 from flax_lstm import kernel
 from flax_lstm._kernel import ffi
 from flax_lstm._timing import time_interleaved, warm_up
-from flax_lstm.bench.libraries import BUILDERS
+from flax_lstm.bench.libraries import BUILDERS, limit_torch_spinning
 from flax_lstm.bench.machine import machine_info, write_record
 from flax_lstm.bench.report import machine_line
 from flax_lstm.bench.shapes import Shape, parse_shape
@@ -163,7 +163,9 @@ def main() -> None:
         parser.error(f"--reps must be positive, got {args.reps}")
     if not kernel.available("float32"):
         parser.error(f"the CPU kernel is not available: {kernel.build_error()}")
-    print(machine_line(machine_info()), flush=True)
+    # Before torch loads: its idle OpenMP threads would spin on the core the next call needs.
+    spin = limit_torch_spinning(["torch"])
+    print(machine_line(machine_info()), f"torch's OpenMP threads: {spin}", sep="\n", flush=True)
     records = [measure(layer, args.reps) for shape in args.shape for layer in layers(shape)]
     ref = best_gemm("float32", args.gemm_size)
     for record in records:
