@@ -105,11 +105,12 @@ struct BackwardWeights {
       : src(w_hh), H(s.H), chunks((s.H + kBwdUnits - 1) / kBwdUnits),
         wc(panel_size<E>(4 * s.H) * (cols / NR)),
         packed_all(static_cast<size_t>(s.D * chunks * wc)) {}
-  const E* packed(int64_t d, int64_t k) const { return packed_all.data() + (d * chunks + k) * wc; }
+  // Where chunk k of direction d is packed (written by pack, read by chunk_dh).
+  E* packed(int64_t d, int64_t k) const { return packed_all.data() + (d * chunks + k) * wc; }
 
   void pack(int64_t d, int64_t k) const {
     const int64_t G4 = 4 * H, u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
-    E* out = packed_all.data() + (d * chunks + k) * wc;
+    E* out = packed(d, k);
     pack_cols(src + d * G4 * H, G4, H, u0, nu, out);
     // A last chunk of fewer units fills fewer panels; the GEMM reads all of them: zeros.
     std::fill(out + round_up(nu, NR) / NR * panel_size<E>(G4), out + wc, E{});

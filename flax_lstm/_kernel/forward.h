@@ -101,21 +101,20 @@ struct ForwardWeights {
         wi(panel_size<E>(s.I) * (cols / NR)), wh(panel_size<E>(s.H) * (cols / NR)),
         ih(static_cast<size_t>(s.D * chunks * wi)), hh(static_cast<size_t>(s.D * chunks * wh)),
         b(static_cast<size_t>(s.D * chunks * cols)) {}
-  const E* packed_ih(int64_t d, int64_t k) const { return ih.data() + (d * chunks + k) * wi; }
-  const E* packed_hh(int64_t d, int64_t k) const { return hh.data() + (d * chunks + k) * wh; }
-  const float* packed_bias(int64_t d, int64_t k) const {
-    return b.data() + (d * chunks + k) * cols;
-  }
+  // Where chunk k of direction d is packed (written by pack, read by the steps).
+  E* packed_ih(int64_t d, int64_t k) const { return ih.data() + (d * chunks + k) * wi; }
+  E* packed_hh(int64_t d, int64_t k) const { return hh.data() + (d * chunks + k) * wh; }
+  float* packed_bias(int64_t d, int64_t k) const { return b.data() + (d * chunks + k) * cols; }
 
   void pack(int64_t d, int64_t k) const {
     const int64_t G4 = 4 * H, u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
     const auto row_of = [&](int64_t col) {
       return (col / kFwdUnits) * H + u0 + std::min(col % kFwdUnits, nu - 1);
     };
-    pack_rows(src_ih + d * G4 * I, I, cols, row_of, ih.data() + (d * chunks + k) * wi);
-    pack_rows(src_hh + d * G4 * H, H, cols, row_of, hh.data() + (d * chunks + k) * wh);
-    for (int64_t col = 0; col < cols; ++col)
-      b[(d * chunks + k) * cols + col] = src_bias[d * G4 + row_of(col)];
+    pack_rows(src_ih + d * G4 * I, I, cols, row_of, packed_ih(d, k));
+    pack_rows(src_hh + d * G4 * H, H, cols, row_of, packed_hh(d, k));
+    float* bias = packed_bias(d, k);
+    for (int64_t col = 0; col < cols; ++col) bias[col] = src_bias[d * G4 + row_of(col)];
   }
 };
 
