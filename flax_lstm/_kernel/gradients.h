@@ -26,7 +26,10 @@ namespace {
 // direction and block; then a row of items, one per direction and block of kWgRows gate rows,
 // copies its gate columns of the block's dz into MR-wide slivers and adds the products into its
 // rows of a float32 accumulator (wg_micro), which the last block's items copy out. The packed
-// panels of a few blocks (a superblock, at most about 4 MiB) are made at a time.
+// panels of a few blocks (a superblock, at most about 4 MiB) are made at a time. Neither the
+// panels nor the accumulator are zeroed on the calling thread before the team starts: each
+// item zeroes its own rows of the accumulator (megabytes zeroed by the caller alone were idle
+// time for the rest of the team: docs/performance/design.md, "Setup on the calling thread").
 // The input gradient is a call of its own (input_grad), which XLA leaves out where nothing
 // needs it (the first layer's input is data).
 
@@ -161,8 +164,8 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
     std::fill(dw_hh, dw_hh + D * G4 * H, 0.0f);
     return;
   }
-  std::vector<float> acc(static_cast<size_t>(D * L.G4p * L.ldc), 0.0f);
-  std::vector<float> packed(static_cast<size_t>(D * L.per * L.P * kWgK * NR));
+  const Unzeroed<float> acc(static_cast<size_t>(D * L.G4p * L.ldc));
+  const Unzeroed<float> packed(static_cast<size_t>(D * L.per * L.P * kWgK * NR));
   const auto panels = [&](int64_t d, int64_t j) {  // block j of the superblock, direction d
     return packed.data() + (d * L.per + j) * L.P * kWgK * NR;
   };
@@ -182,6 +185,7 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
     const int64_t rows = std::min(kWgRows, G4 - g0);  // gate rows here; the rest is padding
     float* a = scratch.get(static_cast<size_t>(kWgRows * kWgK));
     float* c = acc.data() + (d * L.G4p + g0) * L.ldc;
+    if (sb == 0) std::fill_n(c, kWgRows * L.ldc, 0.0f);
     for (int64_t b = b0; b < b1; ++b) {
       gather_dz_slivers(L, d, b, g0, rows, dz, a);
       add_wg_block(L, a, panels(d, b - b0), L.steps_in(b), c);
@@ -195,18 +199,27 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
   });
 }
 
-// dx = dz·W_ih on the valid rows, zero on the others: items of kDxSteps steps, each step one
-// GEMM of its valid rows of dz (through a list of rows) with the packed W_ih.
+// dx = dz·W_ih on the valid rows, zero on the others: a row of items that pack W_ih, a panel
+// each, then items of kDxSteps steps, each step one GEMM of its valid rows of dz (through a list
+// of rows) with the packed W_ih.
 void input_grad(const Dims& s, ffi::ThreadPool& pool, int threads, const float* dz,
                 const float* w_ih, const int8_t* mask, float* dx) {
   const int64_t T = s.T, D = s.D, N = s.N, I = s.I, H = s.H, G4 = 4 * H;
   const int64_t PI = (I + NR - 1) / NR;
   const int64_t wp = panel_size<float>(G4) * PI;  // elements of packed W_ih per direction
   const Unzeroed<float> bw(static_cast<size_t>(D * wp));
-  for (int64_t d = 0; d < D; ++d) pack_cols(w_ih + d * G4 * I, G4, I, 0, I, bw.data() + d * wp);
   const int64_t groups = (T + kDxSteps - 1) / kDxSteps;
   const Prefault prefault({{dx, static_cast<size_t>(T * D * N * I) * sizeof(float)}});
-  run_items(pool, threads, prefault, 1, D * groups, [&](int64_t, int64_t k, Scratch& scratch) {
+  const int64_t chunks = D * std::max(PI, groups);
+  run_items(pool, threads, prefault, 2, chunks, [&](int64_t row, int64_t k, Scratch& scratch) {
+    if (row == 0) {  // panel k % PI of direction k / PI
+      const int64_t d = k / PI, c0 = k % PI * NR;
+      if (d < D)
+        pack_cols(w_ih + d * G4 * I, G4, I, c0, std::min<int64_t>(NR, I - c0),
+                  bw.data() + d * wp + k % PI * panel_size<float>(G4));
+      return;
+    }
+    if (k >= D * groups) return;
     const int64_t d = k / groups, t0 = (k % groups) * kDxSteps;
     float* c = scratch.get(static_cast<size_t>(N * PI * NR));
     int32_t* rows = scratch.get_rows<int32_t>(static_cast<size_t>(N));
