@@ -49,7 +49,7 @@
 //   team.h          the threads of a call: the caller and workers of XLA's pool
 //   buffers.h       fresh pages faulted in, prefetches, buffers that are not zeroed
 //   batch.h         a call's sizes, and a ragged batch's rows in order of length
-//   work_items.h    the work as items claimed in order, small batches' runs, stealing
+//   work_items.h    the work as items claimed by runs, small batches' runs, stealing
 //   forward.h       the forward call
 //   backward.h      the backward call
 //   gradients.h     the float32 weight and input gradients, and a transposed copy

@@ -10,12 +10,14 @@
 
 namespace {
 
-// Work sharing. A call's work is a list of items, claimed in order from one atomic counter by
-// whichever threads are in the team: first the pages of the fresh output buffers to fault in,
-// then (direction, step, chunk of hidden units) in the order of the recurrence. An item of step
-// t waits until every item of the step before is done (its GEMM reads the whole previous h, or
-// dz), which the threads see through a second counter of finished items. Items are claimed in
-// order, so the items a thread waits on are already held by running threads: no deadlock,
+// Work sharing. A call's work is a list of items: first the pages of the fresh output buffers
+// to fault in, claimed from one atomic counter by whichever threads are in the team, then rows
+// of (direction, step, chunk of hidden units) in the order of the recurrence, claimed row by
+// row (work_items.h: each thread its own run of a row's chunks first, then what is left of the
+// row). An item of step t waits until every item of the step before is done (its GEMM reads
+// the whole previous h, or dz), which the threads see through a second counter of finished
+// items. A thread claims an item of a row only once no item of the rows before is left
+// unclaimed, so the items it waits on are already held by running threads: no deadlock,
 // whoever joins and whenever.
 //
 // The team is the calling thread plus workers of XLA's own thread pool (no thread is created
@@ -23,6 +25,8 @@ namespace {
 // halfway through the sequence, for instance once an XLA operation that ran beside the kernel
 // has finished. XLA promises no parallelism for scheduled tasks, so nothing ever waits for a
 // worker to come: a task that starts after the work is done leaves at once. The state is
+// shared with the tasks (a shared_ptr), so a task that the pool runs after the call has
+// returned still finds the team, closed.
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -36,7 +40,7 @@ class Team {
   static constexpr int64_t kClosed = int64_t{1} << 40;
   std::atomic<int64_t> members{0};  // threads that joined | kClosed once the caller is done
   std::atomic<int64_t> left{0};     // threads that finished
-  std::atomic<int64_t> next{0};     // next item to claim
+  std::atomic<int64_t> next{0};     // next prefault piece to claim
   std::atomic<int64_t> done{0};     // items finished
 
   // Joins the team: returns the thread's slot (0 for the caller, in order of joining), or -1

@@ -1,5 +1,5 @@
-// A call's work as items claimed in order by the team (run_items), the fixed runs of small
-// batches (run_groups), and what an item's body is given (Scratch, Claim).
+// A call's work as items claimed by the team, each thread its own run of a row first (run_items),
+// the fixed runs of small batches (run_groups), and what an item's body is given (Scratch, Claim).
 //
 // Part of the CPU kernel, one translation unit: lstm_cpu.cc includes each of the kernel's
 // headers once, in order; not a header for other code.
@@ -60,6 +60,11 @@ bool run_body(const Body& body, int64_t row, int64_t chunk, Scratch& scratch, Cl
   }
 }
 
+// An atomic counter on a cache line of its own.
+struct alignas(64) Counter {
+  std::atomic<int64_t> value{0};
+};
+
 // run_items with the chunks of each row in `groups` runs, a run claimed whole (see run_items).
 // Run g of row r is ready once every item before row r is done: the prefault pieces and the
 // groups runs of each earlier row, counted in `done`.
@@ -67,11 +72,8 @@ template <typename Body>
 void run_groups(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int64_t rows,
                 int64_t chunks, const Body& body, int groups) {
   const int64_t first = prefault.size();
-  // next[g]: the next row of run g that nobody has claimed; each on its own cache line.
-  struct alignas(64) Next {
-    std::atomic<int64_t> row{0};
-  };
-  std::vector<Next> next(static_cast<size_t>(groups));
+  // next[g]: the next row of run g that nobody has claimed.
+  std::vector<Counter> next(static_cast<size_t>(groups));
   run_team(pool, threads, [&](Team& team, int slot) {
     Scratch scratch;
     for (int64_t item = team.next.fetch_add(1, std::memory_order_acq_rel); item < first;
@@ -85,7 +87,7 @@ void run_groups(ffi::ThreadPool& pool, int threads, const Prefault& prefault, in
     // Claims row `row` of run g and runs it, if it is ready and still the run's next row.
     const auto take = [&](int g, int64_t row) {
       if (row >= rows || !ready(row) ||
-          !next[g].row.compare_exchange_strong(row, row + 1, std::memory_order_acq_rel))
+          !next[g].value.compare_exchange_strong(row, row + 1, std::memory_order_acq_rel))
         return false;
       for (int64_t k = g * chunks / groups, end = (g + 1) * chunks / groups; k < end; ++k)
         run_body(body, row, k, scratch, Claim{});
@@ -94,13 +96,13 @@ void run_groups(ffi::ThreadPool& pool, int threads, const Prefault& prefault, in
     };
     const int home = slot % groups;
     for (int spins = 0;;) {
-      if (take(home, next[home].row.load(std::memory_order_acquire))) {
+      if (take(home, next[home].value.load(std::memory_order_acquire))) {
         spins = 0;
         continue;
       }
       bool left = false, took = false;
       for (int g = 0; g < groups && !took; ++g) {
-        const int64_t row = next[g].row.load(std::memory_order_acquire);
+        const int64_t row = next[g].value.load(std::memory_order_acquire);
         left = left || row < rows;
         took = g != home && take(g, row);
       }
@@ -114,10 +116,17 @@ void run_groups(ffi::ThreadPool& pool, int threads, const Prefault& prefault, in
   });
 }
 
-// Runs the prefault pieces, then `rows` rows of `chunks` items, claimed in order by a team of up
-// to `threads` threads: body(row, chunk, scratch, claim) runs once every item of the rows before
+// Runs the prefault pieces, then `rows` rows of `chunks` items, claimed by a team of up to
+// `threads` threads: body(row, chunk, scratch, claim) runs once every item of the rows before
 // it has finished (and, for the first row, every prefault piece), and returns whether this
 // thread finished the item (see Claim).
+//
+// Each row's chunks are cut into one run per thread, and a thread claims the items of its own
+// run first, one at a time and in order, then any item of the row that is still unclaimed: so
+// a thread keeps the same chunks step after step where the threads keep pace (its weight
+// panels are read in one stream, and in a bidirectional layer its direction's state stays in
+// its own core's cache), and the row is shared item by item where they do not (a thread that
+// joins late or runs slowly).
 //
 // A thread that the operating system deschedules while it holds an item (for another process,
 // or the hypervisor for another machine) would stall the whole team until it runs again: a
@@ -153,7 +162,22 @@ void run_items(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int
   if (groups > 1) return run_groups(pool, threads, prefault, rows, chunks, body, groups);
   const bool stealable = kTakesClaim<Body> && threads > 1;
   std::vector<std::atomic<uint8_t>> claimed(static_cast<size_t>(stealable ? rows * chunks : 0));
-  run_team(pool, threads, [&](Team& team, int) {
+  // Run g of a row: its chunks [begin(g), begin(g + 1)); next[g] counts its claimed items over
+  // the rows, row after row (its row-r items are r·size(g) onwards).
+  const int runs = static_cast<int>(std::min<int64_t>(threads, chunks));
+  const auto begin = [&](int g) { return g * chunks / runs; };
+  const auto size = [&](int g) { return begin(g + 1) - begin(g); };
+  std::vector<Counter> next(static_cast<size_t>(runs));
+  // The item of row `row` that run g hands out next, if it has one left: -1 if not.
+  const auto claim_in = [&](int g, int64_t row) -> int64_t {
+    const int64_t n = size(g);
+    for (int64_t i = next[g].value.load(std::memory_order_acquire); i < (row + 1) * n;) {
+      if (next[g].value.compare_exchange_weak(i, i + 1, std::memory_order_acq_rel))
+        return first + row * chunks + begin(g) + (i - row * n);
+    }
+    return -1;
+  };
+  run_team(pool, threads, [&](Team& team, int slot) {
     Scratch scratch;
     // This thread's items take `item_time` on average, measured over those it ran between its
     // last two waits (the clock is read only when it waits).
@@ -177,10 +201,15 @@ void run_items(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int
     const auto steal = [&]() {
       const int64_t done = team.done.load(std::memory_order_acquire);
       if (claimed.empty() || done < first || done >= total) return;
-      const int64_t row0 = first + (done - first) / chunks * chunks;
-      const int64_t held = std::min(row0 + chunks, team.next.load(std::memory_order_acquire));
-      for (int64_t item = row0; item < held; ++item) {
-        if (claimed[item - first].load(std::memory_order_acquire) == 0) return run(item, true);
+      const int64_t row = (done - first) / chunks;
+      for (int g = 0; g < runs; ++g) {
+        const int64_t n = size(g);
+        const int64_t held = std::clamp(next[g].value.load(std::memory_order_acquire) - row * n,
+                                        int64_t{0}, n);
+        for (int64_t j = 0; j < held; ++j) {
+          const int64_t item = first + row * chunks + begin(g) + j;
+          if (claimed[item - first].load(std::memory_order_acquire) == 0) return run(item, true);
+        }
       }
     };
     // Waits until `ready` items are finished, stealing where the items allow it.
@@ -200,14 +229,22 @@ void run_items(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int
       woke = Clock::now();
       ran = 0;
     };
-    for (int64_t item = team.next.fetch_add(1, std::memory_order_acq_rel); item < total;
-         item = team.next.fetch_add(1, std::memory_order_acq_rel)) {
-      if (item < first) {
-        prefault.run(item);
-        team.done.fetch_add(1, std::memory_order_acq_rel);
+    for (int64_t piece = team.next.fetch_add(1, std::memory_order_acq_rel); piece < first;
+         piece = team.next.fetch_add(1, std::memory_order_acq_rel)) {
+      prefault.run(piece);
+      team.done.fetch_add(1, std::memory_order_acq_rel);
+    }
+    // Row by row: this thread's own run first, then the others' unclaimed items, then the next
+    // row (whose items wait for this one's).
+    const int home = slot % runs;
+    for (int64_t row = 0; row < rows;) {
+      int64_t item = -1;
+      for (int g = 0; g < runs && item < 0; ++g) item = claim_in((home + g) % runs, row);
+      if (item < 0) {
+        ++row;
         continue;
       }
-      wait_for(item - (item - first) % chunks);  // the items before its row
+      wait_for(first + row * chunks);  // the items before its row
       run(item, false);
       ++ran;
     }
