@@ -65,6 +65,15 @@ struct alignas(64) Counter {
   std::atomic<int64_t> value{0};
 };
 
+// Runs this thread's share of the prefault pieces, claimed from team.next, each counted as done.
+inline void run_prefault(Team& team, const Prefault& prefault) {
+  for (int64_t piece = team.next.fetch_add(1, std::memory_order_acq_rel); piece < prefault.size();
+       piece = team.next.fetch_add(1, std::memory_order_acq_rel)) {
+    prefault.run(piece);
+    team.done.fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
 // run_items with the chunks of each row in `groups` runs, a run claimed whole (see run_items).
 // Run g of row r is ready once every item before row r is done: the prefault pieces and the
 // groups runs of each earlier row, counted in `done`.
@@ -76,11 +85,7 @@ void run_groups(ffi::ThreadPool& pool, int threads, const Prefault& prefault, in
   std::vector<Counter> next(static_cast<size_t>(groups));
   run_team(pool, threads, [&](Team& team, int slot) {
     Scratch scratch;
-    for (int64_t item = team.next.fetch_add(1, std::memory_order_acq_rel); item < first;
-         item = team.next.fetch_add(1, std::memory_order_acq_rel)) {
-      prefault.run(item);
-      team.done.fetch_add(1, std::memory_order_acq_rel);
-    }
+    run_prefault(team, prefault);
     const auto ready = [&](int64_t row) {
       return team.done.load(std::memory_order_acquire) >= first + row * groups;
     };
@@ -168,12 +173,16 @@ void run_items(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int
   const auto begin = [&](int g) { return g * chunks / runs; };
   const auto size = [&](int g) { return begin(g + 1) - begin(g); };
   std::vector<Counter> next(static_cast<size_t>(runs));
+  // Item j of run g in row `row` (counted with the prefault pieces).
+  const auto item_at = [&](int64_t row, int g, int64_t j) {
+    return first + row * chunks + begin(g) + j;
+  };
   // The item of row `row` that run g hands out next, if it has one left: -1 if not.
   const auto claim_in = [&](int g, int64_t row) -> int64_t {
     const int64_t n = size(g);
     for (int64_t i = next[g].value.load(std::memory_order_acquire); i < (row + 1) * n;) {
       if (next[g].value.compare_exchange_weak(i, i + 1, std::memory_order_acq_rel))
-        return first + row * chunks + begin(g) + (i - row * n);
+        return item_at(row, g, i - row * n);
     }
     return -1;
   };
@@ -207,7 +216,7 @@ void run_items(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int
         const int64_t held = std::clamp(next[g].value.load(std::memory_order_acquire) - row * n,
                                         int64_t{0}, n);
         for (int64_t j = 0; j < held; ++j) {
-          const int64_t item = first + row * chunks + begin(g) + j;
+          const int64_t item = item_at(row, g, j);
           if (claimed[item - first].load(std::memory_order_acquire) == 0) return run(item, true);
         }
       }
@@ -229,11 +238,7 @@ void run_items(ffi::ThreadPool& pool, int threads, const Prefault& prefault, int
       woke = Clock::now();
       ran = 0;
     };
-    for (int64_t piece = team.next.fetch_add(1, std::memory_order_acq_rel); piece < first;
-         piece = team.next.fetch_add(1, std::memory_order_acq_rel)) {
-      prefault.run(piece);
-      team.done.fetch_add(1, std::memory_order_acq_rel);
-    }
+    run_prefault(team, prefault);
     // Row by row: this thread's own run first, then the others' unclaimed items, then the next
     // row (whose items wait for this one's).
     const int home = slot % runs;
