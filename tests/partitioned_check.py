@@ -92,7 +92,7 @@ def case(kind: str, impl: str, mesh_name: str) -> dict:
         xs = jax.device_put(x, NamedSharding(mesh, rows))
         w_ih = params["layers"][0]["w_ih"] if kind == "nnx" else params["params"]["layer_0"]
         w_ih = w_ih[...] if kind == "nnx" else w_ih["w_ih"].value
-        result = {"kind": kind, "impl": impl, "mesh": mesh_name, "w_ih": str(w_ih.sharding.spec)}
+        result = {"kind": kind, "impl": impl, "mesh": mesh_name, "w_ih": list(w_ih.sharding.spec)}
         for name, f in (("forward", forward), ("gradient", jax.grad(loss))):
             compiled = jax.jit(f).lower(params, xs).compile()
             got, want = compiled(params, xs), jax.jit(f)(plain, x)

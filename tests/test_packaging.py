@@ -39,18 +39,40 @@ def _name(requirement: str) -> str:
 def _imported_distributions(files: list[Path], *, module_level_only: bool) -> set[str]:
     """The third-party distributions that ``files`` import (at module level only, or
     anywhere, lazy imports included)."""
-    tops: set[str] = set()
+    modules: set[str] = set()
     for path in files:
         tree = ast.parse(path.read_text())
         nodes = tree.body if module_level_only else list(ast.walk(tree))
         for node in nodes:
             if isinstance(node, ast.Import):
-                tops.update(a.name.split(".")[0] for a in node.names)
+                modules.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                tops.add(node.module.split(".")[0])
-    tops -= set(sys.stdlib_module_names) | {"flax_lstm", "__future__"}
+                modules.add(node.module)
+    skip = set(sys.stdlib_module_names) | {"flax_lstm", "__future__"}
     owners = importlib.metadata.packages_distributions()
-    return {_name(d) for top in sorted(tops) for d in owners.get(top, [top])}
+    return {
+        _name(d)
+        for module in sorted(modules)
+        if module.split(".")[0] not in skip
+        for d in _owners(module, owners)
+    }
+
+
+def _owners(module: str, owners: dict[str, list[str]]) -> list[str]:
+    """The distributions that provide ``module``: its top-level package's, and where several
+    share it (a namespace package, such as ``orbax``), the one with the subpackage."""
+    top, *rest = module.split(".")
+    found = owners.get(top, [top])
+    if len(found) < 2 or not rest:
+        return found
+    sub = f"{top}/{rest[0]}"
+    with_sub = [
+        d
+        for d in found
+        if any(str(f).startswith(f"{sub}/") or str(f) == f"{sub}.py"
+               for f in importlib.metadata.files(d) or [])
+    ]  # fmt: skip
+    return with_sub or found
 
 
 def _library_files() -> list[Path]:

@@ -104,7 +104,7 @@ def test_gate_axis_partitioned_modules_equal_the_unsharded(partitioned_cases):
     for c in partitioned_cases:
         name = f"{c['kind']} {c['impl']} {c['mesh']}"
         fwd, grad = c["forward"]["collectives"], c["gradient"]["collectives"]
-        assert c["w_ih"] == "P(None, 'model', None)", name
+        assert c["w_ih"] == [None, "model", None], name  # the spec's entries: jax's repr varies
         assert c["forward"]["diff"] < 1e-6, (name, c["forward"]["diff"])
         assert c["gradient"]["diff"] < 1e-5, (name, c["gradient"]["diff"])
         assert fwd["all-reduce"] == 0, name  # nothing to sum in the forward

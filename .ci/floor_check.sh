@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# CI: the oldest versions pyproject.toml promises. Every core dependency (`name>=X` in
+# [project] dependencies) is pinned to its lower bound (`name==X`) while the test extras are
+# installed into a fresh virtual environment, and the tests of the code that calls the APIs
+# that change between jax and flax releases run there: the NNX and Linen modules and Flax's cell
+# protocol, parameters and initializers, partitioning and sharding, export, the random draws,
+# the CPU kernel's FFI registration, torch parity, and the package's doctests. What failed
+# below the bounds: the comment above them in pyproject.toml.
+# Needs a package index for the dependencies (PyPI or a mirror), nothing else.
+# Usage: bash .ci/floor_check.sh [PYTHON]   (default python3)
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+python="${1:-python3}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+"$python" - "$repo/pyproject.toml" > "$work/floors.txt" <<'EOF'
+import re, sys, tomllib
+
+with open(sys.argv[1], "rb") as f:
+    dependencies = tomllib.load(f)["project"]["dependencies"]
+for dep in dependencies:
+    match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][^,;\s]*)", dep.strip())
+    if match is None:
+        sys.exit(f"floor_check: a core dependency must read name>=version, got {dep!r}")
+    print(f"{match[1]}=={match[2]}")
+EOF
+echo "floors: $(tr '\n' ' ' < "$work/floors.txt")"
+"$python" -m venv "$work/venv"
+"$work/venv/bin/python" -m pip install -q --upgrade pip
+"$work/venv/bin/python" -m pip install -q -c "$work/floors.txt" -e "$repo[test]"
+"$work/venv/bin/python" -m pip list 2>/dev/null | grep -i -E "^(jax|jaxlib|flax|numpy|ml.dtypes) "
+cd "$repo"
+"$work/venv/bin/python" -m pytest -q -p no:cacheprovider flax_lstm tests/test_nnx.py \
+  tests/test_linen.py tests/test_flax_protocol.py tests/test_params.py tests/test_random.py \
+  tests/test_sharding.py tests/test_export.py tests/test_kernel_ffi.py tests/test_parity.py
+echo "floor_check: the lower bounds pass"
