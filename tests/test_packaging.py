@@ -12,6 +12,7 @@ import ast
 import importlib.metadata
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,6 @@ import flax_lstm
 from flax_lstm import cli
 from flax_lstm.train import checkpoints
 from flax_lstm.train.config import TrainError
-
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

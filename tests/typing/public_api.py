@@ -6,9 +6,10 @@ run by pytest.
 
 from __future__ import annotations
 
+from typing import assert_type
+
 import jax
 import jax.numpy as jnp
-from typing_extensions import assert_type
 
 import flax_lstm as fl
 
