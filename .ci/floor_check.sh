@@ -29,7 +29,18 @@ echo "floors: $(tr '\n' ' ' < "$work/floors.txt")"
 "$python" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q --upgrade pip
 "$work/venv/bin/python" -m pip install -q -c "$work/floors.txt" -e "$repo[test]"
-"$work/venv/bin/python" -m pip list 2>/dev/null | grep -i -E "^(jax|jaxlib|flax|numpy|ml.dtypes) "
+# The pins took: each core dependency installed at exactly its bound.
+"$work/venv/bin/python" - "$work/floors.txt" <<'EOF'
+import importlib.metadata, sys
+from packaging.version import Version  # installed with pytest
+
+for line in open(sys.argv[1]).read().split():
+    name, want = line.split("==")
+    got = importlib.metadata.version(name)
+    if Version(got) != Version(want):
+        sys.exit(f"floor_check: {name} {got} installed, its bound is {want}")
+    print(f"floor_check: {name} {got}")
+EOF
 cd "$repo"
 "$work/venv/bin/python" -m pytest -q -p no:cacheprovider flax_lstm tests/test_nnx.py \
   tests/test_linen.py tests/test_flax_protocol.py tests/test_params.py tests/test_random.py \
