@@ -62,31 +62,31 @@ struct BackwardRow {
 template <typename E>
 inline void cell_backward(const BackwardRow<E>& row, int64_t H, int64_t nu, bool valid,
                           bool zero_dz) {
-  for_columns(nu, [&]<typename V>(int64_t j) {
-    const auto put = [&](int64_t gate, V v) {
-      store<V>(row.dz + gate * H + j, v);
-      store<V>(row.db + gate * H + j, load<V>(row.db + gate * H + j) + v);
+  for_columns(nu, [&](auto at) {
+    const auto put = [&](int64_t gate, vec v) {
+      store(row.dz + gate * H, at, v);
+      store(row.db + gate * H, at, load(row.db + gate * H, at) + v);
     };
-    const V dh_in = load<V>(row.dh + j) + load<V>(row.dhs + j);
-    const V dc = load<V>(row.dc + j);
-    const V dc_in = row.dcs == nullptr ? dc : dc + load<V>(row.dcs + j);
+    const vec dh_in = load(row.dh, at) + load(row.dhs, at);
+    const vec dc = load(row.dc, at);
+    const vec dc_in = row.dcs == nullptr ? dc : dc + load(row.dcs, at);
     if (valid) {
       const float* a = row.acts;
-      const V i_ = load<V>(a + j), f_ = load<V>(a + H + j);
-      const V g_ = load<V>(a + 2 * H + j), o_ = load<V>(a + 3 * H + j);
-      const V tc = tanh_approx<V>(load<V>(row.c + j));
-      const V dct = dc_in + dh_in * o_ * (1.0f - tc * tc);
+      const vec i_ = load(a, at), f_ = load(a + H, at);
+      const vec g_ = load(a + 2 * H, at), o_ = load(a + 3 * H, at);
+      const vec tc = tanh_approx(load(row.c, at));
+      const vec dct = dc_in + dh_in * o_ * (1.0f - tc * tc);
       put(0, dct * g_ * i_ * (1.0f - i_));
-      put(1, dct * load<V>(row.c_prev + j) * f_ * (1.0f - f_));
+      put(1, dct * load(row.c_prev, at) * f_ * (1.0f - f_));
       put(2, dct * i_ * (1.0f - g_ * g_));
       put(3, dh_in * tc * o_ * (1.0f - o_));
-      store<V>(row.dc + j, dct * f_);
-      store<V>(row.pass + j, V{});
+      store(row.dc, at, dct * f_);
+      store(row.pass, at, vec{});
     } else {  // a frozen step: no gate gradient, dh and dc pass through unchanged
       if (zero_dz)
-        for (int64_t gate = 0; gate < 4; ++gate) store<V>(row.dz + gate * H + j, V{});
-      store<V>(row.dc + j, dc_in);
-      store<V>(row.pass + j, dh_in);
+        for (int64_t gate = 0; gate < 4; ++gate) store(row.dz + gate * H, at, vec{});
+      store(row.dc, at, dc_in);
+      store(row.pass, at, dh_in);
     }
   });
 }

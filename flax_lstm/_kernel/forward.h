@@ -37,23 +37,23 @@ template <typename E>
 inline void cell_forward(const float* z, const float* bb, float* cn, const E* hp, E* h, float* a,
                          int64_t H, int64_t nu, bool valid) {
   const int64_t q = kFwdUnits;
-  for_columns(nu, [&]<typename V>(int64_t j) {
-    const V i_ = sigmoid_approx<V>(load<V>(z + j) + load<V>(bb + j));
-    const V f_ = sigmoid_approx<V>(load<V>(z + q + j) + load<V>(bb + q + j));
-    const V g_ = tanh_approx<V>(load<V>(z + 2 * q + j) + load<V>(bb + 2 * q + j));
-    const V o_ = sigmoid_approx<V>(load<V>(z + 3 * q + j) + load<V>(bb + 3 * q + j));
-    const V c_new = f_ * load<V>(cn + j) + i_ * g_;
+  for_columns(nu, [&](auto at) {
+    const vec i_ = sigmoid_approx(load(z, at) + load(bb, at));
+    const vec f_ = sigmoid_approx(load(z + q, at) + load(bb + q, at));
+    const vec g_ = tanh_approx(load(z + 2 * q, at) + load(bb + 2 * q, at));
+    const vec o_ = sigmoid_approx(load(z + 3 * q, at) + load(bb + 3 * q, at));
+    const vec c_new = f_ * load(cn, at) + i_ * g_;
     if (a != nullptr) {
-      store<V>(a + j, i_);
-      store<V>(a + H + j, f_);
-      store<V>(a + 2 * H + j, g_);
-      store<V>(a + 3 * H + j, o_);
+      store(a, at, i_);
+      store(a + H, at, f_);
+      store(a + 2 * H, at, g_);
+      store(a + 3 * H, at, o_);
     }
     if (valid) {  // else the state stays: h and c as they were
-      store<V>(cn + j, c_new);
-      store<V>(h + j, o_ * tanh_approx<V>(c_new));
+      store(cn, at, c_new);
+      store(h, at, o_ * tanh_approx(c_new));
     } else {
-      store<V>(h + j, load<V>(hp + j));
+      store(h, at, load(hp, at));
     }
   });
 }
