@@ -7,8 +7,8 @@ scan. For the rest, `choose` picks the kernel or the scan by two rules, stated h
 - the size rule (`call_size`): the kernel has a fixed cost per call that its work must
   amortise, so a call too small for it takes the scan (`KERNEL_MIN_STEPS`…);
 - the verdict measured on this CPU (`flax_lstm._kernel.calibrate`): a call large enough for
-  the kernel takes it unless the scan measured faster here; a short call, or a single step,
-  takes the kernel only where it measured faster.
+  the kernel takes it unless the scan measured faster here; a short call takes the kernel
+  only where it measured faster, and a single step or a narrow call its forward alone.
 
 On the kernel, the float32 weight and input gradients take the GEMMs that measured faster on
 this CPU, the kernel library's or XLA's (`Choice.weight_grads`).
@@ -48,7 +48,11 @@ KERNEL_SHORT_MIN_HIDDEN = 128
 # in generation) runs its forward on the kernel where the short calls' probe measured the
 # kernel's forward faster on this CPU, and the scan when it is differentiated, where the
 # kernel's backward has no steps to amortise its fixed cost over (`Plan.grad_recurrence`;
-# docs/performance/design.md, "One step: the kernel's forward, the scan's gradient").
+# docs/performance/design.md, "One step: the kernel's forward, the scan's gradient"). So does
+# a "narrow" call: under the thresholds, at least KERNEL_MIN_STEPS steps, fewer units, one
+# layer in one direction. Stacked or bidirectional, such a call is a short one: the scan pays
+# its cost per step again for every layer and direction, and the kernel measured faster in
+# both modes ("Small calls: stacked and bidirectional").
 
 
 class Choice(NamedTuple):
@@ -64,22 +68,27 @@ class Choice(NamedTuple):
 
 def choose(facts: CallFacts, steps: Any) -> Choice:
     """The default's `Choice` for a call of ``steps`` steps within the kernel's reach."""
-    hidden = facts.config.hidden_size
-    size = call_size(steps, facts.batch, hidden)
+    cfg = facts.config
+    hidden = cfg.hidden_size
+    size = call_size(steps, facts.batch, hidden, stacked=cfg.num_layers > 1 or cfg.bidirectional)
     if size == "tiny":
         return Choice("scan", _size_reason(steps, facts.batch, hidden))
     if not kernel.available(facts.dtype):
         return Choice("scan", f"the CPU kernel is not available: {kernel.build_error(facts.dtype)}")
-    if size == "step":
-        return _one_step(facts, steps)
+    if size in ("step", "narrow"):
+        return _forward_only(size, facts, steps)
     return _measured_choice(size, facts, steps)
 
 
-def call_size(steps: Any, batch: Any, hidden: int) -> Literal["tiny", "step", "short", "large"]:
+def call_size(
+    steps: Any, batch: Any, hidden: int, stacked: bool = False
+) -> Literal["tiny", "step", "narrow", "short", "large"]:
     """The size of a call for the default: ``"tiny"``, left to the scan; ``"step"`` (one step)
-    and ``"short"``, the measured verdict decides (see `KERNEL_SHORT_MIN_HIDDEN`); ``"large"``,
-    enough for the kernel (see `KERNEL_MIN_STEPS`). A symbolic length or batch (`jax.export`)
-    counts as large: it cannot be compared with a number."""
+    and ``"narrow"`` (fewer than `KERNEL_SHORT_MIN_HIDDEN` units in one layer and direction),
+    the measured verdict decides their forward; ``"short"``, it decides the call;
+    ``"large"``, enough for the kernel (see `KERNEL_MIN_STEPS`). ``stacked``: more than one
+    layer, or bidirectional. A symbolic length or batch (`jax.export`) counts as large: it
+    cannot be compared with a number."""
     if not isinstance(steps, int):
         return "large"
     if steps < KERNEL_MIN_STEPS:
@@ -88,7 +97,7 @@ def call_size(steps: Any, batch: Any, hidden: int) -> Literal["tiny", "step", "s
         return "large"
     if steps * batch * hidden >= KERNEL_MIN_WORK_UNITS:
         return "large"
-    return "short" if hidden >= KERNEL_SHORT_MIN_HIDDEN else "tiny"
+    return "short" if hidden >= KERNEL_SHORT_MIN_HIDDEN or stacked else "narrow"
 
 
 def _size_reason(steps: Any, batch: Any, hidden: int) -> str:
@@ -101,13 +110,12 @@ def _size_reason(steps: Any, batch: Any, hidden: int) -> str:
     )
 
 
-def _unmeasured_reason(steps: Any, facts: CallFacts, what: str = "") -> str:
+def _unmeasured_reason(steps: Any, facts: CallFacts, what: str = "such a call") -> str:
     """Why the size rule leaves a call (or ``what`` of it) to the scan where nothing was
     measured."""
     return (
-        f"{_size_reason(steps, facts.batch, facts.config.hidden_size)}; from "
-        f"{KERNEL_SHORT_MIN_HIDDEN} hidden units a measurement on this CPU decides"
-        f"{f' {what}' if what else ''}, and none was made ({calibrate.ENV}=0, or it failed)"
+        f"{_size_reason(steps, facts.batch, facts.config.hidden_size)}; a measurement on this "
+        f"CPU decides {what}, and none was made ({calibrate.ENV}=0, or it failed)"
     )
 
 
@@ -175,19 +183,28 @@ def _measured_weight_grads(facts: CallFacts, steps: Any) -> calibrate.Verdict | 
     return calibrate.verdict("float32", "large")
 
 
-def _one_step(facts: CallFacts, steps: Any) -> Choice:
-    """The default's `Choice` for a single step of at least `KERNEL_SHORT_MIN_HIDDEN` units
-    within the kernel's reach: its forward on the kernel where the short calls' probe measured
-    the kernel's forward faster on this CPU, and the scan when it is differentiated."""
+_FORWARD_ONLY = {
+    "step": ("a single step", "a single step's forward"),
+    "narrow": (
+        f"a narrow call (fewer than {KERNEL_SHORT_MIN_HIDDEN} units, one layer and direction)",
+        "a narrow call's forward",
+    ),
+}
+
+
+def _forward_only(size: str, facts: CallFacts, steps: Any) -> Choice:
+    """The default's `Choice` for a ``"step"`` or ``"narrow"`` call within the kernel's reach:
+    its forward on the kernel where the short calls' probe measured the kernel's forward
+    faster on this CPU, and the scan when it is differentiated."""
+    call, forward = _FORWARD_ONLY[size]
     measured = calibrate.verdict(facts.dtype.name, "short")
     if measured is None:
-        return Choice("scan", _unmeasured_reason(steps, facts, "a single step's forward"))
+        return Choice("scan", _unmeasured_reason(steps, facts, forward))
     if measured.forward_speedup <= 1:
         return Choice("scan", _measured_reason(measured, forward=True))
     reason = (
-        f"a single step: the CPU kernel applies (within plan.KERNEL_REACH), and its forward "
+        f"{call}: the CPU kernel applies (within plan.KERNEL_REACH), and its forward "
         f"measured {measured.forward_speedup:.1f}× the scan's on this CPU at {measured.calls}; "
-        "differentiated, the scan, as the kernel's backward has no steps to amortise its fixed "
-        "cost over"
+        "differentiated, the scan, whose gradient is the faster at so little work per call"
     )
     return Choice("kernel", reason, grad_recurrence="scan")

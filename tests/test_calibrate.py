@@ -37,12 +37,16 @@ def test_regimes():
 
 
 def test_the_short_probe_is_the_smallest_short_call():
-    """The plan's rule says which calls are short; the probe is the least work among them."""
+    """The plan's rule says which calls are short; the probe is the least work among those of
+    one layer and direction."""
     shortest = calibrate.probe("short")
     assert shortest == (_auto.KERNEL_MIN_STEPS, _auto.KERNEL_SHORT_MIN_HIDDEN, 1)
     assert _auto.call_size(shortest.steps, shortest.batch, shortest.hidden) == "short"
-    assert _auto.call_size(shortest.steps, 1, shortest.hidden - 1) == "tiny"
-    # One step fewer is a single step, whose forward the probe's forward decides.
+    # Fewer units: stacked or bidirectional, a short call; else a narrow one, whose forward
+    # the probe's forward decides.
+    assert _auto.call_size(shortest.steps, 1, shortest.hidden - 1, stacked=True) == "short"
+    assert _auto.call_size(shortest.steps, 1, shortest.hidden - 1) == "narrow"
+    # One step fewer is a single step, whose forward the probe's forward decides too.
     assert _auto.call_size(shortest.steps - 1, 1, shortest.hidden) == "step"
     assert _auto.call_size(shortest.steps - 1, 1, shortest.hidden - 1) == "tiny"
 

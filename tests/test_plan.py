@@ -193,9 +193,16 @@ def test_short_calls_follow_their_own_verdict(monkeypatch, tmp_path, short):
             "short calls"
         )
     assert _uses_kernel(cfg, jnp.ones((2, 1, 3))) == (short > 1)  # under jax.grad's trace
+    # Fewer units in more than one layer or direction: a short call too.
+    for more in ({"num_layers": 2}, {"bidirectional": True}):
+        stacked, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN - 1, **more)
+        plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=stacked)
+        assert plan.recurrence == plan.grad_recurrence == ("kernel" if short > 1 else "scan")
+        assert _uses_kernel(stacked, jnp.ones((2, 1, 3))) == (short > 1)
+    # In one layer and direction, a narrow call: the verdict decides its forward alone.
     narrow, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN - 1)
     plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=narrow)
-    assert plan.recurrence == "scan" and "measured" not in plan.reason
+    assert (plan.recurrence, plan.grad_recurrence) == ("kernel" if short > 1 else "scan", "scan")
     # Large enough for the size rule: the batch's verdict, not the short calls'.
     assert fl.lstm_plan(params, jnp.ones((40, 1, 3)), config=narrow).recurrence == "kernel"
 
@@ -206,19 +213,28 @@ def _runs_kernel(f, *args) -> bool:
 
 
 @needs_kernel
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_a_single_step_takes_the_kernels_forward_and_the_scans_gradient(
-    monkeypatch, tmp_path, bidirectional
+@pytest.mark.parametrize(
+    "steps, hidden, bidirectional, call",
+    [
+        (1, _auto.KERNEL_SHORT_MIN_HIDDEN, False, "a single step"),
+        (1, _auto.KERNEL_SHORT_MIN_HIDDEN, True, "a single step"),
+        (2, _auto.KERNEL_SHORT_MIN_HIDDEN - 1, False, "a narrow call (fewer than 128 units"),
+    ],
+)
+def test_a_step_or_narrow_call_takes_the_kernels_forward_and_the_scans_gradient(
+    monkeypatch, tmp_path, steps, hidden, bidirectional, call
 ):
-    """One step of at least KERNEL_SHORT_MIN_HIDDEN units, the kernel's forward measured
-    faster on the short calls' probe: undifferentiated it runs the kernel, differentiated the
-    scan (forward and backward); the outputs are the kernel's, the gradients the scan's."""
+    """One step of at least KERNEL_SHORT_MIN_HIDDEN units, or a few steps of fewer in one layer
+    and direction, the kernel's forward measured faster on the short calls' probe:
+    undifferentiated it runs the kernel, differentiated the scan (forward and backward); the
+    outputs are the kernel's, the gradients the scan's."""
     fake_calibration.install(monkeypatch, tmp_path, short=1.5)
-    cfg, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN, bidirectional=bidirectional)
-    x = jax.random.normal(jax.random.key(1), (1, 3, 3))
+    cfg, params = _setup(hidden_size=hidden, bidirectional=bidirectional)
+    x = jax.random.normal(jax.random.key(1), (steps, 3, 3))
     plan = fl.lstm_plan(params, x, config=cfg)
     assert (plan.recurrence, plan.grad_recurrence) == ("kernel", "scan")
     assert plan.differentiated.recurrence == "scan"
+    assert plan.reason.startswith(f"{call}")
     assert "its forward measured 1.5× the scan's on this CPU at short calls" in plan.reason
     assert str(plan).startswith("the compiled CPU kernel; differentiated, lax.scan (custom")
     assert "no compiled code" not in str(plan)
@@ -323,7 +339,7 @@ def test_short_calls_without_a_verdict_run_the_scan():
     cfg, params = _setup(hidden_size=256)
     plan = fl.lstm_plan(params, jnp.ones((2, 4, 3)), config=cfg)
     assert plan.recurrence == "scan"
-    assert "a measurement on this CPU decides, and none was made (FLAX_LSTM_CALIBRATE=0" in (
+    assert "a measurement on this CPU decides such a call, and none was made (FLAX_LSTM_" in (
         plan.reason
     )
 
@@ -362,10 +378,10 @@ def test_requests_and_the_switch_never_measure(monkeypatch, tmp_path, impl, swit
     ("config", "steps", "impl", "why"),
     [
         ("proj_size=4", 40, "None", "proj_size > 0"),
-        ("", 2, "None", "2 steps × 4 sequences × 20 hidden units"),
+        ("", 1, "None", "1 steps × 4 sequences × 20 hidden units"),
         ("", 40, "'scan'", "recurrence='scan' was requested"),
     ],
-    ids=["projection", "short", "requested"],
+    ids=["projection", "tiny", "requested"],
 )
 def test_a_scan_plan_runs_no_compiled_code(tmp_path, config, steps, impl, why):
     """A bfloat16 gradient whose plan is "scan" builds no library and calls none: its cache
@@ -375,7 +391,7 @@ def test_a_scan_plan_runs_no_compiled_code(tmp_path, config, steps, impl, why):
         f"cfg = fl.LSTMConfig(3, 20, bidirectional=True, {config})\n"
         "p = fl.init_params(jax.random.key(0), cfg, dtype=jnp.bfloat16)\n"
         f"x = jnp.ones(({steps}, 4, 3), jnp.bfloat16)\n"
-        "lengths = jnp.array([1, 2, 2, 1])\n"
+        "lengths = jnp.minimum(jnp.array([1, 2, 2, 1]), x.shape[0])\n"
         f"plan = fl.lstm_plan(p, x, config=cfg, seq_lengths=lengths, impl={impl})\n"
         f"f = lambda p: fl.lstm(p, x, config=cfg, seq_lengths=lengths, impl={impl})[0]\n"
         "g = jax.jit(jax.grad(lambda p: f(p).astype(jnp.float32).sum()))(p)\n"

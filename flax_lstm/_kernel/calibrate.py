@@ -17,10 +17,11 @@ of the CPU set); both at 64 steps of 256 units, the middle of the benchmark's CP
 (``flax-lstm bench --set cpu``, ``--set small``: H128 to H512, T64 to T128), long enough for
 the per-step cost to dominate. The third, ``"short"``, decides the calls that the size rule
 leaves to the measurement (`flax_lstm._auto.KERNEL_SHORT_MIN_HIDDEN`): a few steps of at least
-128 units, where the kernel's fixed cost per call weighs most; its probe is the smallest such
-call (one sequence of 2 steps of 128 units), the least work over which the kernel's fixed cost
-must pay; its forward alone also decides the forward of a single step (`flax_lstm._auto`'s
-"step" calls). The compilations take most of the few seconds a dtype costs.
+128 units (or of fewer, stacked or bidirectional), where the kernel's fixed cost per call weighs
+most; its probe is the smallest one-layer such call (one sequence of 2 steps of 128 units), the
+least work over which the kernel's fixed cost must pay; its forward alone also decides the
+forward of a single step and of a narrow call (`flax_lstm._auto`'s "step" and "narrow"
+calls). The compilations take most of the few seconds a dtype costs.
 
 The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan's time over
 the kernel's in the two modes (above 1: the kernel is faster), and the kernel unless the scan
@@ -162,8 +163,8 @@ class Verdict:
 
     @property
     def forward_speedup(self) -> float:
-        """The scan's time over the kernel's in the forward alone (what decides a single
-        step's forward: `flax_lstm._auto`)."""
+        """The scan's time over the kernel's in the forward alone (what decides the forward of
+        a single step and of a narrow call: `flax_lstm._auto`)."""
         return self.scan_ms["fwd"] / self.kernel_ms["fwd"]
 
     @property
@@ -176,7 +177,7 @@ class Verdict:
         shortest = probe("short")
         return (
             f"short calls ({shortest.steps} or more steps of at least {shortest.hidden} units, "
-            "too few for the size rule)"
+            "or of more than one layer or direction, too few for the size rule)"
         )
 
 
