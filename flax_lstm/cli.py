@@ -132,10 +132,10 @@ def _calibration_lines(verdicts: dict) -> list[str]:
                 f"{v['speedup']:.2f}× the scan, default {v['choice']}"
             )
             verdict = calibrate.Verdict.from_json(v)
-            if v["regime"] == "short":  # its forward alone decides a single step's forward
+            if v["regime"] == "short":  # its forward alone decides some calls' forward
                 line += (
-                    f"; forward {verdict.forward_speedup:.2f}×, which decides a single step's "
-                    "forward"
+                    f"; forward {verdict.forward_speedup:.2f}×, which decides the forward of a "
+                    "single step and of a narrow call"
                 )
             if verdict.weight_grads_ms:
                 line += (

@@ -358,7 +358,9 @@ def test_kernel_command_calibrates_and_prints_the_verdicts(monkeypatch, tmp_path
     assert state["calibration"]["float32"]["large"]["choice"] == "scan"
     assert "float32 small (probe B4 T64 H256): the kernel 1.25× the scan" in captured.err
     assert "float32 short (probe B1 T2 H128): the kernel 2.00× the scan" in captured.err
-    assert "forward 2.00×, which decides a single step's forward" in captured.err
+    assert "forward 2.00×, which decides the forward of a single step and of a narrow" in (
+        captured.err
+    )
     assert str(calibrate.cache_path()) in captured.err
     calls = len(fake.calls)
     cli.main(["kernel", "--calibrate"])  # measures again: "now"
