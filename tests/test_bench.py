@@ -472,6 +472,22 @@ def test_small_calls_tool_times_both_paths_and_names_the_default(tmp_path):
     assert bad.returncode == 2 and "expected B,T,H" in bad.stderr
 
 
+def test_plan_sweep_tool_draws_the_same_shapes_for_a_seed(tmp_path):
+    """tools/plan_sweep.py: a seed's random shapes, run with the default, its other path and
+    torch; the JSON records the draw, and the printed summary names what fell short."""
+    args = ("--n", "2", "--seed", "5", "--reps", "1", "--max-gflop", "0.002")
+    printed, result = run_tool_json(tmp_path, "plan_sweep.py", *args)
+    assert result["draw"] == {"seed": 5, "n": 2, "max_gflop": 0.002}
+    labels = [r["label"] for r in result["results"]]
+    assert len(labels) == 2 and all(f"| {label} | fwd |" in printed for label in labels)
+    assert "falls short" in printed or "fall short:" in printed
+    assert all(r["shape"]["batch"] >= 1 and "flax_lstm_scan" in r["ms"] for r in result["results"])
+    _, again = run_tool_json(tmp_path, "plan_sweep.py", *args)
+    assert [r["label"] for r in again["results"]] == labels
+    bad = run_tool("plan_sweep.py", "--n", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "must be positive" in bad.stderr
+
+
 def test_scan_directions_tool_times_both_loop_layouts(tmp_path):
     """tools/scan_directions.py: the CPU scan of a bidirectional layer, one loop per direction
     and both in one, on the shapes given (layers, projection and dtype optional)."""
