@@ -17,6 +17,7 @@ Not a test: from the repository root, ``PYTHONPATH=$PWD python tools/plan_sweep.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -60,7 +61,7 @@ def draw(rng: np.random.Generator, max_gflop: float) -> Shape:
 def runnable(shape: Shape) -> Shape:
     """``shape`` in float32 where this CPU's kernel has no bfloat16 (the draw stays the same)."""
     if shape.dtype == "bfloat16" and not fl.kernel.available("bfloat16"):
-        return Shape(**{**shape.__dict__, "dtype": "float32"})
+        return dataclasses.replace(shape, dtype="float32")
     return shape
 
 
