@@ -111,13 +111,12 @@ struct BackwardWeights {
   void pack(int64_t d, int64_t k) const {
     const int64_t G4 = 4 * H, u0 = k * kBwdUnits, nu = std::min(kBwdUnits, H - u0);
     E* out = packed(d, k);
-    pack_cols(src + d * G4 * H, G4, H, u0, nu, out);
-    // A last chunk of fewer units fills fewer panels; the GEMM reads all of them: zeros.
-    std::fill(out + round_up(nu, NR) / NR * panel_size<E>(G4), out + wc, E{});
+    pack_cols(src + d * G4 * H, G4, H, u0, nu, out);  // a last chunk of fewer units: fewer panels
   }
 };
 
-// A chunk's dh after step t (N rows of `cols`, row i for batch row order.row(i)): dz_{t+1}·W_hh
+// A chunk's dh after step t (N rows of `cols`, its first nu columns computed, row i for batch row
+// order.row(i)): dz_{t+1}·W_hh
 // for the rows that step t + 1 runs (zero for the others: their dz is zero), plus what frozen
 // steps pass through (`pass`, (N, H) of direction d). dz_next is dz_{t+1}, or null at t = T - 1.
 template <typename E>
@@ -126,7 +125,7 @@ void chunk_dh(const Order& order, int64_t na_next, const E* dz_next, int64_t G4,
   constexpr int64_t cols = BackwardWeights<E>::cols;
   if (na_next > 0) {
     const Product<E> prod{dz_next, G4, static_cast<int>(G4), packed, order.rows()};
-    gemm_packed(na_next, cols / NR, &prod, 1, dh, cols);
+    gemm_packed(na_next, nu, &prod, 1, dh, cols);
   }
   for (int64_t i = na_next; i < N; ++i) std::fill(dh + i * cols, dh + i * cols + nu, 0.0f);
   for (int64_t i = 0; i < N; ++i) {

@@ -19,7 +19,8 @@ namespace {
 // last one (D, N, H) when cs_all is false.
 
 // Chunks of 16 hidden units, i.e. 64 gate columns, two packed panels (a whole number of
-// vectors for the gate arithmetic).
+// vectors for the gate arithmetic). A last chunk of nu < 16 units has 4·nu columns (see
+// ForwardWeights).
 constexpr int64_t kFwdUnits = 16;
 // Small batches, of at most `small_batch` sequences (rows of a step's GEMM; an attribute of the
 // forward and backward calls, chosen on the Python side: flax_lstm/_kernel/tuning.py), hoist the
@@ -29,14 +30,14 @@ constexpr int64_t kFwdUnits = 16;
 constexpr int64_t kBlock = 64;
 
 // The LSTM cell on one row of a chunk (nu ≤ kFwdUnits units): z holds the row's GEMM output,
-// gate g's pre-activations at z + g·kFwdUnits, and bb the chunk's biases in the same layout;
+// gate g's pre-activations at z + g·nu, and bb the chunk's biases in the same layout;
 // cn is the row's cell state, updated in place; hp its h before the step and h where the
 // step's h goes; a, where not null, takes the activated gates (gate g at a + g·H). At a masked
 // step (not valid) h and c stay as they were.
 template <typename E>
 inline void cell_forward(const float* z, const float* bb, float* cn, const E* hp, E* h, float* a,
                          int64_t H, int64_t nu, bool valid) {
-  const int64_t q = kFwdUnits;
+  const int64_t q = nu;
   for_columns(nu, [&](auto at) {
     const vec i_ = sigmoid_approx(load(z, at) + load(bb, at));
     const vec f_ = sigmoid_approx(load(z + q, at) + load(bb + q, at));
@@ -59,11 +60,12 @@ inline void cell_forward(const float* z, const float* bb, float* cn, const E* hp
 }
 
 // Small batches: the input projection x_t·W_ihᵀ of direction d's steps [t0, t0 + kBlock) for
-// one chunk (its packed W_ih at pi), one GEMM with the steps as rows, into xp (kBlock · N rows
-// of `cols`). Only the steps that some row still runs (none, past the longest sequence).
+// one chunk (its packed W_ih at pi, `cols` columns), one GEMM with the steps as rows, into xp
+// (kBlock · N rows, leading dimension ld). Only the steps that some row still runs (none, past
+// the longest sequence).
 template <typename E>
 inline void project_block(const Dims& s, const E* x, int64_t d, int64_t t0, const Order& order,
-                          const E* pi, int64_t cols, Scratch& scratch, float* xp) {
+                          const E* pi, int64_t cols, int64_t ld, Scratch& scratch, float* xp) {
   const int64_t T = s.T, D = s.D, N = s.N, I = s.I;
   int64_t nt = std::min(kBlock, T - t0);
   while (nt > 0 && order.active[t0 + nt - 1] == 0) --nt;
@@ -76,17 +78,19 @@ inline void project_block(const Dims& s, const E* x, int64_t d, int64_t t0, cons
     a = g;
   }
   const Product<E> prod{a, I, static_cast<int>(I), pi};
-  gemm_packed(nt * N, cols / NR, &prod, 1, xp, cols);
+  gemm_packed(nt * N, cols, &prod, 1, xp, ld);
 }
 
-// The packed weights of every direction and chunk: chunk column g·16 + j is gate g of unit
-// 16·chunk + j (a row of W; past H, the last unit's again, computed and never stored). A chunk's
-// weights are packed by the first item that uses them (its direction's first row, which every
-// later row waits for): the team shares the packing, and with small batches a thread packs the
-// chunks it keeps (run_groups) into its own core's cache.
+// The packed weights of every direction and chunk: column g·nu + j of a chunk of nu units is
+// gate g of its unit j (a row of W). A chunk of 16 units fills two panels; the last one, where
+// H is not a multiple of 16, fills 4·nu columns, so that its GEMM computes those (in whole
+// vectors: gemm_packed) rather than 64. A chunk's weights are packed by the first item that
+// uses them (its direction's first row, which every later row waits for): the team shares the
+// packing, and with small batches a thread packs the chunks it keeps (run_groups) into its own
+// core's cache.
 template <typename E>
 struct ForwardWeights {
-  static constexpr int64_t cols = 4 * kFwdUnits;
+  static constexpr int64_t cols = 4 * kFwdUnits;  // a whole chunk's, and every chunk's room
   const E* src_ih;        // W_ih, (D, 4H, I), as given
   const E* src_hh;        // W_hh, (D, 4H, H)
   const float* src_bias;  // (D, 4H)
@@ -105,16 +109,17 @@ struct ForwardWeights {
   E* packed_ih(int64_t d, int64_t k) const { return ih.data() + (d * chunks + k) * wi; }
   E* packed_hh(int64_t d, int64_t k) const { return hh.data() + (d * chunks + k) * wh; }
   float* packed_bias(int64_t d, int64_t k) const { return b.data() + (d * chunks + k) * cols; }
+  // Units of chunk k, and its columns.
+  int64_t units(int64_t k) const { return std::min(kFwdUnits, H - k * kFwdUnits); }
+  int64_t columns(int64_t k) const { return 4 * units(k); }
 
   void pack(int64_t d, int64_t k) const {
-    const int64_t G4 = 4 * H, u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
-    const auto row_of = [&](int64_t col) {
-      return (col / kFwdUnits) * H + u0 + std::min(col % kFwdUnits, nu - 1);
-    };
-    pack_rows(src_ih + d * G4 * I, I, cols, row_of, packed_ih(d, k));
-    pack_rows(src_hh + d * G4 * H, H, cols, row_of, packed_hh(d, k));
+    const int64_t G4 = 4 * H, u0 = k * kFwdUnits, nu = units(k);
+    const auto row_of = [&](int64_t col) { return (col / nu) * H + u0 + col % nu; };
+    pack_rows(src_ih + d * G4 * I, I, columns(k), row_of, packed_ih(d, k));
+    pack_rows(src_hh + d * G4 * H, H, columns(k), row_of, packed_hh(d, k));
     float* bias = packed_bias(d, k);
-    for (int64_t col = 0; col < cols; ++col) bias[col] = src_bias[d * G4 + row_of(col)];
+    for (int64_t col = 0; col < columns(k); ++col) bias[col] = src_bias[d * G4 + row_of(col)];
   }
 };
 
@@ -187,11 +192,11 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
     if ((r == 0 || projection) && !claim()) return false;
     if (r == 0) w.pack(d, k);
     if (projection) {
-      project_block(s, x, d, r / (kBlock + 1) * kBlock, order, w.packed_ih(d, k), cols, scratch,
-                    xp.data() + item * kBlock * N * cols);
+      project_block(s, x, d, r / (kBlock + 1) * kBlock, order, w.packed_ih(d, k), w.columns(k),
+                    cols, scratch, xp.data() + item * kBlock * N * cols);
       return true;
     }
-    const int64_t u0 = k * kFwdUnits, nu = std::min(kFwdUnits, H - u0);
+    const int64_t u0 = k * kFwdUnits, nu = w.units(k), ncols = w.columns(k);
     const int64_t row0 = (t * D + d) * N;  // first row of step t, direction d
     const E* hprev = t == 0 ? h0 + d * N * H : hs + (row0 - D * N) * H;
     const int64_t na = order.active[t];  // gate row i is batch row order.row(i)
@@ -200,11 +205,11 @@ void forward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_ba
         {x + row0 * I, I, static_cast<int>(I), w.packed_ih(d, k), order.rows()},
         {hprev, H, static_cast<int>(H), w.packed_hh(d, k), order.rows()}};
     float* gate = scratch.get(static_cast<size_t>(N * cols));
-    gemm_packed(na, cols / NR, prods + hoist, hoist ? 1 : 2, gate, cols);
+    gemm_packed(na, ncols, prods + hoist, hoist ? 1 : 2, gate, cols);
     if (hoist) {
       const float* p = xp.data() + (item * kBlock + t % kBlock) * N * cols;
       for (int64_t i = 0; i < na; ++i)
-        for (int64_t j = 0; j < cols; ++j) gate[i * cols + j] += p[order.row(i) * cols + j];
+        for (int64_t j = 0; j < ncols; ++j) gate[i * cols + j] += p[order.row(i) * cols + j];
     }
     if (r != 0 && !claim()) return false;
     for (int64_t i = na; i < N; ++i) {  // finished rows: the state stays, no gates

@@ -11,34 +11,52 @@
 
 namespace {
 
-// C (M × npanels·NR, leading dimension ldc) = the sum of the products, panel by panel: every
-// row block of A passes over the same panel of B, which stays in L1 or L2 (blocking K to fit
-// L1 measured slower: docs/performance/design.md, "Tuning per CPU"). bfloat16 runs on AMX
-// tiles where the CPU has them (amx::gemm) and the GEMM has at least amx::kMinRows rows (fewer
-// would leave most of each tile zeros, copied in for every call), else on the vdpbf16ps
-// micro-kernel.
+// C (M × cols, leading dimension ldc) = the sum of the products, panel by panel: every row block
+// of A passes over the same panel of B, which stays in L1 or L2 (blocking K to fit L1 measured
+// slower: docs/performance/design.md, "Tuning per CPU"). The panels hold round_up(cols, NR)
+// columns; C's columns past `cols` up to that may be written (ldc and C's rows leave room). A
+// last panel whose columns fit one vector is computed as one (a chunk's last units, where H
+// is not a whole number of chunks: "Hidden sizes that are not whole vectors"). bfloat16 runs
+// on AMX tiles where the CPU has them (amx::gemm, whole panels) and the GEMM has at least
+// amx::kMinRows rows (fewer would leave most of each tile zeros, copied in for every call),
+// else on the vdpbf16ps micro-kernel.
 template <typename E>
-void gemm_packed(int64_t M, int64_t npanels, const Product<E>* prods, int nprod, float* C,
+void gemm_packed(int64_t M, int64_t cols, const Product<E>* prods, int nprod, float* C,
                  int64_t ldc) {
+  const int64_t npanels = (cols + NR - 1) / NR;
 #if FLAX_LSTM_AMX
   if constexpr (std::is_same_v<E, bf16>) {
     if (M >= amx::kMinRows && nprod <= amx::kMaxProducts && amx::state() > 0)
       return amx::gemm(M, npanels, prods, nprod, C, ldc);
   }
 #endif
+  // Panels [0, whole) are computed whole, and a last one of at most VW columns as a vector.
+  const bool half = cols - (npanels - 1) * NR <= VW;
+  const int64_t whole = npanels - half;
   // One block of 1 or 2 rows takes panels_at_once of them at a time; more rows, one panel at a
   // time, every row block passing over it, and a rest of 1 or 2 rows (rest_in_pairs) over the
   // same panels two at a time, while they are in cache.
-  if (M <= 2) return row_block_of<2>(static_cast<int>(M), 0, npanels, prods, nprod, 0, C, ldc);
+  if (M <= 2) {
+    row_block_of<2>(static_cast<int>(M), 0, whole, prods, nprod, 0, C, ldc);
+    if (half) row_block_of<2, true>(static_cast<int>(M), whole, npanels, prods, nprod, 0, C, ldc);
+    return;
+  }
   const int64_t rest = rest_in_pairs(M), main = M - rest, step = rest > 0 ? 2 : 1;
-  for (int64_t p = 0; p < npanels; p += step) {
-    const int64_t p1 = std::min(npanels, p + step);
+  for (int64_t p = 0; p < whole; p += step) {
+    const int64_t p1 = std::min(whole, p + step);
     for (int64_t i = 0, rows; i < main; i += rows) {
       rows = next_block(main - i);
       row_block_of<MR>(static_cast<int>(rows), p, p1, prods, nprod, i, C, ldc);
     }
     if (rest > 0) row_block_of<2>(static_cast<int>(rest), p, p1, prods, nprod, main, C, ldc);
   }
+  if (!half) return;
+  for (int64_t i = 0, rows; i < main; i += rows) {
+    rows = next_block(main - i);
+    row_block_of<MR, true>(static_cast<int>(rows), whole, npanels, prods, nprod, i, C, ldc);
+  }
+  if (rest > 0)
+    row_block_of<2, true>(static_cast<int>(rest), whole, npanels, prods, nprod, main, C, ldc);
 }
 
 // dst[c·ld + i] = rows[i][k + c] for a VW × VW block of 32-bit words (i, c < VW): a transpose

@@ -36,6 +36,10 @@ namespace {
 constexpr int64_t kWgK = 256, kWgRows = 8 * MR, kDxSteps = 4;
 constexpr int64_t kWgPackBytes = int64_t{4} << 20, kPrefetch = 8;
 
+// The slivers of MR gate rows that hold `rows` of them: a last block of gate rows (4H not a
+// multiple of kWgRows) has fewer.
+constexpr int64_t slivers(int64_t rows) { return (rows + MR - 1) / MR; }
+
 // out[0 : W] = the n floats at src, then zeros. A whole W is a copy of fixed size, which the
 // compiler inlines as vector moves: a call of memcpy per piece cost 4% of weight_grads (perf).
 template <int W>
@@ -49,29 +53,31 @@ inline void copy_padded(float* __restrict out, const float* __restrict src, int6
 }
 
 // C[0 : MR, 0 : NR] (leading dimension ldc) += A·B: A holds K × MR (k-major), B a packed
-// panel, K × NR.
+// panel, K × NR. With Half, only the panel's first VW columns (a last panel of at most VW).
+template <bool Half>
 inline void wg_micro(const float* __restrict A, const float* __restrict B, int64_t K,
                      float* __restrict C, int64_t ldc) {
   vec acc0[MR], acc1[MR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     acc0[i] = *reinterpret_cast<const vec_u*>(C + i * ldc);
-    acc1[i] = *reinterpret_cast<const vec_u*>(C + i * ldc + VW);
+    if constexpr (!Half) acc1[i] = *reinterpret_cast<const vec_u*>(C + i * ldc + VW);
   }
   for (int64_t k = 0; k < K; ++k) {
     const vec b0 = *reinterpret_cast<const vec_u*>(B + k * NR);
-    const vec b1 = *reinterpret_cast<const vec_u*>(B + k * NR + VW);
+    vec b1 = b0;  // unused with Half
+    if constexpr (!Half) b1 = *reinterpret_cast<const vec_u*>(B + k * NR + VW);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const float a = A[k * MR + i];
       acc0[i] += a * b0;
-      acc1[i] += a * b1;
+      if constexpr (!Half) acc1[i] += a * b1;
     }
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     *reinterpret_cast<vec_u*>(C + i * ldc) = acc0[i];
-    *reinterpret_cast<vec_u*>(C + i * ldc + VW) = acc1[i];
+    if constexpr (!Half) *reinterpret_cast<vec_u*>(C + i * ldc + VW) = acc1[i];
   }
 }
 
@@ -105,6 +111,8 @@ struct WeightGradLayout {
     return (t * D + d) * N + n;
   }
   int64_t steps_in(int64_t b) const { return std::min(K, (b + 1) * kWgK) - b * kWgK; }
+  // Whether panel p is the last of x's or h's and holds at most VW of their columns.
+  bool half(int64_t p) const { return (p < PI ? I - p * NR : H - (p - PI) * NR) <= VW; }
 };
 
 // Packs block b's [x_s, h_{s-1}] of direction d into its P panels at `out` (kWgK × NR each),
@@ -126,10 +134,10 @@ void pack_wg_block(const WeightGradLayout& L, int64_t d, int64_t b, const float*
   }
 }
 
-// Copies the gate columns [g0, g0 + rows) of block b's dz (direction d) into `a` as kWgRows / MR
-// slivers, sliver q (rows g0 + q·MR …) kb × MR, k-major. Sample by sample: each reads its gate
-// columns of dz in one piece, the next samples' fetched ahead (dz rows are far apart, which the
-// prefetchers do not follow).
+// Copies the gate columns [g0, g0 + rows) of block b's dz (direction d) into `a` as
+// ceil(rows / MR) slivers, sliver q (rows g0 + q·MR …) kb × MR, k-major. Sample by sample:
+// each reads its gate columns of dz in one piece, the next samples' fetched ahead (dz rows are
+// far apart, which the prefetchers do not follow).
 void gather_dz_slivers(const WeightGradLayout& L, int64_t d, int64_t b, int64_t g0, int64_t rows,
                        const float* dz, float* a) {
   const int64_t v0 = b * kWgK, kb = L.steps_in(b);
@@ -137,20 +145,22 @@ void gather_dz_slivers(const WeightGradLayout& L, int64_t d, int64_t b, int64_t 
     if (v + kPrefetch < kb)
       prefetch(dz + L.row_of(v0 + v + kPrefetch, d) * L.G4 + g0, rows * sizeof(float));
     const float* src = dz + L.row_of(v0 + v, d) * L.G4 + g0;
-    for (int64_t q = 0; q < kWgRows / MR; ++q) {
+    for (int64_t q = 0; q < slivers(rows); ++q) {
       const int64_t r0 = q * MR, nr = std::clamp<int64_t>(rows - r0, 0, MR);
       copy_padded<MR>(a + q * kWgK * MR + v * MR, src + r0, nr);
     }
   }
 }
 
-// c[0 : kWgRows, :] += a · the block's panels (kb steps), panel by panel.
+// c[0 : rows, :] += a · the block's panels (kb steps), panel by panel (a half panel: its first VW
+// columns), in slivers of MR rows.
 void add_wg_block(const WeightGradLayout& L, const float* a, const float* panels, int64_t kb,
-                  float* c) {
+                  int64_t rows, float* c) {
   for (int64_t p = 0; p < L.P; ++p) {
     const float* bp = panels + p * kWgK * NR;
-    for (int64_t q = 0; q < kWgRows / MR; ++q)
-      wg_micro(a + q * kWgK * MR, bp, kb, c + q * MR * L.ldc + p * NR, L.ldc);
+    const auto micro = L.half(p) ? wg_micro<true> : wg_micro<false>;
+    for (int64_t q = 0; q < slivers(rows); ++q)
+      micro(a + q * kWgK * MR, bp, kb, c + q * MR * L.ldc + p * NR, L.ldc);
   }
 }
 
@@ -188,7 +198,7 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
     if (sb == 0) std::fill_n(c, kWgRows * L.ldc, 0.0f);
     for (int64_t b = b0; b < b1; ++b) {
       gather_dz_slivers(L, d, b, g0, rows, dz, a);
-      add_wg_block(L, a, panels(d, b - b0), L.steps_in(b), c);
+      add_wg_block(L, a, panels(d, b - b0), L.steps_in(b), rows, c);
     }
     if (sb == L.supers - 1) {  // the last superblock: this block of gate rows is complete
       for (int64_t g = 0; g < rows; ++g) {
@@ -235,7 +245,7 @@ void input_grad(const Dims& s, ffi::ThreadPool& pool, int threads, const float* 
       if (m == 0) continue;
       const Product<float> prod{dz + (t * D + d) * N * G4, G4, static_cast<int>(G4),
                                 bw.data() + d * wp, mask == nullptr ? nullptr : rows};
-      gemm_packed(m, PI, &prod, 1, c, PI * NR);
+      gemm_packed(m, I, &prod, 1, c, PI * NR);
       for (int64_t i = 0; i < m; ++i)
         std::memcpy(dx + ((t * D + d) * N + rows[i]) * I, c + i * PI * NR, I * sizeof(float));
     }

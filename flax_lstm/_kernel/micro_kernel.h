@@ -104,23 +104,25 @@ constexpr int panels_at_once(int M) {
 // does not depend on the rows beside it (a sharded or ragged batch gives the same bits;
 // tests/test_sharding.py): splitting K over more accumulators at 1 to 3 rows was faster
 // (docs/performance/design.md) but broke that.
-template <int M, int P>
+// With Half, only the panels' first VW columns (acc0): a last panel of at most VW columns.
+template <int M, int P, bool Half>
 inline void accumulate(vec (&acc0)[P][M], vec (&acc1)[P][M], const float* const (&A)[M], int K,
                        const float* const (&B)[P]) {
   for (int k = 0; k < K; ++k) {
 #pragma GCC unroll 4
     for (int j = 0; j < P; ++j) {
       vec b0 = *reinterpret_cast<const vec_u*>(B[j] + k * NR);
-      vec b1 = *reinterpret_cast<const vec_u*>(B[j] + k * NR + VW);
+      vec b1 = b0;  // unused with Half
+      if constexpr (!Half) b1 = *reinterpret_cast<const vec_u*>(B[j] + k * NR + VW);
       if constexpr (M <= 4) {  // more rows compile as they always did
         in_register(b0);
-        in_register(b1);
+        if constexpr (!Half) in_register(b1);
       }
 #pragma GCC unroll 8
       for (int i = 0; i < M; ++i) {
         const float a = A[i][k];
         acc0[j][i] += a * b0;
-        acc1[j][i] += a * b1;
+        if constexpr (!Half) acc1[j][i] += a * b1;
       }
     }
   }
@@ -159,19 +161,20 @@ inline vec dot_pairs(vec acc, pairs a, pairs b) {
 // The same with bfloat16 operands: each dot_pairs adds the products of two K-steps (a pair of
 // A broadcast against pairs of B) to float32 accumulators. An odd last K-step pairs A's value
 // with a zero (B is zero-padded there), so A is never read past its row.
-template <int M, int P>
+template <int M, int P, bool Half>
 inline void accumulate(vec (&acc0)[P][M], vec (&acc1)[P][M], const bf16* const (&A)[M], int K,
                        const bf16* const (&B)[P]) {
   const auto step = [&](int k, auto a_at) {
 #pragma GCC unroll 4
     for (int j = 0; j < P; ++j) {
       const pairs b0 = load_pairs(B[j] + k * NR);
-      const pairs b1 = load_pairs(B[j] + k * NR + 2 * VW);
+      pairs b1 = b0;  // unused with Half
+      if constexpr (!Half) b1 = load_pairs(B[j] + k * NR + 2 * VW);
 #pragma GCC unroll 8
       for (int i = 0; i < M; ++i) {
         const pairs a = splat_pair(a_at(A[i] + k));
         acc0[j][i] = dot_pairs(acc0[j][i], a, b0);
-        acc1[j][i] = dot_pairs(acc1[j][i], a, b1);
+        if constexpr (!Half) acc1[j][i] = dot_pairs(acc1[j][i], a, b1);
       }
     }
   };
@@ -188,8 +191,8 @@ inline void accumulate(vec (&acc0)[P][M], vec (&acc1)[P][M], const bf16* const (
 #endif
 
 // C[i0 : i0 + M, panels p … p + P - 1] = Σ over the products of A[i0 : i0 + M, :] · those
-// panels of B.
-template <int M, int P, typename E>
+// panels of B; with Half, only each panel's first VW columns.
+template <int M, int P, bool Half, typename E>
 inline void micro(const Product<E>* prods, int nprod, int64_t i0, int64_t p, float* __restrict C,
                   int64_t ldc) {
   vec acc0[P][M], acc1[P][M];
@@ -210,7 +213,7 @@ inline void micro(const Product<E>* prods, int nprod, int64_t i0, int64_t p, flo
     const E* b[P];
 #pragma GCC unroll 4
     for (int j = 0; j < P; ++j) b[j] = pr.Bp + (p + j) * panel_size<E>(pr.K);
-    accumulate<M, P>(acc0, acc1, a, pr.K, b);
+    accumulate<M, P, Half>(acc0, acc1, a, pr.K, b);
   }
 #pragma GCC unroll 4
   for (int j = 0; j < P; ++j) {
@@ -218,29 +221,30 @@ inline void micro(const Product<E>* prods, int nprod, int64_t i0, int64_t p, flo
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
       *reinterpret_cast<vec_u*>(c + i * ldc) = acc0[j][i];
-      *reinterpret_cast<vec_u*>(c + i * ldc + VW) = acc1[j][i];
+      if constexpr (!Half) *reinterpret_cast<vec_u*>(c + i * ldc + VW) = acc1[j][i];
     }
   }
 }
 
-// One block of M rows over panels [p0, p1): panels_at_once(M) panels a call, then one at a time.
-template <int M, typename E>
+// One block of M rows over panels [p0, p1): panels_at_once(M) panels a call, then one at a time;
+// with Half, the panels' first VW columns, one panel at a time.
+template <int M, bool Half, typename E>
 inline void row_block(int64_t p0, int64_t p1, const Product<E>* prods, int nprod, int64_t i0,
                       float* C, int64_t ldc) {
-  constexpr int P = panels_at_once(M);
+  constexpr int P = Half ? 1 : panels_at_once(M);
   int64_t p = p0;
   if constexpr (P > 1)
-    for (; p + P <= p1; p += P) micro<M, P>(prods, nprod, i0, p, C, ldc);
-  for (; p < p1; ++p) micro<M, 1>(prods, nprod, i0, p, C, ldc);
+    for (; p + P <= p1; p += P) micro<M, P, Half>(prods, nprod, i0, p, C, ldc);
+  for (; p < p1; ++p) micro<M, 1, Half>(prods, nprod, i0, p, C, ldc);
 }
 
 // row_block for a block of `rows` rows, 1 ≤ rows ≤ M.
-template <int M, typename E>
+template <int M, bool Half = false, typename E>
 inline void row_block_of(int rows, int64_t p0, int64_t p1, const Product<E>* prods, int nprod,
                          int64_t i0, float* C, int64_t ldc) {
   if constexpr (M > 0) {
-    if (rows == M) return row_block<M>(p0, p1, prods, nprod, i0, C, ldc);
-    return row_block_of<M - 1>(rows, p0, p1, prods, nprod, i0, C, ldc);
+    if (rows == M) return row_block<M, Half>(p0, p1, prods, nprod, i0, C, ldc);
+    return row_block_of<M - 1, Half>(rows, p0, p1, prods, nprod, i0, C, ldc);
   }
 }
 

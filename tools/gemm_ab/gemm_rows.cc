@@ -1,7 +1,8 @@
 // gemm_packed alone, for a row-block A/B of two versions of the kernel (see run.sh): compiled
 // once per version with -DSRC naming that version's lstm_cpu.cc (its headers beside it);
 // run_gemm(M, iters) times `iters` passes of three forward-sized chunks (K = 512, 4 panels
-// each) over M rows, on the calling thread, and returns GFLOP/s.
+// each) over M rows, on the calling thread, and returns GFLOP/s. gemm_packed takes a count of
+// columns; the versions before its half panels took a count of panels (npanels here).
 #include SRC
 #include <chrono>
 
@@ -21,7 +22,7 @@ extern "C" double run_gemm(int M, int iters) {
   for (int it = 0; it < iters; ++it)
     for (int c = 0; c < nchunks; ++c) {
       const Product<float> pr{A.data(), K, K, Bp.data() + c * npanels * panel_size<float>(K)};
-      gemm_packed<float>(M, npanels, &pr, 1, C.data() + c * npanels * NR, ldc);
+      gemm_packed<float>(M, npanels * NR, &pr, 1, C.data() + c * npanels * NR, ldc);
     }
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return 2.0 * M * K * npanels * nchunks * NR * iters / s / 1e9;
