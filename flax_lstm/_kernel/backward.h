@@ -26,33 +26,9 @@ namespace {
 // forms dh0. The items of one chunk run one after the other (each waits for the step before),
 // so each adds to its own slice of db without a race.
 
-// Chunks of 32 hidden units, one panel of dh (two with AVX2), or of 16 (chunk_units).
+// Chunks of 32 hidden units, one panel of dh (two with AVX2), or of 16 where those share a step
+// more evenly among the threads (chunk_units): a chunk of 16 is half a panel of dh on AVX-512.
 constexpr int64_t kBwdUnits = 32;
-
-// The units of the backward's chunks for a layer of H units, D directions and N sequences on
-// `threads` threads: kBwdUnits, or half as many where that shares a step's units more evenly
-// among the threads (run_items gives run g the items [g·items / runs, (g + 1)·items / runs) of
-// a row) and the step's GEMM has at least a row block of MR rows. At H96 on two threads, three
-// chunks of 32 leave one thread 64 units a step and the other 32; six of 16 give each 48. A
-// chunk of 16 is half a panel of dh on AVX-512 (gemm_packed), whose sums a k-step cover the
-// multiply-adds' latency only with a whole row block (docs/performance/design.md, "The last
-// chunk's columns: half panels").
-inline int64_t chunk_units(int64_t H, int64_t D, int64_t N, int threads) {
-  if (N < MR) return kBwdUnits;
-  const auto busiest = [&](int64_t units) {  // the most units a step that one run holds
-    const int64_t chunks = (H + units - 1) / units, items = D * chunks;
-    const int64_t runs = std::min<int64_t>(threads, items);
-    int64_t most = 0;
-    for (int64_t g = 0; g < runs; ++g) {
-      int64_t held = 0;
-      for (int64_t i = g * items / runs; i < (g + 1) * items / runs; ++i)
-        held += std::min(units, H - i % chunks * units);
-      most = std::max(most, held);
-    }
-    return most;
-  };
-  return busiest(kBwdUnits / 2) < busiest(kBwdUnits) ? kBwdUnits / 2 : kBwdUnits;
-}
 
 // Where one row of a chunk at step t of the backward reads and writes, each at the chunk's first
 // unit (gate g of acts, dz and db at + g·H).
@@ -129,11 +105,13 @@ struct BackwardWeights {
   BackwardWeights(const Dims& s, const E* w_hh, int threads)
       : src(w_hh), H(s.H),
         // bfloat16 keeps chunks of 32: on AMX, gemm_packed computes whole panels
-        units(std::is_same_v<E, float> ? chunk_units(s.H, s.D, s.N, threads) : kBwdUnits),
+        units(std::is_same_v<E, float> ? chunk_units(s, threads, kBwdUnits) : kBwdUnits),
         chunks((s.H + units - 1) / units), wc(panel_size<E>(4 * s.H) * (cols / NR)),
         packed_all(static_cast<size_t>(s.D * chunks * wc)) {}
-  int64_t first(int64_t k) const { return k * units; }  // chunk k's first unit, and its units
-  int64_t units_of(int64_t k) const { return std::min(units, H - k * units); }
+  // Chunk k's first unit, and its units (at most kBwdUnits, said to the compiler: the gate
+  // arithmetic's loop then compiles as for chunks of a fixed size).
+  int64_t first(int64_t k) const { return k * units; }
+  int64_t units_of(int64_t k) const { return std::min(kBwdUnits, std::min(units, H - k * units)); }
   // Where chunk k of direction d is packed (written by pack, read by chunk_dh).
   E* packed(int64_t d, int64_t k) const { return packed_all.data() + (d * chunks + k) * wc; }
 
@@ -187,9 +165,7 @@ void backward(const Dims& s, ffi::ThreadPool& pool, int threads, int64_t small_b
                                                                   Scratch& scratch,
                                                                   Claim claim) {
     const int64_t d = item / chunks, k = item % chunks, t = T - 1 - row;
-    // nu ≤ kBwdUnits, said to the compiler: the gate arithmetic's loop then compiles as it did
-    // for chunks of a fixed size (measured: see chunk_units)
-    const int64_t u0 = w.first(k), nu = std::min(kBwdUnits, w.units_of(k));
+    const int64_t u0 = w.first(k), nu = w.units_of(k);
     if (t == T - 1 && !claim()) return false;
     if (t == T - 1) w.pack(d, k);
     float* dh = scratch.get(static_cast<size_t>(N * cols));  // dh after step t, this chunk
