@@ -2,7 +2,7 @@
 // once per version with -DSRC naming that version's lstm_cpu.cc (its headers beside it);
 // run_gemm(M, iters) times `iters` passes of three forward-sized chunks (K = 512, 4 panels
 // each) over M rows, on the calling thread, and returns GFLOP/s. gemm_packed takes a count of
-// columns; the versions before its half panels took a count of panels (npanels here).
+// columns (from 8501d75 on: run.sh refuses an older baseline).
 #include SRC
 #include <chrono>
 

@@ -8,6 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rev="${1:?usage: tools/gemm_ab/run.sh REV}"
+# gemm_rows.cc passes gemm_packed a count of columns, which it takes from 8501d75 on (before, a
+# count of panels): an older baseline would read past its panels.
+if ! git merge-base --is-ancestor 8501d75 "$rev"; then
+  echo "tools/gemm_ab/run.sh: $rev predates 8501d75, whose gemm_packed takes columns" >&2
+  exit 2
+fi
 py="${PYTHON:-.venv/bin/python}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
