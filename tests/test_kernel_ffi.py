@@ -285,6 +285,24 @@ def test_a_changed_setting_traces_anew(monkeypatch):
     assert re.search(r"small_batch = 8 : i64, threads = 1", lowered().as_text())
 
 
+def test_threads_per_layer(monkeypatch):
+    """`ffi.num_threads`: every usable CPU, at most one per 16 units of each direction and at
+    least one per direction; an inference forward of fewer than `ffi.MIN_FORWARD_SPLIT` units
+    of rows a step counts one direction; ``FLAX_LSTM_NUM_THREADS`` overrides it all."""
+    monkeypatch.delenv("FLAX_LSTM_NUM_THREADS", raising=False)
+    monkeypatch.setattr(ffi, "usable_cpus", lambda: 8)
+    assert ffi.num_threads() == 8  # the weight gradients: not split by units
+    assert [ffi.num_threads(h) for h in (8, 31, 32, 48, 200)] == [1, 1, 2, 3, 8]
+    assert [ffi.num_threads(h, 2) for h in (8, 31, 32, 48)] == [2, 2, 4, 6]
+    assert ffi.num_threads(24, 2, rows=10) == 1  # 240 units of rows: one thread
+    assert ffi.num_threads(24, 2, rows=11) == 2
+    assert ffi.num_threads(64, 2, rows=1) == 4  # wide enough to split anyway
+    monkeypatch.setattr(ffi, "usable_cpus", lambda: 1)
+    assert ffi.num_threads(512, 2) == 1
+    monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "3")
+    assert ffi.num_threads(8, 2, rows=1) == 3
+
+
 @pytest.mark.parametrize("value", ["-1", "four", "2.5"])
 def test_small_batch_setting_must_be_a_count(value, monkeypatch):
     monkeypatch.setenv("FLAX_LSTM_SMALL_BATCH", value)

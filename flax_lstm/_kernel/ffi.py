@@ -33,19 +33,37 @@ __all__ = [
 ]
 
 
-def num_threads(hidden: int | None = None) -> int:
-    """Threads the kernel uses for a layer of ``hidden`` units (None: work not split by units).
+# The directions of a layer of fewer than 32 units a direction (a thread each, as `num_threads`
+# says) share an inference forward's step only from this many units of rows (N·H): below it,
+# two threads spent more waiting than they saved, where the training forward (which also saves
+# the gates) and the backward still gained (docs/performance/design.md, "A thread per
+# direction").
+MIN_FORWARD_SPLIT = 256
 
-    ``FLAX_LSTM_NUM_THREADS`` if set, else every usable CPU, at most one per 16 hidden units.
-    XLA's thread pool supplies them: fewer may join. Small steps too are shared: one thread
-    was faster for them only with the kernel's first design, which met at a barrier every step
-    (measured: docs/performance/design.md, "The CPU kernel").
+
+def num_threads(hidden: int | None = None, directions: int = 1, rows: int | None = None) -> int:
+    """Threads the kernel uses for a layer of ``hidden`` units in ``directions`` directions
+    (None: work not split by units); ``rows``: an inference forward's sequences (None: another
+    call).
+
+    ``FLAX_LSTM_NUM_THREADS`` if set, else every usable CPU, at most one per 16 hidden units of
+    each direction, and at least one per direction (a step's items are chunks of each
+    direction's units: a direction of fewer than 32 units keeps one thread, whose share of its
+    step a second thread would wait for longer than it saves); an inference forward whose step
+    is smaller than `MIN_FORWARD_SPLIT` counts one direction. XLA's thread pool supplies them: fewer
+    may join. Small steps too are shared: one thread was faster for them only with the
+    kernel's first design, which met at a barrier every step (measured:
+    docs/performance/design.md, "The CPU kernel" and "A thread per direction").
     """
     env = os.environ.get("FLAX_LSTM_NUM_THREADS")
     if env:
         return max(1, int(env))
     cpus = usable_cpus()
-    return max(1, cpus if hidden is None else min(cpus, hidden // 16))
+    if hidden is None:
+        return max(1, cpus)
+    if isinstance(rows, int) and rows * hidden < MIN_FORWARD_SPLIT:  # (symbolic rows: large)
+        directions = 1
+    return max(1, min(cpus, directions * max(1, hidden // 16)))
 
 
 def settings() -> tuple[int, int]:
@@ -116,7 +134,7 @@ def forward(
         out_axes=(2, 2 if all_c else 1, 2 if save_acts else None),
         vmap_method="sequential",
     )
-    threads = num_threads(h)
+    threads = num_threads(h, d, None if save_acts else n)
     cd = x.dtype
     hs, cs, acts = call(
         x,
@@ -174,7 +192,7 @@ def backward(
         vmap_method="sequential",
         input_output_aliases=aliases,
     )
-    threads = num_threads(h)
+    threads = num_threads(h, d)
     return call(
         dhs.astype(w_hh.dtype),
         dcs.astype(f32),
