@@ -61,8 +61,8 @@ Environment variables:
   every call that plans a computation, so it may be changed at run time; a computation that
   was already compiled keeps the path it was compiled with.
   ``FLAX_LSTM_NUM_THREADS``: threads of the kernel (default: the CPUs this process may use, at
-  most one per 16 hidden units); read when a function is traced (a call traced after a change
-  compiles anew: the plan holds the value).
+  most one per 16 hidden units of each direction); read when a function is traced (a call
+  traced after a change compiles anew: the plan holds the value).
   ``FLAX_LSTM_SMALL_BATCH``: the largest batch that takes the kernel's small-batch scheme
   (default 4; `info`'s ``small_batch``); read as ``FLAX_LSTM_NUM_THREADS`` is.
   ``FLAX_LSTM_CACHE_DIR``: where the built library is kept.
