@@ -123,9 +123,9 @@ struct BackwardWeights {
 };
 
 // A chunk's dh after step t (N rows of `cols`, its first nu columns computed, row i for batch row
-// order.row(i)): dz_{t+1}·W_hh
-// for the rows that step t + 1 runs (zero for the others: their dz is zero), plus what frozen
-// steps pass through (`pass`, (N, H) of direction d). dz_next is dz_{t+1}, or null at t = T - 1.
+// order.row(i)): dz_{t+1}·W_hh for the rows that step t + 1 runs (zero for the others: their dz
+// is zero), plus what frozen steps pass through (`pass`, (N, H) of direction d). dz_next is
+// dz_{t+1}, or null at t = T - 1.
 template <typename E>
 void chunk_dh(const Order& order, int64_t na_next, const E* dz_next, int64_t G4, const E* packed,
               const float* pass, int64_t N, int64_t H, int64_t u0, int64_t nu, float* dh) {

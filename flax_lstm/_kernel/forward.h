@@ -37,12 +37,11 @@ constexpr int64_t kBlock = 64;
 template <typename E>
 inline void cell_forward(const float* z, const float* bb, float* cn, const E* hp, E* h, float* a,
                          int64_t H, int64_t nu, bool valid) {
-  const int64_t q = nu;
   for_columns(nu, [&](auto at) {
     const vec i_ = sigmoid_approx(load(z, at) + load(bb, at));
-    const vec f_ = sigmoid_approx(load(z + q, at) + load(bb + q, at));
-    const vec g_ = tanh_approx(load(z + 2 * q, at) + load(bb + 2 * q, at));
-    const vec o_ = sigmoid_approx(load(z + 3 * q, at) + load(bb + 3 * q, at));
+    const vec f_ = sigmoid_approx(load(z + nu, at) + load(bb + nu, at));
+    const vec g_ = tanh_approx(load(z + 2 * nu, at) + load(bb + 2 * nu, at));
+    const vec o_ = sigmoid_approx(load(z + 3 * nu, at) + load(bb + 3 * nu, at));
     const vec c_new = f_ * load(cn, at) + i_ * g_;
     if (a != nullptr) {
       store(a, at, i_);

@@ -31,7 +31,7 @@ void gemm_packed(int64_t M, int64_t cols, const Product<E>* prods, int nprod, fl
   }
 #endif
   // Panels [0, whole) are computed whole, and a last one of at most VW columns as a vector.
-  const bool half = cols - (npanels - 1) * NR <= VW;
+  const bool half = half_panel(cols, npanels - 1);
   const int64_t whole = npanels - half;
   // One block of 1 or 2 rows takes panels_at_once of them at a time; more rows, one panel at a
   // time, every row block passing over it, and a rest of 1 or 2 rows (rest_in_pairs) over the

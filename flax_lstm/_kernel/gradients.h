@@ -112,7 +112,7 @@ struct WeightGradLayout {
   }
   int64_t steps_in(int64_t b) const { return std::min(K, (b + 1) * kWgK) - b * kWgK; }
   // Whether panel p is the last of x's or h's and holds at most VW of their columns.
-  bool half(int64_t p) const { return (p < PI ? I - p * NR : H - (p - PI) * NR) <= VW; }
+  bool half(int64_t p) const { return p < PI ? half_panel(I, p) : half_panel(H, p - PI); }
 };
 
 // Packs block b's [x_s, h_{s-1}] of direction d into its P panels at `out` (kWgK × NR each),
@@ -195,7 +195,7 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
     const int64_t rows = std::min(kWgRows, G4 - g0);  // gate rows here; the rest is padding
     float* a = scratch.get(static_cast<size_t>(kWgRows * kWgK));
     float* c = acc.data() + (d * L.G4p + g0) * L.ldc;
-    if (sb == 0) std::fill_n(c, kWgRows * L.ldc, 0.0f);
+    if (sb == 0) std::fill_n(c, slivers(rows) * MR * L.ldc, 0.0f);  // the rows add_wg_block adds to
     for (int64_t b = b0; b < b1; ++b) {
       gather_dz_slivers(L, d, b, g0, rows, dz, a);
       add_wg_block(L, a, panels(d, b - b0), L.steps_in(b), rows, c);

@@ -26,6 +26,11 @@ constexpr int NR = 2 * VW;  // columns of a packed panel of B
 
 constexpr int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// Whether panel p of a matrix of `cols` columns is its last and holds at most VW of them: a half
+// panel, which the GEMMs compute as one vector (the Half forms below; docs/performance/design.md,
+// "The last chunk's columns: half panels").
+constexpr bool half_panel(int64_t cols, int64_t p) { return cols - p * NR <= VW; }
+
 typedef float vec __attribute__((vector_size(VW * 4)));
 typedef float vec_u __attribute__((vector_size(VW * 4), aligned(4)));  // unaligned access
 
