@@ -4,8 +4,8 @@ and the measuring tools.
 A timed call is ``{"fwd": fn, "fwd_bwd": fn}`` (`jitted_calls`): ``fn()`` runs one jitted call,
 forward or forward+backward (gradients w.r.t. the parameters and the input), and blocks until
 it is done. `time_interleaved` times several such calls repetition by repetition, each
-repetition in an order rotated by one (`rotated`), so that every call sees the same machine
-state and follows every other one equally often.
+repetition in an order of a balanced cycle (`interleaved_order`), so that every call sees the
+same machine state and follows every other one equally often.
 """
 
 from __future__ import annotations
@@ -47,29 +47,43 @@ def time_interleaved(
     calls: Mapping[K, Mapping[str, Callable[[], Any]]], modes: Sequence[str], reps: int
 ) -> dict[K, dict[str, list[float]]]:
     """Milliseconds of every call in every mode, ``reps`` repetitions each, interleaved: within
-    a repetition each mode runs every call once, in the order `rotated` gives. Warm the calls
-    up (compile them) first."""
+    a repetition each mode runs every call once, in the order `interleaved_order` gives. Warm
+    the calls up (compile them) first."""
     times: dict[K, dict[str, list[float]]] = {key: {m: [] for m in modes} for key in calls}
     order = list(calls)
     for rep in range(reps):
         for mode in modes:
-            for key in rotated(order, rep):
+            for key in interleaved_order(order, rep):
                 start = time.perf_counter()
                 calls[key][mode]()
                 times[key][mode].append((time.perf_counter() - start) * 1e3)
     return times
 
 
-def rotated(order: Sequence[K], rep: int) -> list[K]:
-    """The calls in the order of repetition ``rep``: ``order`` rotated by ``rep`` (two calls
-    alternate).
+def interleaved_order(order: Sequence[K], rep: int) -> list[K]:
+    """The calls in the order of repetition ``rep``: row ``rep`` of a cycle of orders in
+    which each call follows every other one equally often (a Williams design: ``n`` orders
+    for ``n`` calls, ``2n`` for an odd ``n``; two calls alternate).
 
     What a call leaves behind slows the call after it: JAX frees a computation's buffers
-    (unmapping their pages) after it returns. In a fixed order one library always came after
-    the same one and paid for it (measured in docs/performance/design.md, "How the benchmark
-    runs on CPU")."""
-    k = rep % len(order) if order else 0
-    return [*order[k:], *order[:k]]
+    (unmapping their pages) after it returns, and torch's OpenMP threads spin on. In a fixed
+    order one library always came after the same one and paid for it (measured in
+    docs/performance/design.md, "How the benchmark runs on CPU"). Rotating the order by one
+    each repetition kept that for three calls or more (a rotation keeps who follows whom):
+    flax_lstm ran after torch in every repetition of the plan sweeps ("Who follows whom")."""
+    if not order:
+        return []
+    rows = _balanced_orders(len(order))
+    return [order[i] for i in rows[rep % len(rows)]]
+
+
+def _balanced_orders(n: int) -> list[list[int]]:
+    """Orders of ``range(n)``, n ≥ 1, in which each ordered pair is adjacent equally often and
+    each number takes each place equally often: the first 0, 1, n-1, 2, n-2, …, the others it
+    shifted by 1 to n-1 (mod n), and for an odd n > 1 their reverses too."""
+    first = [0] + [(j + 1) // 2 if j % 2 else n - j // 2 for j in range(1, n)]
+    rows = [[(c + shift) % n for c in first] for shift in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 == 1 and n > 1 else rows
 
 
 def summary(

@@ -1,22 +1,49 @@
 """The one timing loop of the benchmark, the calibration and the tools: every call in every
-mode once a repetition, each repetition in an order rotated by one; the jitted calls it times."""
+mode once a repetition, each repetition in an order of a balanced cycle; the jitted calls it
+times."""
 
 from __future__ import annotations
 
+import collections
+import itertools
+
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from flax_lstm import _timing
 
 
-def test_each_call_takes_each_place_in_turn():
-    orders = [_timing.rotated(["a", "b", "c"], rep) for rep in range(6)]
-    assert orders[:3] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
-    assert orders[3:] == orders[:3]
-    assert _timing.rotated(["a"], 5) == ["a"] and _timing.rotated([], 2) == []
+@pytest.mark.parametrize("n", range(1, 9))
+def test_each_call_follows_every_other_equally_often(n):
+    calls = [f"call{i}" for i in range(n)]
+    cycle = len(_timing._balanced_orders(n))
+    orders = [_timing.interleaved_order(calls, rep) for rep in range(2 * cycle)]
+    assert orders[cycle:] == orders[:cycle]  # the cycle repeats
+    assert all(sorted(order) == sorted(calls) for order in orders)
+    follows = collections.Counter(p for order in orders[:cycle] for p in itertools.pairwise(order))
+    assert len(follows) == n * (n - 1) and len(set(follows.values())) <= 1
+    # ... and takes each place equally often
+    places = collections.Counter((i, c) for order in orders[:cycle] for i, c in enumerate(order))
+    assert len(places) == n * n and len(set(places.values())) == 1
 
 
-def test_time_interleaved_runs_every_call_once_a_repetition_in_rotated_order():
+def test_a_rotation_would_not_do():
+    # The order this replaced: rotated by one a repetition, c came before a in every one.
+    rotations = [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert all(order.index("a") == 0 or order[order.index("a") - 1] == "c" for order in rotations)
+    orders = [_timing.interleaved_order(["a", "b", "c"], rep) for rep in range(6)]
+    assert {o[o.index("a") - 1] for o in orders if o.index("a") > 0} == {"b", "c"}
+
+
+def test_two_calls_alternate_and_fewer_are_trivial():
+    assert [_timing.interleaved_order(["a", "b"], rep) for rep in range(3)] == [
+        ["a", "b"], ["b", "a"], ["a", "b"],
+    ]  # fmt: skip
+    assert _timing.interleaved_order(["a"], 5) == ["a"] and _timing.interleaved_order([], 2) == []
+
+
+def test_time_interleaved_runs_every_call_once_a_repetition_in_balanced_order():
     seen: list[tuple[str, str]] = []
     calls = {
         key: {mode: (lambda k=key, m=mode: seen.append((k, m))) for mode in _timing.MODES}

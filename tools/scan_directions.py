@@ -5,7 +5,7 @@ For each shape (bidirectional, input size = hidden size), `flax_lstm.lstm` with
 each over its own slice of the weights) and ``fuse_directions=True`` (both directions in one
 loop, a batched GEMM over the direction axis), jitted, forward and forward+backward (the
 gradients of every weight and the input), built and timed as the benchmark does
-(`flax_lstm._timing`: warmed up, then interleaved, the order rotated every repetition). Prints
+(`flax_lstm._timing`: warmed up, then interleaved, each repetition in another order). Prints
 one line per shape: milliseconds by medians and the unfused time over the fused (above 1: the
 fused loop is faster). The evidence for the CPU scan's default `fuse_directions`
 (`flax_lstm.plan.resolve`): docs/performance/design.md, "Both directions in one loop on

@@ -4,7 +4,7 @@ For each shape (one layer, input size = hidden size, float32), the calibration's
 calls (`flax_lstm._kernel.calibrate`: `flax_lstm.lstm` with ``impl="kernel"`` and
 ``impl="scan"``, jitted, forward and forward+backward, the gradients of every weight and the
 input), warmed up, then timed as the benchmark times (`flax_lstm._timing`: interleaved, the
-order rotated every repetition).
+order changed every repetition).
 Prints one line per shape: the scan's time over the kernel's (above 1: the kernel is faster)
 by medians and, in parentheses, by fastest calls, and the path the default plan takes on this
 machine (with measuring on, its verdicts as cached by ``flax-lstm kernel --calibrate``;

@@ -10,7 +10,7 @@ summary says it where that path is the kernel.
 Every library runs the same shapes in one process, interleaved repetition by repetition after a
 warm-up, forward (inference) and forward+backward (gradients w.r.t. the input and every weight);
 the table reports medians in milliseconds and the ratio ``peer time / flax_lstm time`` (above 1:
-flax_lstm is faster). The order of the libraries rotates by one each repetition, so that each
+flax_lstm is faster). The order of the libraries changes each repetition, so that each
 follows every other one equally often. On CPU, torch's OpenMP threads are told to stop spinning
 soon after each call (``GOMP_SPINCOUNT=3000``, unless the caller set it or ``OMP_WAIT_POLICY``, or
 imported torch first), so that they do not hold a core through the next library's call; the JSON

@@ -1,4 +1,4 @@
-"""`run`: every library on every shape, interleaved and rotated, into one JSON-able result."""
+"""`run`: every library on every shape, interleaved in balanced orders, into a JSON-able result."""
 
 from __future__ import annotations
 
