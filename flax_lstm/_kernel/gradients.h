@@ -54,6 +54,8 @@ inline void copy_padded(float* __restrict out, const float* __restrict src, int6
 
 // C[0 : MR, 0 : NR] (leading dimension ldc) += A·B: A holds K × MR (k-major), B a packed
 // panel, K × NR. With Half, only the panel's first VW columns (a last panel of at most VW).
+// micro's loop with another A: a sliver of dz gathered k-major (a k-step's MR values side by
+// side), where micro reads whole rows of A in place, and C accumulated across blocks of steps.
 template <bool Half>
 inline void wg_micro(const float* __restrict A, const float* __restrict B, int64_t K,
                      float* __restrict C, int64_t ldc) {
