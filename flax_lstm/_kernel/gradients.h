@@ -23,13 +23,14 @@ namespace {
 // the valid steps: blocks of kWgK of them, in order (t-major), so every sum is taken in the
 // same order whatever the number of threads. For each block, [x_s, h_{s-1}] is packed into
 // panels of NR columns (x's panels, then h's, each zero-padded), by a row of items, one per
-// direction and block; then a row of items, one per direction and block of kWgRows gate rows,
-// copies its gate columns of the block's dz into MR-wide slivers and adds the products into its
-// rows of a float32 accumulator (wg_micro), which the last block's items copy out. The packed
-// panels of a few blocks (a superblock, at most about 4 MiB) are made at a time. Neither the
-// panels nor the accumulator are zeroed on the calling thread before the team starts: each
-// item zeroes its own rows of the accumulator (megabytes zeroed by the caller alone were idle
-// time for the rest of the team: docs/performance/design.md, "Setup on the calling thread").
+// direction and block; then a row of items, one per direction and block of gate rows (at most
+// kWgRows: wg_block_slivers), copies its gate columns of the block's dz into MR-wide slivers and
+// adds the products into its rows of a float32 accumulator (wg_micro), which the last block's
+// items copy out. The packed panels of a few blocks (a superblock, at most about 4 MiB) are made
+// at a time. Neither the panels nor the accumulator are zeroed on the calling thread before the
+// team starts: each item zeroes its own rows of the accumulator (megabytes zeroed by the caller
+// alone were idle time for the rest of the team: docs/performance/design.md, "Setup on the
+// calling thread").
 // The input gradient is a call of its own (input_grad), which XLA leaves out where nothing
 // needs it (the first layer's input is data).
 
@@ -37,8 +38,28 @@ constexpr int64_t kWgK = 256, kWgRows = 8 * MR, kDxSteps = 4;
 constexpr int64_t kWgPackBytes = int64_t{4} << 20, kPrefetch = 8;
 
 // The slivers of MR gate rows that hold `rows` of them: a last block of gate rows (4H not a
-// multiple of kWgRows) has fewer.
+// multiple of the block's rows) has fewer.
 constexpr int64_t slivers(int64_t rows) { return (rows + MR - 1) / MR; }
+
+// Slivers per block of gate rows, for G4 gate rows and D directions on `threads` threads: the
+// items of a row (a block of gate rows of a direction each) hold kWgRows rows, or fewer where
+// fewer leave the busiest thread fewer slivers (ties: the larger blocks); at least two slivers,
+// a cache line of dz's gate columns a step (gather_dz_slivers). The weight gradients take every
+// usable CPU, not a thread per 16 units as the recurrence: at H16 one block of 64 rows kept
+// them on one thread, two of 32 ran the stage 1.5-1.6x faster on two (docs/performance/design.md,
+// "The weight gradients' blocks of gate rows").
+inline int64_t wg_block_slivers(int64_t G4, int64_t D, int threads) {
+  const int64_t all = slivers(G4);
+  const auto busiest = [&](int64_t per) {
+    const int64_t blocks = (all + per - 1) / per;
+    return busiest_run(D * blocks, threads,
+                       [&](int64_t i) { return std::min(per, all - i % blocks * per); });
+  };
+  int64_t best = kWgRows / MR;
+  for (int64_t per = best - 1; per >= 2; --per)
+    if (busiest(per) < busiest(best)) best = per;
+  return best;
+}
 
 // out[0 : W] = the n floats at src, then zeros. A whole W is a copy of fixed size, which the
 // compiler inlines as vector moves: a call of memcpy per piece cost 4% of weight_grads (perf).
@@ -89,9 +110,9 @@ inline void wg_micro(const float* __restrict A, const float* __restrict B, int64
 struct WeightGradLayout {
   int64_t D, N, I, H, G4;
   std::vector<int64_t> valid;  // the valid steps, t-major: t·N + n
-  int64_t K, PI, P, ldc, G4p, gblocks, blocks, per, supers;
+  int64_t K, PI, P, ldc, grows, gblocks, G4p, blocks, per, supers;
 
-  WeightGradLayout(const Dims& s, const int8_t* mask)
+  WeightGradLayout(const Dims& s, const int8_t* mask, int threads)
       : D(s.D), N(s.N), I(s.I), H(s.H), G4(4 * s.H) {
     for (int64_t t = 0; t < s.T; ++t)
       for (int64_t n = 0; n < N; ++n)
@@ -100,8 +121,9 @@ struct WeightGradLayout {
     PI = (I + NR - 1) / NR;
     P = PI + (H + NR - 1) / NR;
     ldc = P * NR;
-    G4p = round_up(G4, kWgRows);
-    gblocks = G4p / kWgRows;
+    grows = MR * wg_block_slivers(G4, D, threads);
+    gblocks = (G4 + grows - 1) / grows;
+    G4p = gblocks * grows;
     blocks = (K + kWgK - 1) / kWgK;
     per = std::max<int64_t>(
         1, std::min<int64_t>(blocks, kWgPackBytes / (D * P * kWgK * NR * sizeof(float))));
@@ -169,7 +191,7 @@ void add_wg_block(const WeightGradLayout& L, const float* a, const float* panels
 void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float* dz,
                   const float* x, const float* hs, const float* h0, const int8_t* mask,
                   float* dw_ih, float* dw_hh) {
-  const WeightGradLayout L(s, mask);
+  const WeightGradLayout L(s, mask, threads);
   const int64_t D = L.D, I = L.I, H = L.H, G4 = L.G4;
   if (L.K == 0) {
     std::fill(dw_ih, dw_ih + D * G4 * I, 0.0f);
@@ -182,7 +204,7 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
     return packed.data() + (d * L.per + j) * L.P * kWgK * NR;
   };
   // Rows of items: for each superblock, its blocks packed (one item per direction and block),
-  // then its products added (one item per direction and block of kWgRows gate rows).
+  // then its products added (one item per direction and block of gate rows).
   const int64_t chunks = std::max(D * L.per, D * L.gblocks);
   run_items(pool, threads, Prefault({}), 2 * L.supers, chunks,
             [&](int64_t row, int64_t k, Scratch& scratch) {
@@ -193,8 +215,8 @@ void weight_grads(const Dims& s, ffi::ThreadPool& pool, int threads, const float
       return;
     }
     if (k >= D * L.gblocks) return;
-    const int64_t d = k / L.gblocks, g0 = (k % L.gblocks) * kWgRows;
-    const int64_t rows = std::min(kWgRows, G4 - g0);  // gate rows here; the rest is padding
+    const int64_t d = k / L.gblocks, g0 = (k % L.gblocks) * L.grows;
+    const int64_t rows = std::min(L.grows, G4 - g0);  // gate rows here; the rest is padding
     float* a = scratch.get(static_cast<size_t>(kWgRows * kWgK));
     float* c = acc.data() + (d * L.G4p + g0) * L.ldc;
     if (sb == 0) std::fill_n(c, slivers(rows) * MR * L.ldc, 0.0f);  // the rows add_wg_block adds to

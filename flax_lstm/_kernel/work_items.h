@@ -17,27 +17,34 @@ inline int runs_for_batch(int64_t N, int threads, int64_t small_batch) {
   return N <= small_batch ? threads : 1;
 }
 
+// The most work that one run of a row holds where run_items shares `items` items among
+// `threads` threads (run g: the items [g·items / runs, (g + 1)·items / runs)), item i holding
+// size(i).
+template <typename Size>
+int64_t busiest_run(int64_t items, int threads, Size size) {
+  const int64_t runs = std::min<int64_t>(threads, items);
+  int64_t most = 0;
+  for (int64_t g = 0; g < runs; ++g) {
+    int64_t held = 0;
+    for (int64_t i = g * items / runs; i < (g + 1) * items / runs; ++i) held += size(i);
+    most = std::max(most, held);
+  }
+  return most;
+}
+
 // The units of the chunks of a step's items, for a layer of s.H units, s.D directions and s.N
 // sequences on `threads` threads: `whole`, or half as many where that shares a step's units more
-// evenly among the threads (run_items gives run g the items [g·items / runs, (g + 1)·items /
-// runs) of a row) and the step's GEMM has at least a row block of MR rows: a half chunk's GEMM
-// has half the sums a k-step, which cover the multiply-adds' latency only with a whole row
-// block. At H96 on two threads, three backward chunks of 32 leave one thread 64 units a step and
-// the other 32; six of 16 give each 48 (docs/performance/design.md, "The last chunk's columns:
-// half panels").
+// evenly among the threads and the step's GEMM has at least a row block of MR rows: a half
+// chunk's GEMM has half the sums a k-step, which cover the multiply-adds' latency only with a
+// whole row block. At H96 on two threads, three backward chunks of 32 leave one thread 64 units
+// a step and the other 32; six of 16 give each 48 (docs/performance/design.md, "The last
+// chunk's columns: half panels").
 inline int64_t chunk_units(const Dims& s, int threads, int64_t whole) {
   if (s.N < MR) return whole;
   const auto busiest = [&](int64_t units) {  // the most units a step that one run holds
-    const int64_t chunks = (s.H + units - 1) / units, items = s.D * chunks;
-    const int64_t runs = std::min<int64_t>(threads, items);
-    int64_t most = 0;
-    for (int64_t g = 0; g < runs; ++g) {
-      int64_t held = 0;
-      for (int64_t i = g * items / runs; i < (g + 1) * items / runs; ++i)
-        held += std::min(units, s.H - i % chunks * units);
-      most = std::max(most, held);
-    }
-    return most;
+    const int64_t chunks = (s.H + units - 1) / units;
+    return busiest_run(s.D * chunks, threads,
+                       [&](int64_t i) { return std::min(units, s.H - i % chunks * units); });
   };
   return busiest(whole / 2) < busiest(whole) ? whole / 2 : whole;
 }
