@@ -373,7 +373,7 @@ def _ragged_grads(dz, x, hs, h0, w_ih, mask):
         (9, 1, 7, 3, 5, "random"),  # a mask that is no prefix
         (6, 2, 3, 4, 8, "none"),  # no valid step at all: zero gradients
         (120, 1, 40, 256, 256, "prefix"),  # more valid steps than one packed superblock
-        # 96 gate rows: blocks of 64 rows on one thread, of 48 on two, of 16 on eight
+        # 96 gate rows: with AVX-512, blocks of 64 rows on one thread, of 48 on two, of 16 on eight
         (50, 1, 16, 12, 24, "prefix"),
     ],
 )

@@ -45,9 +45,9 @@ constexpr int64_t slivers(int64_t rows) { return (rows + MR - 1) / MR; }
 // items of a row (a block of gate rows of a direction each) hold kWgRows rows, or fewer where
 // fewer leave the busiest thread fewer slivers (ties: the larger blocks); at least two slivers,
 // a cache line of dz's gate columns a step (gather_dz_slivers). The weight gradients take every
-// usable CPU, not a thread per 16 units as the recurrence: at H16 one block of 64 rows kept
-// them on one thread, two of 32 ran the stage 1.5-1.6x faster on two (docs/performance/design.md,
-// "The weight gradients' blocks of gate rows").
+// usable CPU, not a thread per 16 units as the recurrence: at H16 one block of 64 rows kept them
+// on one thread, where two of 32 share them (measured in docs/performance/design.md, "The weight
+// gradients' blocks of gate rows").
 inline int64_t wg_block_slivers(int64_t G4, int64_t D, int threads) {
   const int64_t all = slivers(G4);
   const auto busiest = [&](int64_t per) {
