@@ -8,7 +8,7 @@ scan. For the rest, `choose` picks the kernel or the scan by two rules, stated h
   amortise, so a call too small for it takes the scan (`KERNEL_MIN_STEPS`…);
 - the verdict measured on this CPU (`flax_lstm._kernel.calibrate`): a call large enough for
   the kernel takes it unless the scan measured faster here; a short call takes the kernel
-  only where it measured faster, and a single step or a narrow call its forward alone.
+  only where it measured faster, and a single step its forward alone.
 
 On the kernel, the float32 weight and input gradients take the GEMMs that measured faster on
 this CPU, the kernel library's or XLA's (`Choice.weight_grads`).
@@ -48,11 +48,11 @@ KERNEL_SHORT_MIN_HIDDEN = 128
 # in generation) runs its forward on the kernel where the short calls' probe measured the
 # kernel's forward faster on this CPU, and the scan when it is differentiated, where the
 # kernel's backward has no steps to amortise its fixed cost over (`Plan.grad_recurrence`;
-# docs/performance/design.md, "One step: the kernel's forward, the scan's gradient"). So does
-# a "narrow" call: under the thresholds, at least KERNEL_MIN_STEPS steps, fewer units, one
-# layer in one direction. Stacked or bidirectional, such a call is a short one: the scan pays
-# its cost per step again for every layer and direction, and the kernel measured faster in
-# both modes ("Small calls: stacked and bidirectional").
+# docs/performance/design.md, "One step: the kernel's forward, the scan's gradient"). A call of
+# at least KERNEL_MIN_STEPS steps under the thresholds with fewer units is a short call too: the
+# kernel runs such a call on one thread a direction (`flax_lstm._kernel.ffi.MIN_SPLIT_WORK`), and
+# measured faster than the scan in both modes there ("Small calls on one thread"; stacked or
+# bidirectional: "Small calls: stacked and bidirectional").
 
 
 class Choice(NamedTuple):
@@ -70,25 +70,22 @@ def choose(facts: CallFacts, steps: Any) -> Choice:
     """The default's `Choice` for a call of ``steps`` steps within the kernel's reach."""
     cfg = facts.config
     hidden = cfg.hidden_size
-    size = call_size(steps, facts.batch, hidden, stacked=cfg.num_layers > 1 or cfg.bidirectional)
+    size = call_size(steps, facts.batch, hidden)
     if size == "tiny":
         return Choice("scan", _size_reason(steps, facts.batch, hidden))
     if not kernel.available(facts.dtype):
         return Choice("scan", f"the CPU kernel is not available: {kernel.build_error(facts.dtype)}")
-    if size in ("step", "narrow"):
-        return _forward_only(size, facts, steps)
+    if size == "step":
+        return _forward_only(facts, steps)
     return _measured_choice(size, facts, steps)
 
 
-def call_size(
-    steps: Any, batch: Any, hidden: int, stacked: bool = False
-) -> Literal["tiny", "step", "narrow", "short", "large"]:
-    """The size of a call for the default: ``"tiny"``, left to the scan; ``"step"`` (one step)
-    and ``"narrow"`` (fewer than `KERNEL_SHORT_MIN_HIDDEN` units in one layer and direction),
-    the measured verdict decides their forward; ``"short"``, it decides the call;
-    ``"large"``, enough for the kernel (see `KERNEL_MIN_STEPS`). ``stacked``: more than one
-    layer, or bidirectional. A symbolic length or batch (`jax.export`) counts as large: it
-    cannot be compared with a number."""
+def call_size(steps: Any, batch: Any, hidden: int) -> Literal["tiny", "step", "short", "large"]:
+    """The size of a call for the default: ``"tiny"``, left to the scan; ``"step"`` (one step
+    of at least `KERNEL_SHORT_MIN_HIDDEN` units), the measured verdict decides its forward;
+    ``"short"``, it decides the call; ``"large"``, enough for the kernel (see
+    `KERNEL_MIN_STEPS`). A symbolic length or batch (`jax.export`) counts as large: it cannot
+    be compared with a number."""
     if not isinstance(steps, int):
         return "large"
     if steps < KERNEL_MIN_STEPS:
@@ -97,7 +94,7 @@ def call_size(
         return "large"
     if steps * batch * hidden >= KERNEL_MIN_WORK_UNITS:
         return "large"
-    return "short" if hidden >= KERNEL_SHORT_MIN_HIDDEN or stacked else "narrow"
+    return "short"
 
 
 def _size_reason(steps: Any, batch: Any, hidden: int) -> str:
@@ -183,27 +180,17 @@ def _measured_weight_grads(facts: CallFacts, steps: Any) -> calibrate.Verdict | 
     return calibrate.verdict("float32", "large")
 
 
-_FORWARD_ONLY = {
-    "step": ("a single step", "a single step's forward"),
-    "narrow": (
-        f"a narrow call (fewer than {KERNEL_SHORT_MIN_HIDDEN} units, one layer and direction)",
-        "a narrow call's forward",
-    ),
-}
-
-
-def _forward_only(size: str, facts: CallFacts, steps: Any) -> Choice:
-    """The default's `Choice` for a ``"step"`` or ``"narrow"`` call within the kernel's reach:
-    its forward on the kernel where the short calls' probe measured the kernel's forward
-    faster on this CPU, and the scan when it is differentiated."""
-    call, forward = _FORWARD_ONLY[size]
+def _forward_only(facts: CallFacts, steps: Any) -> Choice:
+    """The default's `Choice` for a single step within the kernel's reach: its forward on the
+    kernel where the short calls' probe measured the kernel's forward faster on this CPU, and
+    the scan when it is differentiated."""
     measured = calibrate.verdict(facts.dtype.name, "short")
     if measured is None:
-        return Choice("scan", _unmeasured_reason(steps, facts, forward))
+        return Choice("scan", _unmeasured_reason(steps, facts, "a single step's forward"))
     if measured.forward_speedup <= 1:
         return Choice("scan", _measured_reason(measured, forward=True))
     reason = (
-        f"{call}: the CPU kernel applies (within plan.KERNEL_REACH), and its forward "
+        "a single step: the CPU kernel applies (within plan.KERNEL_REACH), and its forward "
         f"measured {measured.forward_speedup:.1f}× the scan's on this CPU at {measured.calls}; "
         "differentiated, the scan, whose gradient is the faster at so little work per call"
     )

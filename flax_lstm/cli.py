@@ -135,7 +135,7 @@ def _calibration_lines(verdicts: dict) -> list[str]:
             if v["regime"] == "short":  # its forward alone decides some calls' forward
                 line += (
                     f"; forward {verdict.forward_speedup:.2f}×, which decides the forward of a "
-                    "single step and of a narrow call"
+                    "single step"
                 )
             if verdict.weight_grads_ms:
                 line += (

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 
 from flax_lstm import _auto
 
-# tiny: the scan; step, narrow and short: a measurement decides (the forward alone, or the
-# call); large: the kernel unless measured slower.
-RANK = {"tiny": 0, "step": 1, "narrow": 1, "short": 1, "large": 2}
+# tiny: the scan; step and short: a measurement decides (the forward alone, or the call);
+# large: the kernel unless measured slower.
+RANK = {"tiny": 0, "step": 1, "short": 1, "large": 2}
 HIDDEN = st.sampled_from([1, 16, 64, 127, 128, 129, 256, 2048])
 
 
@@ -20,15 +20,11 @@ HIDDEN = st.sampled_from([1, 16, 64, 127, 128, 129, 256, 2048])
 @given(
     st.tuples(st.integers(1, 40), st.integers(1, 300), HIDDEN),
     st.tuples(st.integers(0, 40), st.integers(0, 300), st.integers(0, 2048)),
-    st.booleans(),
-    st.booleans(),
 )
-def test_a_larger_call_never_takes_a_smaller_calls_class(call, more, stacked, more_stacked):
-    """More steps, sequences or hidden units, or more layers or directions: the same class or
-    a larger one."""
+def test_a_larger_call_never_takes_a_smaller_calls_class(call, more):
+    """More steps, sequences or hidden units: the same class or a larger one."""
     larger = tuple(a + b for a, b in zip(call, more, strict=True))
-    rank = RANK[_auto.call_size(*call, stacked=stacked)]
-    assert rank <= RANK[_auto.call_size(*larger, stacked=stacked or more_stacked)]
+    assert RANK[_auto.call_size(*call)] <= RANK[_auto.call_size(*larger)]
 
 
 def test_the_thresholds_are_where_the_classes_change():
@@ -41,10 +37,7 @@ def test_the_thresholds_are_where_the_classes_change():
     assert _auto.call_size(steps, 1, units // steps) == "large"
     assert _auto.call_size(steps, work // (steps * wide), wide) == "large"
     assert _auto.call_size(steps, work // (steps * wide) - 1, wide) == "short"
-    assert _auto.call_size(steps, 1, wide - 1) == "narrow"
-    assert _auto.call_size(steps, 1, wide - 1, stacked=True) == "short"
-    assert _auto.call_size(1, 1, wide - 1, stacked=True) == "tiny"
-    assert _auto.call_size(steps, 1, units // steps, stacked=True) == "large"
+    assert _auto.call_size(steps, 1, 1) == "short"  # fewer units: short too, from 2 steps
 
 
 def test_a_symbolic_length_or_batch_counts_as_large():

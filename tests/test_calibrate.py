@@ -38,14 +38,15 @@ def test_regimes():
 
 def test_the_short_probe_is_the_smallest_short_call():
     """The plan's rule says which calls are short; the probe is the least work among those of
-    one layer and direction."""
+    one layer and direction with the units of a single step that its forward decides, and,
+    as every short call of as many units or fewer, runs on one thread a direction."""
     shortest = calibrate.probe("short")
     assert shortest == (_auto.KERNEL_MIN_STEPS, _auto.KERNEL_SHORT_MIN_HIDDEN, 1)
     assert _auto.call_size(shortest.steps, shortest.batch, shortest.hidden) == "short"
-    # Fewer units: stacked or bidirectional, a short call; else a narrow one, whose forward
-    # the probe's forward decides.
-    assert _auto.call_size(shortest.steps, 1, shortest.hidden - 1, stacked=True) == "short"
-    assert _auto.call_size(shortest.steps, 1, shortest.hidden - 1) == "narrow"
+    # Fewer units: a short call too, run on one thread as the probe is (ffi.MIN_SPLIT_WORK).
+    assert _auto.call_size(shortest.steps, 1, shortest.hidden - 1) == "short"
+    most = _auto.KERNEL_MIN_WORK_UNITS * _auto.KERNEL_SHORT_MIN_HIDDEN  # its T·N·H² is less
+    assert most <= ffi.MIN_SPLIT_WORK
     # One step fewer is a single step, whose forward the probe's forward decides too.
     assert _auto.call_size(shortest.steps - 1, 1, shortest.hidden) == "step"
     assert _auto.call_size(shortest.steps - 1, 1, shortest.hidden - 1) == "tiny"
@@ -358,9 +359,7 @@ def test_kernel_command_calibrates_and_prints_the_verdicts(monkeypatch, tmp_path
     assert state["calibration"]["float32"]["large"]["choice"] == "scan"
     assert "float32 small (probe B4 T64 H256): the kernel 1.25× the scan" in captured.err
     assert "float32 short (probe B1 T2 H128): the kernel 2.00× the scan" in captured.err
-    assert "forward 2.00×, which decides the forward of a single step and of a narrow" in (
-        captured.err
-    )
+    assert "forward 2.00×, which decides the forward of a single step\n" in captured.err
     assert str(calibrate.cache_path()) in captured.err
     calls = len(fake.calls)
     cli.main(["kernel", "--calibrate"])  # measures again: "now"

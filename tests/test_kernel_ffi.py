@@ -267,6 +267,25 @@ def test_small_batch_setting_changes_the_scheme_not_the_result(small_batch, monk
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
 
 
+def test_a_small_call_runs_on_one_thread_a_direction(monkeypatch):
+    """Each of the kernel's calls in a gradient, the recurrence's and the weight and input
+    gradients', is given one thread a direction below `ffi.MIN_SPLIT_WORK`, and its usual
+    threads from there on."""
+    monkeypatch.delenv("FLAX_LSTM_NUM_THREADS", raising=False)
+    monkeypatch.setattr(ffi, "usable_cpus", lambda: 8)
+
+    def threads(steps, batch, hidden, bidirectional=False):
+        cfg = fl.LSTMConfig(input_size=3, hidden_size=hidden, bidirectional=bidirectional)
+        params, x = fl.init_params(jax.random.key(0), cfg), jnp.ones((steps, batch, 3))
+        loss = lambda p, x: fl.lstm(p, x, config=cfg, impl="kernel")[0].sum()  # noqa: E731
+        text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).as_text()
+        return set(re.findall(r"threads = (\d+) : i64", text))
+
+    assert threads(8, 4, 64) == {"1"}  # 2^17 < MIN_SPLIT_WORK
+    assert threads(8, 4, 64, bidirectional=True) == {"2"}
+    assert threads(32, 8, 64) == {"4", "8"}  # 2^19: 4 by units, 8 for the gradients
+
+
 def test_a_changed_setting_traces_anew(monkeypatch):
     """The kernel's threads and small-batch size are read as its calls are traced; the plan
     holds them (`Plan.kernel_settings`), so a call traced after a change does not reuse the
@@ -297,6 +316,16 @@ def test_threads_per_layer(monkeypatch):
     assert ffi.num_threads(24, 2, rows=10) == 1  # 240 units of rows: one thread
     assert ffi.num_threads(24, 2, rows=11) == 2
     assert ffi.num_threads(64, 2, rows=1) == 4  # wide enough to split anyway
+    # A call of less work than MIN_SPLIT_WORK (T·N·H²): one thread a direction, whatever its
+    # units, the weight and input gradients (hidden None) too.
+    small, (t,) = ffi.MIN_SPLIT_WORK - 1, jax.export.symbolic_shape("t")
+    assert [ffi.num_threads(h, 1, work=small) for h in (None, 64, 512)] == [1, 1, 1]
+    assert [ffi.num_threads(h, 2, work=small) for h in (None, 512)] == [2, 2]
+    assert ffi.num_threads(24, 2, rows=10, work=small) == 1
+    assert ffi.num_threads(512, work=ffi.MIN_SPLIT_WORK) == 8
+    assert ffi.num_threads(None, 2, work=ffi.MIN_SPLIT_WORK) == 8
+    assert ffi.call_work(4, 8, 64) == 4 * 8 * 64 * 64
+    assert ffi.call_work(t, 8, 64) is None  # symbolic: large
     monkeypatch.setattr(ffi, "usable_cpus", lambda: 1)
     assert ffi.num_threads(512, 2) == 1
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "3")

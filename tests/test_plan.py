@@ -175,9 +175,8 @@ def test_default_follows_the_measured_verdict_of_each_regime(monkeypatch, tmp_pa
 @needs_kernel
 @pytest.mark.parametrize("short", [1.5, 0.5])
 def test_short_calls_follow_their_own_verdict(monkeypatch, tmp_path, short):
-    """A call under the size rule's thresholds with at least KERNEL_SHORT_MIN_HIDDEN units
-    takes the kernel only where this CPU measured it faster on such calls; one of fewer units
-    stays on the scan whatever was measured."""
+    """A call of 2 steps or more under the size rule's thresholds takes the kernel, in both
+    modes, only where this CPU measured it faster on such calls."""
     fake_calibration.install(monkeypatch, tmp_path, small=2.0, large=2.0, short=short)
     cfg, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN)
     plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=cfg)
@@ -193,16 +192,12 @@ def test_short_calls_follow_their_own_verdict(monkeypatch, tmp_path, short):
             "short calls"
         )
     assert _uses_kernel(cfg, jnp.ones((2, 1, 3))) == (short > 1)  # under jax.grad's trace
-    # Fewer units in more than one layer or direction: a short call too.
-    for more in ({"num_layers": 2}, {"bidirectional": True}):
-        stacked, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN - 1, **more)
-        plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=stacked)
+    # Fewer units, in one layer and direction or more: a short call too, in both modes.
+    for more in ({}, {"num_layers": 2}, {"bidirectional": True}):
+        narrow, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN - 1, **more)
+        plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=narrow)
         assert plan.recurrence == plan.grad_recurrence == ("kernel" if short > 1 else "scan")
-        assert _uses_kernel(stacked, jnp.ones((2, 1, 3))) == (short > 1)
-    # In one layer and direction, a narrow call: the verdict decides its forward alone.
-    narrow, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN - 1)
-    plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=narrow)
-    assert (plan.recurrence, plan.grad_recurrence) == ("kernel" if short > 1 else "scan", "scan")
+        assert _uses_kernel(narrow, jnp.ones((2, 1, 3))) == (short > 1)
     # Large enough for the size rule: the batch's verdict, not the short calls'.
     assert fl.lstm_plan(params, jnp.ones((40, 1, 3)), config=narrow).recurrence == "kernel"
 
@@ -213,28 +208,20 @@ def _runs_kernel(f, *args) -> bool:
 
 
 @needs_kernel
-@pytest.mark.parametrize(
-    "steps, hidden, bidirectional, call",
-    [
-        (1, _auto.KERNEL_SHORT_MIN_HIDDEN, False, "a single step"),
-        (1, _auto.KERNEL_SHORT_MIN_HIDDEN, True, "a single step"),
-        (2, _auto.KERNEL_SHORT_MIN_HIDDEN - 1, False, "a narrow call (fewer than 128 units"),
-    ],
-)
-def test_a_step_or_narrow_call_takes_the_kernels_forward_and_the_scans_gradient(
-    monkeypatch, tmp_path, steps, hidden, bidirectional, call
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_single_step_takes_the_kernels_forward_and_the_scans_gradient(
+    monkeypatch, tmp_path, bidirectional
 ):
-    """One step of at least KERNEL_SHORT_MIN_HIDDEN units, or a few steps of fewer in one layer
-    and direction, the kernel's forward measured faster on the short calls' probe:
-    undifferentiated it runs the kernel, differentiated the scan (forward and backward); the
-    outputs are the kernel's, the gradients the scan's."""
+    """One step of at least KERNEL_SHORT_MIN_HIDDEN units, the kernel's forward measured faster
+    on the short calls' probe: undifferentiated it runs the kernel, differentiated the scan
+    (forward and backward); the outputs are the kernel's, the gradients the scan's."""
     fake_calibration.install(monkeypatch, tmp_path, short=1.5)
-    cfg, params = _setup(hidden_size=hidden, bidirectional=bidirectional)
-    x = jax.random.normal(jax.random.key(1), (steps, 3, 3))
+    cfg, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN, bidirectional=bidirectional)
+    x = jax.random.normal(jax.random.key(1), (1, 3, 3))
     plan = fl.lstm_plan(params, x, config=cfg)
     assert (plan.recurrence, plan.grad_recurrence) == ("kernel", "scan")
     assert plan.differentiated.recurrence == "scan"
-    assert plan.reason.startswith(f"{call}")
+    assert plan.reason.startswith("a single step")
     assert "its forward measured 1.5× the scan's on this CPU at short calls" in plan.reason
     assert str(plan).startswith("the compiled CPU kernel; differentiated, lax.scan (custom")
     assert "no compiled code" not in str(plan)

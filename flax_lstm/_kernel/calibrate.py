@@ -16,12 +16,12 @@ probed at that batch), larger ones the other (``"large"``, probed at batch 32, t
 of the CPU set); both at 64 steps of 256 units, the middle of the benchmark's CPU sets
 (``flax-lstm bench --set cpu``, ``--set small``: H128 to H512, T64 to T128), long enough for
 the per-step cost to dominate. The third, ``"short"``, decides the calls that the size rule
-leaves to the measurement (`flax_lstm._auto.KERNEL_SHORT_MIN_HIDDEN`): a few steps of at least
-128 units (or of fewer, stacked or bidirectional), where the kernel's fixed cost per call weighs
-most; its probe is the smallest one-layer such call (one sequence of 2 steps of 128 units), the
-least work over which the kernel's fixed cost must pay; its forward alone also decides the
-forward of a single step and of a narrow call (`flax_lstm._auto`'s "step" and "narrow"
-calls). The compilations take most of the few seconds a dtype costs.
+leaves to the measurement (`flax_lstm._auto.KERNEL_SHORT_MIN_HIDDEN`): a few steps, where the
+kernel's fixed cost per call weighs most, and which it runs on one thread a direction at up to
+128 units (`flax_lstm._kernel.ffi.MIN_SPLIT_WORK`); its probe is the smallest one-layer such
+call of 128 units (one sequence of 2 steps), the least work over which the kernel's fixed cost
+must pay; its forward alone also decides the forward of a single step of as many units or more
+(`flax_lstm._auto`'s "step" calls). The compilations take most of the few seconds a dtype costs.
 
 The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan's time over
 the kernel's in the two modes (above 1: the kernel is faster), and the kernel unless the scan
@@ -80,7 +80,7 @@ REPS = 7
 TOLERANCE = 1.05  # the scan must be this much faster to be chosen
 # How the verdicts are measured and judged, recorded in the file: one of another method (1:
 # medians) is measured again. Raise it with any change to what is measured or how.
-METHOD = 4
+METHOD = 5
 ENV = "FLAX_LSTM_CALIBRATE"
 
 Timings = dict[str, dict[str, list[float]]]  # path ("kernel", "scan") -> mode -> milliseconds
@@ -164,7 +164,7 @@ class Verdict:
     @property
     def forward_speedup(self) -> float:
         """The scan's time over the kernel's in the forward alone (what decides the forward of
-        a single step and of a narrow call: `flax_lstm._auto`)."""
+        a single step: `flax_lstm._auto`)."""
         return self.scan_ms["fwd"] / self.kernel_ms["fwd"]
 
     @property

@@ -41,28 +41,53 @@ __all__ = [
 MIN_FORWARD_SPLIT = 256
 
 
-def num_threads(hidden: int | None = None, directions: int = 1, rows: int | None = None) -> int:
+# A call whose recurrence has less work than this, steps × sequences × H² (a quarter of a
+# direction's multiply-adds with W_hh), runs on one thread a direction: its units are not shared.
+# Below it, a second thread cost a call more (waking it, meeting it every step) than its share
+# of the work saved: the whole call on one thread was 1.1–2.3× as fast at B1–B16 T4–T64
+# H25–H128 on AMD Zen 4, level from 2^19 on (docs/performance/design.md, "Small calls on one
+# thread").
+MIN_SPLIT_WORK = 1 << 19
+
+
+def call_work(steps: Any, batch: Any, hidden: int) -> int | None:
+    """A call's work as `MIN_SPLIT_WORK` counts it, ``steps × batch × hidden²``; None where
+    ``steps`` or ``batch`` is symbolic (`jax.export`), which counts as large."""
+    if not isinstance(steps, int) or not isinstance(batch, int):
+        return None
+    return steps * batch * hidden * hidden
+
+
+def num_threads(
+    hidden: int | None = None,
+    directions: int = 1,
+    rows: int | None = None,
+    work: int | None = None,
+) -> int:
     """Threads the kernel uses for a layer of ``hidden`` units in ``directions`` directions
     (None: work not split by units); ``rows``: an inference forward's sequences (None: another
-    call).
+    call); ``work``: the call's `call_work` (None: large).
 
     ``FLAX_LSTM_NUM_THREADS`` if set, else every usable CPU, at most one per 16 hidden units of
     each direction, and at least one per direction (a step's items are chunks of each
     direction's units: a direction of fewer than 32 units keeps one thread, whose share of its
     step a second thread would wait for longer than it saves); an inference forward whose step
-    is smaller than `MIN_FORWARD_SPLIT` counts one direction. XLA's thread pool supplies them: fewer
-    may join. Small steps too are shared: one thread was faster for them only with the
-    kernel's first design, which met at a barrier every step (measured:
+    is smaller than `MIN_FORWARD_SPLIT` counts one direction; a call of less `work` than
+    `MIN_SPLIT_WORK` takes one thread a direction, whatever its units. XLA's thread pool
+    supplies them: fewer may join. Small steps too are shared: one thread was faster for them
+    only with the kernel's first design, which met at a barrier every step (measured:
     docs/performance/design.md, "The CPU kernel" and "A thread per direction").
     """
     env = os.environ.get("FLAX_LSTM_NUM_THREADS")
     if env:
         return max(1, int(env))
     cpus = usable_cpus()
+    if hidden is not None and isinstance(rows, int) and rows * hidden < MIN_FORWARD_SPLIT:
+        directions = 1  # (symbolic rows: large)
+    if work is not None and work < MIN_SPLIT_WORK:
+        return max(1, min(cpus, directions))
     if hidden is None:
         return max(1, cpus)
-    if isinstance(rows, int) and rows * hidden < MIN_FORWARD_SPLIT:  # (symbolic rows: large)
-        directions = 1
     return max(1, min(cpus, directions * max(1, hidden // 16)))
 
 
@@ -134,7 +159,7 @@ def forward(
         out_axes=(2, 2 if all_c else 1, 2 if save_acts else None),
         vmap_method="sequential",
     )
-    threads = num_threads(h, d, None if save_acts else n)
+    threads = num_threads(h, d, None if save_acts else n, call_work(t, n, h))
     cd = x.dtype
     hs, cs, acts = call(
         x,
@@ -192,7 +217,7 @@ def backward(
         vmap_method="sequential",
         input_output_aliases=aliases,
     )
-    threads = num_threads(h, d)
+    threads = num_threads(h, d, work=call_work(t, n, h))
     return call(
         dhs.astype(w_hh.dtype),
         dcs.astype(f32),
@@ -219,7 +244,7 @@ def weight_grads(
     Every sum is taken in one order whatever the number of threads.
     """
     targets(jnp.float32)  # loaded, or RuntimeError
-    _, d, _, i = x.shape
+    t, d, n, i = x.shape
     g4 = dz.shape[-1]
     f32 = jnp.float32
     out = (jax.ShapeDtypeStruct((d, g4, i), f32), jax.ShapeDtypeStruct((d, g4, g4 // 4), f32))
@@ -232,7 +257,8 @@ def weight_grads(
         vmap_method="sequential",
     )
     args = (dz, x, hs, h0)
-    return call(*(a.astype(f32) for a in args), _mask_arg(mask), threads=num_threads())
+    threads = num_threads(None, d, work=call_work(t, n, g4 // 4))
+    return call(*(a.astype(f32) for a in args), _mask_arg(mask), threads=threads)
 
 
 def input_grad(dz: Array, w_ih: Array, mask: Array | None) -> Array:
@@ -251,7 +277,8 @@ def input_grad(dz: Array, w_ih: Array, mask: Array | None) -> Array:
         out_axes=(2,),
         vmap_method="sequential",
     )
-    return call(dz.astype(f32), w_ih.astype(f32), _mask_arg(mask), threads=num_threads())[0]
+    threads = num_threads(None, d, work=call_work(t, n, dz.shape[-1] // 4))
+    return call(dz.astype(f32), w_ih.astype(f32), _mask_arg(mask), threads=threads)[0]
 
 
 @jax.custom_jvp
