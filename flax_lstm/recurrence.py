@@ -93,7 +93,7 @@ def _kernel_weight_grads(x, w, mask, plan: Plan) -> bool:
 def _kernel_backward(plan, all_c, residuals, cotangents):
     x, w, h0, c0, mask, _, hs, cs, acts = residuals
     dhs, dc_out = cotangents
-    gate_grads = ffi.backward(dhs, dc_out, acts, cs, c0, w.w_hh, mask)
+    gate_grads = ffi.backward(dhs, dc_out, acts, cs, c0, w.w_hh, mask, inputs=x.shape[-1])
     weight_grads = None
     if _kernel_weight_grads(x, w, mask, plan):
         dz = gate_grads[0]

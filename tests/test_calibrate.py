@@ -39,14 +39,15 @@ def test_regimes():
 def test_the_short_probe_is_the_smallest_short_call():
     """The plan's rule says which calls are short; the probe is the least work among those of
     one layer and direction with the units of a single step that its forward decides, and,
-    as every short call of as many units or fewer, runs on one thread a direction."""
+    as every short call of as many units or fewer (and no more inputs), runs on one thread a
+    direction."""
     shortest = calibrate.probe("short")
     assert shortest == (_auto.KERNEL_MIN_STEPS, _auto.KERNEL_SHORT_MIN_HIDDEN, 1)
     assert _auto.call_size(shortest.steps, shortest.batch, shortest.hidden) == "short"
     # Fewer units: a short call too, run on one thread as the probe is (ffi.MIN_SPLIT_WORK).
     assert _auto.call_size(shortest.steps, 1, shortest.hidden - 1) == "short"
-    most = _auto.KERNEL_MIN_WORK_UNITS * _auto.KERNEL_SHORT_MIN_HIDDEN  # its T·N·H² is less
-    assert most <= ffi.MIN_SPLIT_WORK
+    most = _auto.KERNEL_MIN_WORK_UNITS * _auto.KERNEL_SHORT_MIN_HIDDEN  # T·N·H² is less
+    assert most <= ffi.MIN_SPLIT_WORK  # (with at most as many inputs as units)
     # One step fewer is a single step, whose forward the probe's forward decides too.
     assert _auto.call_size(shortest.steps - 1, 1, shortest.hidden) == "step"
     assert _auto.call_size(shortest.steps - 1, 1, shortest.hidden - 1) == "tiny"

@@ -274,9 +274,10 @@ def test_a_small_call_runs_on_one_thread_a_direction(monkeypatch):
     monkeypatch.delenv("FLAX_LSTM_NUM_THREADS", raising=False)
     monkeypatch.setattr(ffi, "usable_cpus", lambda: 8)
 
-    def threads(steps, batch, hidden, bidirectional=False):
-        cfg = fl.LSTMConfig(input_size=3, hidden_size=hidden, bidirectional=bidirectional)
-        params, x = fl.init_params(jax.random.key(0), cfg), jnp.ones((steps, batch, 3))
+    def threads(steps, batch, hidden, bidirectional=False, inputs=None):
+        inputs = inputs or hidden
+        cfg = fl.LSTMConfig(input_size=inputs, hidden_size=hidden, bidirectional=bidirectional)
+        params, x = fl.init_params(jax.random.key(0), cfg), jnp.ones((steps, batch, inputs))
         loss = lambda p, x: fl.lstm(p, x, config=cfg, impl="kernel")[0].sum()  # noqa: E731
         text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).as_text()
         return set(re.findall(r"threads = (\d+) : i64", text))
@@ -284,6 +285,7 @@ def test_a_small_call_runs_on_one_thread_a_direction(monkeypatch):
     assert threads(8, 4, 64) == {"1"}  # 2^17 < MIN_SPLIT_WORK
     assert threads(8, 4, 64, bidirectional=True) == {"2"}
     assert threads(32, 8, 64) == {"4", "8"}  # 2^19: 4 by units, 8 for the gradients
+    assert "1" not in threads(8, 4, 64, inputs=8 * 64)  # 2^17·9/2: the inputs count
 
 
 def test_a_changed_setting_traces_anew(monkeypatch):
@@ -324,8 +326,9 @@ def test_threads_per_layer(monkeypatch):
     assert ffi.num_threads(24, 2, rows=10, work=small) == 1
     assert ffi.num_threads(512, work=ffi.MIN_SPLIT_WORK) == 8
     assert ffi.num_threads(None, 2, work=ffi.MIN_SPLIT_WORK) == 8
-    assert ffi.call_work(4, 8, 64) == 4 * 8 * 64 * 64
-    assert ffi.call_work(t, 8, 64) is None  # symbolic: large
+    assert ffi.call_work(4, 8, 64, 64) == 4 * 8 * 64 * 64  # as many inputs as units: T·N·H²
+    assert ffi.call_work(4, 8, 64, 192) == 2 * 4 * 8 * 64 * 64
+    assert ffi.call_work(t, 8, 64, 64) is None  # symbolic: large
     monkeypatch.setattr(ffi, "usable_cpus", lambda: 1)
     assert ffi.num_threads(512, 2) == 1
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "3")

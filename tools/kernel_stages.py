@@ -77,7 +77,7 @@ def stage_calls(layer: Shape) -> tuple[dict[str, Callable[[], object]], dict[str
     # takes the forward's time off.
     def forward_backward(x, w_ih, w_hh, dhs):
         _, cs, acts = forward(x, w_ih, w_hh, True)
-        return ffi.backward(dhs, zeros, acts, cs, zeros, w_hh, None)
+        return ffi.backward(dhs, zeros, acts, cs, zeros, w_hh, None, inputs=w_ih.shape[-1])
 
     forward_backward = jax.jit(forward_backward)
     dz = forward_backward(x, w_ih, w_hh, dhs)[0]

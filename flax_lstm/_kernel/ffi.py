@@ -41,21 +41,20 @@ __all__ = [
 MIN_FORWARD_SPLIT = 256
 
 
-# A call whose recurrence has less work than this, steps × sequences × H² (a quarter of a
-# direction's multiply-adds with W_hh), runs on one thread a direction: its units are not shared.
-# Below it, a second thread cost a call more (waking it, meeting it every step) than its share
-# of the work saved: the whole call on one thread was 1.1–2.3× as fast at B1–B16 T4–T64
-# H25–H128 on AMD Zen 4, level from 2^19 on (docs/performance/design.md, "Small calls on one
-# thread").
+# A layer of less work than this a direction, steps × sequences × H·(H + I)/2 (an eighth of its
+# forward's multiply-adds; with as many inputs as units, steps × sequences × H²), runs each of
+# its kernel calls on one thread a direction: its units are not shared. Below it, a second
+# thread cost a call more (waking it, meeting it every step) than its share of the work saved
+# (docs/performance/design.md, "Small calls on one thread").
 MIN_SPLIT_WORK = 1 << 19
 
 
-def call_work(steps: Any, batch: Any, hidden: int) -> int | None:
-    """A call's work as `MIN_SPLIT_WORK` counts it, ``steps × batch × hidden²``; None where
-    ``steps`` or ``batch`` is symbolic (`jax.export`), which counts as large."""
+def call_work(steps: Any, batch: Any, hidden: int, inputs: int) -> int | None:
+    """A layer's work as `MIN_SPLIT_WORK` counts it, ``steps × batch × hidden·(hidden +
+    inputs)/2``; None where ``steps`` or ``batch`` is symbolic (`jax.export`): large."""
     if not isinstance(steps, int) or not isinstance(batch, int):
         return None
-    return steps * batch * hidden * hidden
+    return steps * batch * hidden * (hidden + inputs) // 2
 
 
 def num_threads(
@@ -159,7 +158,7 @@ def forward(
         out_axes=(2, 2 if all_c else 1, 2 if save_acts else None),
         vmap_method="sequential",
     )
-    threads = num_threads(h, d, None if save_acts else n, call_work(t, n, h))
+    threads = num_threads(h, d, None if save_acts else n, call_work(t, n, h, x.shape[-1]))
     cd = x.dtype
     hs, cs, acts = call(
         x,
@@ -183,6 +182,8 @@ def backward(
     c0: Array,
     w_hh: Array,
     mask: Array | None,
+    *,
+    inputs: int,
 ) -> tuple[Array, Array, Array, Array]:
     """Gradients through the recurrence: ``(dz, db, dh0, dc0)``.
 
@@ -192,7 +193,8 @@ def backward(
     the gradient of the gate pre-activations, from which the weight and input gradients follow
     (zero at masked steps: in float32 it takes the gates' buffer, where the rows of ended
     sequences keep the zeros that `forward` wrote); db (D, 4H) its float32 sum over steps and
-    sequences (the bias gradient); dh0 and dc0 (D, N, H) float32.
+    sequences (the bias gradient); dh0 and dc0 (D, N, H) float32. ``inputs``: the layer's input
+    size, which its threads depend on (`num_threads`).
     """
     target = targets(w_hh.dtype)[1]
     t, d, n, g4 = acts.shape
@@ -217,7 +219,7 @@ def backward(
         vmap_method="sequential",
         input_output_aliases=aliases,
     )
-    threads = num_threads(h, d, work=call_work(t, n, h))
+    threads = num_threads(h, d, work=call_work(t, n, h, inputs))
     return call(
         dhs.astype(w_hh.dtype),
         dcs.astype(f32),
@@ -257,7 +259,7 @@ def weight_grads(
         vmap_method="sequential",
     )
     args = (dz, x, hs, h0)
-    threads = num_threads(None, d, work=call_work(t, n, g4 // 4))
+    threads = num_threads(None, d, work=call_work(t, n, g4 // 4, i))
     return call(*(a.astype(f32) for a in args), _mask_arg(mask), threads=threads)
 
 
@@ -277,7 +279,7 @@ def input_grad(dz: Array, w_ih: Array, mask: Array | None) -> Array:
         out_axes=(2,),
         vmap_method="sequential",
     )
-    threads = num_threads(None, d, work=call_work(t, n, dz.shape[-1] // 4))
+    threads = num_threads(None, d, work=call_work(t, n, dz.shape[-1] // 4, w_ih.shape[-1]))
     return call(dz.astype(f32), w_ih.astype(f32), _mask_arg(mask), threads=threads)[0]
 
 
