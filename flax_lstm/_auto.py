@@ -50,9 +50,10 @@ KERNEL_SHORT_MIN_HIDDEN = 128
 # kernel's backward has no steps to amortise its fixed cost over (`Plan.grad_recurrence`;
 # docs/performance/design.md, "One step: the kernel's forward, the scan's gradient"). A call of
 # at least KERNEL_MIN_STEPS steps under the thresholds with fewer units is a short call too: the
-# kernel runs such a call on one thread a direction (`flax_lstm._kernel.ffi.MIN_SPLIT_WORK`), and
-# measured faster than the scan in both modes there ("Small calls on one thread"; stacked or
-# bidirectional: "Small calls: stacked and bidirectional").
+# kernel runs such a call (with no more inputs than units) on one thread a direction
+# (`flax_lstm._kernel.ffi.MIN_SPLIT_WORK`), and measured faster than the scan in both modes
+# there ("Small calls on one thread"; stacked or bidirectional: "Small calls: stacked and
+# bidirectional").
 
 
 class Choice(NamedTuple):

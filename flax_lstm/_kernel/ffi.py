@@ -65,7 +65,7 @@ def num_threads(
 ) -> int:
     """Threads the kernel uses for a layer of ``hidden`` units in ``directions`` directions
     (None: work not split by units); ``rows``: an inference forward's sequences (None: another
-    call); ``work``: the call's `call_work` (None: large).
+    call); ``work``: the layer's `call_work` (None: large).
 
     ``FLAX_LSTM_NUM_THREADS`` if set, else every usable CPU, at most one per 16 hidden units of
     each direction, and at least one per direction (a step's items are chunks of each
@@ -73,9 +73,10 @@ def num_threads(
     step a second thread would wait for longer than it saves); an inference forward whose step
     is smaller than `MIN_FORWARD_SPLIT` counts one direction; a call of less `work` than
     `MIN_SPLIT_WORK` takes one thread a direction, whatever its units. XLA's thread pool
-    supplies them: fewer may join. Small steps too are shared: one thread was faster for them
-    only with the kernel's first design, which met at a barrier every step (measured:
-    docs/performance/design.md, "The CPU kernel" and "A thread per direction").
+    supplies them: fewer may join. The small steps of a larger call are shared too: one thread
+    was faster for them only with the kernel's first design, which met at a barrier every step
+    (measured: docs/performance/design.md, "The CPU kernel", "A thread per direction" and
+    "Small calls on one thread").
     """
     env = os.environ.get("FLAX_LSTM_NUM_THREADS")
     if env:
