@@ -30,30 +30,26 @@ __all__ = ["Choice", "call_size", "choose"]
 # KERNEL_MIN_STEPS steps, and at least KERNEL_MIN_STEP_UNITS steps × hidden units or
 # KERNEL_MIN_WORK_UNITS steps × sequences × hidden units. The kernel has a fixed cost per call
 # (packing the weights, its calls forward and backward) that its work amortises, where the
-# scan pays a cost per step: a short sequence goes to the scan unless its batch is large, and
-# so does a single step, but for its forward (below). Measured on small shapes:
-# docs/performance/design.md, "Small calls: the kernel or the scan".
+# scan pays a cost per step. Measured on small shapes: docs/performance/design.md, "Small
+# calls: the kernel or the scan".
 KERNEL_MIN_STEPS = 2
 KERNEL_MIN_STEP_UNITS = 1024
 KERNEL_MIN_WORK_UNITS = 4096
-# Below those thresholds, a call of at least KERNEL_MIN_STEPS steps and KERNEL_SHORT_MIN_HIDDEN
-# hidden units is a "short" call: the default follows the kernel's measured verdict on this
-# CPU for such calls (`flax_lstm._kernel.calibrate`, regime "short"), and the scan where none
-# is measured. The thresholds above were measured on one CPU before the kernel's fixed cost per
-# call shrank; on another, every such call then measured faster on the kernel, and calls of
-# fewer units still slower in fwd+bwd (docs/performance/design.md, "Short calls, measured per
-# CPU").
-KERNEL_SHORT_MIN_HIDDEN = 128
-# A single step of at least KERNEL_SHORT_MIN_HIDDEN units (a "step" call: a token at a time, as
-# in generation) runs its forward on the kernel where the short calls' probe measured the
-# kernel's forward faster on this CPU, and the scan when it is differentiated, where the
-# kernel's backward has no steps to amortise its fixed cost over (`Plan.grad_recurrence`;
-# docs/performance/design.md, "One step: the kernel's forward, the scan's gradient"). A call of
-# at least KERNEL_MIN_STEPS steps under the thresholds with fewer units is a short call too: the
-# kernel runs such a call (with no more inputs than units) on one thread a direction
-# (`flax_lstm._kernel.ffi.MIN_SPLIT_WORK`), and measured faster than the scan in both modes
-# there ("Small calls on one thread"; stacked or bidirectional: "Small calls: stacked and
-# bidirectional").
+# Below those thresholds, a call of at least KERNEL_MIN_STEPS steps is a "short" call: the
+# default follows the kernel's measured verdict on this CPU for such calls
+# (`flax_lstm._kernel.calibrate`, regime "short"), and the scan where none is measured. The
+# thresholds above were measured on one CPU before the kernel's fixed cost per call shrank; on
+# another, every such call then measured faster on the kernel (docs/performance/design.md,
+# "Short calls, measured per CPU"), and since the kernel runs such calls on one thread a
+# direction (`flax_lstm._kernel.ffi.MIN_SPLIT_WORK`), on every width ("Small calls on one
+# thread"; stacked or bidirectional: "Small calls: stacked and bidirectional").
+#
+# A single step (a "step" call: a token at a time, as in generation) runs its forward on the
+# kernel where the short calls' probe measured the kernel's forward faster on this CPU, and the
+# scan when it is differentiated, where the kernel's backward has no steps to amortise its
+# fixed cost over (`Plan.grad_recurrence`; docs/performance/design.md, "One step: the
+# kernel's forward, the scan's gradient", and for fewer than 128 units "Small calls on one
+# thread").
 
 
 class Choice(NamedTuple):
@@ -72,8 +68,6 @@ def choose(facts: CallFacts, steps: Any) -> Choice:
     cfg = facts.config
     hidden = cfg.hidden_size
     size = call_size(steps, facts.batch, hidden)
-    if size == "tiny":
-        return Choice("scan", _size_reason(steps, facts.batch, hidden))
     if not kernel.available(facts.dtype):
         return Choice("scan", f"the CPU kernel is not available: {kernel.build_error(facts.dtype)}")
     if size == "step":
@@ -81,16 +75,15 @@ def choose(facts: CallFacts, steps: Any) -> Choice:
     return _measured_choice(size, facts, steps)
 
 
-def call_size(steps: Any, batch: Any, hidden: int) -> Literal["tiny", "step", "short", "large"]:
-    """The size of a call for the default: ``"tiny"``, left to the scan; ``"step"`` (one step
-    of at least `KERNEL_SHORT_MIN_HIDDEN` units), the measured verdict decides its forward;
-    ``"short"``, it decides the call; ``"large"``, enough for the kernel (see
+def call_size(steps: Any, batch: Any, hidden: int) -> Literal["step", "short", "large"]:
+    """The size of a call for the default: ``"step"`` (one step), the measured verdict decides
+    its forward; ``"short"``, it decides the call; ``"large"``, enough for the kernel (see
     `KERNEL_MIN_STEPS`). A symbolic length or batch (`jax.export`) counts as large: it cannot
     be compared with a number."""
     if not isinstance(steps, int):
         return "large"
     if steps < KERNEL_MIN_STEPS:
-        return "step" if steps == 1 and hidden >= KERNEL_SHORT_MIN_HIDDEN else "tiny"
+        return "step"
     if steps * hidden >= KERNEL_MIN_STEP_UNITS or not isinstance(batch, int):
         return "large"
     if steps * batch * hidden >= KERNEL_MIN_WORK_UNITS:
@@ -99,7 +92,7 @@ def call_size(steps: Any, batch: Any, hidden: int) -> Literal["tiny", "step", "s
 
 
 def _size_reason(steps: Any, batch: Any, hidden: int) -> str:
-    """Why the size rule leaves a call to the scan."""
+    """Why the size rule alone does not take the kernel for a call."""
     return (
         f"{steps} steps × {batch} sequences × {hidden} hidden units: the scan is faster "
         f"than the kernel's fixed cost per call below {KERNEL_MIN_STEPS} steps, or below "

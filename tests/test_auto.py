@@ -10,9 +10,9 @@ from hypothesis import given, settings
 
 from flax_lstm import _auto
 
-# tiny: the scan; step and short: a measurement decides (the forward alone, or the call);
-# large: the kernel unless measured slower.
-RANK = {"tiny": 0, "step": 1, "short": 1, "large": 2}
+# step and short: a measurement decides (the forward alone, or the call); large: the kernel
+# unless measured slower.
+RANK = {"step": 1, "short": 1, "large": 2}
 HIDDEN = st.sampled_from([1, 16, 64, 127, 128, 129, 256, 2048])
 
 
@@ -30,8 +30,8 @@ def test_a_larger_call_never_takes_a_smaller_calls_class(call, more):
 def test_the_thresholds_are_where_the_classes_change():
     steps, units = _auto.KERNEL_MIN_STEPS, _auto.KERNEL_MIN_STEP_UNITS
     work = _auto.KERNEL_MIN_WORK_UNITS
-    wide = _auto.KERNEL_SHORT_MIN_HIDDEN
-    assert _auto.call_size(1, 1, wide) == "step" and _auto.call_size(1, 1, wide - 1) == "tiny"
+    wide = 128
+    assert _auto.call_size(1, 1, wide) == "step" and _auto.call_size(1, 1, 1) == "step"
     assert _auto.call_size(1, 10**6, 4096) == "step"  # one step is never "large"
     assert _auto.call_size(steps, 1, wide) == "short"
     assert _auto.call_size(steps, 1, units // steps) == "large"

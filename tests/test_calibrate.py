@@ -38,19 +38,18 @@ def test_regimes():
 
 def test_the_short_probe_is_the_smallest_short_call():
     """The plan's rule says which calls are short; the probe is the least work among those of
-    one layer and direction with the units of a single step that its forward decides, and,
-    as every short call of as many units or fewer (and no more inputs), runs on one thread a
-    direction."""
+    one layer and direction of `calibrate.SHORT_PROBE_HIDDEN` units, and, as every short call
+    of as many units or fewer (and no more inputs), runs on one thread a direction."""
     shortest = calibrate.probe("short")
-    assert shortest == (_auto.KERNEL_MIN_STEPS, _auto.KERNEL_SHORT_MIN_HIDDEN, 1)
+    assert shortest == (_auto.KERNEL_MIN_STEPS, calibrate.SHORT_PROBE_HIDDEN, 1)
     assert _auto.call_size(shortest.steps, shortest.batch, shortest.hidden) == "short"
     # Fewer units: a short call too, run on one thread as the probe is (ffi.MIN_SPLIT_WORK).
     assert _auto.call_size(shortest.steps, 1, shortest.hidden - 1) == "short"
-    most = _auto.KERNEL_MIN_WORK_UNITS * _auto.KERNEL_SHORT_MIN_HIDDEN  # T·N·H² is less
+    most = _auto.KERNEL_MIN_WORK_UNITS * shortest.hidden  # T·N·H² is less
     assert most <= ffi.MIN_SPLIT_WORK  # (with at most as many inputs as units)
-    # One step fewer is a single step, whose forward the probe's forward decides too.
+    # One step fewer is a single step, of any width, whose forward the probe's decides too.
     assert _auto.call_size(shortest.steps - 1, 1, shortest.hidden) == "step"
-    assert _auto.call_size(shortest.steps - 1, 1, shortest.hidden - 1) == "tiny"
+    assert _auto.call_size(shortest.steps - 1, 1, 1) == "step"
 
 
 @pytest.mark.parametrize(

@@ -178,11 +178,11 @@ def test_short_calls_follow_their_own_verdict(monkeypatch, tmp_path, short):
     """A call of 2 steps or more under the size rule's thresholds takes the kernel, in both
     modes, only where this CPU measured it faster on such calls."""
     fake_calibration.install(monkeypatch, tmp_path, small=2.0, large=2.0, short=short)
-    cfg, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN)
+    cfg, params = _setup(hidden_size=calibrate.SHORT_PROBE_HIDDEN)
     plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=cfg)
     if short > 1:
         assert plan.recurrence == "kernel"
-        assert "it measured 1.5× the scan on short calls (2 or more steps of at least 128" in (
+        assert "it measured 1.5× the scan on short calls (2 or more steps, too few for" in (
             plan.reason
         )
     else:
@@ -194,7 +194,7 @@ def test_short_calls_follow_their_own_verdict(monkeypatch, tmp_path, short):
     assert _uses_kernel(cfg, jnp.ones((2, 1, 3))) == (short > 1)  # under jax.grad's trace
     # Fewer units, in one layer and direction or more: a short call too, in both modes.
     for more in ({}, {"num_layers": 2}, {"bidirectional": True}):
-        narrow, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN - 1, **more)
+        narrow, params = _setup(hidden_size=calibrate.SHORT_PROBE_HIDDEN - 1, **more)
         plan = fl.lstm_plan(params, jnp.ones((2, 1, 3)), config=narrow)
         assert plan.recurrence == plan.grad_recurrence == ("kernel" if short > 1 else "scan")
         assert _uses_kernel(narrow, jnp.ones((2, 1, 3))) == (short > 1)
@@ -208,15 +208,15 @@ def _runs_kernel(f, *args) -> bool:
 
 
 @needs_kernel
-@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize(("hidden", "bidirectional"), [(128, False), (128, True), (20, False)])
 def test_a_single_step_takes_the_kernels_forward_and_the_scans_gradient(
-    monkeypatch, tmp_path, bidirectional
+    monkeypatch, tmp_path, hidden, bidirectional
 ):
-    """One step of at least KERNEL_SHORT_MIN_HIDDEN units, the kernel's forward measured faster
-    on the short calls' probe: undifferentiated it runs the kernel, differentiated the scan
-    (forward and backward); the outputs are the kernel's, the gradients the scan's."""
+    """One step of any width, the kernel's forward measured faster on the short calls' probe:
+    undifferentiated it runs the kernel, differentiated the scan (forward and backward); the
+    outputs are the kernel's, the gradients the scan's."""
     fake_calibration.install(monkeypatch, tmp_path, short=1.5)
-    cfg, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN, bidirectional=bidirectional)
+    cfg, params = _setup(hidden_size=hidden, bidirectional=bidirectional)
     x = jax.random.normal(jax.random.key(1), (1, 3, 3))
     plan = fl.lstm_plan(params, x, config=cfg)
     assert (plan.recurrence, plan.grad_recurrence) == ("kernel", "scan")
@@ -242,19 +242,16 @@ def test_a_single_step_takes_the_kernels_forward_and_the_scans_gradient(
 
 @needs_kernel
 def test_a_single_step_stays_on_the_scan_unless_measured_faster(monkeypatch, tmp_path):
-    """A measured slower forward, too few units, or no measurement: the scan, with the
-    reason."""
+    """A measured slower forward or no measurement: the scan, with the reason."""
     fake_calibration.install(monkeypatch, tmp_path, short=0.5)
-    cfg, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN)
-    plan = fl.lstm_plan(params, jnp.ones((1, 2, 3)), config=cfg)
-    assert (plan.recurrence, plan.grad_recurrence) == ("scan", "scan")
-    assert plan.reason.startswith(
-        "measured on this CPU: the scan's forward 2.0× as fast as the kernel's for float32 at "
-        "short calls"
-    )
-    narrow, params = _setup(hidden_size=_auto.KERNEL_SHORT_MIN_HIDDEN - 1)
-    plan = fl.lstm_plan(params, jnp.ones((1, 2, 3)), config=narrow)
-    assert plan.recurrence == "scan" and "measured" not in plan.reason
+    for hidden in (calibrate.SHORT_PROBE_HIDDEN, 20):
+        cfg, params = _setup(hidden_size=hidden)
+        plan = fl.lstm_plan(params, jnp.ones((1, 2, 3)), config=cfg)
+        assert (plan.recurrence, plan.grad_recurrence) == ("scan", "scan")
+        assert plan.reason.startswith(
+            "measured on this CPU: the scan's forward 2.0× as fast as the kernel's for float32 "
+            "at short calls"
+        )
     monkeypatch.setenv(calibrate.ENV, "0")
     wide, params = _setup(hidden_size=256)
     plan = fl.lstm_plan(params, jnp.ones((1, 2, 3)), config=wide)
@@ -365,10 +362,10 @@ def test_requests_and_the_switch_never_measure(monkeypatch, tmp_path, impl, swit
     ("config", "steps", "impl", "why"),
     [
         ("proj_size=4", 40, "None", "proj_size > 0"),
-        ("", 1, "None", "1 steps × 4 sequences × 20 hidden units"),
+        ("", 1, "'scan'", "recurrence='scan' was requested"),
         ("", 40, "'scan'", "recurrence='scan' was requested"),
     ],
-    ids=["projection", "tiny", "requested"],
+    ids=["projection", "requested-step", "requested"],
 )
 def test_a_scan_plan_runs_no_compiled_code(tmp_path, config, steps, impl, why):
     """A bfloat16 gradient whose plan is "scan" builds no library and calls none: its cache
@@ -404,7 +401,7 @@ def test_kernel_reach_is_quoted_by_the_docs():
     assert f"at least {_auto.KERNEL_MIN_STEPS} steps" in text
     assert f"{_auto.KERNEL_MIN_STEP_UNITS} steps × hidden units" in text
     assert f"{_auto.KERNEL_MIN_WORK_UNITS} steps × sequences × hidden units" in text
-    assert f"`KERNEL_SHORT_MIN_HIDDEN` ({_auto.KERNEL_SHORT_MIN_HIDDEN})" in text
+    assert f"`SHORT_PROBE_HIDDEN` ({calibrate.SHORT_PROBE_HIDDEN})" in text
 
 
 @needs_kernel

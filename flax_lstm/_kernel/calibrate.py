@@ -16,12 +16,12 @@ probed at that batch), larger ones the other (``"large"``, probed at batch 32, t
 of the CPU set); both at 64 steps of 256 units, the middle of the benchmark's CPU sets
 (``flax-lstm bench --set cpu``, ``--set small``: H128 to H512, T64 to T128), long enough for
 the per-step cost to dominate. The third, ``"short"``, decides the calls that the size rule
-leaves to the measurement (`flax_lstm._auto.KERNEL_SHORT_MIN_HIDDEN`): a few steps, where the
+leaves to the measurement (`flax_lstm._auto.KERNEL_MIN_STEPS`…): a few steps, where the
 kernel's fixed cost per call weighs most, and which it runs on one thread a direction at up to
 128 units (`flax_lstm._kernel.ffi.MIN_SPLIT_WORK`); its probe is the smallest one-layer such
-call of 128 units (one sequence of 2 steps), the least work over which the kernel's fixed cost
-must pay; its forward alone also decides the forward of a single step of as many units or more
-(`flax_lstm._auto`'s "step" calls). The compilations take most of the few seconds a dtype costs.
+call of `SHORT_PROBE_HIDDEN` (128) units (one sequence of 2 steps); its forward alone also
+decides the forward of a single step (`flax_lstm._auto`'s "step" calls). The compilations take
+most of the few seconds a dtype costs.
 
 The verdict of a regime (`Verdict`): ``speedup``, the geometric mean of the scan's time over
 the kernel's in the two modes (above 1: the kernel is faster), and the kernel unless the scan
@@ -97,6 +97,10 @@ class Probe(NamedTuple):
 
 
 LARGE_PROBE_BATCH = 32
+# The short calls' probe's units: a width the scan's GEMMs and the kernel both handle well, at
+# which the kernel was measured against the scan on every CPU since issue 25; its verdict stands
+# for short calls and single steps of every width ("Small calls on one thread").
+SHORT_PROBE_HIDDEN = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,8 +180,8 @@ class Verdict:
             return f"batches of more than {tuning.small_batch()} sequences"
         shortest = probe("short")
         return (
-            f"short calls ({shortest.steps} or more steps of at least {shortest.hidden} units, "
-            "or of more than one layer or direction, too few for the size rule)"
+            f"short calls ({shortest.steps} or more steps, too few for the size rule; probed at "
+            f"B{shortest.batch} T{shortest.steps} H{shortest.hidden})"
         )
 
 
@@ -196,12 +200,12 @@ def regime(batch: Any) -> str:
 def probe(regime: str) -> Probe:
     """The call ``regime`` is measured on: 64 steps of 256 units at the largest batch of the
     small-batch path or at `LARGE_PROBE_BATCH`, the usual batch of the benchmark's CPU set; for
-    the short calls, the smallest of them (`flax_lstm._auto.KERNEL_SHORT_MIN_HIDDEN` units,
-    `flax_lstm._auto.KERNEL_MIN_STEPS` steps, one sequence)."""
+    the short calls, the smallest of them of `SHORT_PROBE_HIDDEN` units
+    (`flax_lstm._auto.KERNEL_MIN_STEPS` steps, one sequence)."""
     if regime == "short":
         from flax_lstm import _auto  # which calls are short is the size rule's to say
 
-        return Probe(steps=_auto.KERNEL_MIN_STEPS, hidden=_auto.KERNEL_SHORT_MIN_HIDDEN, batch=1)
+        return Probe(steps=_auto.KERNEL_MIN_STEPS, hidden=SHORT_PROBE_HIDDEN, batch=1)
     batch = max(1, tuning.small_batch()) if regime == "small" else LARGE_PROBE_BATCH
     return Probe(steps=64, hidden=256, batch=batch)
 
