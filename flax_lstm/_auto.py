@@ -5,7 +5,8 @@ and the calls outside the kernel's reach (`flax_lstm.plan.KERNEL_REACH`), which 
 scan. For the rest, `choose` picks the kernel or the scan by two rules, stated here:
 
 - the size rule (`call_size`): the kernel has a fixed cost per call that its work must
-  amortise, so a call too small for it takes the scan (`KERNEL_MIN_STEPS`…);
+  amortise, so a call too small for it is left to the measurement below, and to the scan
+  where nothing is measured (`KERNEL_MIN_STEPS`…);
 - the verdict measured on this CPU (`flax_lstm._kernel.calibrate`): a call large enough for
   the kernel takes it unless the scan measured faster here; a short call takes the kernel
   only where it measured faster, and a single step its forward alone.
@@ -65,9 +66,7 @@ class Choice(NamedTuple):
 
 def choose(facts: CallFacts, steps: Any) -> Choice:
     """The default's `Choice` for a call of ``steps`` steps within the kernel's reach."""
-    cfg = facts.config
-    hidden = cfg.hidden_size
-    size = call_size(steps, facts.batch, hidden)
+    size = call_size(steps, facts.batch, facts.config.hidden_size)
     if not kernel.available(facts.dtype):
         return Choice("scan", f"the CPU kernel is not available: {kernel.build_error(facts.dtype)}")
     if size == "step":
