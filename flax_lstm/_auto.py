@@ -42,7 +42,7 @@ KERNEL_MIN_WORK_UNITS = 4096
 # thresholds above were measured on one CPU before the kernel's fixed cost per call shrank; on
 # another, every such call then measured faster on the kernel (docs/performance/design.md,
 # "Short calls, measured per CPU"), and since the kernel runs such calls on one thread a
-# direction (`flax_lstm._kernel.ffi.MIN_SPLIT_WORK`), on every width ("Small calls on one
+# direction (`flax_lstm._kernel.tuning.MIN_SPLIT_WORK`), on every width ("Small calls on one
 # thread"; stacked or bidirectional: "Small calls: stacked and bidirectional").
 #
 # A single step (a "step" call: a token at a time, as in generation) runs its forward on the

@@ -108,6 +108,8 @@ def _kernel(args: argparse.Namespace) -> int:
             f"AMX tiles for bfloat16: {_amx_line(state)}",
             f"threads: {state['threads']} (of {state['cpus']} usable CPUs)",
             f"small-batch scheme: batches of at most {state['small_batch']} sequences",
+            f"one thread a direction: layers of less work than {state['min_split_work']} "
+            "(steps × sequences × H·(H + I)/2)",
             *_calibration_lines(state["calibration"]),
         ]
     else:

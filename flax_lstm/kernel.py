@@ -65,6 +65,10 @@ Environment variables:
   traced after a change compiles anew: the plan holds the value).
   ``FLAX_LSTM_SMALL_BATCH``: the largest batch that takes the kernel's small-batch scheme
   (default 4; `info`'s ``small_batch``); read as ``FLAX_LSTM_NUM_THREADS`` is.
+  ``FLAX_LSTM_MIN_SPLIT_WORK``: the least work of a layer, steps × sequences × H·(H + I)/2 a
+  direction, whose calls share its hidden units among threads (default 2^19 = 524288; `info`'s
+  ``min_split_work``; 0: every layer's); a layer of less runs each call on one thread a
+  direction. Read as ``FLAX_LSTM_NUM_THREADS`` is.
   ``FLAX_LSTM_CACHE_DIR``: where the built library is kept.
   ``FLAX_LSTM_CALIBRATE=0``: the default plan takes the kernel by the size rule alone, without
   measuring it against the scan path on this CPU (`info`'s ``calibration``). Read at every call
@@ -162,7 +166,8 @@ def info() -> dict[str, Any]:
     where ``amx`` is not False); ``threads`` (per layer, at most); ``cpus``, the CPUs this
     process may run on (the scan's XLA GEMMs use them all); ``small_batch``, the largest
     batch the kernel runs with its small-batch scheme (input projection per block of steps,
-    a fixed run of hidden units per thread); ``cache_dir``;
+    a fixed run of hidden units per thread); ``min_split_work``, the least work of a layer
+    whose calls share its units among threads (less: one thread a direction); ``cache_dir``;
     ``calibration``: the verdicts of the measurement of the kernel against the scan path on
     this CPU with these threads and CPUs, by dtype and regime (batches of at most 4
     sequences, "small", or more, "large",
@@ -191,6 +196,7 @@ def info() -> dict[str, Any]:
         "threads": ffi.num_threads(),
         "cpus": ffi.usable_cpus(),
         "small_batch": tuning.small_batch(),
+        "min_split_work": tuning.min_split_work(),
         "cache_dir": str(build.cache_dir()),
         "calibration": calibrate.cached(),
     }

@@ -204,10 +204,11 @@ class Plan:
     backward takes float32 weight and input gradients (`Implementation`; unused by the scan).
     Frozen and hashable: the static argument of the compiled computation. ``reason`` says why
     the recurrence was chosen; it takes no part in equality. ``kernel_settings`` holds the
-    kernel's threads and small-batch size when the plan was made on CPU
-    (``FLAX_LSTM_NUM_THREADS``, ``FLAX_LSTM_SMALL_BATCH``), read again by the kernel's calls as
+    kernel's threads, small-batch size and the work from which it shares a layer's units among
+    threads, when the plan was made on CPU (``FLAX_LSTM_NUM_THREADS``,
+    ``FLAX_LSTM_SMALL_BATCH``, ``FLAX_LSTM_MIN_SPLIT_WORK``), read again by the kernel's calls as
     they are traced: a plan made under other settings is another static argument, so a change
-    of either traces anew instead of reusing a computation compiled with the old ones.
+    of any traces anew instead of reusing a computation compiled with the old ones.
 
     Example:
       >>> import jax, jax.numpy as jnp, flax_lstm as fl

@@ -70,6 +70,7 @@ def test_bench_command_writes_json(tmp_path, capsys, monkeypatch):
     # and the kernel's state the default followed: its instruction sets, threads, verdicts
     state = result["flax_lstm_kernel"]
     assert state["available"] == kernel.available() and state["threads"] >= 1
+    assert state["small_batch"] >= 0 and state["min_split_work"] >= 0
     assert isinstance(state["calibration"], dict)
     assert result["versions"]["jax"] and result["machine"]["cpu_count"]
     ref = result["reference_gemm"]
@@ -387,14 +388,17 @@ def test_perf_tables_render_old_and_new_files(tmp_path, monkeypatch, perf_tables
     assert "### Intel Sapphire Rapids: `flax-lstm bench --set small --reps 1`" in text
     assert "### Intel Sapphire Rapids: `taskset -c 0 flax-lstm bench --set small`" not in text
     assert "### cpu_new_small_set_1cpu.json" in text
-    # and one with another small-batch size, whose default the script knows as the kernel does
+    # and one with another small-batch size or split work, whose defaults the script knows as
+    # the kernel does
     from flax_lstm._kernel import tuning
 
     assert perf_tables.DEFAULT_SMALL_BATCH == tuning.SMALL_BATCH
+    assert perf_tables.DEFAULT_MIN_SPLIT_WORK == tuning.MIN_SPLIT_WORK
     assert perf_tables._default_settings(new)
-    other = json.loads(json.dumps(new))
-    other["flax_lstm_kernel"]["small_batch"] = tuning.SMALL_BATCH + 12
-    assert not perf_tables._default_settings(other)
+    for setting, other_value in [("small_batch", 16), ("min_split_work", 0)]:
+        other = json.loads(json.dumps(new))
+        other["flax_lstm_kernel"][setting] = other_value
+        assert not perf_tables._default_settings(other)
     ref = new["reference_gemm_by_dtype"]["float32"]
     assert f"({ref['best']} was faster: xla " in text
     table = perf_tables.full_table(new)

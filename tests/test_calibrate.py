@@ -43,10 +43,10 @@ def test_the_short_probe_is_the_smallest_short_call():
     shortest = calibrate.probe("short")
     assert shortest == (_auto.KERNEL_MIN_STEPS, calibrate.SHORT_PROBE_HIDDEN, 1)
     assert _auto.call_size(shortest.steps, shortest.batch, shortest.hidden) == "short"
-    # Fewer units: a short call too, run on one thread as the probe is (ffi.MIN_SPLIT_WORK).
+    # Fewer units: a short call too, run on one thread as the probe is (tuning.MIN_SPLIT_WORK).
     assert _auto.call_size(shortest.steps, 1, shortest.hidden - 1) == "short"
     most = _auto.KERNEL_MIN_WORK_UNITS * shortest.hidden  # T·N·H² is less
-    assert most <= ffi.MIN_SPLIT_WORK  # (with at most as many inputs as units)
+    assert most <= tuning.MIN_SPLIT_WORK  # (with at most as many inputs as units)
     # One step fewer is a single step, of any width, whose forward the probe's decides too.
     assert _auto.call_size(shortest.steps - 1, 1, shortest.hidden) == "step"
     assert _auto.call_size(shortest.steps - 1, 1, 1) == "step"
@@ -96,12 +96,13 @@ def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp
     assert sorted(json.loads(path.read_text())["verdicts"]) == ["bfloat16", "float32"]
     # Another library (a new CPU, compiler, jaxlib or source) is measured anew, and so is
     # another CPU with the same library (a portable one), another count of threads, of usable
-    # CPUs (the scan's XLA GEMMs use them all) or other XLA flags.
+    # CPUs (the scan's XLA GEMMs use them all), other XLA flags or other kernel settings.
     monkeypatch.setattr(build, "LIBRARY", [tmp_path / "lstm_cpu_fedcba9876543210.so"])
     calibrate.verdict("float32", "small")
-    here = calibrate._machine.__wrapped__(2, 2, 4, "")
+    settings = (2, 2, 4, 1 << 19, "")
+    here = calibrate._machine.__wrapped__(*settings)
     monkeypatch.setattr(build, "cpu_identity", lambda: "flags: another CPU")
-    assert calibrate._machine.__wrapped__(2, 2, 4, "") != here  # (cached per process: one CPU)
+    assert calibrate._machine.__wrapped__(*settings) != here  # (cached per process: one CPU)
     monkeypatch.setattr(calibrate, "_machine", calibrate._machine.__wrapped__)
     calibrate.verdict("float32", "small")
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "7")
@@ -112,7 +113,9 @@ def test_measured_once_per_dtype_and_cached_next_to_the_library(monkeypatch, tmp
     calibrate.verdict("float32", "small")
     monkeypatch.setenv("FLAX_LSTM_SMALL_BATCH", "16")  # the small regime holds other batches
     calibrate.verdict("float32", "small")
-    assert len(fake.calls) == 8 * 4 and len(list(tmp_path.glob("*.calibration-*.json"))) == 7
+    monkeypatch.setenv("FLAX_LSTM_MIN_SPLIT_WORK", "0")  # the short probe on two threads
+    calibrate.verdict("float32", "small")
+    assert len(fake.calls) == 9 * 4 and len(list(tmp_path.glob("*.calibration-*.json"))) == 8
 
 
 def test_a_verdict_for_the_scan_is_measured_again(monkeypatch, tmp_path):

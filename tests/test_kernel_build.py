@@ -125,6 +125,7 @@ def test_kernel_command_reports_the_library(capsys):
     state = json.loads(out.strip().splitlines()[-1])
     assert state.keys() >= {"available", "error", "library", "isa", "bfloat16", "threads"}
     assert state["small_batch"] == tuning.small_batch()
+    assert state["min_split_work"] == tuning.min_split_work()
     if not kernel.available():
         assert status == 1 and state["error"]
         return
@@ -132,6 +133,7 @@ def test_kernel_command_reports_the_library(capsys):
     assert Path(state["library"]).exists() and state["threads"] >= 1
     assert isinstance(state["bfloat16"], bool)
     assert f"batches of at most {tuning.small_batch()} sequences" in err
+    assert f"layers of less work than {tuning.min_split_work()} " in err
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert state["cpus"] == cpus and f"threads: {state['threads']} (of {cpus} usable CPUs)" in err
 

@@ -269,8 +269,8 @@ def test_small_batch_setting_changes_the_scheme_not_the_result(small_batch, monk
 
 def test_a_small_call_runs_on_one_thread_a_direction(monkeypatch):
     """Each of the kernel's calls in a gradient, the recurrence's and the weight and input
-    gradients', is given one thread a direction below `ffi.MIN_SPLIT_WORK`, and its usual
-    threads from there on."""
+    gradients', is given one thread a direction below `tuning.min_split_work`, and its usual
+    threads from there on; ``FLAX_LSTM_MIN_SPLIT_WORK`` moves the threshold."""
     monkeypatch.delenv("FLAX_LSTM_NUM_THREADS", raising=False)
     monkeypatch.setattr(ffi, "usable_cpus", lambda: 8)
 
@@ -284,14 +284,19 @@ def test_a_small_call_runs_on_one_thread_a_direction(monkeypatch):
 
     assert threads(8, 4, 64) == {"1"}  # 2^17 < MIN_SPLIT_WORK
     assert threads(8, 4, 64, bidirectional=True) == {"2"}
-    assert threads(32, 8, 64) == {"4", "8"}  # 2^19: 4 by units, 8 for the gradients
+    assert threads(32, 8, 64) == {"4", "8"}  # 2^20: 4 by units, 8 for the gradients
     assert "1" not in threads(8, 4, 64, inputs=8 * 64)  # 2^17·9/2: the inputs count
+    assert threads(4, 8, 64) == {"1"}  # 2^17
+    monkeypatch.setenv("FLAX_LSTM_MIN_SPLIT_WORK", "0")  # every layer's units shared
+    assert "1" not in threads(4, 8, 64)
+    monkeypatch.setenv("FLAX_LSTM_MIN_SPLIT_WORK", str((1 << 20) + 1))
+    assert threads(32, 8, 64) == {"1"}
 
 
 def test_a_changed_setting_traces_anew(monkeypatch):
-    """The kernel's threads and small-batch size are read as its calls are traced; the plan
-    holds them (`Plan.kernel_settings`), so a call traced after a change does not reuse the
-    inner computation compiled with the old ones."""
+    """The kernel's threads, small-batch size and split work are read as its calls are traced;
+    the plan holds them (`Plan.kernel_settings`), so a call traced after a change does not reuse
+    the inner computation compiled with the old ones."""
     cfg = fl.LSTMConfig(input_size=3, hidden_size=32)
     params, x = fl.init_params(jax.random.key(0), cfg), jnp.ones((5, 6, 3))
 
@@ -304,6 +309,13 @@ def test_a_changed_setting_traces_anew(monkeypatch):
     monkeypatch.setenv("FLAX_LSTM_SMALL_BATCH", "8")
     monkeypatch.setenv("FLAX_LSTM_NUM_THREADS", "1")
     assert re.search(r"small_batch = 8 : i64, threads = 1", lowered().as_text())
+    # 5 steps × 6 sequences × 32·35/2 = 16800: one thread below the split work, two from it
+    monkeypatch.delenv("FLAX_LSTM_NUM_THREADS")
+    monkeypatch.setattr(ffi, "usable_cpus", lambda: 2)
+    monkeypatch.setenv("FLAX_LSTM_MIN_SPLIT_WORK", "16801")
+    assert re.search(r"threads = 1 : i64", lowered().as_text())
+    monkeypatch.setenv("FLAX_LSTM_MIN_SPLIT_WORK", "16800")
+    assert re.search(r"threads = 2 : i64", lowered().as_text())
 
 
 def test_threads_per_layer(monkeypatch):
@@ -320,12 +332,14 @@ def test_threads_per_layer(monkeypatch):
     assert ffi.num_threads(64, 2, rows=1) == 4  # wide enough to split anyway
     # A call of less work than MIN_SPLIT_WORK (T·N·H²): one thread a direction, whatever its
     # units, the weight and input gradients (hidden None) too.
-    small, (t,) = ffi.MIN_SPLIT_WORK - 1, jax.export.symbolic_shape("t")
+    monkeypatch.delenv("FLAX_LSTM_MIN_SPLIT_WORK", raising=False)
+    split = tuning.MIN_SPLIT_WORK
+    small, (t,) = split - 1, jax.export.symbolic_shape("t")
     assert [ffi.num_threads(h, 1, work=small) for h in (None, 64, 512)] == [1, 1, 1]
     assert [ffi.num_threads(h, 2, work=small) for h in (None, 512)] == [2, 2]
     assert ffi.num_threads(24, 2, rows=10, work=small) == 1
-    assert ffi.num_threads(512, work=ffi.MIN_SPLIT_WORK) == 8
-    assert ffi.num_threads(None, 2, work=ffi.MIN_SPLIT_WORK) == 8
+    assert ffi.num_threads(512, work=split) == 8
+    assert ffi.num_threads(None, 2, work=split) == 8
     assert ffi.call_work(4, 8, 64, 64) == 4 * 8 * 64 * 64  # as many inputs as units: T·N·H²
     assert ffi.call_work(4, 8, 64, 192) == 2 * 4 * 8 * 64 * 64
     assert ffi.call_work(t, 8, 64, 64) is None  # symbolic: large
@@ -335,13 +349,18 @@ def test_threads_per_layer(monkeypatch):
     assert ffi.num_threads(8, 2, rows=1) == 3
 
 
-@pytest.mark.parametrize("value", ["-1", "four", "2.5"])
-def test_small_batch_setting_must_be_a_count(value, monkeypatch):
-    monkeypatch.setenv("FLAX_LSTM_SMALL_BATCH", value)
-    with pytest.raises(
-        ValueError, match=f"FLAX_LSTM_SMALL_BATCH must be a non-negative integer.*{value!r}"
-    ):
-        tuning.small_batch()
+@pytest.mark.parametrize("value", ["-1", "four", "2.5", "1e6"])
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ("FLAX_LSTM_SMALL_BATCH", tuning.small_batch),
+        ("FLAX_LSTM_MIN_SPLIT_WORK", tuning.min_split_work),
+    ],
+)
+def test_a_kernel_setting_must_be_a_count(env, setting, value, monkeypatch):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValueError, match=f"{env} must be a non-negative integer.*{value!r}"):
+        setting()
 
 
 def _bf16_close(a, b):

@@ -354,21 +354,24 @@ def _in_order(names: list[str], runs: dict[str, dict]) -> list[str]:
     )
 
 
-# The kernel's default small-batch size (flax_lstm._kernel.tuning.SMALL_BATCH; a test keeps the
-# two equal): a run that set another (FLAX_LSTM_SMALL_BATCH) is not a family's table.
+# The kernel's default small-batch size and least work to share a layer's units among threads
+# (flax_lstm._kernel.tuning.SMALL_BATCH, MIN_SPLIT_WORK; a test keeps them equal): a run that set
+# another (FLAX_LSTM_SMALL_BATCH, FLAX_LSTM_MIN_SPLIT_WORK) is not a family's table.
 DEFAULT_SMALL_BATCH = 4
+DEFAULT_MIN_SPLIT_WORK = 1 << 19
 
 
 def _default_settings(run: dict) -> bool:
     """Whether a run had every CPU of its machine, and the kernel as many threads and its default
-    small-batch size (not a run under ``taskset``, ``FLAX_LSTM_NUM_THREADS`` or
-    ``FLAX_LSTM_SMALL_BATCH``); older files, which record none of these, count as such."""
+    settings (not a run under ``taskset``, ``FLAX_LSTM_NUM_THREADS``, ``FLAX_LSTM_SMALL_BATCH``
+    or ``FLAX_LSTM_MIN_SPLIT_WORK``); older files, which record none of these, count as such."""
     machine, state = run["machine"], run.get("flax_lstm_kernel") or {}
     allowed = machine.get("cpus_allowed", machine.get("cpu_count"))
     return (
         allowed == machine.get("cpu_count")
         and state.get("threads", allowed) == allowed
         and state.get("small_batch", DEFAULT_SMALL_BATCH) == DEFAULT_SMALL_BATCH
+        and state.get("min_split_work", DEFAULT_MIN_SPLIT_WORK) == DEFAULT_MIN_SPLIT_WORK
     )
 
 

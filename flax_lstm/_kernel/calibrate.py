@@ -18,7 +18,7 @@ of the CPU set); both at 64 steps of 256 units, the middle of the benchmark's CP
 the per-step cost to dominate. The third, ``"short"``, decides the calls that the size rule
 leaves to the measurement (`flax_lstm._auto.KERNEL_MIN_STEPS`…): a few steps, where the
 kernel's fixed cost per call weighs most, and which it runs on one thread a direction at up to
-128 units (`flax_lstm._kernel.ffi.MIN_SPLIT_WORK`); its probe is the smallest one-layer such
+128 units (`flax_lstm._kernel.tuning.MIN_SPLIT_WORK`); its probe is the smallest one-layer such
 call of `SHORT_PROBE_HIDDEN` (128) units (one sequence of 2 steps); its forward alone also
 decides the forward of a single step (`flax_lstm._auto`'s "step" calls). The compilations take
 most of the few seconds a dtype costs.
@@ -42,14 +42,14 @@ under a passing load once kept the scan for good where the kernel is twice as fa
 It is kept in ``<library>.calibration-<machine>.json`` next to the built library (`cache_path`),
 so its cache key (source, flags, compiler, jaxlib, CPU: `flax_lstm._kernel.build`) keys it too,
 and ``<machine>`` hashes the CPU (for portable libraries, shared by other CPUs), the kernel's
-threads, and what sets the scan's speed beside them: the CPUs this process may run on, which
-XLA's GEMMs use, and ``XLA_FLAGS``. A change of any of them measures anew: a verdict of the
-kernel on one thread against XLA on two CPUs (``FLAX_LSTM_NUM_THREADS=1``) once kept the scan
-for a process on one CPU, where the kernel was 1.2–2.2× faster (docs/performance/design.md, "AMD
-Zen 2: the first runs"). A process measures under a file lock and writes the file atomically:
-processes that start together measure once. A file that cannot be read or parsed, or that
-another `METHOD` wrote, is measured again; one that cannot be written leaves the verdict to this
-process.
+settings (`flax_lstm._kernel.ffi.settings`), and what sets the scan's speed beside them: the
+CPUs this process may run on, which XLA's GEMMs use, and ``XLA_FLAGS``. A change of any of
+them measures anew: a verdict of the kernel on one thread against XLA on two CPUs
+(``FLAX_LSTM_NUM_THREADS=1``) once kept the scan for a process on one CPU, where the kernel was
+1.2–2.2× faster (docs/performance/design.md, "AMD Zen 2: the first runs"). A process measures
+under a file lock and writes the file atomically: processes that start together measure once. A
+file that cannot be read or parsed, or that another `METHOD` wrote, is measured again; one that
+cannot be written leaves the verdict to this process.
 
 `verdict` is the plan's one entry: it measures lazily, the first time the default plan would
 take the kernel for a dtype, also while `jax.jit` or `jax.grad` trace the caller (the probes
@@ -216,18 +216,21 @@ def cache_path() -> Path | None:
     if not build.LIBRARY:
         return None
     library = build.LIBRARY[0]
-    threads, small_batch = ffi.settings()
-    machine = _machine(threads, ffi.usable_cpus(), small_batch, os.environ.get("XLA_FLAGS", ""))
+    threads, small_batch, split_work = ffi.settings()
+    cpus, xla_flags = ffi.usable_cpus(), os.environ.get("XLA_FLAGS", "")
+    machine = _machine(threads, cpus, small_batch, split_work, xla_flags)
     return library.with_name(f"{library.stem}.calibration-{machine}.json")
 
 
 @functools.cache
-def _machine(threads: int, cpus: int, small_batch: int, xla_flags: str) -> str:
+def _machine(threads: int, cpus: int, small_batch: int, split_work: int, xla_flags: str) -> str:
     """What keys the calibration beyond the library: the CPU (a portable library, built with
-    ``FLAX_LSTM_ARCH``, is shared by other CPUs), the kernel's threads and small-batch size
-    (which batches the "small" regime holds), and the usable CPUs and XLA's flags, on which the
+    ``FLAX_LSTM_ARCH``, is shared by other CPUs), the kernel's threads, small-batch size (which
+    batches the "small" regime holds) and the work from which it shares a layer's units among
+    threads (the short probe's threads), and the usable CPUs and XLA's flags, on which the
     scan's speed depends."""
-    key = "\0".join((build.cpu_identity(), str(threads), str(cpus), str(small_batch), xla_flags))
+    settings = (threads, cpus, small_batch, split_work)
+    key = "\0".join((build.cpu_identity(), *map(str, settings), xla_flags))
     return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 

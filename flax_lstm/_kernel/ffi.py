@@ -41,17 +41,11 @@ __all__ = [
 MIN_FORWARD_SPLIT = 256
 
 
-# A layer of less work than this a direction, steps × sequences × H·(H + I)/2 (an eighth of its
-# forward's multiply-adds; with as many inputs as units, steps × sequences × H²), runs each of
-# its kernel calls on one thread a direction: its units are not shared. Below it, a second
-# thread cost a call more (waking it, meeting it every step) than its share of the work saved
-# (docs/performance/design.md, "Small calls on one thread").
-MIN_SPLIT_WORK = 1 << 19
-
-
 def call_work(steps: Any, batch: Any, hidden: int, inputs: int) -> int | None:
-    """A layer's work as `MIN_SPLIT_WORK` counts it, ``steps × batch × hidden·(hidden +
-    inputs)/2``; None where ``steps`` or ``batch`` is symbolic (`jax.export`): large."""
+    """A layer's work a direction as `tuning.min_split_work` counts it, ``steps × batch ×
+    hidden·(hidden + inputs)/2`` (an eighth of its forward's multiply-adds; with as many inputs
+    as units, steps × batch × H²); None where ``steps`` or ``batch`` is symbolic
+    (`jax.export`): large."""
     if not isinstance(steps, int) or not isinstance(batch, int):
         return None
     return steps * batch * hidden * (hidden + inputs) // 2
@@ -72,7 +66,7 @@ def num_threads(
     direction's units: a direction of fewer than 32 units keeps one thread, whose share of its
     step a second thread would wait for longer than it saves); an inference forward whose step
     is smaller than `MIN_FORWARD_SPLIT` counts one direction; a call of less `work` than
-    `MIN_SPLIT_WORK` takes one thread a direction, whatever its units. XLA's thread pool
+    `tuning.min_split_work` takes one thread a direction, whatever its units. XLA's thread pool
     supplies them: fewer may join. The small steps of a larger call are shared too: one thread
     was faster for them only with the kernel's first design, which met at a barrier every step
     (measured: docs/performance/design.md, "The CPU kernel", "A thread per direction" and
@@ -84,18 +78,19 @@ def num_threads(
     cpus = usable_cpus()
     if hidden is not None and isinstance(rows, int) and rows * hidden < MIN_FORWARD_SPLIT:
         directions = 1  # (symbolic rows: large)
-    if work is not None and work < MIN_SPLIT_WORK:
+    if work is not None and work < tuning.min_split_work():
         return max(1, min(cpus, directions))
     if hidden is None:
         return max(1, cpus)
     return max(1, min(cpus, directions * max(1, hidden // 16)))
 
 
-def settings() -> tuple[int, int]:
+def settings() -> tuple[int, int, int]:
     """What the kernel's calls read from the environment as they are traced: its threads (at
-    most, per layer: `num_threads`) and its small-batch size (`tuning.small_batch`). A plan
-    holds them (`flax_lstm.plan.Plan.kernel_settings`), and so does the calibration's key."""
-    return num_threads(), tuning.small_batch()
+    most, per layer: `num_threads`), its small-batch size (`tuning.small_batch`) and the work
+    from which a layer's units are shared among threads (`tuning.min_split_work`). A plan holds
+    them (`flax_lstm.plan.Plan.kernel_settings`), and so does the calibration's key."""
+    return num_threads(), tuning.small_batch(), tuning.min_split_work()
 
 
 def usable_cpus() -> int:

@@ -95,13 +95,13 @@ def run(
 def _kernel_state(libs: Sequence[str]) -> dict[str, Any] | None:
     """On CPU, where flax_lstm ran: the compiled kernel's state after the run
     (`flax_lstm.kernel.info`: the library, its instruction sets and AMX use, threads,
-    small-batch size, and the calibration verdicts that the default plan followed); None
-    elsewhere."""
+    small-batch size, the work from which a layer's units are shared among threads, and the
+    calibration verdicts that the default plan followed); None elsewhere."""
     if jax.default_backend() != "cpu" or not any(lib.startswith("flax_lstm") for lib in libs):
         return None
     state = fl.kernel.info()
     keys = ("available", "error", "library", "isa", "amx", "amx_reason", "threads")
-    return {k: state[k] for k in (*keys, "small_batch", "calibration")}
+    return {k: state[k] for k in (*keys, "small_batch", "min_split_work", "calibration")}
 
 
 def _build_and_warm(
