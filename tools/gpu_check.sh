@@ -3,8 +3,9 @@
 # benchmark set and the GPU parity tests; then, where the machine's own CPU has AMX-BF16 (the
 # H200 machines' Intel Emerald Rapids did, 2026-12-04), the AMX tests, both CPU sets in float32
 # and bfloat16, the kernel's float32 weight gradients against XLA's (tools/kernel_ab.py
-# --baseline xla-weight-grads) and the float32 stages of a layer's fwd+bwd, each call's share of
-# the best GEMM (tools/kernel_stages.py), on 2 of its cores (taskset), JAX on the CPU and torch
+# --baseline xla-weight-grads), the float32 stages of a layer's fwd+bwd, each call's share of
+# the best GEMM (tools/kernel_stages.py), and where a second thread starts to pay for a small
+# layer (tools/small_calls.py --threads), on 2 of its cores (taskset), JAX on the CPU and torch
 # with it.
 # Writes JSON and logs under ${OUT:-.} (at most 8 files; SWEEP=1 adds 4, over the device tool's
 # 8). SWEEP=1 adds an unroll / autodiff sweep on the GPU; CPU=0 skips the CPU part, CPU=1 runs
@@ -71,6 +72,10 @@ if [ "${CPU:-$amx}" != 0 ]; then
   timeout 120 taskset -c 0,1 python3 tools/kernel_stages.py --shape 32,128,256,2,in=128 \
     --shape 64,64,512,2 --reps 5 --json "$OUT/kernel_stages.json" 2>>"$OUT/stderr.log" |
     grep -E "^(B|\| [a-z])" || echo "kernel_stages: failed or timed out"
+  # Where a second thread starts to pay for a small layer on this CPU (about 30 s; the threshold,
+  # 2^19, was measured on AMD Zen 4): the summary line counts the shapes the rule got wrong.
+  timeout 90 taskset -c 0,1 python3 tools/small_calls.py --threads --reps 40 2>>"$OUT/stderr.log" |
+    grep -E "^threshold|W=2\^(18|20)" || echo "small_calls --threads: failed or timed out"
   if [ -n "${KERNEL_BASELINE:-}" ]; then
     timeout 150 taskset -c 0,1 python3 tools/kernel_ab.py --baseline "$KERNEL_BASELINE" \
       --shape 4,128,256,bf16 --shape 8,128,256,bf16 --shape 12,128,256,bf16 \
