@@ -74,7 +74,7 @@ KERNEL_CASES = [
     ),
     Case(input_size=9, hidden_size=80, seq_len=130, batch=None, with_hx=True),
     # The backward's chunks of 16 units where they share a step more evenly than chunks of 32
-    # (at least 8 rows): here on 2 and 3 threads, and above at H37 and H33 on 3.
+    # (at least 8 rows) by a sixth: here on 2 threads, and above at H37 and H33 on 3.
     Case(input_size=6, hidden_size=96, seq_len=4, batch=9),
 ]
 

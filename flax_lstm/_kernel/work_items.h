@@ -33,12 +33,15 @@ int64_t busiest_run(int64_t items, int threads, Size size) {
 }
 
 // The units of the chunks of a step's items, for a layer of s.H units, s.D directions and s.N
-// sequences on `threads` threads: `whole`, or half as many where that shares a step's units more
-// evenly among the threads and the step's GEMM has at least a row block of MR rows: a half
+// sequences on `threads` threads: `whole`, or half as many where that leaves the busiest thread
+// at most 5/6 of its units a step and the step's GEMM has at least a row block of MR rows: a half
 // chunk's GEMM has half the sums a k-step, which cover the multiply-adds' latency only with a
-// whole row block. At H96 on two threads, three backward chunks of 32 leave one thread 64 units
-// a step and the other 32; six of 16 give each 48 (docs/performance/design.md, "The last
-// chunk's columns: half panels").
+// whole row block, and a half chunk costs more a unit than a whole one (twice the items, its rows
+// in more cache lines when H is not a multiple of 16), so a small gain in balance does not pay
+// for it. At H96 on two threads, three backward chunks of 32 leave one thread 64 units a step and
+// the other 32; six of 16 give each 48 (docs/performance/design.md, "The last chunk's columns:
+// half panels"); at H617, 313 units against 320 cost the backward 1.4x its time
+// ("Half chunks only where they share a step much more evenly").
 inline int64_t chunk_units(const Dims& s, int threads, int64_t whole) {
   if (s.N < MR) return whole;
   const auto busiest = [&](int64_t units) {  // the most units a step that one run holds
@@ -46,7 +49,7 @@ inline int64_t chunk_units(const Dims& s, int threads, int64_t whole) {
     return busiest_run(s.D * chunks, threads,
                        [&](int64_t i) { return std::min(units, s.H - i % chunks * units); });
   };
-  return busiest(whole / 2) < busiest(whole) ? whole / 2 : whole;
+  return 6 * busiest(whole / 2) <= 5 * busiest(whole) ? whole / 2 : whole;
 }
 
 // A thread's scratch for one chunk's GEMM output, reused across items, and for the rows of x
