@@ -94,15 +94,15 @@ def measure(batch: int, steps: int, hidden: int, reps: int) -> dict:
 def split_work(value: str):
     """``FLAX_LSTM_MIN_SPLIT_WORK`` set to ``value`` while the calls are traced (the plan holds
     it, so each value traces its own computation)."""
-    old = os.environ.get(tuning.SPLIT_ENV)
-    os.environ[tuning.SPLIT_ENV] = value
+    old = os.environ.get(tuning.MIN_SPLIT_WORK_ENV)
+    os.environ[tuning.MIN_SPLIT_WORK_ENV] = value
     try:
         yield
     finally:
         if old is None:
-            del os.environ[tuning.SPLIT_ENV]
+            del os.environ[tuning.MIN_SPLIT_WORK_ENV]
         else:
-            os.environ[tuning.SPLIT_ENV] = old
+            os.environ[tuning.MIN_SPLIT_WORK_ENV] = old
 
 
 def measure_threads(batch: int, steps: int, hidden: int, reps: int) -> dict:

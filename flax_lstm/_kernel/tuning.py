@@ -23,7 +23,7 @@ import os
 # Larger values: faster at their best on Zen 3 and Zen 2, but slower by medians beside other work
 # (the scheme's threads do not take over a late thread's units): "AMD Zen 2: the first runs".
 SMALL_BATCH = 4
-ENV = "FLAX_LSTM_SMALL_BATCH"
+SMALL_BATCH_ENV = "FLAX_LSTM_SMALL_BATCH"
 
 # The default, in the units of `flax_lstm._kernel.ffi.call_work` (steps × sequences ×
 # H·(H + I)/2, a layer's work a direction): below it, a second thread cost a call more (waking
@@ -31,20 +31,20 @@ ENV = "FLAX_LSTM_SMALL_BATCH"
 # (docs/performance/design.md, "Small calls on one thread"); ``tools/small_calls.py --threads``
 # measures where the second thread starts to pay on another CPU.
 MIN_SPLIT_WORK = 1 << 19
-SPLIT_ENV = "FLAX_LSTM_MIN_SPLIT_WORK"
+MIN_SPLIT_WORK_ENV = "FLAX_LSTM_MIN_SPLIT_WORK"
 
 
 def small_batch() -> int:
     """The largest batch that takes the kernel's small-batch scheme: ``FLAX_LSTM_SMALL_BATCH``
     if set, else `SMALL_BATCH`; ValueError if the variable is not a non-negative integer."""
-    return _setting(ENV, SMALL_BATCH, "sequences")
+    return _setting(SMALL_BATCH_ENV, SMALL_BATCH, "sequences")
 
 
 def min_split_work() -> int:
     """The least work of a layer whose kernel calls share its hidden units among threads:
     ``FLAX_LSTM_MIN_SPLIT_WORK`` if set, else `MIN_SPLIT_WORK`; ValueError if the variable is
     not a non-negative integer."""
-    return _setting(SPLIT_ENV, MIN_SPLIT_WORK, "steps × sequences × H·(H + I)/2")
+    return _setting(MIN_SPLIT_WORK_ENV, MIN_SPLIT_WORK, "steps × sequences × H·(H + I)/2")
 
 
 def _setting(env: str, default: int, unit: str) -> int:
