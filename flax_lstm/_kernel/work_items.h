@@ -40,8 +40,9 @@ int64_t busiest_run(int64_t items, int threads, Size size) {
 // in more cache lines when H is not a multiple of 16), so a small gain in balance does not pay
 // for it. At H96 on two threads, three backward chunks of 32 leave one thread 64 units a step and
 // the other 32; six of 16 give each 48 (docs/performance/design.md, "The last chunk's columns:
-// half panels"); at H617, 313 units against 320 cost the backward 1.4x its time
-// ("Half chunks only where they share a step much more evenly").
+// half panels"). Where they cut the busiest thread's units by a few per cent, as at H617 on two
+// threads, the halves cost the backward more than the balance saved (measured: "Half chunks
+// only where they share a step much more evenly").
 inline int64_t chunk_units(const Dims& s, int threads, int64_t whole) {
   if (s.N < MR) return whole;
   const auto busiest = [&](int64_t units) {  // the most units a step that one run holds
