@@ -24,6 +24,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from flax_lstm._kernel import tuning
 from flax_lstm.bench.report import gflops
 
 REPO = Path(__file__).resolve().parents[2]
@@ -354,24 +355,18 @@ def _in_order(names: list[str], runs: dict[str, dict]) -> list[str]:
     )
 
 
-# The kernel's default small-batch size and least work to share a layer's units among threads
-# (flax_lstm._kernel.tuning.SMALL_BATCH, MIN_SPLIT_WORK; a test keeps them equal): a run that set
-# another (FLAX_LSTM_SMALL_BATCH, FLAX_LSTM_MIN_SPLIT_WORK) is not a family's table.
-DEFAULT_SMALL_BATCH = 4
-DEFAULT_MIN_SPLIT_WORK = 1 << 19
-
-
 def _default_settings(run: dict) -> bool:
     """Whether a run had every CPU of its machine, and the kernel as many threads and its default
-    settings (not a run under ``taskset``, ``FLAX_LSTM_NUM_THREADS``, ``FLAX_LSTM_SMALL_BATCH``
-    or ``FLAX_LSTM_MIN_SPLIT_WORK``); older files, which record none of these, count as such."""
+    settings (`flax_lstm._kernel.tuning`: not a run under ``taskset``, ``FLAX_LSTM_NUM_THREADS``,
+    ``FLAX_LSTM_SMALL_BATCH`` or ``FLAX_LSTM_MIN_SPLIT_WORK``), so that its table is the
+    family's; older files, which record none of these, count as such."""
     machine, state = run["machine"], run.get("flax_lstm_kernel") or {}
     allowed = machine.get("cpus_allowed", machine.get("cpu_count"))
     return (
         allowed == machine.get("cpu_count")
         and state.get("threads", allowed) == allowed
-        and state.get("small_batch", DEFAULT_SMALL_BATCH) == DEFAULT_SMALL_BATCH
-        and state.get("min_split_work", DEFAULT_MIN_SPLIT_WORK) == DEFAULT_MIN_SPLIT_WORK
+        and state.get("small_batch", tuning.SMALL_BATCH) == tuning.SMALL_BATCH
+        and state.get("min_split_work", tuning.MIN_SPLIT_WORK) == tuning.MIN_SPLIT_WORK
     )
 
 
