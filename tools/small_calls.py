@@ -30,9 +30,9 @@ steps and 32 to 256 units, of works 2^15 to 2^23).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -90,28 +90,14 @@ def measure(batch: int, steps: int, hidden: int, reps: int) -> dict:
     return record
 
 
-@contextlib.contextmanager
-def split_work(value: str):
-    """``FLAX_LSTM_MIN_SPLIT_WORK`` set to ``value`` while the calls are traced (the plan holds
-    it, so each value traces its own computation)."""
-    old = os.environ.get(tuning.MIN_SPLIT_WORK_ENV)
-    os.environ[tuning.MIN_SPLIT_WORK_ENV] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[tuning.MIN_SPLIT_WORK_ENV]
-        else:
-            os.environ[tuning.MIN_SPLIT_WORK_ENV] = old
-
-
 def measure_threads(batch: int, steps: int, hidden: int, reps: int) -> dict:
     """One shape's record for ``--threads``: milliseconds (median, fastest) of the kernel with
     every call on one thread a direction (``"one"``) and with its units shared (``"split"``)."""
     shape = calibrate.Probe(steps=steps, hidden=hidden, batch=batch)
     calls = {}
     for name, value in SPLIT_SETTINGS.items():
-        with split_work(value):
+        # set while the calls are traced (the plan holds it: each value traces its own)
+        with mock.patch.dict(os.environ, {tuning.MIN_SPLIT_WORK_ENV: value}):
             calls[name] = calibrate._probe_calls("float32", shape, "kernel")
             warm_up({name: calls[name]}, 5)  # traced (and compiled) under the setting
     times = time_interleaved(calls, MODES, reps)
@@ -131,7 +117,7 @@ def gain(r: dict, stat: str = "") -> float:
 def threads_line(r: dict) -> str:
     """One shape's ratios, one thread's time / the shared threads', by medians (fastest)."""
     parts = [f"{m} {r[m]['one_ms'] / r[m]['split_ms']:.2f}" for m in MODES]
-    rule = "split" if r["work"] >= tuning.MIN_SPLIT_WORK else "one"
+    rule = "split" if r["work"] >= tuning.min_split_work() else "one"
     return (
         f"B{r['batch']} T{r['steps']} H{r['hidden']} W=2^{math.log2(r['work']):.1f} "
         f"[rule: {rule}]: " + " | ".join(parts) + f" | both {gain(r):.2f} ({gain(r, '_min'):.2f})"
@@ -139,14 +125,15 @@ def threads_line(r: dict) -> str:
 
 
 def threads_summary(records: list[dict]) -> str:
-    """How many shapes on each side of `tuning.MIN_SPLIT_WORK` ran faster by more than
-    `MARGIN` (medians, both modes) with the other choice."""
-    below = [r for r in records if r["work"] < tuning.MIN_SPLIT_WORK]
-    above = [r for r in records if r["work"] >= tuning.MIN_SPLIT_WORK]
+    """How many shapes on each side of this process's threshold (`tuning.min_split_work`) ran
+    faster by more than `MARGIN` (medians, both modes) with the other choice."""
+    threshold = tuning.min_split_work()
+    below = [r for r in records if r["work"] < threshold]
+    above = [r for r in records if r["work"] >= threshold]
     split_better = sum(gain(r) > MARGIN for r in below)
     one_better = sum(gain(r) * MARGIN < 1 for r in above)
     return (
-        f"threshold 2^{math.log2(tuning.MIN_SPLIT_WORK):.0f}: below it (one thread) the shared "
+        f"threshold {threshold}: below it (one thread) the shared "
         f"threads faster on {split_better} of {len(below)}; from it (shared) one thread faster "
         f"on {one_better} of {len(above)}"
     )
