@@ -253,20 +253,17 @@ inline void row_block_of(int rows, int64_t p0, int64_t p1, const Product<E>* pro
   }
 }
 
-// Rows of gemm_packed's next row block when `left` rows remain: MR, and the rest at the end.
-// With AVX2 the rows are split as evenly as the fewest blocks allow (16 rows as 6 + 5 + 5, 32
-// as 6 + 6 + 5 + 5 + 5 + 5; where that would leave blocks of 4 rows or fewer, gemm_packed takes
-// the last rows apart first: rest_in_pairs): a short block has too few sums for the
-// multiply-add latency, 1 to 3 rows on Zen 3 and 4 rows on Zen 2, where 4 rows ran at 0.8× of 5
-// or 6 (docs/performance/design.md, "Short row blocks on AVX2" and "Even row blocks on Zen 2").
-// AVX-512 keeps the rest in a block of its own, as measured on Zen 5.
+// Rows of gemm_packed's next row block when `left` rows remain: the rows split as evenly as the
+// fewest blocks of at most MR allow. With AVX2, 16 rows as 6 + 5 + 5, 32 as 6 + 6 + 5 + 5 + 5 +
+// 5 (where that would leave blocks of 4 rows or fewer, gemm_packed takes the last rows apart
+// first: rest_in_pairs): a short block has too few sums for the multiply-add latency, 1 to 3
+// rows on Zen 3 and 4 rows on Zen 2, where 4 rows ran at 0.8× of 5 or 6 (docs/performance/
+// design.md, "Short row blocks on AVX2" and "Even row blocks on Zen 2"). With AVX-512, 9 rows
+// as 5 + 4 and 17 as 6 + 6 + 5 rather than a last block of one row, which reads each vector of
+// B from L2 for two multiply-adds (measured on Zen 4: "Even row blocks on AVX-512").
 constexpr int64_t next_block(int64_t left) {
-#if !defined(__AVX512F__)
   const int64_t blocks = (left + MR - 1) / MR;
   return (left + blocks - 1) / blocks;
-#else
-  return std::min<int64_t>(left, MR);
-#endif
 }
 
 // Rows at the end of a GEMM of M rows that gemm_packed takes over pairs of panels, two blocks
