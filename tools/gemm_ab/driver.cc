@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
     sum[v] = reinterpret_cast<Sum>(dlsym(lib, "checksum"));
   }
   std::printf("| rows | baseline GFLOP/s | current GFLOP/s | current/baseline |\n|---|---|---|---|\n");
-  for (int M : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 16, 32, 64}) {
+  for (int M : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 18, 25, 32, 33, 64}) {
     double best[2] = {0, 0};
     for (int round = 0; round < 40; ++round)
       for (int v = 0; v < 2; ++v) best[v] = std::max(best[v], run[v](M, 30));
