@@ -566,3 +566,24 @@ def test_kernel_under_vmap():
             np.testing.assert_allclose(a[i], b, atol=1e-6)
     grads = jax.grad(lambda x: jax.vmap(one)(x, lengths)[0].sum())(xs)
     assert grads.shape == xs.shape and bool(jnp.isfinite(grads).all())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="counts page faults with resource (POSIX)")
+def test_packed_weights_reuse_memory_between_calls():
+    """A call's packed weights and scratch come from blocks that earlier calls gave back
+    (buffers.h, BlockCache), not fresh pages: one step of a bidirectional layer at H512 packs
+    16 MiB, 4,096 pages that some processes faulted in on every call, at 4× the call's time."""
+    import resource
+
+    config = fl.LSTMConfig(input_size=512, hidden_size=512, bidirectional=True)
+    params = fl.init_params(jax.random.key(0), config)
+    x = jnp.ones((1, 1, 512))
+    step = jax.jit(lambda p, x: fl.lstm(p, x, config=config, impl="kernel")[0])
+    for _ in range(3):
+        step(params, x).block_until_ready()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    calls = 10
+    for _ in range(calls):
+        step(params, x).block_until_ready()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+    assert faults < 400, f"{faults:.0f} page faults a call"

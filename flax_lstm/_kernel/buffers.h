@@ -71,19 +71,74 @@ inline void prefetch_w(const void* p, int64_t bytes) {
     __builtin_prefetch(reinterpret_cast<const void*>(line), 1);
 }
 
-// A buffer of n elements that is not zeroed, for the packed weights and the hoisted projection:
+// The blocks of memory that a call's buffers give back, kept for later calls (up to kMaxKept
+// bytes, the smallest blocks let go first): a fresh block of megabytes is mapped by glibc and
+// its every 4 KiB page faulted in and zeroed by the system on first write, a cost that a call
+// of few steps does not amortise (a single step of a bidirectional layer at H512 packs 16 MiB
+// of weights: "Scratch kept between calls, again" in docs/performance/design.md). A block is
+// reused for a request of at least half its size; smaller requests are malloc's.
+class BlockCache {
+ public:
+  static constexpr size_t kMinBytes = size_t{256} << 10, kMaxKept = size_t{256} << 20;
+  // A block of at least `bytes` bytes, and its size.
+  std::pair<void*, size_t> take(size_t bytes) {
+    if (bytes >= kMinBytes) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const auto it = free_.lower_bound(bytes);
+      if (it != free_.end() && it->first / 2 <= bytes) {
+        const std::pair<void*, size_t> block{it->second, it->first};
+        kept_ -= it->first;
+        free_.erase(it);
+        return block;
+      }
+    }
+    return {::operator new(bytes, kAlign), bytes};
+  }
+  // Gives a block back: kept, or freed where it is small or would not fit.
+  void give(void* block, size_t bytes) {
+    if (bytes >= kMinBytes && bytes <= kMaxKept) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      while (kept_ + bytes > kMaxKept) {  // let the smallest go
+        kept_ -= free_.begin()->first;
+        ::operator delete(free_.begin()->second, kAlign);
+        free_.erase(free_.begin());
+      }
+      free_.emplace(bytes, block);
+      kept_ += bytes;
+      return;
+    }
+    ::operator delete(block, kAlign);
+  }
+
+ private:
+  static constexpr std::align_val_t kAlign{64};
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;  // by size
+  size_t kept_ = 0;
+};
+
+// The process's cache, never destroyed (calls may run while the process exits).
+inline BlockCache& block_cache() {
+  static BlockCache* const cache = new BlockCache;
+  return *cache;
+}
+
+// A buffer of n elements that is not zeroed, for the packed weights and the scratch of a call:
 // every element they read is written first. A std::vector would zero them before the packing
 // writes them, a pass over 8 MiB a call at H512 (docs/performance/design.md, "The kernel
-// against its ceiling on Zen 3").
+// against its ceiling on Zen 3"). Its memory comes from, and goes back to, block_cache().
 template <typename T>
 class Unzeroed {
  public:
-  explicit Unzeroed(size_t n) : data_(new T[n]) {}
-  T* data() const { return data_.get(); }
-  T& operator[](size_t i) const { return data_[i]; }
+  explicit Unzeroed(size_t n) : block_(block_cache().take(n * sizeof(T))) {}
+  ~Unzeroed() { block_cache().give(block_.first, block_.second); }
+  Unzeroed(const Unzeroed&) = delete;
+  Unzeroed& operator=(const Unzeroed&) = delete;
+  T* data() const { return static_cast<T*>(block_.first); }
+  T& operator[](size_t i) const { return data()[i]; }
 
  private:
-  std::unique_ptr<T[]> data_;
+  std::pair<void*, size_t> block_;
 };
 
 }  // namespace
