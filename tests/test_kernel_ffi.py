@@ -568,13 +568,11 @@ def test_kernel_under_vmap():
     assert grads.shape == xs.shape and bool(jnp.isfinite(grads).all())
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="counts page faults with resource (POSIX)")
 def test_packed_weights_reuse_memory_between_calls():
     """A call's packed weights and scratch come from blocks that earlier calls gave back
     (buffers.h, BlockCache), not fresh pages: one step of a bidirectional layer at H512 packs
     16 MiB, 4,096 pages that some processes faulted in on every call, at 4× the call's time."""
-    import resource
-
+    resource = pytest.importorskip("resource", reason="page faults are counted with getrusage")
     config = fl.LSTMConfig(input_size=512, hidden_size=512, bidirectional=True)
     params = fl.init_params(jax.random.key(0), config)
     x = jnp.ones((1, 1, 512))
