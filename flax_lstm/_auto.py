@@ -9,7 +9,8 @@ scan. For the rest, `choose` picks the kernel or the scan by two rules, stated h
   where nothing is measured (`KERNEL_MIN_STEPS`…);
 - the verdict measured on this CPU (`flax_lstm._kernel.calibrate`): a call large enough for
   the kernel takes it unless the scan measured faster here; a short call takes the kernel
-  only where it measured faster, and a single step its forward alone.
+  only where it measured faster, and a single step its forward alone, where it measured faster
+  and the batch amortises the weights (`STEP_BATCH`).
 
 On the kernel, the float32 weight and input gradients take the GEMMs that measured faster on
 this CPU, the kernel library's or XLA's (`Choice.weight_grads`).
@@ -21,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from flax_lstm import kernel
 from flax_lstm._kernel import calibrate
+from flax_lstm.config import LSTMConfig
 
 if TYPE_CHECKING:
     from flax_lstm.plan import CallFacts
 
-__all__ = ["Choice", "call_size", "choose"]
+__all__ = ["Choice", "call_size", "choose", "packed_weights"]
 
 # The size of call from which the default (``"auto"``) takes the kernel: at least
 # KERNEL_MIN_STEPS steps, and at least KERNEL_MIN_STEP_UNITS steps × hidden units or
@@ -46,11 +48,15 @@ KERNEL_MIN_WORK_UNITS = 4096
 # thread"; stacked or bidirectional: "Small calls: stacked and bidirectional").
 #
 # A single step (a "step" call: a token at a time, as in generation) runs its forward on the
-# kernel where the short calls' probe measured the kernel's forward faster on this CPU, and the
-# scan when it is differentiated, where the kernel's backward has no steps to amortise its
-# fixed cost over (`Plan.grad_recurrence`; docs/performance/design.md, "One step: the
-# kernel's forward, the scan's gradient", and for fewer than 128 units "Small calls on one
-# thread").
+# kernel where the short calls' probe measured the kernel's forward faster on this CPU and the
+# step's batch amortises its layers' weights, and the scan when it is differentiated, where the
+# kernel's backward has no steps to amortise its fixed cost over (`Plan.grad_recurrence`;
+# docs/performance/design.md, "One step: the kernel's forward, the scan's gradient"). The
+# kernel packs a layer's weights at every call, while the scan's single step multiplies them as
+# stored: the kernel takes a step of up to as many weights as the probe's layer for every
+# STEP_BATCH sequences (and the probe's at any batch). Measured on AMD Zen 4 over 64 single
+# steps and 80 drawn ones: docs/performance/design.md, "One step with the weights as stored".
+STEP_BATCH = 4
 
 
 class Choice(NamedTuple):
@@ -173,10 +179,31 @@ def _measured_weight_grads(facts: CallFacts, steps: Any) -> calibrate.Verdict | 
     return calibrate.verdict("float32", "large")
 
 
+def packed_weights(config: LSTMConfig) -> int:
+    """The most weights a layer of ``config`` holds over its directions, D·4·H·(I + H_out):
+    what the kernel packs for it at every call."""
+    widest_input = max(config.layer_input_size(k) for k in range(config.num_layers))
+    per_direction = 4 * config.hidden_size * (widest_input + config.output_size)
+    return config.num_directions * per_direction
+
+
 def _forward_only(facts: CallFacts, steps: Any) -> Choice:
     """The default's `Choice` for a single step within the kernel's reach: its forward on the
-    kernel where the short calls' probe measured the kernel's forward faster on this CPU, and
-    the scan when it is differentiated."""
+    kernel where the short calls' probe measured the kernel's forward faster on this CPU and
+    the batch amortises the packing of the layers' weights (`STEP_BATCH`), and the scan when
+    it is differentiated."""
+    probe = calibrate.probe("short")
+    batches = max(1, facts.batch / STEP_BATCH) if isinstance(facts.batch, int) else 1
+    limit = packed_weights(LSTMConfig(probe.hidden, probe.hidden)) * batches
+    weights = packed_weights(facts.config)
+    if weights > limit:
+        return Choice(
+            "scan",
+            f"a single step whose layers' weights (D·4·H·(I + H_out) = {weights} in a layer) "
+            f"are more than {limit:.0f}, what {facts.batch} sequences amortise of the kernel's "
+            "packing of them at every call (the short calls' probe's layer's for every "
+            f"{STEP_BATCH} sequences, and at least those); the scan multiplies them as stored",
+        )
     measured = calibrate.verdict(facts.dtype.name, "short")
     if measured is None:
         return Choice("scan", _unmeasured_reason(steps, facts, "a single step's forward"))

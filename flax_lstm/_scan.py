@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from flax_lstm.cell import LSTMState, activate, batched_matmul, recurrent_step
+from flax_lstm.cell import LSTMState, activate, batched_matmul, recurrent_step, weight_matmul
 from flax_lstm.plan import Plan
 
 Array = jax.Array
@@ -133,9 +133,10 @@ def sum_outer(
     return [jnp.stack(out) for out in outs]
 
 
-def _gates_in(x_or_gx_t, w_ih_t, b, hoist, acc):
-    """Input part of the gates at one step: precomputed (hoisted) or ``x_t·W_ihᵀ`` now."""
-    gx_t = x_or_gx_t if hoist else batched_matmul(x_or_gx_t, w_ih_t, acc)
+def _gates_in(x_or_gx_t, w_ih, b, hoist, acc, stored=False):
+    """Input part of the gates at one step: precomputed (hoisted) or ``x_t·W_ihᵀ`` now, from
+    ``w_ih`` transposed or, with ``stored``, as stored (`flax_lstm.cell.weight_matmul`)."""
+    gx_t = x_or_gx_t if hoist else weight_matmul(x_or_gx_t, w_ih, acc, stored=stored)
     return gx_t if b is None else gx_t + b[:, None, :]
 
 
@@ -147,13 +148,18 @@ def forward(
     step's since masked steps keep the state); the activated gates when ``save_acts``, else
     None. See `flax_lstm.recurrence.run_layer` for the operands."""
     acc, hoist = c0.dtype, plan.hoist_input
-    w_ih_t, w_hh_t, w_hr_t = _t(w.w_ih), _t(w.w_hh), _t(w.w_hr)  # transposed once, outside
-    xs = dir_matmul(x, w_ih_t, acc) if hoist else x
+    # Several steps take the weights transposed once, outside the loop; a single step takes
+    # them as stored, where that copy costs more than its one product (`weight_matmul`).
+    stored = isinstance(x.shape[0], int) and x.shape[0] == 1
+    w_ih, w_hh, w_hr = w.w_ih, w.w_hh, w.w_hr
+    if not stored:
+        w_ih, w_hh, w_hr = _t(w_ih), _t(w_hh), _t(w_hr)
+    xs = dir_matmul(x, _t(w.w_ih), acc) if hoist else x
 
     def body(state, xs_t):
         in_t, m_t = xs_t
-        gx_t = _gates_in(in_t, w_ih_t, w.b, hoist, acc)
-        new, acts = recurrent_step(w_hh_t, w_hr_t, gx_t, state, rmask)
+        gx_t = _gates_in(in_t, w_ih, w.b, hoist, acc, stored)
+        new, acts = recurrent_step(w_hh, w_hr, gx_t, state, rmask, stored=stored)
         new = LSTMState(_select(m_t, new.h, state.h), _select(m_t, new.c, state.c))
         return new, (new.h, new.c if all_c else None, acts if save_acts else None)
 

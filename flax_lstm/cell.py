@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from flax_lstm import _checks
 
@@ -37,6 +38,22 @@ def batched_matmul(a: Array, b: Array, out_dtype: Any) -> Array:
     same 2-D dots, and a direction's slice of the weights inside a loop would be copied at
     every step; measured: docs/performance/design.md, "Both directions in one loop on CPU")."""
     return jnp.matmul(a, b, preferred_element_type=out_dtype)
+
+
+def weight_matmul(a: Array, w: Array, out_dtype: Any, *, stored: bool) -> Array:
+    """``a·Wᵀ`` for a weight W (…, M, K) and ``a`` (…, N, K), the leading axes shared.
+
+    With ``stored``, ``w`` is W as stored, contracted on its last axis in one dot. Otherwise
+    ``w`` is a transposed copy Wᵀ (…, K, M), made once ahead of a loop of many steps: XLA:CPU
+    runs a loop's GEMM fastest in that layout, but for a single product it makes the copy
+    itself, which costs more than the product (measured: docs/performance/design.md, "One step
+    with the weights as stored").
+    """
+    if not stored:
+        return batched_matmul(a, w, out_dtype)
+    shared = tuple(range(w.ndim - 2))
+    dims = (((a.ndim - 1,), (w.ndim - 1,)), (shared, shared))
+    return lax.dot_general(a, w, dims, preferred_element_type=out_dtype)
 
 
 def sigmoid(x: Array) -> Array:
@@ -72,30 +89,34 @@ def gate_update(z: Array, c: Array) -> tuple[Array, Array, Array]:
 
 
 def recurrent_step(
-    w_hh_t: Array,
-    w_hr_t: Array | None,
+    w_hh: Array,
+    w_hr: Array | None,
     gx_t: Array,
     state: LSTMState,
     recurrent_mask: Array | None = None,
+    *,
+    stored: bool = False,
 ) -> tuple[LSTMState, Array]:
     """One step given the precomputed input gates ``gx_t = x_t·W_ihᵀ + b_ih + b_hh``.
 
-    The weights come transposed (``W_hhᵀ``, ``W_hrᵀ``) so that the scan body holds no
+    The weights come transposed (``W_hhᵀ``, ``W_hrᵀ``) so that a loop's body holds no
     transpose: XLA:CPU does not hoist one out of a loop, and a transposed copy of ``W_hh`` at
-    every step is a large share of the forward's time.
+    every step is a large share of the forward's time. A single step takes them as stored
+    (``stored``: ``W_hh``, ``W_hr``; see `weight_matmul`).
 
     Shapes (any leading axes, e.g. a direction axis D, broadcast with the weights):
-      w_hh_t (…, H_out, 4H), w_hr_t (…, H, H_out) or None, gx_t (…, N, 4H),
-      state.h (…, N, H_out), state.c (…, N, H), recurrent_mask (…, N, H_out) or None.
+      w_hh (…, H_out, 4H), w_hr (…, H, H_out) or None (as stored: (…, 4H, H_out) and
+      (…, H_out, H)), gx_t (…, N, 4H), state.h (…, N, H_out), state.c (…, N, H),
+      recurrent_mask (…, N, H_out) or None.
 
     Returns the new state and the activated gates (…, N, 4H). ``h`` keeps its dtype and the
     gates and ``c`` are computed in ``gx_t``'s dtype (float32 for bfloat16 compute).
     """
     h = state.h if recurrent_mask is None else state.h * recurrent_mask
-    z = gx_t + batched_matmul(h, w_hh_t, gx_t.dtype)
+    z = gx_t + weight_matmul(h, w_hh, gx_t.dtype, stored=stored)
     h_cell, c_new, acts = gate_update(z, state.c)
-    if w_hr_t is not None:
-        h_cell = batched_matmul(h_cell.astype(w_hr_t.dtype), w_hr_t, gx_t.dtype)
+    if w_hr is not None:
+        h_cell = weight_matmul(h_cell.astype(w_hr.dtype), w_hr, gx_t.dtype, stored=stored)
     return LSTMState(h_cell.astype(state.h.dtype), c_new.astype(state.c.dtype)), acts
 
 
@@ -151,9 +172,11 @@ def lstm_cell(
         _checks.check_shape("state[0] (h)", h, (*batch_shape, out_size))
         _checks.check_shape("state[1] (c)", c, (*batch_shape, hidden))
         h, c = h.astype(cd), c.astype(acc)
-    gx = batched_matmul(x.astype(cd), w_ih.astype(cd).T, acc)
+    # One step, the weights as stored (`weight_matmul`): also inside a caller's loop, which
+    # XLA does not hoist a transposed copy out of.
+    gx = weight_matmul(x.astype(cd), w_ih.astype(cd), acc, stored=True)
     if "b_ih" in params:
         gx = gx + (params["b_ih"] + params["b_hh"]).astype(acc)
-    w_hr_t = None if w_hr is None else w_hr.astype(cd).T
-    state, _ = recurrent_step(w_hh.astype(cd).T, w_hr_t, gx, LSTMState(h, c))
+    w_hr = None if w_hr is None else w_hr.astype(cd)
+    state, _ = recurrent_step(w_hh.astype(cd), w_hr, gx, LSTMState(h, c), stored=True)
     return state

@@ -37,6 +37,21 @@ def test_parity_jit(case):
     compare(case, jit=True)
 
 
+# One step: the scan multiplies the weights as stored (`flax_lstm.cell.weight_matmul`), where
+# longer calls take a transposed copy.
+SINGLE_STEPS = [
+    Case(seq_len=1),
+    Case(seq_len=1, batch=None, with_hx=True),
+    Case(seq_len=1, num_layers=2, bidirectional=True, proj_size=2, with_hx=True),
+    Case(seq_len=1, batch_first=True, bias=False, proj_size=3, lengths=(1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", SINGLE_STEPS, ids=case_id)
+def test_parity_single_step_on_the_scan(case):
+    compare(case, impl="scan")
+
+
 @pytest.mark.parametrize("case", CASES[::3], ids=case_id)
 def test_parity_eager(case):
     compare(case, jit=False)

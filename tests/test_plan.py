@@ -208,13 +208,13 @@ def _runs_kernel(f, *args) -> bool:
 
 
 @needs_kernel
-@pytest.mark.parametrize(("hidden", "bidirectional"), [(128, False), (128, True), (20, False)])
+@pytest.mark.parametrize(("hidden", "bidirectional"), [(128, False), (96, True), (20, False)])
 def test_a_single_step_takes_the_kernels_forward_and_the_scans_gradient(
     monkeypatch, tmp_path, hidden, bidirectional
 ):
-    """One step of any width, the kernel's forward measured faster on the short calls' probe:
-    undifferentiated it runs the kernel, differentiated the scan (forward and backward); the
-    outputs are the kernel's, the gradients the scan's."""
+    """One step whose weights are no more than the short calls' probe's, the kernel's forward
+    measured faster there: undifferentiated it runs the kernel, differentiated the scan
+    (forward and backward); the outputs are the kernel's, the gradients the scan's."""
     fake_calibration.install(monkeypatch, tmp_path, short=1.5)
     cfg, params = _setup(hidden_size=hidden, bidirectional=bidirectional)
     x = jax.random.normal(jax.random.key(1), (1, 3, 3))
@@ -253,7 +253,7 @@ def test_a_single_step_stays_on_the_scan_unless_measured_faster(monkeypatch, tmp
             "at short calls"
         )
     monkeypatch.setenv(calibrate.ENV, "0")
-    wide, params = _setup(hidden_size=256)
+    wide, params = _setup(hidden_size=160)  # wider than the probe, with fewer weights
     plan = fl.lstm_plan(params, jnp.ones((1, 2, 3)), config=wide)
     assert plan.recurrence == "scan"
     assert "decides a single step's forward, and none was made (FLAX_LSTM_CALIBRATE=0" in (
@@ -597,3 +597,41 @@ def test_modules_pass_impl_through():
         outs[("linen", flag)] = module.apply(variables, x)[0]
     for kind in ("nnx", "linen"):
         np.testing.assert_allclose(outs[(kind, True)], outs[(kind, False)], atol=1e-6, rtol=1e-6)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"hidden_size": 256},
+        {"input_size": 200, "hidden_size": 128},
+        {"input_size": 128, "hidden_size": 128, "num_layers": 2, "bidirectional": True},
+    ],
+    ids=["wide", "wide input", "second layer's input"],
+)
+def test_a_single_step_with_more_weights_than_its_batch_amortises_takes_the_scan(
+    monkeypatch, tmp_path, config
+):
+    """Measured faster at the probe, the kernel's forward still leaves a single step to the scan
+    where a layer holds more weights (D·4·H·(I + H_out)) than the probe's for every
+    `STEP_BATCH` sequences and at least the probe's: the kernel packs them at every call, the
+    scan multiplies them as stored."""
+    fake_calibration.install(monkeypatch, tmp_path, short=1.5)
+    cfg, params = _setup(**config)
+    x = jnp.ones((1, 2, cfg.input_size))
+    plan = fl.lstm_plan(params, x, config=cfg)
+    assert (plan.recurrence, plan.grad_recurrence) == ("scan", "scan")
+    assert plan.reason.startswith("a single step whose layers' weights (D·4·H·(I + H_out) = ")
+    assert "are more than 131072, what 2 sequences amortise of the kernel's packing" in (
+        plan.reason
+    )
+    assert not _runs_kernel(lambda p, x: fl.lstm(p, x, config=cfg)[0], params, x)
+    # A larger batch amortises the packing: STEP_BATCH sequences for each probe's layer.
+    probe_weights = _auto.packed_weights(fl.LSTMConfig(128, 128))  # 131072
+    batches = -(-_auto.packed_weights(cfg) // probe_weights) * _auto.STEP_BATCH
+    for batch, path in ((batches, "kernel"), (batches - _auto.STEP_BATCH, "scan")):
+        plan = fl.lstm_plan(params, jnp.ones((1, batch, cfg.input_size)), config=cfg)
+        assert (plan.recurrence, plan.grad_recurrence) == (path, "scan")
+    width = calibrate.SHORT_PROBE_HIDDEN
+    probe, params = _setup(input_size=width, hidden_size=width)  # the probe's own: the kernel
+    assert fl.lstm_plan(params, jnp.ones((1, 2, width)), config=probe).recurrence == "kernel"

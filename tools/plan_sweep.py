@@ -11,7 +11,8 @@ than torch. Each mode counts against the path the default takes in it (``Plan.re
 for the forward, ``Plan.grad_recurrence`` for fwd+bwd).
 
 Not a test: from the repository root, ``PYTHONPATH=$PWD python tools/plan_sweep.py [--n 40]
-[--seed 1] [--reps 10] [--json out.json]``. A seed's draws are the same on every machine.
+[--seed 1] [--reps 10] [--steps T] [--json out.json]``; ``--steps 1`` draws single steps (a
+token at a time) alone. A seed's draws are the same on every machine.
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ def _log_int(rng: np.random.Generator, low: int, high: int) -> int:
     return round(math.exp(rng.uniform(math.log(low), math.log(high))))
 
 
-def draw(rng: np.random.Generator, max_gflop: float) -> Shape:
-    """One random shape whose forward needs at most ``max_gflop`` GFLOP."""
+def draw(rng: np.random.Generator, max_gflop: float, steps: int | None = None) -> Shape:
+    """One random shape whose forward needs at most ``max_gflop`` GFLOP, of ``steps`` steps
+    where given."""
     while True:
         t = _log_int(rng, 1, 512)
+        t = t if steps is None else steps
         shape = Shape(
             batch=_log_int(rng, 1, 128),
             seq_len=t,
@@ -83,15 +86,18 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="seed of the draws (default 1)")
     ap.add_argument("--reps", type=int, default=10, help="timed rounds (default 10)")
     ap.add_argument("--max-gflop", type=float, default=4.0, help="forward GFLOP cap (default 4)")
+    ap.add_argument("--steps", type=int, help="every shape of this many steps (e.g. 1)")
     ap.add_argument("--json", help="write the benchmark's result, with the draw, here")
     args = ap.parse_args()
-    if args.n < 1 or args.reps < 1 or args.max_gflop <= 0:
-        ap.error("--n, --reps and --max-gflop must be positive")
+    if args.n < 1 or args.reps < 1 or args.max_gflop <= 0 or (args.steps or 1) < 1:
+        ap.error("--n, --reps, --max-gflop and --steps must be positive")
     rng = np.random.default_rng(args.seed)
-    shapes = [runnable(draw(rng, args.max_gflop)) for _ in range(args.n)]
+    shapes = [runnable(draw(rng, args.max_gflop, args.steps)) for _ in range(args.n)]
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     result = run(shapes, libs=LIBS, reps=args.reps, modes=MODES, log=log, reference_gemm=False)
     result["draw"] = {"seed": args.seed, "n": args.n, "max_gflop": args.max_gflop}
+    if args.steps is not None:
+        result["draw"]["steps"] = args.steps
     print(machine_line(result["machine"]))
     print(format_table(result["results"], MODES, ragged=True))
     short = [(e["label"], m) for e in result["results"] if (m := misses(e))]
