@@ -21,23 +21,15 @@ import argparse
 import flax.linen as nn
 import jax
 
+# tools/ is the script's folder, first on sys.path
+from small_calls import shape_arg
+
 import flax_lstm as fl
 from flax_lstm._timing import MODES, jitted_calls, summary, time_interleaved, warm_up
 from flax_lstm.bench.machine import write_record
 
 GRID = [(1, 1, 256), (1, 64, 256), (1, 64, 512), (4, 64, 256), (16, 64, 256), (64, 64, 256)]
 CELLS = {"flax_lstm": fl.linen.LSTMCell, "flax": nn.OptimizedLSTMCell}
-
-
-def shape_arg(text: str) -> tuple[int, int, int]:
-    """``B,T,H`` as three positive ints."""
-    try:
-        batch, steps, hidden = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected B,T,H (three ints), got {text!r}") from None
-    if min(batch, steps, hidden) < 1:
-        raise argparse.ArgumentTypeError(f"B, T and H must be positive, got {text!r}")
-    return batch, steps, hidden
 
 
 def measure(batch: int, steps: int, hidden: int, reps: int) -> dict:
