@@ -45,7 +45,7 @@ def draw(rng: np.random.Generator, max_gflop: float, steps: int | None = None) -
     """One random shape whose forward needs at most ``max_gflop`` GFLOP, of ``steps`` steps
     where given."""
     while True:
-        t = _log_int(rng, 1, 512)
+        t = _log_int(rng, 1, 512)  # drawn with --steps too: the other fields stay the seed's
         t = t if steps is None else steps
         shape = Shape(
             batch=_log_int(rng, 1, 128),
